@@ -1,0 +1,86 @@
+//! Prometheus metrics of the appliance, served as text at `/metrics`.
+//!
+//! Request counters are updated as requests finish; store figures (machines per state,
+//! commits) are read from the store at scrape time by a collector, so they cannot drift.
+
+use crate::store::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The matched route template (`/api/v1/machines/{mac}`), never the raw path, so the
+    /// label set stays bounded.
+    pub route: String,
+    pub status: u16,
+}
+
+/// The appliance's metrics registry and the handles code updates.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http_requests: Family<HttpLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(store: Store) -> Metrics {
+        let mut registry = Registry::with_prefix("cosm");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered, by route and status", http_requests.clone());
+        registry.register(
+            "build",
+            "Version of this appliance",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register_collector(Box::new(StoreCollector { store }));
+        Metrics { registry: Arc::new(registry), http_requests }
+    }
+
+    /// The OpenMetrics/Prometheus text exposition.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct StoreCollector {
+    store: Store,
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.store.stats();
+        let pairs = [
+            ("store_commits", "Store write transactions committed.", stats.commits.load(Ordering::Relaxed)),
+            ("store_commands", "Store commands applied (several share one commit).", stats.commands.load(Ordering::Relaxed)),
+            ("store_failed_commits", "Store write transactions that failed.", stats.failed_commits.load(Ordering::Relaxed)),
+        ];
+        for (name, help, v) in pairs {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(m)?;
+        }
+        match self.store.machine_counts() {
+            Ok(counts) => {
+                let mut family = encoder.encode_descriptor("machines", "Machines by lifecycle state.", None, MetricType::Gauge)?;
+                for (state, n) in counts {
+                    let labels = vec![("state", state.as_str())];
+                    let m = family.encode_family(&labels)?;
+                    ConstGauge::new(n as i64).encode(m)?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count machines for /metrics"),
+        }
+        Ok(())
+    }
+}
