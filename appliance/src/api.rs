@@ -110,6 +110,8 @@ pub fn field_path(path: &str, message: &str) -> String {
         .and_then(|rest| rest.split('`').next());
     let base = if path == "." { "" } else { path };
     match named {
+        // serde_path_to_error already ends the path with an unknown field's name.
+        Some(name) if base == name || base.ends_with(&format!(".{name}")) => base.to_string(),
         Some(name) if base.is_empty() => name.to_string(),
         Some(name) => format!("{base}.{name}"),
         None => base.to_string(),

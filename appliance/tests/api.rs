@@ -1,0 +1,461 @@
+//! The REST API driven through the router (`tower::ServiceExt::oneshot`), with a real store
+//! in a temporary directory: every endpoint, authentication, and every error path.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use cosm_appliance::api::{router, AppState};
+use cosm_appliance::metrics::Metrics;
+use cosm_appliance::store::{Store, StoreOptions};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct TestApp {
+    router: Router,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    async fn new() -> TestApp {
+        Self::with_limit(64 * 1024).await
+    }
+
+    async fn with_limit(max_body_bytes: usize) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cosm.redb"), StoreOptions::default()).unwrap();
+        let (token, _) = cosm_appliance::auth::bootstrap_admin(&store, dir.path())
+            .await
+            .unwrap()
+            .unwrap();
+        let metrics = Metrics::new(store.clone());
+        let router = router(AppState { store, metrics, max_body_bytes });
+        TestApp { router, admin: token, _dir: dir }
+    }
+
+    async fn raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, headers, body)
+    }
+
+    async fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string()))
+                .unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let (status, _, bytes) = self.raw(req).await;
+        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        (status, v)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let admin = self.admin.clone();
+        self.call_as(Some(&admin), method, path, body).await
+    }
+
+    async fn read_token(&self) -> String {
+        let (s, v) = self.call("POST", "/api/v1/tokens", Some(json!({"name": "viewer", "scope": "read"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, field: Option<&str>) {
+    assert_eq!(status, want, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {body}");
+    assert!(body["code"].as_str().is_some(), "no code: {body}");
+    assert_eq!(body["field"].as_str(), field, "{body}");
+}
+
+#[tokio::test]
+async fn machine_endpoints_round_trip() {
+    let app = TestApp::new().await;
+    let (s, m) = app
+        .call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:AA:BB:01", "role": "host", "hostname": "hv1", "reserved_ip": "192.0.2.11"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{m}");
+    assert_eq!((m["mac"].as_str(), m["state"].as_str(), m["role"].as_str()), (Some("52:54:00:aa:bb:01"), Some("ready"), Some("host")));
+    app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:aa:bb:02"}))).await;
+
+    let (s, list) = app.call("GET", "/api/v1/machines", None).await;
+    assert_eq!((s, list.as_array().unwrap().len()), (StatusCode::OK, 2));
+    let (_, list) = app.call("GET", "/api/v1/machines?role=host", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (_, list) = app.call("GET", "/api/v1/machines?state=discovered", None).await;
+    assert_eq!(list[0]["mac"], "52:54:00:aa:bb:02");
+
+    let (s, m) = app.call("GET", "/api/v1/machines/52-54-00-aa-bb-01", None).await;
+    assert_eq!((s, m["hostname"].as_str()), (StatusCode::OK, Some("hv1")));
+
+    let (s, m) = app.call("PATCH", "/api/v1/machines/52:54:00:aa:bb:01", Some(json!({"hostname": "hv-01", "reserved_ip": null}))).await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!((m["hostname"].as_str(), &m["reserved_ip"]), (Some("hv-01"), &Value::Null));
+
+    let (s, m) = app.call("PUT", "/api/v1/machines/52:54:00:aa:bb:02/role", Some(json!({"role": "storage"}))).await;
+    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("ready")));
+    let (s, m) = app.call("PUT", "/api/v1/machines/52:54:00:aa:bb:02/role", Some(json!({"role": null}))).await;
+    assert_eq!((s, m["state"].as_str(), &m["role"]), (StatusCode::OK, Some("discovered"), &Value::Null));
+
+    let (s, m) = app.call("POST", "/api/v1/machines/52:54:00:aa:bb:01/state", Some(json!({"state": "deploying", "reason": "test"}))).await;
+    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deploying")));
+
+    let (s, evs) = app.call("GET", "/api/v1/machines/52:54:00:aa:bb:01/events", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let kinds: Vec<&str> = evs.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["created", "role_changed", "state_changed", "updated", "state_changed"]);
+    assert!(evs[4]["message"].as_str().unwrap().contains("test"), "{}", evs[4]);
+    let (_, evs) = app.call("GET", "/api/v1/machines/52:54:00:aa:bb:01/events?limit=2", None).await;
+    assert_eq!(evs.as_array().unwrap().len(), 2);
+    assert_eq!(evs[1]["to_state"], "deploying");
+
+    // Installed (or installing) machines must be retired before deletion.
+    let (s, e) = app.call("DELETE", "/api/v1/machines/52:54:00:aa:bb:01", None).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    let (s, _) = app.call("DELETE", "/api/v1/machines/52:54:00:aa:bb:02", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, e) = app.call("GET", "/api/v1/machines/52:54:00:aa:bb:02", None).await;
+    assert_error(s, &e, StatusCode::NOT_FOUND, None);
+}
+
+#[tokio::test]
+async fn roles_rules_and_tokens_endpoints() {
+    let app = TestApp::new().await;
+    let (s, roles) = app.call("GET", "/api/v1/roles", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<&str> = roles.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["center", "host", "storage", "web"]);
+
+    let (s, r) = app.call("POST", "/api/v1/roles", Some(json!({"name": "gpu", "description": "GPU hypervisor"}))).await;
+    assert_eq!((s, r["builtin"].as_bool()), (StatusCode::CREATED, Some(false)));
+    let (s, _) = app.call("GET", "/api/v1/roles/gpu", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = app.call("POST", "/api/v1/roles", Some(json!({"name": "gpu"}))).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    let (s, e) = app.call("DELETE", "/api/v1/roles/host", None).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+
+    let (s, rule) = app
+        .call("POST", "/api/v1/rules", Some(json!({"role": "gpu", "priority": 5, "match": {"mac_prefix": "52:54:00", "min_cpus": 2}})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rule}");
+    let id = rule["id"].as_u64().unwrap();
+    let (s, rules) = app.call("GET", "/api/v1/rules", None).await;
+    assert_eq!((s, rules.as_array().unwrap().len()), (StatusCode::OK, 1));
+    let (s, _) = app.call("GET", &format!("/api/v1/rules/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The rule applies at discovery: inventory with 4 CPUs matches, 1 CPU does not.
+    let inv = |cpus: u32| json!({"cpu": {"threads": cpus}, "memory_bytes": 1u64 << 30});
+    let (_, m) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01", "inventory": inv(4)}))).await;
+    assert_eq!((m["role"].as_str(), m["state"].as_str()), (Some("gpu"), Some("ready")));
+    let (_, m) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:02", "inventory": inv(1)}))).await;
+    assert_eq!((&m["role"], m["state"].as_str()), (&Value::Null, Some("discovered")));
+
+    // A role in use cannot go; neither can one a rule names.
+    let (s, e) = app.call("DELETE", "/api/v1/roles/gpu", None).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    let (s, _) = app.call("DELETE", &format!("/api/v1/rules/{id}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, e) = app.call("DELETE", &format!("/api/v1/rules/{id}"), None).await;
+    assert_error(s, &e, StatusCode::NOT_FOUND, None);
+    app.call("DELETE", "/api/v1/machines/52:54:00:00:00:01", None).await;
+    let (s, _) = app.call("DELETE", "/api/v1/roles/gpu", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let (s, created) = app.call("POST", "/api/v1/tokens", Some(json!({"name": "ci", "scope": "admin"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let tid = created["info"]["id"].as_u64().unwrap();
+    let (s, toks) = app.call("GET", "/api/v1/tokens", None).await;
+    assert_eq!((s, toks.as_array().unwrap().len()), (StatusCode::OK, 2));
+    assert!(!toks.to_string().contains(created["token"].as_str().unwrap()), "a listing must never show a secret");
+    let (s, _) = app.call("DELETE", &format!("/api/v1/tokens/{tid}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, e) = app.call_as(created["token"].as_str(), "GET", "/api/v1/machines", None).await;
+    assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
+}
+
+#[tokio::test]
+async fn authentication_and_scopes() {
+    let app = TestApp::new().await;
+    let (s, e) = app.call_as(None, "GET", "/api/v1/machines", None).await;
+    assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
+    let (s, e) = app.call_as(Some("cosm_not-a-real-token"), "GET", "/api/v1/machines", None).await;
+    assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
+    let (s, e) = app.call_as(None, "POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01"}))).await;
+    assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
+
+    let (status, headers, _) = app
+        .raw(Request::get("/api/v1/roles").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+
+    let read = app.read_token().await;
+    let (s, _) = app.call_as(Some(&read), "GET", "/api/v1/machines", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = app.call_as(Some(&read), "POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01"}))).await;
+    assert_error(s, &e, StatusCode::FORBIDDEN, None);
+    let (s, e) = app.call_as(Some(&read), "GET", "/api/v1/tokens", None).await;
+    assert_error(s, &e, StatusCode::FORBIDDEN, None);
+    // Nothing was written by the refused call.
+    let (_, list) = app.call("GET", "/api/v1/machines", None).await;
+    assert_eq!(list, json!([]));
+
+    // Open endpoints need no token.
+    for path in ["/healthz", "/metrics", "/api/v1/openapi.json"] {
+        let (s, _, _) = app.raw(Request::get(path).body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_naming_the_field() {
+    let app = TestApp::with_limit(4096).await;
+    let post = |body: Value| app.call("POST", "/api/v1/machines", Some(body));
+
+    let (s, e) = post(json!({"mac": "52:54:00:zz:00:01"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("mac"));
+    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "role": "nosuch"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("role"));
+    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "role": "Bad Role"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("role"));
+    let (s, e) = post(json!({"role": "host"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("mac"));
+    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "colour": "red"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("colour"));
+    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "reserved_ip": "192.0.2.300"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("reserved_ip"));
+    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "hostname": "bad_name!"})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("hostname"));
+    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "inventory": {"disks": [{"size_bytes": -1}]}})).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("inventory.disks[0].size_bytes"));
+    let (s, e) = app.call("POST", "/api/v1/rules", Some(json!({"role": "host", "match": {}}))).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("match"));
+    let (s, e) = app.call("POST", "/api/v1/rules", Some(json!({"role": "host", "match": {"min_cpus": 8, "max_cpus": 4}}))).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("match.min_cpus"));
+    let (s, e) = app.call("POST", "/api/v1/machines/52:54:00:00:00:01/state", Some(json!({"state": "flying"}))).await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("state"));
+
+    // Malformed MACs and ids in the path, unknown query parameters and bad filters: 400.
+    let (s, e) = app.call("GET", "/api/v1/machines/not-a-mac", None).await;
+    assert_error(s, &e, StatusCode::BAD_REQUEST, Some("mac"));
+    let (s, e) = app.call("GET", "/api/v1/rules/abc", None).await;
+    assert_error(s, &e, StatusCode::BAD_REQUEST, Some("id"));
+    let (s, e) = app.call("GET", "/api/v1/machines?sate=ready", None).await;
+    assert_error(s, &e, StatusCode::BAD_REQUEST, Some("sate"));
+    let (s, e) = app.call("GET", "/api/v1/machines?state=sleeping", None).await;
+    assert_error(s, &e, StatusCode::BAD_REQUEST, Some("state"));
+    let (s, e) = app.call("GET", "/api/v1/machines/52:54:00:00:00:01/events?limit=0", None).await;
+    assert_error(s, &e, StatusCode::BAD_REQUEST, Some("limit"));
+
+    // Syntax errors, trailing garbage, wrong content type, oversize bodies.
+    let raw = |body: &'static str, ctype: &'static str| {
+        Request::post("/api/v1/machines")
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.admin))
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for (body, ctype, want) in [
+        ("{\"mac\": ", "application/json", StatusCode::BAD_REQUEST),
+        ("{\"mac\": \"52:54:00:00:00:01\"} xx", "application/json", StatusCode::BAD_REQUEST),
+        ("not json at all", "application/json", StatusCode::BAD_REQUEST),
+        ("{\"mac\": \"52:54:00:00:00:01\"}", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ] {
+        let (s, _, b) = app.raw(raw(body, ctype)).await;
+        let e: Value = serde_json::from_slice(&b).unwrap();
+        assert_error(s, &e, want, None);
+    }
+    let big = json!({"mac": "52:54:00:00:00:01", "hostname": "a".repeat(10_000)}).to_string();
+    let req = Request::post("/api/v1/machines")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.admin))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    let (s, _, b) = app.raw(req).await;
+    let e: Value = serde_json::from_slice(&b).unwrap();
+    assert_error(s, &e, StatusCode::PAYLOAD_TOO_LARGE, None);
+
+    // Unknown routes and methods answer JSON too.
+    let (s, e) = app.call("GET", "/api/v1/nothing-here", None).await;
+    assert_error(s, &e, StatusCode::NOT_FOUND, None);
+    let (s, e) = app.call("PUT", "/api/v1/machines", None).await;
+    assert_error(s, &e, StatusCode::METHOD_NOT_ALLOWED, None);
+
+    // None of the refused calls wrote anything.
+    let (_, list) = app.call("GET", "/api/v1/machines", None).await;
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn conflicts_name_the_states() {
+    let app = TestApp::new().await;
+    app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01", "hostname": "a", "reserved_ip": "192.0.2.5"}))).await;
+    let (s, e) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01"}))).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    let (s, e) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:02", "hostname": "A"}))).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    let (s, e) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:02", "reserved_ip": "192.0.2.5"}))).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+
+    let (s, e) = app.call("POST", "/api/v1/machines/52:54:00:00:00:01/state", Some(json!({"state": "active"}))).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    assert_eq!(e["code"], "illegal_transition");
+    assert_eq!(
+        e["message"],
+        "machine 52:54:00:00:00:01: cannot move from discovered to active; from discovered the allowed states are: ready, failed, retired"
+    );
+    let (s, e) = app.call("POST", "/api/v1/machines/52:54:00:00:00:01/state", Some(json!({"state": "ready"}))).await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    assert!(e["message"].as_str().unwrap().contains("no role"), "{e}");
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let app = TestApp::new().await;
+    let (s, doc) = app.call_as(None, "GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/machines", "/api/v1/machines/{mac}", "/api/v1/machines/{mac}/role",
+        "/api/v1/machines/{mac}/state", "/api/v1/machines/{mac}/events", "/api/v1/roles",
+        "/api/v1/roles/{name}", "/api/v1/rules", "/api/v1/rules/{id}", "/api/v1/tokens",
+        "/api/v1/tokens/{id}", "/healthz", "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_machines() {
+    let app = TestApp::new().await;
+    app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01", "role": "web"}))).await;
+    app.call("GET", "/api/v1/machines/52:54:00:00:00:99", None).await;
+    let (_, _, body) = app.raw(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("cosm_machines{state=\"ready\"} 1"), "{text}");
+    assert!(text.contains("cosm_http_requests_total{method=\"POST\",route=\"/api/v1/machines\",status=\"201\"} 1"), "{text}");
+    assert!(text.contains("route=\"/api/v1/machines/{mac}\",status=\"404\"} 1"), "{text}");
+}
+
+// --- The lifecycle, as a property: no sequence of API calls reaches a forbidden state. ---
+
+/// The lifecycle of DESIGN.md, written out independently of the implementation.
+fn spec_allows(from: &str, to: &str) -> bool {
+    let allowed: &[&str] = match from {
+        "discovered" => &["ready", "failed", "retired"],
+        "ready" => &["discovered", "deploying", "retired"],
+        "deploying" => &["deployed", "failed", "ready"],
+        "deployed" => &["active", "failed", "lost", "ready", "retired"],
+        "active" => &["lost", "failed", "ready", "retired"],
+        "failed" => &["discovered", "ready", "retired"],
+        "lost" => &["active", "deployed", "fenced", "retired"],
+        "fenced" => &["ready", "retired"],
+        "retired" => &["discovered"],
+        _ => &[],
+    };
+    allowed.contains(&to)
+}
+
+const STATES: [&str; 9] = ["discovered", "ready", "deploying", "deployed", "active", "failed", "lost", "fenced", "retired"];
+const ROLES: [Option<&str>; 3] = [Some("host"), Some("storage"), None];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create { m: usize, role: Option<&'static str> },
+    SetState { m: usize, to: &'static str },
+    SetRole { m: usize, role: Option<&'static str> },
+    PatchRole { m: usize, role: Option<&'static str> },
+    Delete { m: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let m = 0usize..3;
+    prop_oneof![
+        (m.clone(), prop::sample::select(ROLES.to_vec())).prop_map(|(m, role)| Op::Create { m, role }),
+        (m.clone(), prop::sample::select(STATES.to_vec())).prop_map(|(m, to)| Op::SetState { m, to }),
+        (m.clone(), prop::sample::select(STATES.to_vec())).prop_map(|(m, to)| Op::SetState { m, to }),
+        (m.clone(), prop::sample::select(ROLES.to_vec())).prop_map(|(m, role)| Op::SetRole { m, role }),
+        (m.clone(), prop::sample::select(ROLES.to_vec())).prop_map(|(m, role)| Op::PatchRole { m, role }),
+        m.prop_map(|m| Op::Delete { m }),
+    ]
+}
+
+async fn snapshot(app: &TestApp, mac: &str) -> Option<Value> {
+    let (s, v) = app.call("GET", &format!("/api/v1/machines/{mac}"), None).await;
+    (s == StatusCode::OK).then_some(v)
+}
+
+async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let app = TestApp::new().await;
+    let macs = ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"];
+    for op in ops {
+        let mac = match &op {
+            Op::Create { m, .. } | Op::SetState { m, .. } | Op::SetRole { m, .. } | Op::PatchRole { m, .. } | Op::Delete { m } => macs[*m],
+        };
+        let before = snapshot(&app, mac).await;
+        let (status, body) = match &op {
+            Op::Create { role, .. } => app.call("POST", "/api/v1/machines", Some(json!({"mac": mac, "role": role}))).await,
+            Op::SetState { to, .. } => app.call("POST", &format!("/api/v1/machines/{mac}/state"), Some(json!({"state": to}))).await,
+            Op::SetRole { role, .. } => app.call("PUT", &format!("/api/v1/machines/{mac}/role"), Some(json!({"role": role}))).await,
+            Op::PatchRole { role, .. } => app.call("PATCH", &format!("/api/v1/machines/{mac}"), Some(json!({"role": role}))).await,
+            Op::Delete { .. } => app.call("DELETE", &format!("/api/v1/machines/{mac}"), None).await,
+        };
+        prop_assert!(status.as_u16() < 500, "{op:?} answered {status}: {body}");
+        let after = snapshot(&app, mac).await;
+        if !status.is_success() {
+            prop_assert_eq!(&before, &after, "refused {:?} ({}) changed the machine", op, status);
+            continue;
+        }
+        if let (Some(b), Some(a)) = (&before, &after) {
+            let (from, to) = (b["state"].as_str().unwrap(), a["state"].as_str().unwrap());
+            if from != to {
+                prop_assert!(spec_allows(from, to), "{op:?} moved {mac} from {from} to {to}");
+            }
+        }
+        if before.is_none() {
+            if let Some(a) = &after {
+                let st = a["state"].as_str().unwrap();
+                prop_assert!(st == "discovered" || st == "ready", "created in state {st}");
+            }
+        }
+        if before.is_some() && after.is_none() {
+            let st = before.as_ref().unwrap()["state"].as_str().unwrap();
+            prop_assert!(["discovered", "ready", "failed", "retired"].contains(&st), "deleted while {st}");
+        }
+        if let Some(a) = &after {
+            let st = a["state"].as_str().unwrap();
+            let has_role = !a["role"].is_null();
+            if ["ready", "deploying", "deployed", "active"].contains(&st) {
+                prop_assert!(has_role, "{mac} is {st} without a role");
+            }
+            if st == "discovered" {
+                prop_assert!(!has_role, "{mac} is discovered but has role {}", a["role"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn no_call_sequence_breaks_the_lifecycle(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run_ops(ops))?;
+    }
+}
