@@ -46,7 +46,11 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody { code: code.into(), message: message.into(), field: None },
+            body: ErrorBody {
+                code: code.into(),
+                message: message.into(),
+                field: None,
+            },
         }
     }
 
@@ -87,8 +91,12 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            StoreError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             StoreError::IllegalTransition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", e.to_string())
             }
@@ -132,7 +140,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
-                let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let mime = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 mime == "application/json" || mime.ends_with("+json")
             })
             .unwrap_or(false);
@@ -155,17 +168,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Ok(v) => {
                 // Trailing garbage after the JSON value is an error too.
                 de.end().map_err(|e| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}"))
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_json",
+                        format!("malformed JSON: {e}"),
+                    )
                 })?;
                 Ok(ApiJson(v))
             }
             Err(e) => {
                 let inner = e.inner();
                 if inner.is_syntax() || inner.is_eof() {
-                    Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {inner}")))
+                    Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_json",
+                        format!("malformed JSON: {inner}"),
+                    ))
                 } else {
                     let field = field_path(&e.path().to_string(), &inner.to_string());
-                    let msg = if field.is_empty() { inner.to_string() } else { format!("{field}: {inner}") };
+                    let msg = if field.is_empty() {
+                        inner.to_string()
+                    } else {
+                        format!("{field}: {inner}")
+                    };
                     let mut err = ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, msg);
                     if field.is_empty() {
                         err.body.field = None;
@@ -178,11 +203,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
-    s.parse().map_err(|e: cosm_wire::ParseError| ApiError::field(StatusCode::BAD_REQUEST, "mac", e.to_string()))
+    s.parse().map_err(|e: cosm_wire::ParseError| {
+        ApiError::field(StatusCode::BAD_REQUEST, "mac", e.to_string())
+    })
 }
 
 fn parse_role(s: &str) -> Result<RoleName, ApiError> {
-    s.parse().map_err(|e: cosm_wire::ParseError| ApiError::field(StatusCode::BAD_REQUEST, "role", e.to_string()))
+    s.parse().map_err(|e: cosm_wire::ParseError| {
+        ApiError::field(StatusCode::BAD_REQUEST, "role", e.to_string())
+    })
 }
 
 /// Checks query parameters against the known ones, so a typo is an error, not ignored.
@@ -207,8 +236,14 @@ pub struct Caller {
 }
 
 async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -219,14 +254,20 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
     let record = match state.store.token_by_hash(&auth::hash_token(token)) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked API token")
-                .into_response()
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "unknown or revoked API token",
+            )
+            .into_response()
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
     let path = req.uri().path();
     let admin_only = path.starts_with("/api/v1/tokens");
-    if !auth::permits(record.info.scope, req.method()) || (admin_only && record.info.scope != Scope::Admin) {
+    if !auth::permits(record.info.scope, req.method())
+        || (admin_only && record.info.scope != Scope::Admin)
+    {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -240,7 +281,10 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
         )
         .into_response();
     }
-    req.extensions_mut().insert(Caller { token_id: record.info.id, name: record.info.name });
+    req.extensions_mut().insert(Caller {
+        token_id: record.info.id,
+        name: record.info.name,
+    });
     next.run(req).await
 }
 
@@ -254,7 +298,11 @@ async fn count_request(State(metrics): State<Metrics>, req: Request, next: Next)
     let resp = next.run(req).await;
     metrics
         .http_requests
-        .get_or_create(&HttpLabels { method, route, status: resp.status().as_u16() })
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
         .inc();
     resp
 }
@@ -265,7 +313,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines", get(list_machines).post(create_machine))
         .route(
             "/api/v1/machines/{mac}",
-            get(show_machine).patch(update_machine).delete(delete_machine),
+            get(show_machine)
+                .patch(update_machine)
+                .delete(delete_machine),
         )
         .route("/api/v1/machines/{mac}/role", put(set_role))
         .route("/api/v1/machines/{mac}/state", post(set_state))
@@ -282,22 +332,35 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi_json));
     api.merge(open)
-        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), count_request))
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_request,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(state)
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked; the appliance keeps serving");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the appliance log has the details")
-        .into_response()
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the appliance log has the details",
+    )
+    .into_response()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {method} {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
@@ -329,7 +392,11 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
 async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let schema_version = state.store.schema_version().map_err(|e| {
         tracing::error!(error = %e, "health check cannot read the store");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "the store cannot be read")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            "the store cannot be read",
+        )
     })?;
     Ok(Json(Health {
         status: "ok".into(),
@@ -342,9 +409,15 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = state.metrics.render().map_err(|e| ApiError::internal("cannot render metrics", &e))?;
+    let text = state
+        .metrics
+        .render()
+        .map_err(|e| ApiError::internal("cannot render metrics", &e))?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response())
@@ -371,7 +444,10 @@ async fn list_machines(
     let role = q.get("role").map(|r| parse_role(r)).transpose()?;
     let st = q
         .get("state")
-        .map(|s| s.parse::<MachineState>().map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "state", e)))
+        .map(|s| {
+            s.parse::<MachineState>()
+                .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "state", e))
+        })
         .transpose()?;
     Ok(Json(state.store.machines(role.as_ref(), st)?))
 }
@@ -397,13 +473,18 @@ async fn create_machine(
     params(("mac" = String, Path, description = "MAC address, e.g. 52:54:00:aa:bb:01")),
     responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-async fn show_machine(State(state): State<AppState>, Path(mac): Path<String>) -> Result<Json<Machine>, ApiError> {
+async fn show_machine(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
     let mac = parse_mac(&mac)?;
-    state
-        .store
-        .machine(mac)?
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("machine {mac} not found")))
+    state.store.machine(mac)?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("machine {mac} not found"),
+        )
+    })
 }
 
 /// Change hostname, role or reserved address. Absent fields are kept; `null` clears.
@@ -418,7 +499,12 @@ async fn update_machine(
     ApiJson(update): ApiJson<UpdateMachine>,
 ) -> Result<Json<Machine>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let m = machine_of(state.store.apply(Command::UpdateMachine { mac, update }).await?);
+    let m = machine_of(
+        state
+            .store
+            .apply(Command::UpdateMachine { mac, update })
+            .await?,
+    );
     tracing::info!(caller = %caller.name, mac = %mac, "machine updated");
     Ok(Json(m))
 }
@@ -451,7 +537,15 @@ async fn set_role(
     ApiJson(body): ApiJson<SetRole>,
 ) -> Result<Json<Machine>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let m = machine_of(state.store.apply(Command::SetRole { mac, role: body.role }).await?);
+    let m = machine_of(
+        state
+            .store
+            .apply(Command::SetRole {
+                mac,
+                role: body.role,
+            })
+            .await?,
+    );
     tracing::info!(caller = %caller.name, mac = %mac, state = %m.state, "machine role set");
     Ok(Json(m))
 }
@@ -469,8 +563,20 @@ async fn set_state(
     ApiJson(body): ApiJson<SetState>,
 ) -> Result<Json<Machine>, ApiError> {
     let mac = parse_mac(&mac)?;
-    let reason = body.reason.map(|r| format!("{r} (by {})", caller.name)).or_else(|| Some(format!("requested by {}", caller.name)));
-    let m = machine_of(state.store.apply(Command::SetState { mac, to: body.state, reason }).await?);
+    let reason = body
+        .reason
+        .map(|r| format!("{r} (by {})", caller.name))
+        .or_else(|| Some(format!("requested by {}", caller.name)));
+    let m = machine_of(
+        state
+            .store
+            .apply(Command::SetState {
+                mac,
+                to: body.state,
+                reason,
+            })
+            .await?,
+    );
     tracing::info!(caller = %caller.name, mac = %mac, state = %m.state, "machine state changed");
     Ok(Json(m))
 }
@@ -494,10 +600,20 @@ async fn machine_events(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| ApiError::field(StatusCode::BAD_REQUEST, "limit", format!("limit must be a number from 1 to 10000, not {l:?}")))?,
+            .ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "limit",
+                    format!("limit must be a number from 1 to 10000, not {l:?}"),
+                )
+            })?,
     };
     if state.store.machine(mac)?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("machine {mac} not found")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("machine {mac} not found"),
+        ));
     }
     Ok(Json(state.store.events(mac, limit)?))
 }
@@ -529,13 +645,18 @@ async fn create_role(
 #[utoipa::path(get, path = "/api/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path, description = "role name")),
     responses((status = 200, body = Role), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-async fn show_role(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Role>, ApiError> {
+async fn show_role(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Role>, ApiError> {
     let name = parse_role(&name)?;
-    state
-        .store
-        .role(&name)?
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("role {name} not found")))
+    state.store.role(&name)?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("role {name} not found"),
+        )
+    })
 }
 
 /// Delete an operator-defined role that no machine and no rule uses.
@@ -576,21 +697,31 @@ async fn create_rule(
 }
 
 fn parse_id(s: &str) -> Result<u64, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::field(StatusCode::BAD_REQUEST, "id", format!("{s:?} is not a numeric id")))
+    s.parse().map_err(|_| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "id",
+            format!("{s:?} is not a numeric id"),
+        )
+    })
 }
 
 /// One rule.
 #[utoipa::path(get, path = "/api/v1/rules/{id}", tag = "rules",
     params(("id" = u64, Path, description = "rule id")),
     responses((status = 200, body = Rule), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-async fn show_rule(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Rule>, ApiError> {
+async fn show_rule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Rule>, ApiError> {
     let id = parse_id(&id)?;
-    state
-        .store
-        .rule(id)?
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("rule {id} not found")))
+    state.store.rule(id)?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("rule {id} not found"),
+        )
+    })
 }
 
 /// Delete a rule.
@@ -626,11 +757,18 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let name = spec.name.trim();
     if name.is_empty() || name.len() > 64 {
-        return Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "name", "a token name of 1-64 characters is required"));
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+            "a token name of 1-64 characters is required",
+        ));
     }
     let (info, token) = auth::create_token(&state.store, name, spec.scope).await?;
     tracing::info!(caller = %caller.name, token = info.id, name = %info.name, scope = ?info.scope, "API token created");
-    Ok(created(format!("/api/v1/tokens/{}", info.id), CreatedToken { info, token }))
+    Ok(created(
+        format!("/api/v1/tokens/{}", info.id),
+        CreatedToken { info, token },
+    ))
 }
 
 /// Revoke an API token (admin only). The caller's own token can be revoked too.

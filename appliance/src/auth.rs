@@ -48,9 +48,17 @@ pub enum BootstrapError {
 
 /// Creates a token in the store and returns its secret. Refused scopes or names surface as
 /// store errors.
-pub async fn create_token(store: &Store, name: &str, scope: Scope) -> Result<(TokenInfo, String), StoreError> {
+pub async fn create_token(
+    store: &Store,
+    name: &str,
+    scope: Scope,
+) -> Result<(TokenInfo, String), StoreError> {
     let token = generate_token();
-    let cmd = Command::CreateToken { name: name.to_string(), scope, hash: hash_token(&token) };
+    let cmd = Command::CreateToken {
+        name: name.to_string(),
+        scope,
+        hash: hash_token(&token),
+    };
     match store.apply(cmd).await? {
         Outcome::Token(info) => Ok((info, token)),
         other => unreachable!("CreateToken produced {other:?}"),
@@ -72,12 +80,18 @@ pub fn write_token_file(path: &Path, token: &str) -> Result<(), BootstrapError> 
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|source| BootstrapError::Write { path: path.to_path_buf(), source })
+    write().map_err(|source| BootstrapError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// On the first start (no token in the store) creates an admin token, writes it to
 /// `<data_dir>/admin.token` (0600) and returns it so the caller can show it once.
-pub async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<Option<(String, PathBuf)>, BootstrapError> {
+pub async fn bootstrap_admin(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<Option<(String, PathBuf)>, BootstrapError> {
     if !store.tokens()?.is_empty() {
         return Ok(None);
     }

@@ -56,7 +56,10 @@ pub mod file {
 
     impl Default for Api {
         fn default() -> Self {
-            Api { listen: "127.0.0.1:8080".into(), max_body_bytes: 1024 * 1024 }
+            Api {
+                listen: "127.0.0.1:8080".into(),
+                max_body_bytes: 1024 * 1024,
+            }
         }
     }
 
@@ -68,7 +71,9 @@ pub mod file {
 
     impl Default for Events {
         fn default() -> Self {
-            Events { retain_per_machine: 1000 }
+            Events {
+                retain_per_machine: 1000,
+            }
         }
     }
 }
@@ -104,7 +109,11 @@ impl Config {
                 let line = text[..span.start.min(text.len())].lines().count().max(1);
                 message = format!("{message} (line {line})");
             }
-            ConfigError::Invalid { path: path.to_path_buf(), key, message }
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            }
         })?;
         Config::try_from((path, parsed))
     }
@@ -130,7 +139,10 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
         let api_listen: SocketAddr = f.api.listen.parse().map_err(|_| {
             invalid(
                 "api.listen",
-                format!("{:?} is not an address:port such as 127.0.0.1:8080 or [::]:8080", f.api.listen),
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080 or [::]:8080",
+                    f.api.listen
+                ),
             )
         })?;
         if !(1024..=64 * 1024 * 1024).contains(&f.api.max_body_bytes) {
@@ -182,7 +194,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let e = err("data_dir = \"/x\"\n[api]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n");
-        assert!(e.starts_with("/etc/cosm/appliance.toml: key `api.listne`: unknown field"), "{e}");
+        assert!(
+            e.starts_with("/etc/cosm/appliance.toml: key `api.listne`: unknown field"),
+            "{e}"
+        );
         let e = err("data_dir = \"/x\"\nbogus = 1\n");
         assert!(e.contains("key `bogus`"), "{e}");
     }
@@ -192,7 +207,10 @@ mod tests {
         let e = err("data_dir = \"/x\"\n[api]\nlisten = \"localhost\"\n");
         assert!(e.contains("key `api.listen`"), "{e}");
         let e = err("data_dir = \"/x\"\n[api]\nmax_body_bytes = \"big\"\n");
-        assert!(e.contains("key `api.max_body_bytes`") && e.contains("line 3"), "{e}");
+        assert!(
+            e.contains("key `api.max_body_bytes`") && e.contains("line 3"),
+            "{e}"
+        );
         let e = err("[api]\n");
         assert!(e.contains("data_dir"), "{e}");
         let e = err("data_dir = \"/x\"\n[events]\nretain_per_machine = 1\n");
@@ -201,7 +219,11 @@ mod tests {
 
     #[test]
     fn relative_data_dir_is_beside_the_file() {
-        let c = Config::parse(Path::new("/etc/cosm/appliance.toml"), "data_dir = \"state\"").unwrap();
+        let c = Config::parse(
+            Path::new("/etc/cosm/appliance.toml"),
+            "data_dir = \"state\"",
+        )
+        .unwrap();
         assert_eq!(c.data_dir, Path::new("/etc/cosm/state"));
         assert_eq!(c.api_listen.to_string(), "127.0.0.1:8080");
     }

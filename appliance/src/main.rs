@@ -109,7 +109,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("  events.retain_per_machine {}", c.events_per_machine);
             Ok(())
         }
-        Cmd::CreateToken { config, name, scope } => {
+        Cmd::CreateToken {
+            config,
+            name,
+            scope,
+        } => {
             let config = Config::load(&config)?;
             let store = cosm_appliance::serve::open_store(&config)?;
             let scope = match scope {
@@ -117,8 +121,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 ScopeArg::Read => Scope::Read,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let (info, token) = rt.block_on(cosm_appliance::auth::create_token(&store, &name, scope))?;
-            eprintln!("created token {} ({:?}, id {}); it is not shown again:", info.name, info.scope, info.id);
+            let (info, token) =
+                rt.block_on(cosm_appliance::auth::create_token(&store, &name, scope))?;
+            eprintln!(
+                "created token {} ({:?}, id {}); it is not shown again:",
+                info.name, info.scope, info.id
+            );
             println!("{token}");
             Ok(())
         }

@@ -35,14 +35,21 @@ impl Metrics {
     pub fn new(store: Store) -> Metrics {
         let mut registry = Registry::with_prefix("cosm");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests answered, by route and status", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            http_requests.clone(),
+        );
         registry.register(
             "build",
             "Version of this appliance",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         registry.register_collector(Box::new(StoreCollector { store }));
-        Metrics { registry: Arc::new(registry), http_requests }
+        Metrics {
+            registry: Arc::new(registry),
+            http_requests,
+        }
     }
 
     /// The OpenMetrics/Prometheus text exposition.
@@ -62,9 +69,21 @@ impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.store.stats();
         let pairs = [
-            ("store_commits", "Store write transactions committed.", stats.commits.load(Ordering::Relaxed)),
-            ("store_commands", "Store commands applied (several share one commit).", stats.commands.load(Ordering::Relaxed)),
-            ("store_failed_commits", "Store write transactions that failed.", stats.failed_commits.load(Ordering::Relaxed)),
+            (
+                "store_commits",
+                "Store write transactions committed.",
+                stats.commits.load(Ordering::Relaxed),
+            ),
+            (
+                "store_commands",
+                "Store commands applied (several share one commit).",
+                stats.commands.load(Ordering::Relaxed),
+            ),
+            (
+                "store_failed_commits",
+                "Store write transactions that failed.",
+                stats.failed_commits.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in pairs {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -72,7 +91,12 @@ impl Collector for StoreCollector {
         }
         match self.store.machine_counts() {
             Ok(counts) => {
-                let mut family = encoder.encode_descriptor("machines", "Machines by lifecycle state.", None, MetricType::Gauge)?;
+                let mut family = encoder.encode_descriptor(
+                    "machines",
+                    "Machines by lifecycle state.",
+                    None,
+                    MetricType::Gauge,
+                )?;
                 for (state, n) in counts {
                     let labels = vec![("state", state.as_str())];
                     let m = family.encode_family(&labels)?;

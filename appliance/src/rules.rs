@@ -94,14 +94,27 @@ mod tests {
 
     fn inv(cpus: u32, mem_gib: u64, disks_gib: &[u64], vendor: &str, product: &str) -> Inventory {
         Inventory {
-            cpu: Cpu { model: "x".into(), sockets: 1, cores: cpus, threads: cpus },
+            cpu: Cpu {
+                model: "x".into(),
+                sockets: 1,
+                cores: cpus,
+                threads: cpus,
+            },
             memory_bytes: mem_gib * GIB,
             disks: disks_gib
                 .iter()
                 .enumerate()
-                .map(|(i, g)| Disk { name: format!("sd{i}"), size_bytes: g * GIB, ..Default::default() })
+                .map(|(i, g)| Disk {
+                    name: format!("sd{i}"),
+                    size_bytes: g * GIB,
+                    ..Default::default()
+                })
                 .collect(),
-            dmi: Dmi { vendor: Some(vendor.into()), product: Some(product.into()), ..Default::default() },
+            dmi: Dmi {
+                vendor: Some(vendor.into()),
+                product: Some(product.into()),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -113,23 +126,59 @@ mod tests {
     #[test]
     fn exact_mac_and_prefix() {
         let rules = vec![
-            rule(1, 100, "web", RuleMatch { mac: Some(mac("52:54:00:00:00:01")), ..Default::default() }),
-            rule(2, 100, "host", RuleMatch { mac_prefix: Some("52:54:00".parse().unwrap()), ..Default::default() }),
+            rule(
+                1,
+                100,
+                "web",
+                RuleMatch {
+                    mac: Some(mac("52:54:00:00:00:01")),
+                    ..Default::default()
+                },
+            ),
+            rule(
+                2,
+                100,
+                "host",
+                RuleMatch {
+                    mac_prefix: Some("52:54:00".parse().unwrap()),
+                    ..Default::default()
+                },
+            ),
         ];
-        assert_eq!(first_match(&rules, &mac("52:54:00:00:00:01"), None).unwrap().role.as_str(), "web");
-        assert_eq!(first_match(&rules, &mac("52:54:00:00:00:02"), None).unwrap().role.as_str(), "host");
+        assert_eq!(
+            first_match(&rules, &mac("52:54:00:00:00:01"), None)
+                .unwrap()
+                .role
+                .as_str(),
+            "web"
+        );
+        assert_eq!(
+            first_match(&rules, &mac("52:54:00:00:00:02"), None)
+                .unwrap()
+                .role
+                .as_str(),
+            "host"
+        );
         assert!(first_match(&rules, &mac("52:55:00:00:00:02"), None).is_none());
     }
 
     #[test]
     fn priority_beats_creation_order_and_ties_go_to_the_oldest() {
-        let any_qemu = RuleMatch { mac_prefix: Some("52:54:00".parse().unwrap()), ..Default::default() };
+        let any_qemu = RuleMatch {
+            mac_prefix: Some("52:54:00".parse().unwrap()),
+            ..Default::default()
+        };
         let rules = vec![
             rule(1, 100, "web", any_qemu.clone()),
             rule(2, 10, "storage", any_qemu.clone()),
             rule(3, 10, "host", any_qemu),
         ];
-        assert_eq!(first_match(&rules, &mac("52:54:00:00:00:09"), None).unwrap().id, 2);
+        assert_eq!(
+            first_match(&rules, &mac("52:54:00:00:00:09"), None)
+                .unwrap()
+                .id,
+            2
+        );
     }
 
     #[test]
@@ -140,13 +189,23 @@ mod tests {
             vendor_contains: Some("dell".into()),
             ..Default::default()
         };
-        let disky = RuleMatch { min_disks: Some(4), min_disk_gib: Some(1000), ..Default::default() };
+        let disky = RuleMatch {
+            min_disks: Some(4),
+            min_disk_gib: Some(1000),
+            ..Default::default()
+        };
         let rules = vec![rule(1, 100, "host", big), rule(2, 100, "storage", disky)];
         let m = mac("00:11:22:33:44:55");
         let hv = inv(32, 128, &[480], "Dell Inc.", "PowerEdge R640");
-        assert_eq!(first_match(&rules, &m, Some(&hv)).unwrap().role.as_str(), "host");
+        assert_eq!(
+            first_match(&rules, &m, Some(&hv)).unwrap().role.as_str(),
+            "host"
+        );
         let st = inv(8, 32, &[480, 4000, 4000, 4000], "Supermicro", "SSG-6029P");
-        assert_eq!(first_match(&rules, &m, Some(&st)).unwrap().role.as_str(), "storage");
+        assert_eq!(
+            first_match(&rules, &m, Some(&st)).unwrap().role.as_str(),
+            "storage"
+        );
         let small = inv(4, 8, &[240], "Dell Inc.", "OptiPlex");
         assert!(first_match(&rules, &m, Some(&small)).is_none());
         // Without an inventory, inventory rules cannot match.
@@ -155,15 +214,36 @@ mod tests {
 
     #[test]
     fn boundaries_are_inclusive() {
-        let r = RuleMatch { min_cpus: Some(8), max_cpus: Some(8), product_contains: Some("r640".into()), ..Default::default() };
+        let r = RuleMatch {
+            min_cpus: Some(8),
+            max_cpus: Some(8),
+            product_contains: Some("r640".into()),
+            ..Default::default()
+        };
         let m = mac("00:11:22:33:44:55");
-        assert!(matches(&r, &m, Some(&inv(8, 1, &[], "Dell", "PowerEdge R640"))));
-        assert!(!matches(&r, &m, Some(&inv(9, 1, &[], "Dell", "PowerEdge R640"))));
-        assert!(!matches(&r, &m, Some(&inv(8, 1, &[], "Dell", "PowerEdge R740"))));
+        assert!(matches(
+            &r,
+            &m,
+            Some(&inv(8, 1, &[], "Dell", "PowerEdge R640"))
+        ));
+        assert!(!matches(
+            &r,
+            &m,
+            Some(&inv(9, 1, &[], "Dell", "PowerEdge R640"))
+        ));
+        assert!(!matches(
+            &r,
+            &m,
+            Some(&inv(8, 1, &[], "Dell", "PowerEdge R740"))
+        ));
     }
 
     #[test]
     fn empty_match_never_matches() {
-        assert!(!matches(&RuleMatch::default(), &mac("00:11:22:33:44:55"), None));
+        assert!(!matches(
+            &RuleMatch::default(),
+            &mac("00:11:22:33:44:55"),
+            None
+        ));
     }
 }

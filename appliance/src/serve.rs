@@ -18,7 +18,13 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let path = store_path(config);
-    Store::open(&path, StoreOptions { events_per_machine: config.events_per_machine }).with_context(|| {
+    Store::open(
+        &path,
+        StoreOptions {
+            events_per_machine: config.events_per_machine,
+        },
+    )
+    .with_context(|| {
         format!(
             "cannot open the store {} (another cosm-appliance may be running on the same data_dir)",
             path.display()

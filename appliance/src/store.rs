@@ -18,9 +18,7 @@ use cosm_wire::{
     CreateMachine, Event, EventKind, MacAddr, Machine, MachineId, MachineState, Role, RoleName,
     RoleSpec, Rule, RuleSpec, Scope, Timestamp, TokenInfo, UpdateMachine,
 };
-use redb::{
-    Database, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -47,10 +45,16 @@ const EVENT_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("event_coun
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
 const SEED_ROLES: [(&str, &str); 4] = [
-    ("center", "Management node: runs the control plane and its database"),
+    (
+        "center",
+        "Management node: runs the control plane and its database",
+    ),
     ("web", "Portal and REST API front end"),
     ("host", "Hypervisor (KVM or Xen) running virtual machines"),
-    ("storage", "Shared storage: images, virtual disks, metadata (NFS, iSCSI)"),
+    (
+        "storage",
+        "Shared storage: images, virtual disks, metadata (NFS, iSCSI)",
+    ),
 ];
 
 /// The largest number of commands grouped into one transaction.
@@ -63,9 +67,15 @@ pub enum StoreError {
     #[error("{message}")]
     Conflict { message: String },
     #[error("machine {mac}: {err}")]
-    IllegalTransition { mac: MacAddr, err: IllegalTransition },
+    IllegalTransition {
+        mac: MacAddr,
+        err: IllegalTransition,
+    },
     #[error("{message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("cannot open the store at {path}")]
     Open {
         path: PathBuf,
@@ -116,15 +126,31 @@ pub struct TokenRecord {
 #[derive(Debug, Clone)]
 pub enum Command {
     CreateMachine(CreateMachine),
-    UpdateMachine { mac: MacAddr, update: UpdateMachine },
-    SetRole { mac: MacAddr, role: Option<RoleName> },
-    SetState { mac: MacAddr, to: MachineState, reason: Option<String> },
-    DeleteMachine { mac: MacAddr },
+    UpdateMachine {
+        mac: MacAddr,
+        update: UpdateMachine,
+    },
+    SetRole {
+        mac: MacAddr,
+        role: Option<RoleName>,
+    },
+    SetState {
+        mac: MacAddr,
+        to: MachineState,
+        reason: Option<String>,
+    },
+    DeleteMachine {
+        mac: MacAddr,
+    },
     CreateRole(RoleSpec),
     DeleteRole(RoleName),
     CreateRule(RuleSpec),
     DeleteRule(u64),
-    CreateToken { name: String, scope: Scope, hash: String },
+    CreateToken {
+        name: String,
+        scope: Scope,
+        hash: String,
+    },
     DeleteToken(u64),
 }
 
@@ -155,7 +181,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { events_per_machine: 1000 }
+        StoreOptions {
+            events_per_machine: 1000,
+        }
     }
 }
 
@@ -220,7 +248,10 @@ impl Store {
             .map_err(|e| StoreError::Db {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
-        let writer = Arc::new(Writer { jobs: Some(jobs), thread: Some(thread) });
+        let writer = Arc::new(Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        });
         Ok(Store { db, writer, stats })
     }
 
@@ -231,16 +262,31 @@ impl Store {
     /// Applies one command; resolves once it is durable (or refused).
     pub async fn apply(&self, cmd: Command) -> Result<Outcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { cmd, at: Timestamp::now(), reply };
-        self.writer.jobs()?.send(job).await.map_err(|_| StoreError::WriterGone)?;
+        let job = Job {
+            cmd,
+            at: Timestamp::now(),
+            reply,
+        };
+        self.writer
+            .jobs()?
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// [`Store::apply`] for code outside an async runtime (offline CLI commands).
     pub fn apply_blocking(&self, cmd: Command) -> Result<Outcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { cmd, at: Timestamp::now(), reply };
-        self.writer.jobs()?.blocking_send(job).map_err(|_| StoreError::WriterGone)?;
+        let job = Job {
+            cmd,
+            at: Timestamp::now(),
+            reply,
+        };
+        self.writer
+            .jobs()?
+            .blocking_send(job)
+            .map_err(|_| StoreError::WriterGone)?;
         rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
     }
 
@@ -402,7 +448,10 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
                 meta.insert("schema_version", SCHEMA_VERSION)?;
             }
             Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::TooNew { found: v, supported: SCHEMA_VERSION });
+                return Err(StoreError::TooNew {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
             }
             Some(v) => {
                 txn.open_table(ROLES)?;
@@ -435,7 +484,9 @@ fn writer_loop(
             }
         }
         let results = apply_batch(db, &batch, options);
-        stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .commands
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match results {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -449,7 +500,9 @@ fn writer_loop(
                 tracing::error!(error = %e, commands = batch.len(), "store commit failed; nothing in this batch was written");
                 let message = e.to_string();
                 for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Db { message: message.clone() }));
+                    let _ = job.reply.send(Err(StoreError::Db {
+                        message: message.clone(),
+                    }));
                 }
             }
         }
@@ -467,7 +520,11 @@ fn apply_batch(
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let mut tx = Tx { txn: &txn, at: job.at, options };
+        let mut tx = Tx {
+            txn: &txn,
+            at: job.at,
+            options,
+        };
         match apply_command(&mut tx, &job.cmd) {
             Err(e @ (StoreError::Db { .. } | StoreError::Corrupt { .. })) => return Err(e),
             r => results.push(r),
@@ -509,15 +566,28 @@ fn apply_command(tx: &mut Tx<'_>, cmd: &Command) -> Result<Outcome, StoreError> 
         Command::DeleteRule(id) => {
             let mut t = tx.txn.open_table(RULES)?;
             if t.remove(*id)?.is_none() {
-                return Err(StoreError::NotFound { what: "rule", key: id.to_string() });
+                return Err(StoreError::NotFound {
+                    what: "rule",
+                    key: id.to_string(),
+                });
             }
             Ok(Outcome::Deleted)
         }
         Command::CreateToken { name, scope, hash } => {
             let id = tx.next_id("next_token_id")?;
-            let info = TokenInfo { id, name: name.clone(), scope: *scope, created_at: tx.at };
-            let rec = TokenRecord { info: info.clone(), hash: hash.clone() };
-            tx.txn.open_table(TOKENS)?.insert(hash.as_str(), encode(&rec).as_slice())?;
+            let info = TokenInfo {
+                id,
+                name: name.clone(),
+                scope: *scope,
+                created_at: tx.at,
+            };
+            let rec = TokenRecord {
+                info: info.clone(),
+                hash: hash.clone(),
+            };
+            tx.txn
+                .open_table(TOKENS)?
+                .insert(hash.as_str(), encode(&rec).as_slice())?;
             Ok(Outcome::Token(info))
         }
         Command::DeleteToken(id) => {
@@ -532,7 +602,10 @@ fn apply_command(tx: &mut Tx<'_>, cmd: &Command) -> Result<Outcome, StoreError> 
                 }
             }
             let Some(hash) = found else {
-                return Err(StoreError::NotFound { what: "token", key: id.to_string() });
+                return Err(StoreError::NotFound {
+                    what: "token",
+                    key: id.to_string(),
+                });
             };
             t.remove(hash.as_str())?;
             Ok(Outcome::Deleted)
@@ -553,7 +626,10 @@ impl Tx<'_> {
         let v = t.get(mac.to_u64())?;
         match v {
             Some(v) => decode("machines", v.value()),
-            None => Err(StoreError::NotFound { what: "machine", key: mac.to_string() }),
+            None => Err(StoreError::NotFound {
+                what: "machine",
+                key: mac.to_string(),
+            }),
         }
     }
 
@@ -599,7 +675,15 @@ impl Tx<'_> {
         to_state: Option<MachineState>,
     ) -> Result<(), StoreError> {
         let seq = self.next_id("next_event_seq")?;
-        let ev = Event { seq, at: self.at, mac, kind, message, from_state, to_state };
+        let ev = Event {
+            seq,
+            at: self.at,
+            mac,
+            kind,
+            message,
+            from_state,
+            to_state,
+        };
         let k = mac.to_u64();
         let mut events = self.txn.open_table(EVENTS)?;
         events.insert((k, seq), encode(&ev).as_slice())?;
@@ -635,7 +719,13 @@ impl Tx<'_> {
         let from = m.state;
         m.state = to;
         m.state_since = self.at;
-        self.event(m.mac, EventKind::StateChanged, format!("{from} → {to}: {why}"), Some(from), Some(to))
+        self.event(
+            m.mac,
+            EventKind::StateChanged,
+            format!("{from} → {to}: {why}"),
+            Some(from),
+            Some(to),
+        )
     }
 }
 
@@ -648,7 +738,9 @@ fn validate_hostname(h: &str) -> Result<String, StoreError> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         });
     if ok {
         Ok(lower)
@@ -701,10 +793,17 @@ fn check_unique(
 fn create_machine(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, StoreError> {
     if let Ok(existing) = tx.machine(spec.mac) {
         return Err(StoreError::Conflict {
-            message: format!("machine {} already exists (state {})", spec.mac, existing.state),
+            message: format!(
+                "machine {} already exists (state {})",
+                spec.mac, existing.state
+            ),
         });
     }
-    let hostname = spec.hostname.as_deref().map(validate_hostname).transpose()?;
+    let hostname = spec
+        .hostname
+        .as_deref()
+        .map(validate_hostname)
+        .transpose()?;
     if let Some(r) = &spec.role {
         tx.require_role(r)?;
     }
@@ -746,17 +845,32 @@ fn create_machine(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, Stor
         updated_at: tx.at,
         state_since: tx.at,
     };
-    tx.event(m.mac, EventKind::Created, "machine recorded".into(), None, Some(MachineState::Discovered))?;
+    tx.event(
+        m.mac,
+        EventKind::Created,
+        "machine recorded".into(),
+        None,
+        Some(MachineState::Discovered),
+    )?;
     if let Some(role) = &spec.role {
         m.role = Some(role.clone());
-        tx.event(m.mac, EventKind::RoleChanged, format!("role set to {role}"), None, None)?;
+        tx.event(
+            m.mac,
+            EventKind::RoleChanged,
+            format!("role set to {role}"),
+            None,
+            None,
+        )?;
         tx.transition(&mut m, MachineState::Ready, "role given at registration")?;
     } else if let Some(rule) = rule {
         m.role = Some(rule.role.clone());
         tx.event(
             m.mac,
             EventKind::RuleMatched,
-            format!("rule {} (priority {}) gave role {}", rule.id, rule.priority, rule.role),
+            format!(
+                "rule {} (priority {}) gave role {}",
+                rule.id, rule.priority, rule.role
+            ),
             None,
             None,
         )?;
@@ -767,7 +881,11 @@ fn create_machine(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, Stor
 }
 
 /// States in which the role may be changed, and what happens to the state.
-fn set_role(tx: &mut Tx<'_>, mut m: Machine, role: Option<RoleName>) -> Result<Machine, StoreError> {
+fn set_role(
+    tx: &mut Tx<'_>,
+    mut m: Machine,
+    role: Option<RoleName>,
+) -> Result<Machine, StoreError> {
     use MachineState::*;
     if m.role == role {
         return Ok(m);
@@ -819,7 +937,13 @@ fn set_state(
     }
     if to == MachineState::Discovered {
         if let Some(old) = m.role.take() {
-            tx.event(m.mac, EventKind::RoleChanged, format!("role {old} cleared"), None, None)?;
+            tx.event(
+                m.mac,
+                EventKind::RoleChanged,
+                format!("role {old} cleared"),
+                None,
+                None,
+            )?;
         }
     }
     tx.transition(&mut m, to, reason.unwrap_or("requested"))?;
@@ -857,7 +981,8 @@ fn update_machine(tx: &mut Tx<'_>, mac: MacAddr, u: &UpdateMachine) -> Result<Ma
         if m.reserved_ip != ip {
             notes.push(format!(
                 "reserved address {}",
-                ip.map(|i| i.to_string()).unwrap_or_else(|| "cleared".into())
+                ip.map(|i| i.to_string())
+                    .unwrap_or_else(|| "cleared".into())
             ));
             m.reserved_ip = ip;
         }
@@ -918,7 +1043,9 @@ fn delete_machine(tx: &mut Tx<'_>, mac: MacAddr) -> Result<(), StoreError> {
 fn create_role(tx: &mut Tx<'_>, spec: &RoleSpec) -> Result<Role, StoreError> {
     let mut t = tx.txn.open_table(ROLES)?;
     if t.get(spec.name.as_str())?.is_some() {
-        return Err(StoreError::Conflict { message: format!("role {} already exists", spec.name) });
+        return Err(StoreError::Conflict {
+            message: format!("role {} already exists", spec.name),
+        });
     }
     let role = Role {
         name: spec.name.clone(),
@@ -936,11 +1063,18 @@ fn delete_role(tx: &mut Tx<'_>, name: &RoleName) -> Result<(), StoreError> {
         let v = t.get(name.as_str())?;
         match v {
             Some(v) => decode("roles", v.value())?,
-            None => return Err(StoreError::NotFound { what: "role", key: name.to_string() }),
+            None => {
+                return Err(StoreError::NotFound {
+                    what: "role",
+                    key: name.to_string(),
+                })
+            }
         }
     };
     if role.builtin {
-        return Err(StoreError::Conflict { message: format!("role {name} is built in and cannot be deleted") });
+        return Err(StoreError::Conflict {
+            message: format!("role {name} is built in and cannot be deleted"),
+        });
     }
     let users: Vec<String> = tx
         .all_machines()?
@@ -971,7 +1105,9 @@ fn delete_role(tx: &mut Tx<'_>, name: &RoleName) -> Result<(), StoreError> {
     };
     if !rules_using.is_empty() {
         return Err(StoreError::Conflict {
-            message: format!("role {name} is given by rule(s) {rules_using:?}; delete those rules first"),
+            message: format!(
+                "role {name} is given by rule(s) {rules_using:?}; delete those rules first"
+            ),
         });
     }
     tx.txn.open_table(ROLES)?.remove(name.as_str())?;
@@ -987,9 +1123,13 @@ fn create_rule(tx: &mut Tx<'_>, spec: &RuleSpec) -> Result<Rule, StoreError> {
         });
     }
     let m = &spec.matches;
-    let bad_range = |lo: Option<u64>, hi: Option<u64>| matches!((lo, hi), (Some(l), Some(h)) if l > h);
+    let bad_range =
+        |lo: Option<u64>, hi: Option<u64>| matches!((lo, hi), (Some(l), Some(h)) if l > h);
     if bad_range(m.min_cpus.map(u64::from), m.max_cpus.map(u64::from)) {
-        return Err(StoreError::Invalid { field: "match.min_cpus", message: "min_cpus is larger than max_cpus".into() });
+        return Err(StoreError::Invalid {
+            field: "match.min_cpus",
+            message: "min_cpus is larger than max_cpus".into(),
+        });
     }
     if bad_range(m.min_memory_mib, m.max_memory_mib) {
         return Err(StoreError::Invalid {
@@ -998,7 +1138,10 @@ fn create_rule(tx: &mut Tx<'_>, spec: &RuleSpec) -> Result<Rule, StoreError> {
         });
     }
     if bad_range(m.min_disks.map(u64::from), m.max_disks.map(u64::from)) {
-        return Err(StoreError::Invalid { field: "match.min_disks", message: "min_disks is larger than max_disks".into() });
+        return Err(StoreError::Invalid {
+            field: "match.min_disks",
+            message: "min_disks is larger than max_disks".into(),
+        });
     }
     let id = tx.next_id("next_rule_id")?;
     let rule = Rule {
@@ -1009,7 +1152,9 @@ fn create_rule(tx: &mut Tx<'_>, spec: &RuleSpec) -> Result<Rule, StoreError> {
         matches: spec.matches.clone(),
         created_at: tx.at,
     };
-    tx.txn.open_table(RULES)?.insert(id, encode(&rule).as_slice())?;
+    tx.txn
+        .open_table(RULES)?
+        .insert(id, encode(&rule).as_slice())?;
     Ok(rule)
 }
 
@@ -1022,7 +1167,13 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Store {
-        Store::open(&dir.join("cosm.redb"), StoreOptions { events_per_machine: 5 }).unwrap()
+        Store::open(
+            &dir.join("cosm.redb"),
+            StoreOptions {
+                events_per_machine: 5,
+            },
+        )
+        .unwrap()
     }
 
     fn create(mac_s: &str, role: Option<&str>) -> Command {
@@ -1040,7 +1191,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path());
-            s.apply(create("52:54:00:aa:bb:01", Some("host"))).await.unwrap();
+            s.apply(create("52:54:00:aa:bb:01", Some("host")))
+                .await
+                .unwrap();
             assert_eq!(s.roles().unwrap().len(), 4);
         }
         let s = open(dir.path());
@@ -1058,7 +1211,10 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert("schema_version", SCHEMA_VERSION + 1).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", SCHEMA_VERSION + 1)
+                .unwrap();
             txn.commit().unwrap();
         }
         let err = Store::open(&path, StoreOptions::default()).unwrap_err();
@@ -1078,9 +1234,17 @@ mod tests {
         let results = futures_join(&s, cmds).await;
         assert!(results[0].is_ok());
         assert!(matches!(results[1], Err(StoreError::Conflict { .. })));
-        assert!(matches!(results[2], Err(StoreError::Invalid { field: "role", .. })));
+        assert!(matches!(
+            results[2],
+            Err(StoreError::Invalid { field: "role", .. })
+        ));
         assert!(results[3].is_ok());
-        let macs: Vec<String> = s.machines(None, None).unwrap().iter().map(|m| m.mac.to_string()).collect();
+        let macs: Vec<String> = s
+            .machines(None, None)
+            .unwrap()
+            .iter()
+            .map(|m| m.mac.to_string())
+            .collect();
         assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:03"]);
         // The refused machine left no events behind.
         assert!(s.events(mac("52:54:00:00:00:02"), 10).unwrap().is_empty());
@@ -1108,7 +1272,11 @@ mod tests {
         let m = mac("52:54:00:00:00:07");
         s.apply(create("52:54:00:00:00:07", None)).await.unwrap();
         for i in 0..10 {
-            let role = if i % 2 == 0 { Some("host".parse().unwrap()) } else { None };
+            let role = if i % 2 == 0 {
+                Some("host".parse().unwrap())
+            } else {
+                None
+            };
             s.apply(Command::SetRole { mac: m, role }).await.unwrap();
         }
         let evs = s.events(m, 100).unwrap();
@@ -1126,18 +1294,45 @@ mod tests {
             role: "storage".parse().unwrap(),
             priority: 10,
             description: "lab storage".into(),
-            matches: cosm_wire::RuleMatch { mac_prefix: Some("52:54:01".parse().unwrap()), ..Default::default() },
+            matches: cosm_wire::RuleMatch {
+                mac_prefix: Some("52:54:01".parse().unwrap()),
+                ..Default::default()
+            },
         }))
         .await
         .unwrap();
-        let Outcome::Machine(hit) = s.apply(create("52:54:01:00:00:01", None)).await.unwrap() else { panic!() };
-        assert_eq!((hit.state, hit.role.as_ref().map(|r| r.as_str())), (MachineState::Ready, Some("storage")));
-        let Outcome::Machine(miss) = s.apply(create("52:54:02:00:00:01", None)).await.unwrap() else { panic!() };
+        let Outcome::Machine(hit) = s.apply(create("52:54:01:00:00:01", None)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (hit.state, hit.role.as_ref().map(|r| r.as_str())),
+            (MachineState::Ready, Some("storage"))
+        );
+        let Outcome::Machine(miss) = s.apply(create("52:54:02:00:00:01", None)).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((miss.state, miss.role), (MachineState::Discovered, None));
-        let kinds: Vec<EventKind> = s.events(hit.mac, 10).unwrap().iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, [EventKind::Created, EventKind::RuleMatched, EventKind::StateChanged]);
+        let kinds: Vec<EventKind> = s
+            .events(hit.mac, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Created,
+                EventKind::RuleMatched,
+                EventKind::StateChanged
+            ]
+        );
         // A role given by a rule cannot be deleted while the rule names it.
-        let err = s.apply(Command::DeleteRole("storage".parse().unwrap())).await.unwrap_err();
+        let err = s
+            .apply(Command::DeleteRole("storage".parse().unwrap()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }));
     }
 
@@ -1146,13 +1341,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
         let m = mac("52:54:00:00:00:09");
-        s.apply(create("52:54:00:00:00:09", Some("host"))).await.unwrap();
+        s.apply(create("52:54:00:00:00:09", Some("host")))
+            .await
+            .unwrap();
         for to in [MachineState::Deploying, MachineState::Deployed] {
-            s.apply(Command::SetState { mac: m, to, reason: None }).await.unwrap();
+            s.apply(Command::SetState {
+                mac: m,
+                to,
+                reason: None,
+            })
+            .await
+            .unwrap();
         }
-        let err = s.apply(Command::DeleteMachine { mac: m }).await.unwrap_err();
+        let err = s
+            .apply(Command::DeleteMachine { mac: m })
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("retire it first"), "{err}");
-        s.apply(Command::SetState { mac: m, to: MachineState::Retired, reason: None }).await.unwrap();
+        s.apply(Command::SetState {
+            mac: m,
+            to: MachineState::Retired,
+            reason: None,
+        })
+        .await
+        .unwrap();
         s.apply(Command::DeleteMachine { mac: m }).await.unwrap();
         assert!(s.machine(m).unwrap().is_none());
         assert!(s.events(m, 10).unwrap().is_empty());

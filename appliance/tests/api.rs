@@ -31,19 +31,39 @@ impl TestApp {
             .unwrap()
             .unwrap();
         let metrics = Metrics::new(store.clone());
-        let router = router(AppState { store, metrics, max_body_bytes });
-        TestApp { router, admin: token, _dir: dir }
+        let router = router(AppState {
+            store,
+            metrics,
+            max_body_bytes,
+        });
+        TestApp {
+            router,
+            admin: token,
+            _dir: dir,
+        }
     }
 
     async fn raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
         (status, headers, body)
     }
 
-    async fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -56,7 +76,11 @@ impl TestApp {
             None => req.body(Body::empty()).unwrap(),
         };
         let (status, _, bytes) = self.raw(req).await;
-        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         (status, v)
     }
 
@@ -66,7 +90,13 @@ impl TestApp {
     }
 
     async fn read_token(&self) -> String {
-        let (s, v) = self.call("POST", "/api/v1/tokens", Some(json!({"name": "viewer", "scope": "read"}))).await;
+        let (s, v) = self
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(json!({"name": "viewer", "scope": "read"})),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
@@ -74,7 +104,10 @@ impl TestApp {
 
 fn assert_error(status: StatusCode, body: &Value, want: StatusCode, field: Option<&str>) {
     assert_eq!(status, want, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message: {body}"
+    );
     assert!(body["code"].as_str().is_some(), "no code: {body}");
     assert_eq!(body["field"].as_str(), field, "{body}");
 }
@@ -86,46 +119,123 @@ async fn machine_endpoints_round_trip() {
         .call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:AA:BB:01", "role": "host", "hostname": "hv1", "reserved_ip": "192.0.2.11"})))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{m}");
-    assert_eq!((m["mac"].as_str(), m["state"].as_str(), m["role"].as_str()), (Some("52:54:00:aa:bb:01"), Some("ready"), Some("host")));
-    app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:aa:bb:02"}))).await;
+    assert_eq!(
+        (m["mac"].as_str(), m["state"].as_str(), m["role"].as_str()),
+        (Some("52:54:00:aa:bb:01"), Some("ready"), Some("host"))
+    );
+    app.call(
+        "POST",
+        "/api/v1/machines",
+        Some(json!({"mac": "52:54:00:aa:bb:02"})),
+    )
+    .await;
 
     let (s, list) = app.call("GET", "/api/v1/machines", None).await;
     assert_eq!((s, list.as_array().unwrap().len()), (StatusCode::OK, 2));
     let (_, list) = app.call("GET", "/api/v1/machines?role=host", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    let (_, list) = app.call("GET", "/api/v1/machines?state=discovered", None).await;
+    let (_, list) = app
+        .call("GET", "/api/v1/machines?state=discovered", None)
+        .await;
     assert_eq!(list[0]["mac"], "52:54:00:aa:bb:02");
 
-    let (s, m) = app.call("GET", "/api/v1/machines/52-54-00-aa-bb-01", None).await;
+    let (s, m) = app
+        .call("GET", "/api/v1/machines/52-54-00-aa-bb-01", None)
+        .await;
     assert_eq!((s, m["hostname"].as_str()), (StatusCode::OK, Some("hv1")));
 
-    let (s, m) = app.call("PATCH", "/api/v1/machines/52:54:00:aa:bb:01", Some(json!({"hostname": "hv-01", "reserved_ip": null}))).await;
+    let (s, m) = app
+        .call(
+            "PATCH",
+            "/api/v1/machines/52:54:00:aa:bb:01",
+            Some(json!({"hostname": "hv-01", "reserved_ip": null})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{m}");
-    assert_eq!((m["hostname"].as_str(), &m["reserved_ip"]), (Some("hv-01"), &Value::Null));
+    assert_eq!(
+        (m["hostname"].as_str(), &m["reserved_ip"]),
+        (Some("hv-01"), &Value::Null)
+    );
 
-    let (s, m) = app.call("PUT", "/api/v1/machines/52:54:00:aa:bb:02/role", Some(json!({"role": "storage"}))).await;
+    let (s, m) = app
+        .call(
+            "PUT",
+            "/api/v1/machines/52:54:00:aa:bb:02/role",
+            Some(json!({"role": "storage"})),
+        )
+        .await;
     assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("ready")));
-    let (s, m) = app.call("PUT", "/api/v1/machines/52:54:00:aa:bb:02/role", Some(json!({"role": null}))).await;
-    assert_eq!((s, m["state"].as_str(), &m["role"]), (StatusCode::OK, Some("discovered"), &Value::Null));
+    let (s, m) = app
+        .call(
+            "PUT",
+            "/api/v1/machines/52:54:00:aa:bb:02/role",
+            Some(json!({"role": null})),
+        )
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str(), &m["role"]),
+        (StatusCode::OK, Some("discovered"), &Value::Null)
+    );
 
-    let (s, m) = app.call("POST", "/api/v1/machines/52:54:00:aa:bb:01/state", Some(json!({"state": "deploying", "reason": "test"}))).await;
-    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deploying")));
+    let (s, m) = app
+        .call(
+            "POST",
+            "/api/v1/machines/52:54:00:aa:bb:01/state",
+            Some(json!({"state": "deploying", "reason": "test"})),
+        )
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str()),
+        (StatusCode::OK, Some("deploying"))
+    );
 
-    let (s, evs) = app.call("GET", "/api/v1/machines/52:54:00:aa:bb:01/events", None).await;
+    let (s, evs) = app
+        .call("GET", "/api/v1/machines/52:54:00:aa:bb:01/events", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let kinds: Vec<&str> = evs.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["created", "role_changed", "state_changed", "updated", "state_changed"]);
-    assert!(evs[4]["message"].as_str().unwrap().contains("test"), "{}", evs[4]);
-    let (_, evs) = app.call("GET", "/api/v1/machines/52:54:00:aa:bb:01/events?limit=2", None).await;
+    let kinds: Vec<&str> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "role_changed",
+            "state_changed",
+            "updated",
+            "state_changed"
+        ]
+    );
+    assert!(
+        evs[4]["message"].as_str().unwrap().contains("test"),
+        "{}",
+        evs[4]
+    );
+    let (_, evs) = app
+        .call(
+            "GET",
+            "/api/v1/machines/52:54:00:aa:bb:01/events?limit=2",
+            None,
+        )
+        .await;
     assert_eq!(evs.as_array().unwrap().len(), 2);
     assert_eq!(evs[1]["to_state"], "deploying");
 
     // Installed (or installing) machines must be retired before deletion.
-    let (s, e) = app.call("DELETE", "/api/v1/machines/52:54:00:aa:bb:01", None).await;
+    let (s, e) = app
+        .call("DELETE", "/api/v1/machines/52:54:00:aa:bb:01", None)
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
-    let (s, _) = app.call("DELETE", "/api/v1/machines/52:54:00:aa:bb:02", None).await;
+    let (s, _) = app
+        .call("DELETE", "/api/v1/machines/52:54:00:aa:bb:02", None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, e) = app.call("GET", "/api/v1/machines/52:54:00:aa:bb:02", None).await;
+    let (s, e) = app
+        .call("GET", "/api/v1/machines/52:54:00:aa:bb:02", None)
+        .await;
     assert_error(s, &e, StatusCode::NOT_FOUND, None);
 }
 
@@ -134,14 +244,30 @@ async fn roles_rules_and_tokens_endpoints() {
     let app = TestApp::new().await;
     let (s, roles) = app.call("GET", "/api/v1/roles", None).await;
     assert_eq!(s, StatusCode::OK);
-    let names: Vec<&str> = roles.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["center", "host", "storage", "web"]);
 
-    let (s, r) = app.call("POST", "/api/v1/roles", Some(json!({"name": "gpu", "description": "GPU hypervisor"}))).await;
-    assert_eq!((s, r["builtin"].as_bool()), (StatusCode::CREATED, Some(false)));
+    let (s, r) = app
+        .call(
+            "POST",
+            "/api/v1/roles",
+            Some(json!({"name": "gpu", "description": "GPU hypervisor"})),
+        )
+        .await;
+    assert_eq!(
+        (s, r["builtin"].as_bool()),
+        (StatusCode::CREATED, Some(false))
+    );
     let (s, _) = app.call("GET", "/api/v1/roles/gpu", None).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, e) = app.call("POST", "/api/v1/roles", Some(json!({"name": "gpu"}))).await;
+    let (s, e) = app
+        .call("POST", "/api/v1/roles", Some(json!({"name": "gpu"})))
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
     let (s, e) = app.call("DELETE", "/api/v1/roles/host", None).await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
@@ -158,31 +284,69 @@ async fn roles_rules_and_tokens_endpoints() {
 
     // The rule applies at discovery: inventory with 4 CPUs matches, 1 CPU does not.
     let inv = |cpus: u32| json!({"cpu": {"threads": cpus}, "memory_bytes": 1u64 << 30});
-    let (_, m) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01", "inventory": inv(4)}))).await;
-    assert_eq!((m["role"].as_str(), m["state"].as_str()), (Some("gpu"), Some("ready")));
-    let (_, m) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:02", "inventory": inv(1)}))).await;
-    assert_eq!((&m["role"], m["state"].as_str()), (&Value::Null, Some("discovered")));
+    let (_, m) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:01", "inventory": inv(4)})),
+        )
+        .await;
+    assert_eq!(
+        (m["role"].as_str(), m["state"].as_str()),
+        (Some("gpu"), Some("ready"))
+    );
+    let (_, m) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:02", "inventory": inv(1)})),
+        )
+        .await;
+    assert_eq!(
+        (&m["role"], m["state"].as_str()),
+        (&Value::Null, Some("discovered"))
+    );
 
     // A role in use cannot go; neither can one a rule names.
     let (s, e) = app.call("DELETE", "/api/v1/roles/gpu", None).await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
-    let (s, _) = app.call("DELETE", &format!("/api/v1/rules/{id}"), None).await;
+    let (s, _) = app
+        .call("DELETE", &format!("/api/v1/rules/{id}"), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, e) = app.call("DELETE", &format!("/api/v1/rules/{id}"), None).await;
+    let (s, e) = app
+        .call("DELETE", &format!("/api/v1/rules/{id}"), None)
+        .await;
     assert_error(s, &e, StatusCode::NOT_FOUND, None);
-    app.call("DELETE", "/api/v1/machines/52:54:00:00:00:01", None).await;
+    app.call("DELETE", "/api/v1/machines/52:54:00:00:00:01", None)
+        .await;
     let (s, _) = app.call("DELETE", "/api/v1/roles/gpu", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 
-    let (s, created) = app.call("POST", "/api/v1/tokens", Some(json!({"name": "ci", "scope": "admin"}))).await;
+    let (s, created) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ci", "scope": "admin"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let tid = created["info"]["id"].as_u64().unwrap();
     let (s, toks) = app.call("GET", "/api/v1/tokens", None).await;
     assert_eq!((s, toks.as_array().unwrap().len()), (StatusCode::OK, 2));
-    assert!(!toks.to_string().contains(created["token"].as_str().unwrap()), "a listing must never show a secret");
-    let (s, _) = app.call("DELETE", &format!("/api/v1/tokens/{tid}"), None).await;
+    assert!(
+        !toks
+            .to_string()
+            .contains(created["token"].as_str().unwrap()),
+        "a listing must never show a secret"
+    );
+    let (s, _) = app
+        .call("DELETE", &format!("/api/v1/tokens/{tid}"), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, e) = app.call_as(created["token"].as_str(), "GET", "/api/v1/machines", None).await;
+    let (s, e) = app
+        .call_as(created["token"].as_str(), "GET", "/api/v1/machines", None)
+        .await;
     assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
 }
 
@@ -191,9 +355,23 @@ async fn authentication_and_scopes() {
     let app = TestApp::new().await;
     let (s, e) = app.call_as(None, "GET", "/api/v1/machines", None).await;
     assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
-    let (s, e) = app.call_as(Some("cosm_not-a-real-token"), "GET", "/api/v1/machines", None).await;
+    let (s, e) = app
+        .call_as(
+            Some("cosm_not-a-real-token"),
+            "GET",
+            "/api/v1/machines",
+            None,
+        )
+        .await;
     assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
-    let (s, e) = app.call_as(None, "POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01"}))).await;
+    let (s, e) = app
+        .call_as(
+            None,
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:01"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::UNAUTHORIZED, None);
 
     let (status, headers, _) = app
@@ -203,11 +381,22 @@ async fn authentication_and_scopes() {
     assert_eq!(headers.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
 
     let read = app.read_token().await;
-    let (s, _) = app.call_as(Some(&read), "GET", "/api/v1/machines", None).await;
+    let (s, _) = app
+        .call_as(Some(&read), "GET", "/api/v1/machines", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, e) = app.call_as(Some(&read), "POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01"}))).await;
+    let (s, e) = app
+        .call_as(
+            Some(&read),
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:01"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::FORBIDDEN, None);
-    let (s, e) = app.call_as(Some(&read), "GET", "/api/v1/tokens", None).await;
+    let (s, e) = app
+        .call_as(Some(&read), "GET", "/api/v1/tokens", None)
+        .await;
     assert_error(s, &e, StatusCode::FORBIDDEN, None);
     // Nothing was written by the refused call.
     let (_, list) = app.call("GET", "/api/v1/machines", None).await;
@@ -215,7 +404,9 @@ async fn authentication_and_scopes() {
 
     // Open endpoints need no token.
     for path in ["/healthz", "/metrics", "/api/v1/openapi.json"] {
-        let (s, _, _) = app.raw(Request::get(path).body(Body::empty()).unwrap()).await;
+        let (s, _, _) = app
+            .raw(Request::get(path).body(Body::empty()).unwrap())
+            .await;
         assert_eq!(s, StatusCode::OK, "{path}");
     }
 }
@@ -239,13 +430,43 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
     assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("reserved_ip"));
     let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "hostname": "bad_name!"})).await;
     assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("hostname"));
-    let (s, e) = post(json!({"mac": "52:54:00:00:00:01", "inventory": {"disks": [{"size_bytes": -1}]}})).await;
-    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("inventory.disks[0].size_bytes"));
-    let (s, e) = app.call("POST", "/api/v1/rules", Some(json!({"role": "host", "match": {}}))).await;
+    let (s, e) =
+        post(json!({"mac": "52:54:00:00:00:01", "inventory": {"disks": [{"size_bytes": -1}]}}))
+            .await;
+    assert_error(
+        s,
+        &e,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("inventory.disks[0].size_bytes"),
+    );
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/rules",
+            Some(json!({"role": "host", "match": {}})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("match"));
-    let (s, e) = app.call("POST", "/api/v1/rules", Some(json!({"role": "host", "match": {"min_cpus": 8, "max_cpus": 4}}))).await;
-    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("match.min_cpus"));
-    let (s, e) = app.call("POST", "/api/v1/machines/52:54:00:00:00:01/state", Some(json!({"state": "flying"}))).await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/rules",
+            Some(json!({"role": "host", "match": {"min_cpus": 8, "max_cpus": 4}})),
+        )
+        .await;
+    assert_error(
+        s,
+        &e,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("match.min_cpus"),
+    );
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/machines/52:54:00:00:00:01/state",
+            Some(json!({"state": "flying"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("state"));
 
     // Malformed MACs and ids in the path, unknown query parameters and bad filters: 400.
@@ -255,9 +476,17 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
     assert_error(s, &e, StatusCode::BAD_REQUEST, Some("id"));
     let (s, e) = app.call("GET", "/api/v1/machines?sate=ready", None).await;
     assert_error(s, &e, StatusCode::BAD_REQUEST, Some("sate"));
-    let (s, e) = app.call("GET", "/api/v1/machines?state=sleeping", None).await;
+    let (s, e) = app
+        .call("GET", "/api/v1/machines?state=sleeping", None)
+        .await;
     assert_error(s, &e, StatusCode::BAD_REQUEST, Some("state"));
-    let (s, e) = app.call("GET", "/api/v1/machines/52:54:00:00:00:01/events?limit=0", None).await;
+    let (s, e) = app
+        .call(
+            "GET",
+            "/api/v1/machines/52:54:00:00:00:01/events?limit=0",
+            None,
+        )
+        .await;
     assert_error(s, &e, StatusCode::BAD_REQUEST, Some("limit"));
 
     // Syntax errors, trailing garbage, wrong content type, oversize bodies.
@@ -270,9 +499,21 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
     };
     for (body, ctype, want) in [
         ("{\"mac\": ", "application/json", StatusCode::BAD_REQUEST),
-        ("{\"mac\": \"52:54:00:00:00:01\"} xx", "application/json", StatusCode::BAD_REQUEST),
-        ("not json at all", "application/json", StatusCode::BAD_REQUEST),
-        ("{\"mac\": \"52:54:00:00:00:01\"}", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            "{\"mac\": \"52:54:00:00:00:01\"} xx",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "not json at all",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "{\"mac\": \"52:54:00:00:00:01\"}",
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
     ] {
         let (s, _, b) = app.raw(raw(body, ctype)).await;
         let e: Value = serde_json::from_slice(&b).unwrap();
@@ -302,22 +543,57 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
 #[tokio::test]
 async fn conflicts_name_the_states() {
     let app = TestApp::new().await;
-    app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01", "hostname": "a", "reserved_ip": "192.0.2.5"}))).await;
-    let (s, e) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01"}))).await;
+    app.call(
+        "POST",
+        "/api/v1/machines",
+        Some(json!({"mac": "52:54:00:00:00:01", "hostname": "a", "reserved_ip": "192.0.2.5"})),
+    )
+    .await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:01"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
-    let (s, e) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:02", "hostname": "A"}))).await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:02", "hostname": "A"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
-    let (s, e) = app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:02", "reserved_ip": "192.0.2.5"}))).await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": "52:54:00:00:00:02", "reserved_ip": "192.0.2.5"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
 
-    let (s, e) = app.call("POST", "/api/v1/machines/52:54:00:00:00:01/state", Some(json!({"state": "active"}))).await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/machines/52:54:00:00:00:01/state",
+            Some(json!({"state": "active"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
     assert_eq!(e["code"], "illegal_transition");
     assert_eq!(
         e["message"],
         "machine 52:54:00:00:00:01: cannot move from discovered to active; from discovered the allowed states are: ready, failed, retired"
     );
-    let (s, e) = app.call("POST", "/api/v1/machines/52:54:00:00:00:01/state", Some(json!({"state": "ready"}))).await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/machines/52:54:00:00:00:01/state",
+            Some(json!({"state": "ready"})),
+        )
+        .await;
     assert_error(s, &e, StatusCode::CONFLICT, None);
     assert!(e["message"].as_str().unwrap().contains("no role"), "{e}");
 }
@@ -330,12 +606,24 @@ async fn openapi_lists_every_route() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for p in [
-        "/api/v1/machines", "/api/v1/machines/{mac}", "/api/v1/machines/{mac}/role",
-        "/api/v1/machines/{mac}/state", "/api/v1/machines/{mac}/events", "/api/v1/roles",
-        "/api/v1/roles/{name}", "/api/v1/rules", "/api/v1/rules/{id}", "/api/v1/tokens",
-        "/api/v1/tokens/{id}", "/healthz", "/metrics",
+        "/api/v1/machines",
+        "/api/v1/machines/{mac}",
+        "/api/v1/machines/{mac}/role",
+        "/api/v1/machines/{mac}/state",
+        "/api/v1/machines/{mac}/events",
+        "/api/v1/roles",
+        "/api/v1/roles/{name}",
+        "/api/v1/rules",
+        "/api/v1/rules/{id}",
+        "/api/v1/tokens",
+        "/api/v1/tokens/{id}",
+        "/healthz",
+        "/metrics",
     ] {
-        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
@@ -343,13 +631,29 @@ async fn openapi_lists_every_route() {
 #[tokio::test]
 async fn metrics_count_requests_and_machines() {
     let app = TestApp::new().await;
-    app.call("POST", "/api/v1/machines", Some(json!({"mac": "52:54:00:00:00:01", "role": "web"}))).await;
-    app.call("GET", "/api/v1/machines/52:54:00:00:00:99", None).await;
-    let (_, _, body) = app.raw(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    app.call(
+        "POST",
+        "/api/v1/machines",
+        Some(json!({"mac": "52:54:00:00:00:01", "role": "web"})),
+    )
+    .await;
+    app.call("GET", "/api/v1/machines/52:54:00:00:00:99", None)
+        .await;
+    let (_, _, body) = app
+        .raw(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("cosm_machines{state=\"ready\"} 1"), "{text}");
-    assert!(text.contains("cosm_http_requests_total{method=\"POST\",route=\"/api/v1/machines\",status=\"201\"} 1"), "{text}");
-    assert!(text.contains("route=\"/api/v1/machines/{mac}\",status=\"404\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "cosm_http_requests_total{method=\"POST\",route=\"/api/v1/machines\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("route=\"/api/v1/machines/{mac}\",status=\"404\"} 1"),
+        "{text}"
+    );
 }
 
 // --- The lifecycle, as a property: no sequence of API calls reaches a forbidden state. ---
@@ -371,60 +675,139 @@ fn spec_allows(from: &str, to: &str) -> bool {
     allowed.contains(&to)
 }
 
-const STATES: [&str; 9] = ["discovered", "ready", "deploying", "deployed", "active", "failed", "lost", "fenced", "retired"];
+const STATES: [&str; 9] = [
+    "discovered",
+    "ready",
+    "deploying",
+    "deployed",
+    "active",
+    "failed",
+    "lost",
+    "fenced",
+    "retired",
+];
 const ROLES: [Option<&str>; 3] = [Some("host"), Some("storage"), None];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { m: usize, role: Option<&'static str> },
-    SetState { m: usize, to: &'static str },
-    SetRole { m: usize, role: Option<&'static str> },
-    PatchRole { m: usize, role: Option<&'static str> },
-    Delete { m: usize },
+    Create {
+        m: usize,
+        role: Option<&'static str>,
+    },
+    SetState {
+        m: usize,
+        to: &'static str,
+    },
+    SetRole {
+        m: usize,
+        role: Option<&'static str>,
+    },
+    PatchRole {
+        m: usize,
+        role: Option<&'static str>,
+    },
+    Delete {
+        m: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let m = 0usize..3;
     prop_oneof![
-        (m.clone(), prop::sample::select(ROLES.to_vec())).prop_map(|(m, role)| Op::Create { m, role }),
-        (m.clone(), prop::sample::select(STATES.to_vec())).prop_map(|(m, to)| Op::SetState { m, to }),
-        (m.clone(), prop::sample::select(STATES.to_vec())).prop_map(|(m, to)| Op::SetState { m, to }),
-        (m.clone(), prop::sample::select(ROLES.to_vec())).prop_map(|(m, role)| Op::SetRole { m, role }),
-        (m.clone(), prop::sample::select(ROLES.to_vec())).prop_map(|(m, role)| Op::PatchRole { m, role }),
+        (m.clone(), prop::sample::select(ROLES.to_vec()))
+            .prop_map(|(m, role)| Op::Create { m, role }),
+        (m.clone(), prop::sample::select(STATES.to_vec()))
+            .prop_map(|(m, to)| Op::SetState { m, to }),
+        (m.clone(), prop::sample::select(STATES.to_vec()))
+            .prop_map(|(m, to)| Op::SetState { m, to }),
+        (m.clone(), prop::sample::select(ROLES.to_vec()))
+            .prop_map(|(m, role)| Op::SetRole { m, role }),
+        (m.clone(), prop::sample::select(ROLES.to_vec()))
+            .prop_map(|(m, role)| Op::PatchRole { m, role }),
         m.prop_map(|m| Op::Delete { m }),
     ]
 }
 
 async fn snapshot(app: &TestApp, mac: &str) -> Option<Value> {
-    let (s, v) = app.call("GET", &format!("/api/v1/machines/{mac}"), None).await;
+    let (s, v) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
     (s == StatusCode::OK).then_some(v)
 }
 
 async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let app = TestApp::new().await;
-    let macs = ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"];
+    let macs = [
+        "52:54:00:00:00:01",
+        "52:54:00:00:00:02",
+        "52:54:00:00:00:03",
+    ];
     for op in ops {
         let mac = match &op {
-            Op::Create { m, .. } | Op::SetState { m, .. } | Op::SetRole { m, .. } | Op::PatchRole { m, .. } | Op::Delete { m } => macs[*m],
+            Op::Create { m, .. }
+            | Op::SetState { m, .. }
+            | Op::SetRole { m, .. }
+            | Op::PatchRole { m, .. }
+            | Op::Delete { m } => macs[*m],
         };
         let before = snapshot(&app, mac).await;
         let (status, body) = match &op {
-            Op::Create { role, .. } => app.call("POST", "/api/v1/machines", Some(json!({"mac": mac, "role": role}))).await,
-            Op::SetState { to, .. } => app.call("POST", &format!("/api/v1/machines/{mac}/state"), Some(json!({"state": to}))).await,
-            Op::SetRole { role, .. } => app.call("PUT", &format!("/api/v1/machines/{mac}/role"), Some(json!({"role": role}))).await,
-            Op::PatchRole { role, .. } => app.call("PATCH", &format!("/api/v1/machines/{mac}"), Some(json!({"role": role}))).await,
-            Op::Delete { .. } => app.call("DELETE", &format!("/api/v1/machines/{mac}"), None).await,
+            Op::Create { role, .. } => {
+                app.call(
+                    "POST",
+                    "/api/v1/machines",
+                    Some(json!({"mac": mac, "role": role})),
+                )
+                .await
+            }
+            Op::SetState { to, .. } => {
+                app.call(
+                    "POST",
+                    &format!("/api/v1/machines/{mac}/state"),
+                    Some(json!({"state": to})),
+                )
+                .await
+            }
+            Op::SetRole { role, .. } => {
+                app.call(
+                    "PUT",
+                    &format!("/api/v1/machines/{mac}/role"),
+                    Some(json!({"role": role})),
+                )
+                .await
+            }
+            Op::PatchRole { role, .. } => {
+                app.call(
+                    "PATCH",
+                    &format!("/api/v1/machines/{mac}"),
+                    Some(json!({"role": role})),
+                )
+                .await
+            }
+            Op::Delete { .. } => {
+                app.call("DELETE", &format!("/api/v1/machines/{mac}"), None)
+                    .await
+            }
         };
         prop_assert!(status.as_u16() < 500, "{op:?} answered {status}: {body}");
         let after = snapshot(&app, mac).await;
         if !status.is_success() {
-            prop_assert_eq!(&before, &after, "refused {:?} ({}) changed the machine", op, status);
+            prop_assert_eq!(
+                &before,
+                &after,
+                "refused {:?} ({}) changed the machine",
+                op,
+                status
+            );
             continue;
         }
         if let (Some(b), Some(a)) = (&before, &after) {
             let (from, to) = (b["state"].as_str().unwrap(), a["state"].as_str().unwrap());
             if from != to {
-                prop_assert!(spec_allows(from, to), "{op:?} moved {mac} from {from} to {to}");
+                prop_assert!(
+                    spec_allows(from, to),
+                    "{op:?} moved {mac} from {from} to {to}"
+                );
             }
         }
         if before.is_none() {
@@ -433,9 +816,12 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(st == "discovered" || st == "ready", "created in state {st}");
             }
         }
-        if before.is_some() && after.is_none() {
-            let st = before.as_ref().unwrap()["state"].as_str().unwrap();
-            prop_assert!(["discovered", "ready", "failed", "retired"].contains(&st), "deleted while {st}");
+        if let (Some(b), None) = (&before, &after) {
+            let st = b["state"].as_str().unwrap();
+            prop_assert!(
+                ["discovered", "ready", "failed", "retired"].contains(&st),
+                "deleted while {st}"
+            );
         }
         if let Some(a) = &after {
             let st = a["state"].as_str().unwrap();

@@ -1,0 +1,200 @@
+//! Fixtures for the end-to-end tests: the real COSM binaries, started as processes.
+//!
+//! Each fixture owns a temporary directory and its processes, binds loopback port 0, and
+//! stops its processes by PID when dropped. Binaries come from the same target directory
+//! as the test executable; `make test` builds them first.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the running test (target/<profile>/<name>).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (`make test` does this)",
+        path.display()
+    );
+    path
+}
+
+/// A running `cosm-appliance serve` with its own data directory.
+#[derive(Debug)]
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Appliance {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("appliance.toml")
+    }
+
+    /// Writes a config on loopback port 0 and starts the appliance.
+    pub fn start() -> anyhow::Result<Appliance> {
+        let dir = tempfile::tempdir()?;
+        let cfg = dir.path().join("appliance.toml");
+        std::fs::write(
+            &cfg,
+            "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        )?;
+        let mut a = Appliance {
+            dir,
+            child: None,
+            addr: String::new(),
+            logs: Arc::default(),
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(bin("cosm-appliance"))
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start cosm-appliance")?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "HTTP API listening" {
+                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        self.child = Some(child);
+        self.logs = logs;
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => {
+                self.addr = addr;
+                Ok(())
+            }
+            Err(_) => bail!(
+                "the appliance did not start listening within 30 s; its log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The admin token the appliance wrote on its first start.
+    pub fn token(&self) -> String {
+        let path = self.dir.path().join("data/admin.token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited with 0.
+    pub fn stop(&mut self) -> anyhow::Result<bool> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(false);
+        };
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("the appliance did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the appliance again on the same data directory (and a new port).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        self.spawn()
+    }
+
+    /// Runs `cosmctl` against this appliance with the admin token.
+    pub fn cosmctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("cosmctl"))
+            .args(args)
+            .env("COSM_URL", self.url())
+            .env("COSM_TOKEN", self.token())
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("cosmctl runs")
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking HTTP client with the admin token set.
+pub fn client(token: &str) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::blocking::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
+}
+
+/// Stdout of a successful command, or a panic that shows what it printed.
+pub fn ok_stdout(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

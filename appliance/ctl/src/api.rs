@@ -103,9 +103,7 @@ impl Api {
     /// A client of the appliance at `base`. `token` may be `None` for unauthenticated calls.
     pub(crate) fn new(base: &str, token: Option<String>) -> Result<Api> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            anyhow::bail!(
-                "invalid appliance URL {base:?}: it must start with http:// or https://"
-            );
+            anyhow::bail!("invalid appliance URL {base:?}: it must start with http:// or https://");
         }
         reqwest::Url::parse(base).with_context(|| format!("invalid appliance URL {base:?}"))?;
         let http = Client::builder()
@@ -189,7 +187,10 @@ mod tests {
             e.to_string(),
             "machine 52:54:00:aa:bb:01 already exists (field: mac) [HTTP 409 conflict]"
         );
-        let e = ApiError::from_response(StatusCode::NOT_FOUND, r#"{"code":"not_found","message":"no such role"}"#);
+        let e = ApiError::from_response(
+            StatusCode::NOT_FOUND,
+            r#"{"code":"not_found","message":"no such role"}"#,
+        );
         assert_eq!(e.to_string(), "no such role [HTTP 404 not_found]");
         let e = ApiError::from_response(StatusCode::BAD_GATEWAY, "");
         assert_eq!(e.to_string(), "bad gateway [HTTP 502 bad_gateway]");
@@ -204,7 +205,10 @@ mod tests {
             err.starts_with("cannot reach the appliance at http://127.0.0.1:9: "),
             "{err}"
         );
-        assert!(err.ends_with("is it running? Set --url or COSM_URL"), "{err}");
+        assert!(
+            err.ends_with("is it running? Set --url or COSM_URL"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub(crate) fn resolve(flags: &Layer, env: &Layer, file: &FileConfig) -> Settings
         .or_else(|| given(&env.url).map(|u| (u, Origin::Env)))
         .or_else(|| given(&file.url).map(|u| (u, Origin::File)))
         .unwrap_or_else(|| (DEFAULT_URL.to_string(), Origin::Default));
-    let value = |v: &Option<String>, origin| given(v).map(|token| TokenSource::Value { token, origin });
+    let value =
+        |v: &Option<String>, origin| given(v).map(|token| TokenSource::Value { token, origin });
     let token = value(&flags.token, Origin::Flag)
         .or_else(|| value(&env.token, Origin::Env))
         .or_else(|| value(&file.token, Origin::File))
@@ -149,9 +150,8 @@ pub(crate) fn load_file(config: &ConfigPath) -> Result<FileConfig> {
             return Err(e).with_context(|| format!("cannot read config file {}", path.display()))
         }
     };
-    let mut file = parse_file(&text).map_err(|msg| {
-        anyhow::anyhow!("invalid config file {}: {msg}", path.display())
-    })?;
+    let mut file = parse_file(&text)
+        .map_err(|msg| anyhow::anyhow!("invalid config file {}: {msg}", path.display()))?;
     if let Some(tf) = &file.token_file {
         if tf.is_relative() {
             let dir = path.parent().unwrap_or(Path::new("."));
@@ -185,7 +185,10 @@ pub(crate) fn read_token(source: &TokenSource) -> Result<String> {
         TokenSource::Value { token, .. } => Ok(token.clone()),
         TokenSource::File(path) => {
             let text = std::fs::read_to_string(path).with_context(|| {
-                format!("cannot read token_file {} named in the config file", path.display())
+                format!(
+                    "cannot read token_file {} named in the config file",
+                    path.display()
+                )
             })?;
             let token = text.trim();
             if token.is_empty() {
@@ -243,15 +246,24 @@ mod tests {
         let f = file(Some("http://file:3"), Some("t-file"), None);
 
         let s = resolve(&flags, &env, &f);
-        assert_eq!((s.url.as_str(), s.url_origin), ("http://flag:1", Origin::Flag));
+        assert_eq!(
+            (s.url.as_str(), s.url_origin),
+            ("http://flag:1", Origin::Flag)
+        );
         assert_eq!(s.token, tok("t-flag", Origin::Flag));
 
         let s = resolve(&Layer::default(), &env, &f);
-        assert_eq!((s.url.as_str(), s.url_origin), ("http://env:2", Origin::Env));
+        assert_eq!(
+            (s.url.as_str(), s.url_origin),
+            ("http://env:2", Origin::Env)
+        );
         assert_eq!(s.token, tok("t-env", Origin::Env));
 
         let s = resolve(&Layer::default(), &Layer::default(), &f);
-        assert_eq!((s.url.as_str(), s.url_origin), ("http://file:3", Origin::File));
+        assert_eq!(
+            (s.url.as_str(), s.url_origin),
+            ("http://file:3", Origin::File)
+        );
         assert_eq!(s.token, tok("t-file", Origin::File));
     }
 
@@ -296,8 +308,17 @@ mod tests {
 
     #[test]
     fn url_is_normalized() {
-        for u in ["http://h:8080", "http://h:8080/", "http://h:8080/api/v1", "http://h:8080/api/v1/"] {
-            let s = resolve(&layer(Some(u), None), &Layer::default(), &FileConfig::default());
+        for u in [
+            "http://h:8080",
+            "http://h:8080/",
+            "http://h:8080/api/v1",
+            "http://h:8080/api/v1/",
+        ] {
+            let s = resolve(
+                &layer(Some(u), None),
+                &Layer::default(),
+                &FileConfig::default(),
+            );
             assert_eq!(s.url, "http://h:8080", "{u}");
         }
     }

@@ -153,60 +153,12 @@ pub(crate) fn age(then: Timestamp, now: Timestamp) -> String {
     }
 }
 
-/// Re-indents a JSON document the way `serde_json::to_string_pretty` would, but keeps the
-/// server's key order (a `serde_json::Value` would sort the keys).
+/// Pretty-prints a JSON answer, keeping the server's key order (serde_json's
+/// `preserve_order` feature makes `Value` keep insertion order).
 pub(crate) fn pretty_json(text: &str) -> Result<String> {
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
-        .context("the appliance answered with invalid JSON")?;
-    let mut out = String::with_capacity(text.len() * 2);
-    let mut depth = 0usize;
-    let newline = |out: &mut String, depth: usize| {
-        out.push('\n');
-        out.push_str(&"  ".repeat(depth));
-    };
-    let mut chars = text.trim().chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                out.push('"');
-                let mut escaped = false;
-                for c in chars.by_ref() {
-                    out.push(c);
-                    match c {
-                        _ if escaped => escaped = false,
-                        '\\' => escaped = true,
-                        '"' => break,
-                        _ => {}
-                    }
-                }
-            }
-            '{' | '[' => {
-                while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                    chars.next();
-                }
-                out.push(c);
-                if matches!(chars.peek(), Some('}' | ']')) {
-                    out.extend(chars.next());
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(',');
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    Ok(out)
+    let value: serde_json::Value =
+        serde_json::from_str(text).context("the appliance answered with invalid JSON")?;
+    Ok(serde_json::to_string_pretty(&value)?)
 }
 
 #[cfg(test)]
@@ -215,7 +167,8 @@ mod tests {
 
     #[test]
     fn pretty_json_matches_serde_json_and_keeps_order() {
-        let compact = r#"{"a":1,"b":[true,null,"x\"y,{}:[]"],"c":{},"d":[],"e":{"f":[ ]},"g":-1.5e3}"#;
+        let compact =
+            r#"{"a":1,"b":[true,null,"x\"y,{}:[]"],"c":{},"d":[],"e":{"f":[ ]},"g":-1.5}"#;
         let value: serde_json::Value = serde_json::from_str(compact).unwrap();
         assert_eq!(
             pretty_json(compact).unwrap(),
@@ -231,7 +184,10 @@ mod tests {
         assert_eq!(gib(16 * (1 << 30)), "16.0");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1_000_204_886_016), "931.5 GiB");
-        assert_eq!(time(Timestamp::from_millis(1_764_108_839_123)), "2025-11-25 22:13:59Z");
+        assert_eq!(
+            time(Timestamp::from_millis(1_764_108_839_123)),
+            "2025-11-25 22:13:59Z"
+        );
         let t = Timestamp::from_millis(1_000_000_000);
         let later = |s: u64| Timestamp::from_millis(1_000_000_000 + s * 1000);
         assert_eq!(age(t, later(5)), "5s ago");

@@ -25,7 +25,7 @@ fn parse_octets(s: &str, out: &mut [u8]) -> Option<usize> {
         s.split(':').collect()
     } else if s.contains('-') {
         s.split('-').collect()
-    } else if s.len() % 2 == 0 && !s.is_empty() {
+    } else if s.len().is_multiple_of(2) && !s.is_empty() {
         (0..s.len() / 2).map(|i| &s[2 * i..2 * i + 2]).collect()
     } else {
         return None;
@@ -55,7 +55,9 @@ impl MacAddr {
     }
     /// The address as a 48-bit integer: a compact, ordered store key.
     pub fn to_u64(self) -> u64 {
-        self.0.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        self.0
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
     }
     pub fn from_u64(v: u64) -> Self {
         let b = v.to_be_bytes();
@@ -69,7 +71,9 @@ impl FromStr for MacAddr {
         let mut o = [0u8; 6];
         match parse_octets(s, &mut o) {
             Some(6) => Ok(MacAddr(o)),
-            _ => Err(ParseError::Mac { input: s.to_string() }),
+            _ => Err(ParseError::Mac {
+                input: s.to_string(),
+            }),
         }
     }
 }
@@ -110,7 +114,9 @@ impl FromStr for MacPrefix {
         let mut o = [0u8; 6];
         match parse_octets(s, &mut o[..5]) {
             Some(len) => Ok(MacPrefix { octets: o, len }),
-            None => Err(ParseError::MacPrefix { input: s.to_string() }),
+            None => Err(ParseError::MacPrefix {
+                input: s.to_string(),
+            }),
         }
     }
 }
@@ -152,7 +158,9 @@ impl FromStr for RoleName {
         if ok {
             Ok(RoleName(s.to_string()))
         } else {
-            Err(ParseError::Role { input: s.to_string() })
+            Err(ParseError::Role {
+                input: s.to_string(),
+            })
         }
     }
 }
@@ -252,14 +260,26 @@ mod tests {
     #[test]
     fn mac_accepts_common_spellings() {
         let want = MacAddr::new([0x52, 0x54, 0, 0xaa, 0xbb, 0x01]);
-        for s in ["52:54:00:aa:bb:01", "52-54-00-AA-BB-01", "525400aabb01", " 52:54:00:AA:bb:01 "] {
+        for s in [
+            "52:54:00:aa:bb:01",
+            "52-54-00-AA-BB-01",
+            "525400aabb01",
+            " 52:54:00:AA:bb:01 ",
+        ] {
             assert_eq!(s.parse::<MacAddr>().unwrap(), want, "{s}");
         }
     }
 
     #[test]
     fn mac_rejects_garbage() {
-        for s in ["", "52:54:00:aa:bb", "52:54:00:aa:bb:01:02", "zz:54:00:aa:bb:01", "5:54:00:aa:bb:01", "52:54-00:aa:bb:01"] {
+        for s in [
+            "",
+            "52:54:00:aa:bb",
+            "52:54:00:aa:bb:01:02",
+            "zz:54:00:aa:bb:01",
+            "5:54:00:aa:bb:01",
+            "52:54-00:aa:bb:01",
+        ] {
             assert!(s.parse::<MacAddr>().is_err(), "{s}");
         }
     }

@@ -1,0 +1,56 @@
+# COSM — top-level commands. `make demo` and `make test` work on a fresh Debian 12 (root).
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+# Debian packages the tests and the demo need (checked one by one; only missing ones are installed).
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq
+# Python tools, installed into ./.venv.
+PIP_PACKAGES := openapi-spec-validator
+
+.PHONY: all build test check demo bench deps clean help toolchain
+
+help:
+	@echo "make demo   - build, start the appliance on loopback, register machines, show them"
+	@echo "make test   - the whole test suite (installs what it needs first)"
+	@echo "make check  - cargo fmt --check and clippy -D warnings"
+	@echo "make bench  - benchmarks"
+	@echo "make deps   - install the system packages and Python tools the tests need"
+
+all: build
+
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo is not installed: install Rust (https://rustup.rs) and rerun"; exit 1; }
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@if [ ! -x $(VENV)/bin/openapi-spec-validator ]; then \
+	  echo "creating $(VENV) with $(PIP_PACKAGES)"; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PIP_PACKAGES); \
+	fi
+
+build: toolchain
+	$(CARGO) build --workspace --bins
+
+test: toolchain deps build
+	$(CARGO) test --workspace --no-fail-fast
+
+check: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+demo: toolchain deps build
+	./scripts/demo.sh
+
+bench:
+	@echo "No benchmarks yet: the DHCP (perfdhcp vs Kea/dnsmasq), TFTP and heartbeat benchmarks arrive with their issues."
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,145 @@
+//! The command-line grammar of `cosmctl`: global flags and the top-level command tree. Each
+//! command group's own subcommands live in its module (`machines`, `roles`, `rules`,
+//! `tokens`).
+
+use crate::machines::{EventsArgs, MachinesCmd};
+use crate::roles::RolesCmd;
+use crate::rules::RulesCmd;
+use crate::tokens::TokensCmd;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+const LONG_ABOUT: &str = "\
+Command-line client of the COSM bare-metal provisioning appliance: register machines, give
+them roles, follow their lifecycle, and manage role rules and API tokens.
+
+Where the appliance is and how to authenticate, highest precedence first:
+  1. the --url and --token flags;
+  2. the COSM_URL and COSM_TOKEN environment variables;
+  3. the config file (--config, COSMCTL_CONFIG, or $HOME/.config/cosm/cosmctl.toml), a TOML
+     file with the optional keys `url`, `token` and `token_file`;
+  4. for the URL only, http://127.0.0.1:8080.
+On its first start the appliance writes an admin token to <data_dir>/admin.token.
+
+Examples:
+  cosmctl health
+  cosmctl machines list --role host --state active
+  cosmctl machines show 52:54:00:aa:bb:01
+  cosmctl machines add 52:54:00:aa:bb:01 --role web --hostname web-01 --ip 10.0.0.21
+  cosmctl machines set-role 52:54:00:aa:bb:01 storage
+  cosmctl machines retire 52:54:00:aa:bb:01 --reason \"failed fan\"
+  cosmctl events 52:54:00:aa:bb:01 --limit 20
+  cosmctl rules add --role host --mac-prefix 52:54:00 --min-cpus 16
+  cosmctl tokens add ci --scope read > ci.token
+  cosmctl --json machines list | jq -r '.[].mac'
+
+Config file example ($HOME/.config/cosm/cosmctl.toml):
+  url = \"https://cosm.example.net:8080\"
+  token_file = \"/etc/cosm/admin.token\"
+
+Exit status: 0 on success, 1 when the appliance refuses a request or cannot be reached,
+2 on a usage error.";
+
+/// `cosmctl`: the command-line client of the COSM appliance.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cosmctl",
+    version,
+    about = "Command-line client of the COSM bare-metal provisioning appliance",
+    long_about = LONG_ABOUT,
+    propagate_version = true
+)]
+pub(crate) struct Cli {
+    /// Base URL of the appliance [default: http://127.0.0.1:8080, or `url` in the config file]
+    #[arg(
+        long,
+        env = "COSM_URL",
+        global = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
+    pub(crate) url: Option<String>,
+
+    /// API token sent as `Authorization: Bearer` (or `token`/`token_file` in the config file)
+    #[arg(
+        long,
+        env = "COSM_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_name = "TOKEN",
+        help_heading = "Global options"
+    )]
+    pub(crate) token: Option<String>,
+
+    /// TOML config file with optional keys `url`, `token`, `token_file` [default:
+    /// $HOME/.config/cosm/cosmctl.toml]
+    #[arg(
+        long,
+        env = "COSMCTL_CONFIG",
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Print the appliance's JSON answer, pretty-printed, instead of tables and messages
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// List, show, register, change and remove machines
+    #[command(subcommand, alias = "machine")]
+    Machines(MachinesCmd),
+    /// List, add and remove the roles machines can be given
+    #[command(subcommand, alias = "role")]
+    Roles(RolesCmd),
+    /// List, add and remove the rules that give discovered machines a role
+    #[command(subcommand, alias = "rule")]
+    Rules(RulesCmd),
+    /// Show a machine's event timeline, oldest first
+    Events(EventsArgs),
+    /// List, create and revoke API tokens
+    #[command(subcommand, alias = "token")]
+    Tokens(TokensCmd),
+    /// Check that the appliance is up and show its version (needs no token)
+    Health,
+}
+
+impl Command {
+    /// Whether the command calls the authenticated API (all but `health` do).
+    pub(crate) fn needs_token(&self) -> bool {
+        !matches!(self, Command::Health)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "cosmctl",
+            "machines",
+            "list",
+            "--json",
+            "--url",
+            "http://x:1",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.url.as_deref(), Some("http://x:1"));
+    }
+}
