@@ -722,7 +722,7 @@ impl Tx<'_> {
         self.event(
             m.mac,
             EventKind::StateChanged,
-            format!("{from} → {to}: {why}"),
+            why.to_string(),
             Some(from),
             Some(to),
         )
