@@ -2,8 +2,7 @@
 //!
 //! Each server here is a pure decision core (request + state + config → reply) with no I/O,
 //! plus a thin tokio shell that owns the socket. This crate does no database I/O: leases
-//! reach the appliance's store through the caller.
-//!
-//! So far: [`boot_arch`], the client-architecture decision every PXE answer depends on.
+//! reach the appliance's store through a sink the caller provides.
 
 pub mod boot_arch;
+pub mod dhcp;

@@ -76,3 +76,6 @@ pub struct Health {
     pub version: String,
     pub schema_version: u32,
 }
+
+mod lease;
+pub use lease::{Lease, LeaseState};

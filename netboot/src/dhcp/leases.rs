@@ -1,0 +1,227 @@
+//! The in-memory lease table the DHCP core decides against, and the known hosts
+//! (reservations) it must respect. Loaded from the appliance's store at start; every
+//! change the core makes is also returned as a [`Lease`] for the caller to persist.
+
+use super::config::Subnet;
+use cosm_wire::{Lease, LeaseState, MacAddr, Timestamp};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// A machine the appliance knows, as DHCP needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    pub reserved_ip: Option<Ipv4Addr>,
+    pub hostname: Option<String>,
+}
+
+/// Known machines by MAC, and reserved addresses by IP.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    by_mac: HashMap<MacAddr, Host>,
+    by_ip: HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl Hosts {
+    pub fn new(hosts: impl IntoIterator<Item = (MacAddr, Host)>) -> Hosts {
+        let mut h = Hosts::default();
+        for (mac, host) in hosts {
+            if let Some(ip) = host.reserved_ip {
+                h.by_ip.insert(ip, mac);
+            }
+            h.by_mac.insert(mac, host);
+        }
+        h
+    }
+    pub fn get(&self, mac: &MacAddr) -> Option<&Host> {
+        self.by_mac.get(mac)
+    }
+    pub fn is_known(&self, mac: &MacAddr) -> bool {
+        self.by_mac.contains_key(mac)
+    }
+    /// The MAC an address is reserved for, if any.
+    pub fn reserved_for(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.by_ip.get(&ip).copied()
+    }
+    pub fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_mac.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Offer {
+    ip: Ipv4Addr,
+    until: Timestamp,
+}
+
+/// Leases by address and by MAC, plus outstanding offers (offers are never persisted: a
+/// lost offer only costs the client a retry).
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    by_ip: HashMap<Ipv4Addr, Lease>,
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    offers: HashMap<MacAddr, Offer>,
+    offered: HashMap<Ipv4Addr, MacAddr>,
+    /// Where the next free-address search starts, per (subnet, pool).
+    cursors: HashMap<(usize, usize), u32>,
+}
+
+impl LeaseTable {
+    pub fn load(leases: impl IntoIterator<Item = Lease>) -> LeaseTable {
+        let mut t = LeaseTable::default();
+        for l in leases {
+            t.put(l);
+        }
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.by_ip.values()
+    }
+
+    /// The lease record (any state) a MAC holds or last held.
+    pub fn lease_of(&self, mac: &MacAddr) -> Option<&Lease> {
+        self.by_mac.get(mac).and_then(|ip| self.by_ip.get(ip))
+    }
+
+    pub fn lease_at(&self, ip: Ipv4Addr) -> Option<&Lease> {
+        self.by_ip.get(&ip)
+    }
+
+    /// Records a lease (replacing whatever was at its address).
+    pub fn put(&mut self, lease: Lease) {
+        if let Some(old) = self.by_ip.get(&lease.ip) {
+            if old.mac != lease.mac && self.by_mac.get(&old.mac) == Some(&lease.ip) {
+                self.by_mac.remove(&old.mac);
+            }
+        }
+        if let Some(prev_ip) = self.by_mac.get(&lease.mac).copied() {
+            if prev_ip != lease.ip {
+                // A MAC has one address at a time: its previous record is dropped.
+                self.by_ip.remove(&prev_ip);
+            }
+        }
+        if lease.state != LeaseState::Declined {
+            self.by_mac.insert(lease.mac, lease.ip);
+        } else if self.by_mac.get(&lease.mac) == Some(&lease.ip) {
+            self.by_mac.remove(&lease.mac);
+        }
+        self.drop_offer(&lease.mac);
+        self.by_ip.insert(lease.ip, lease);
+    }
+
+    pub fn offer(&mut self, mac: MacAddr, ip: Ipv4Addr, until: Timestamp) {
+        self.drop_offer(&mac);
+        self.offers.insert(mac, Offer { ip, until });
+        self.offered.insert(ip, mac);
+    }
+
+    /// The address offered to this MAC, if the offer still stands.
+    pub fn offered_to(&self, mac: &MacAddr, now: Timestamp) -> Option<Ipv4Addr> {
+        self.offers.get(mac).filter(|o| o.until > now).map(|o| o.ip)
+    }
+
+    pub fn drop_offer(&mut self, mac: &MacAddr) {
+        if let Some(o) = self.offers.remove(mac) {
+            if self.offered.get(&o.ip) == Some(mac) {
+                self.offered.remove(&o.ip);
+            }
+        }
+    }
+
+    /// May `mac` have `ip` now? Not if another MAC holds it (bound or quarantined), has a
+    /// standing offer for it, or has it reserved.
+    pub fn is_free_for(&self, ip: Ipv4Addr, mac: &MacAddr, now: Timestamp, hosts: &Hosts) -> bool {
+        if let Some(owner) = hosts.reserved_for(ip) {
+            if owner != *mac {
+                return false;
+            }
+        }
+        if let Some(l) = self.by_ip.get(&ip) {
+            if l.holds_address(now) && (l.mac != *mac || l.state == LeaseState::Declined) {
+                return false;
+            }
+        }
+        if let Some(other) = self.offered.get(&ip) {
+            if other != mac && self.offers.get(other).is_some_and(|o| o.until > now) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A free pool address of `subnet` for `mac`, searching each pool from where the last
+    /// search stopped so that allocation stays cheap while the pool fills.
+    pub fn find_free(
+        &mut self,
+        subnet_idx: usize,
+        subnet: &Subnet,
+        mac: &MacAddr,
+        now: Timestamp,
+        hosts: &Hosts,
+    ) -> Option<Ipv4Addr> {
+        for (pool_idx, pool) in subnet.pools.iter().enumerate() {
+            let first = u32::from(pool.first);
+            let size = pool.size();
+            let start = self.cursors.get(&(subnet_idx, pool_idx)).copied().unwrap_or(0);
+            for step in 0..size {
+                let offset = ((u64::from(start) + step) % size) as u32;
+                let ip = Ipv4Addr::from(first + offset);
+                // Never hand out the network or broadcast address of the subnet.
+                if ip == subnet.network || ip == subnet.broadcast() {
+                    continue;
+                }
+                // An address with a lease record of another MAC is kept for that MAC
+                // (affinity) while unleased addresses remain; see the second pass below.
+                let record_of_other = self.by_ip.get(&ip).is_some_and(|l| l.mac != *mac);
+                if !record_of_other && self.is_free_for(ip, mac, now, hosts) {
+                    self.cursors.insert((subnet_idx, pool_idx), offset.wrapping_add(1) % size as u32);
+                    return Some(ip);
+                }
+            }
+        }
+        // Every address has a record: take the first one that has expired or was released.
+        for pool in &subnet.pools {
+            for n in u32::from(pool.first)..=u32::from(pool.last) {
+                let ip = Ipv4Addr::from(n);
+                if ip != subnet.network && ip != subnet.broadcast() && self.is_free_for(ip, mac, now, hosts) {
+                    return Some(ip);
+                }
+            }
+        }
+        None
+    }
+
+    /// Addresses held (bound or offered) by MACs the appliance does not know.
+    pub fn unknown_held(&self, now: Timestamp, hosts: &Hosts) -> usize {
+        let bound = self
+            .by_ip
+            .values()
+            .filter(|l| l.state == LeaseState::Bound && l.holds_address(now) && !hosts.is_known(&l.mac))
+            .count();
+        let offered = self
+            .offers
+            .iter()
+            .filter(|(mac, o)| o.until > now && !hosts.is_known(mac) && self.lease_of(mac).is_none_or(|l| !l.holds_address(now)))
+            .count();
+        bound + offered
+    }
+
+    /// Bound, unexpired leases within a subnet (for pool-use figures).
+    pub fn bound_in(&self, subnet: &Subnet, now: Timestamp) -> usize {
+        self.by_ip
+            .values()
+            .filter(|l| l.state == LeaseState::Bound && l.holds_address(now) && subnet.in_pool(l.ip))
+            .count()
+    }
+}

@@ -1,0 +1,410 @@
+//! The tokio shell of the DHCP server: sockets in, [`decide`], durability, sockets out.
+//!
+//! Requests are decided one at a time under the lease-table lock (so two clients can never
+//! be given the same address), then each reply that carries a lease waits in its own task
+//! until the [`LeaseSink`] has made the lease durable. Many such tasks in flight let the
+//! store group their writes into one commit.
+
+use super::config::{DhcpConfig, Mode};
+use super::core::{decide, Decision, Destination, DropReason, Request, PXE_PORT};
+use super::leases::{Hosts, LeaseTable};
+use cosm_wire::{Lease, MacAddr, Timestamp};
+use dhcproto::v4::{Message, MessageType};
+use dhcproto::{Decodable, Encodable};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Semaphore};
+
+/// Where lease changes go to become durable, and where timeline notes go.
+pub trait LeaseSink: Send + Sync + 'static {
+    /// Resolves once the lease is durable; an error means it is not, and no ACK is sent.
+    fn persist(&self, lease: Lease) -> impl Future<Output = Result<(), String>> + Send;
+    /// A step of a machine's boot (DISCOVER, OFFER, ACK, …). Called for every request; the
+    /// sink decides which machines and how often it records.
+    fn note(&self, mac: MacAddr, step: &str);
+}
+
+/// Socket settings of the shell.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Address and port to receive on, e.g. `0.0.0.0:67`.
+    pub addr: SocketAddrV4,
+    /// Bind to this interface only (SO_BINDTODEVICE), e.g. the provisioning NIC.
+    pub interface: Option<String>,
+    /// Port clients listen on (68).
+    pub client_port: u16,
+    /// Port relays listen on (67).
+    pub relay_port: u16,
+    /// Packets per second allowed per MAC (burst twice that); 0 = unlimited.
+    pub per_mac_rate: u32,
+    /// Packets per second allowed per relay address; 0 = unlimited.
+    pub per_relay_rate: u32,
+}
+
+const RECEIVED: [&str; 6] = ["discover", "request", "decline", "release", "inform", "other"];
+const SENT: [&str; 3] = ["offer", "ack", "nak"];
+
+/// Packet counters, read by the appliance's `/metrics`.
+#[derive(Debug, Default)]
+pub struct DhcpStats {
+    pub received: [AtomicU64; 6],
+    pub sent: [AtomicU64; 3],
+    pub dropped: [AtomicU64; 12],
+    pub malformed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub persist_failed: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+impl DhcpStats {
+    pub fn received(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RECEIVED.iter().zip(&self.received).map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+    }
+    pub fn sent(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        SENT.iter().zip(&self.sent).map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+    }
+    pub fn dropped(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DropReason::ALL.iter().zip(&self.dropped).map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
+    }
+    fn count_received(&self, t: Option<MessageType>) {
+        let i = match t {
+            Some(MessageType::Discover) => 0,
+            Some(MessageType::Request) => 1,
+            Some(MessageType::Decline) => 2,
+            Some(MessageType::Release) => 3,
+            Some(MessageType::Inform) => 4,
+            _ => 5,
+        };
+        self.received[i].fetch_add(1, Ordering::Relaxed);
+    }
+    fn count_sent(&self, m: &Message) {
+        let i = match m.opts().msg_type() {
+            Some(MessageType::Offer) => 0,
+            Some(MessageType::Ack) => 1,
+            _ => 2,
+        };
+        self.sent[i].fetch_add(1, Ordering::Relaxed);
+    }
+    fn count_drop(&self, why: DropReason) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == why) {
+            self.dropped[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Token buckets per key: `rate` tokens per second, at most `2 × rate` saved up.
+#[derive(Debug)]
+pub struct RateLimiter<K> {
+    rate: u32,
+    buckets: HashMap<K, (f64, u64)>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
+    pub fn new(rate: u32) -> Self {
+        RateLimiter { rate, buckets: HashMap::new() }
+    }
+
+    /// Takes a token for `key` at `now_ms`; false when the key is over its rate.
+    pub fn allow(&mut self, key: K, now_ms: u64) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let cap = f64::from(self.rate) * 2.0;
+        let rate = f64::from(self.rate);
+        let (tokens, last) = self.buckets.entry(key).or_insert((cap, now_ms));
+        *tokens = (*tokens + (now_ms.saturating_sub(*last)) as f64 / 1000.0 * rate).min(cap);
+        *last = now_ms;
+        if self.buckets.len() > 100_000 {
+            // Forget idle keys so a flood of random MACs cannot grow the map without bound.
+            self.buckets.retain(|_, (t, l)| *t < cap && now_ms.saturating_sub(*l) < 10_000);
+        }
+        let (tokens, _) = self.buckets.entry(key).or_insert((cap, now_ms));
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the appliance keeps of a running DHCP server.
+#[derive(Debug, Clone)]
+pub struct DhcpHandle {
+    pub stats: Arc<DhcpStats>,
+    table: Arc<Mutex<LeaseTable>>,
+    cfg: Arc<DhcpConfig>,
+    pub local_addr: SocketAddr,
+}
+
+impl DhcpHandle {
+    /// (subnet, bound leases in its pools, pool size) for each subnet.
+    pub fn pool_use(&self) -> Vec<(String, u64, u64)> {
+        let now = Timestamp::now();
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        self.cfg
+            .subnets
+            .iter()
+            .map(|s| {
+                let size = s.pools.iter().map(|p| p.size()).sum();
+                (format!("{}/{}", s.network, s.prefix_len), table.bound_in(s, now) as u64, size)
+            })
+            .collect()
+    }
+}
+
+fn bind(addr: SocketAddrV4, interface: Option<&str>) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    if let Some(ifname) = interface {
+        s.bind_device(Some(ifname.as_bytes()))?;
+    }
+    s.set_nonblocking(true)?;
+    // Large buffers absorb bursts (a rack powering on at once) instead of dropping.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&SocketAddr::V4(addr).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Parses a packet. dhcproto asserts on some malformed option lengths in debug builds;
+/// a panic there is a malformed packet, not a reason to stop serving.
+pub fn parse(bytes: &[u8]) -> Option<Message> {
+    std::panic::catch_unwind(|| Message::decode(&mut dhcproto::Decoder::new(bytes)).ok())
+        .ok()
+        .flatten()
+}
+
+struct Shared<S> {
+    cfg: Arc<DhcpConfig>,
+    listen: Listen,
+    table: Arc<Mutex<LeaseTable>>,
+    hosts: watch::Receiver<Arc<Hosts>>,
+    sink: Arc<S>,
+    stats: Arc<DhcpStats>,
+    inflight: Arc<Semaphore>,
+    limits: Mutex<(RateLimiter<MacAddr>, RateLimiter<Ipv4Addr>)>,
+}
+
+/// Binds the sockets and returns a handle plus the future that serves until `shutdown`.
+pub async fn start<S: LeaseSink>(
+    cfg: DhcpConfig,
+    listen: Listen,
+    leases: Vec<Lease>,
+    hosts: watch::Receiver<Arc<Hosts>>,
+    sink: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(DhcpHandle, impl Future<Output = ()>)> {
+    let main = Arc::new(bind(listen.addr, listen.interface.as_deref())?);
+    let pxe = if cfg.mode == Mode::Proxy {
+        let a = SocketAddrV4::new(*listen.addr.ip(), PXE_PORT);
+        Some(Arc::new(bind(a, listen.interface.as_deref())?))
+    } else {
+        None
+    };
+    let local_addr = main.local_addr()?;
+    let cfg = Arc::new(cfg);
+    let table = Arc::new(Mutex::new(LeaseTable::load(leases)));
+    let stats = Arc::new(DhcpStats::default());
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        listen: listen.clone(),
+        table: table.clone(),
+        hosts,
+        sink,
+        stats: stats.clone(),
+        inflight: Arc::new(Semaphore::new(8192)),
+        limits: Mutex::new((RateLimiter::new(listen.per_mac_rate), RateLimiter::new(listen.per_relay_rate))),
+    });
+    let handle = DhcpHandle { stats, table, cfg, local_addr };
+    let serve = async move {
+        let a = recv_loop(shared.clone(), main.clone(), main.clone(), listen.addr.port());
+        match pxe {
+            Some(p) => {
+                let b = recv_loop(shared.clone(), p, main, PXE_PORT);
+                tokio::select! { _ = a => {}, _ = b => {}, _ = shutdown.changed() => {} }
+            }
+            None => tokio::select! { _ = a => {}, _ = shutdown.changed() => {} },
+        }
+        tracing::info!("DHCP server stopped");
+    };
+    Ok((handle, serve))
+}
+
+async fn recv_loop<S: LeaseSink>(shared: Arc<Shared<S>>, sock: Arc<UdpSocket>, out: Arc<UdpSocket>, port: u16) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "DHCP receive failed");
+                continue;
+            }
+        };
+        let SocketAddr::V4(src) = src else { continue };
+        let Some(msg) = parse(&buf[..n]) else {
+            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%src, bytes = n, "malformed DHCP packet dropped");
+            continue;
+        };
+        handle_packet(&shared, &sock, &out, msg, src, port);
+    }
+}
+
+fn handle_packet<S: LeaseSink>(
+    shared: &Arc<Shared<S>>,
+    sock: &Arc<UdpSocket>,
+    out: &Arc<UdpSocket>,
+    msg: Message,
+    src: SocketAddrV4,
+    port: u16,
+) {
+    let now = Timestamp::now();
+    shared.stats.count_received(msg.opts().msg_type());
+    {
+        let mut limits = shared.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let c = msg.chaddr();
+        let mac_ok = c.len() < 6 || limits.0.allow(MacAddr::new([c[0], c[1], c[2], c[3], c[4], c[5]]), now.as_millis());
+        let relay_ok = msg.giaddr().is_unspecified() || limits.1.allow(msg.giaddr(), now.as_millis());
+        if !(mac_ok && relay_ok) {
+            shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    let hosts = shared.hosts.borrow().clone();
+    let decision = {
+        let mut table = shared.table.lock().unwrap_or_else(|e| e.into_inner());
+        decide(Request { msg: &msg, src, local_port: port, now }, &mut table, &hosts, &shared.cfg)
+    };
+    let Decision { mac, request_type, reply, persist, dropped, note } = decision;
+    if let (Some(mac), Some(t)) = (mac, request_type) {
+        let step = match t {
+            MessageType::Discover => Some(format!("DISCOVER via {}", relay_text(msg.giaddr(), src))),
+            MessageType::Request => Some("REQUEST".to_string()),
+            _ => None,
+        };
+        if let Some(s) = step {
+            shared.sink.note(mac, &s);
+        }
+    }
+    if let Some(why) = dropped {
+        shared.stats.count_drop(why);
+        if why != DropReason::NoReplyExpected {
+            tracing::debug!(mac = ?mac.map(|m| m.to_string()), reason = why.as_str(), "DHCP request not answered");
+        }
+    }
+    let Some(reply) = reply else {
+        if let Some(lease) = persist {
+            // DECLINE/RELEASE: persisted in the background, nothing to send.
+            let sink = shared.sink.clone();
+            let stats = shared.stats.clone();
+            if let (Some(mac), Some(n)) = (mac, note) {
+                sink.note(mac, &n);
+            }
+            tokio::spawn(async move {
+                if let Err(e) = sink.persist(lease).await {
+                    stats.persist_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot persist a lease change");
+                }
+            });
+        }
+        return;
+    };
+    let dest = match reply.dest {
+        Destination::Relay(g) => SocketAddr::V4(SocketAddrV4::new(g, shared.listen.relay_port)),
+        Destination::Broadcast => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, shared.listen.client_port)),
+        Destination::Unicast(ip) => SocketAddr::V4(SocketAddrV4::new(ip, shared.listen.client_port)),
+        Destination::Source => SocketAddr::V4(src),
+    };
+    let bytes = match reply.msg.to_vec() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a DHCP reply");
+            return;
+        }
+    };
+    let sock = if port == PXE_PORT { sock.clone() } else { out.clone() };
+    let stats = shared.stats.clone();
+    let sink = shared.sink.clone();
+    match persist {
+        None => {
+            stats.count_sent(&reply.msg);
+            if let (Some(mac), Some(n)) = (mac, &note) {
+                sink.note(mac, n);
+            }
+            if let Err(e) = sock.try_send_to(&bytes, dest) {
+                tracing::warn!(error = %e, %dest, "DHCP send failed");
+            }
+        }
+        Some(lease) => {
+            let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+                // More leases waiting for the disk than we allow: the client will retry.
+                stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            tokio::spawn(async move {
+                let _permit = permit;
+                match sink.persist(lease).await {
+                    Ok(()) => {
+                        stats.count_sent(&reply.msg);
+                        if let (Some(mac), Some(n)) = (mac, &note) {
+                            sink.note(mac, n);
+                        }
+                        if let Err(e) = sock.send_to(&bytes, dest).await {
+                            tracing::warn!(error = %e, %dest, "DHCP send failed");
+                        }
+                    }
+                    Err(e) => {
+                        stats.persist_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "lease not durable; DHCPACK withheld");
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn relay_text(giaddr: Ipv4Addr, src: SocketAddrV4) -> String {
+    if giaddr.is_unspecified() {
+        format!("broadcast from {}", src.ip())
+    } else {
+        format!("relay {giaddr}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_refills() {
+        let mut r = RateLimiter::new(5);
+        let k = 1u32;
+        let allowed = (0..20).filter(|_| r.allow(k, 1000)).count();
+        assert_eq!(allowed, 10, "burst is twice the rate");
+        assert!(!r.allow(k, 1000));
+        assert!(r.allow(k, 1200), "one token back after 200 ms at 5/s");
+        assert!(RateLimiter::new(0).allow(k, 0), "0 means unlimited");
+    }
+
+    #[test]
+    fn garbage_is_not_a_message() {
+        assert!(parse(&[]).is_none());
+        assert!(parse(&[1, 2, 3]).is_none());
+        // A real DISCOVER cut short anywhere in its fixed header is refused.
+        let mut m = Message::default();
+        m.set_chaddr(&[0x52, 0x54, 0, 0, 0, 1]);
+        m.opts_mut().insert(dhcproto::v4::DhcpOption::MessageType(MessageType::Discover));
+        let bytes = m.to_vec().unwrap();
+        assert!(parse(&bytes).is_some());
+        for cut in [1, 20, 100, 200, 235] {
+            assert!(parse(&bytes[..cut]).is_none(), "{cut} bytes parsed");
+        }
+    }
+}
