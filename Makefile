@@ -5,7 +5,9 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Debian packages the tests and the demo need (checked one by one; only missing ones are installed).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq
+# iputils-ping, isc-dhcp-client: the network-namespace tests (tests/src/netns.rs);
+# kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base
 # Python tools, installed into ./.venv.
 PIP_PACKAGES := openapi-spec-validator
 
@@ -15,7 +17,7 @@ help:
 	@echo "make demo   - build, start the appliance on loopback, register machines, show them"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - benchmarks"
+	@echo "make bench  - DHCP throughput: Kea, dnsmasq and COSM under perfdhcp, side by side (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 
 all: build
@@ -48,8 +50,8 @@ check: toolchain
 demo: toolchain deps build
 	./scripts/demo.sh
 
-bench:
-	@echo "No benchmarks yet: the DHCP (perfdhcp vs Kea/dnsmasq), TFTP and heartbeat benchmarks arrive with their issues."
+bench: toolchain deps
+	./scripts/bench-dhcp.sh
 
 clean:
 	$(CARGO) clean

@@ -18,7 +18,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cosm_wire::{
-    CreateMachine, CreateToken, CreatedToken, ErrorBody, Event, Health, MacAddr, Machine,
+    CreateMachine, CreateToken, CreatedToken, ErrorBody, Event, Health, Lease, LeaseState, MacAddr, Machine,
     MachineState, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope, SetRole, SetState, TokenInfo,
     UpdateMachine,
 };
@@ -324,6 +324,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/roles/{name}", get(show_role).delete(delete_role))
         .route("/api/v1/rules", get(list_rules).post(create_rule))
         .route("/api/v1/rules/{id}", get(show_rule).delete(delete_rule))
+        .route("/api/v1/leases", get(list_leases))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -739,6 +740,34 @@ async fn delete_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// DHCP lease records (bound, released, declined), by address.
+#[utoipa::path(get, path = "/api/v1/leases", tag = "dhcp",
+    params(("mac" = Option<String>, Query, description = "only this MAC's lease"),
+           ("state" = Option<String>, Query, description = "bound, released or declined")),
+    responses((status = 200, body = [Lease]), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_leases(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
+    query_params(&q, &["mac", "state"])?;
+    let mac = q.get("mac").map(|m| parse_mac(m)).transpose()?;
+    let st = q
+        .get("state")
+        .map(|s| {
+            serde_json::from_value::<LeaseState>(serde_json::Value::String(s.clone())).map_err(|_| {
+                ApiError::field(StatusCode::BAD_REQUEST, "state", format!("{s:?} is not one of bound, released, declined"))
+            })
+        })
+        .transpose()?;
+    let leases = state
+        .store
+        .leases()?
+        .into_iter()
+        .filter(|l| mac.is_none_or(|m| l.mac == m) && st.is_none_or(|s| l.state == s))
+        .collect();
+    Ok(Json(leases))
+}
+
 /// API tokens (admin only). Secrets are never listed.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
     responses((status = 200, body = [TokenInfo]), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
@@ -809,6 +838,7 @@ impl utoipa::Modify for BearerAuth {
         set_role, set_state, machine_events,
         list_roles, create_role, show_role, delete_role,
         list_rules, create_rule, show_rule, delete_rule,
+        list_leases,
         list_tokens, create_token, delete_token,
     ),
     modifiers(&BearerAuth),
@@ -816,6 +846,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "machines", description = "Machines by MAC: lifecycle, role, timeline"),
         (name = "roles", description = "Roles machines can play"),
         (name = "rules", description = "Rules that give discovered machines a role"),
+        (name = "dhcp", description = "DHCP leases"),
         (name = "tokens", description = "API tokens (admin only)"),
         (name = "operations", description = "Health, metrics, this document"),
     )

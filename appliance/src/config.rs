@@ -3,7 +3,9 @@
 //! [`file`] holds the file format (serde, unknown keys refused); [`Config`] is the checked
 //! runtime form, made from it with `TryFrom`. Every error names the file and the key.
 
-use std::net::SocketAddr;
+use cosm_netboot::dhcp::server::Listen;
+use cosm_netboot::dhcp::{Boot, DhcpConfig, Mode, Pool, Subnet, UnknownMacs};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 /// Why a configuration file was refused.
@@ -45,6 +47,103 @@ pub mod file {
         pub api: Api,
         #[serde(default)]
         pub events: Events,
+        #[serde(default)]
+        pub dhcp: Option<Dhcp>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dhcp {
+        /// `authoritative`, `proxy` or `off`.
+        #[serde(default = "default_mode")]
+        pub mode: String,
+        #[serde(default = "default_dhcp_listen")]
+        pub listen: String,
+        #[serde(default)]
+        pub interface: Option<String>,
+        pub server_id: String,
+        #[serde(default = "default_unknown")]
+        pub unknown_macs: String,
+        #[serde(default = "default_max_unknown")]
+        pub max_unknown_leases: usize,
+        #[serde(default = "default_offer_hold")]
+        pub offer_hold_secs: u32,
+        #[serde(default = "default_quarantine")]
+        pub decline_quarantine_secs: u32,
+        #[serde(default = "default_per_mac_rate")]
+        pub per_mac_rate: u32,
+        #[serde(default)]
+        pub per_relay_rate: u32,
+        #[serde(default = "default_client_port")]
+        pub client_port: u16,
+        #[serde(default = "default_relay_port")]
+        pub relay_port: u16,
+        #[serde(default)]
+        pub boot: DhcpBoot,
+        #[serde(default)]
+        pub subnets: Vec<DhcpSubnet>,
+    }
+
+    fn default_mode() -> String {
+        "authoritative".into()
+    }
+    fn default_dhcp_listen() -> String {
+        "0.0.0.0:67".into()
+    }
+    fn default_unknown() -> String {
+        "discover".into()
+    }
+    fn default_max_unknown() -> usize {
+        4096
+    }
+    fn default_offer_hold() -> u32 {
+        30
+    }
+    fn default_quarantine() -> u32 {
+        600
+    }
+    fn default_per_mac_rate() -> u32 {
+        20
+    }
+    fn default_client_port() -> u16 {
+        68
+    }
+    fn default_relay_port() -> u16 {
+        67
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DhcpBoot {
+        pub tftp_server: Option<String>,
+        pub bios_file: Option<String>,
+        pub uefi_x64_file: Option<String>,
+        pub uefi_arm64_file: Option<String>,
+        pub http_base: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DhcpSubnet {
+        pub cidr: String,
+        #[serde(default)]
+        pub pools: Vec<String>,
+        #[serde(default)]
+        pub routers: Vec<String>,
+        #[serde(default)]
+        pub dns: Vec<String>,
+        #[serde(default)]
+        pub domain: Option<String>,
+        #[serde(default)]
+        pub mtu: Option<u16>,
+        #[serde(default = "default_lease_time")]
+        pub lease_time_secs: u32,
+        #[serde(default)]
+        pub relays: Vec<String>,
+    }
+
+    fn default_lease_time() -> u32 {
+        3600
     }
 
     #[derive(Debug, Deserialize)]
@@ -86,6 +185,15 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub max_body_bytes: usize,
     pub events_per_machine: u64,
+    /// `None` when DHCP is off.
+    pub dhcp: Option<DhcpSettings>,
+}
+
+/// The DHCP service: what the core decides with and how the shell listens.
+#[derive(Debug, Clone)]
+pub struct DhcpSettings {
+    pub core: DhcpConfig,
+    pub listen: Listen,
 }
 
 impl Config {
@@ -157,14 +265,154 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 format!("{} is outside 10..=1000000", f.events.retain_per_machine),
             ));
         }
+        let dhcp = match f.dhcp {
+            Some(d) => dhcp_settings(d, api_listen).map_err(|(key, message)| invalid(&key, message))?,
+            None => None,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             data_dir,
             api_listen,
             max_body_bytes: f.api.max_body_bytes as usize,
             events_per_machine: f.events.retain_per_machine,
+            dhcp,
         })
     }
+}
+
+type KeyError = (String, String);
+
+fn ipv4(key: &str, s: &str) -> Result<Ipv4Addr, KeyError> {
+    s.trim()
+        .parse()
+        .map_err(|_| (key.to_string(), format!("{s:?} is not an IPv4 address")))
+}
+
+fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSettings>, KeyError> {
+    let k = |name: &str| format!("dhcp.{name}");
+    let mode = match d.mode.as_str() {
+        "off" => return Ok(None),
+        "authoritative" => Mode::Authoritative,
+        "proxy" => Mode::Proxy,
+        other => return Err((k("mode"), format!("{other:?} is not one of authoritative, proxy, off"))),
+    };
+    let listen: SocketAddrV4 = d
+        .listen
+        .parse()
+        .map_err(|_| (k("listen"), format!("{:?} is not an IPv4 address:port such as 0.0.0.0:67", d.listen)))?;
+    let server_id = ipv4(&k("server_id"), &d.server_id)?;
+    if server_id.is_unspecified() || server_id.is_broadcast() {
+        return Err((k("server_id"), "must be this appliance's address on the provisioning network".into()));
+    }
+    let unknown_macs = match d.unknown_macs.as_str() {
+        "discover" => UnknownMacs::Discover,
+        "ignore" => UnknownMacs::Ignore,
+        other => return Err((k("unknown_macs"), format!("{other:?} is not one of discover, ignore"))),
+    };
+    if !(1..=3600).contains(&d.offer_hold_secs) {
+        return Err((k("offer_hold_secs"), "must be 1..=3600".into()));
+    }
+    let mut subnets: Vec<Subnet> = Vec::new();
+    for (i, s) in d.subnets.into_iter().enumerate() {
+        let sk = |name: &str| format!("dhcp.subnets[{i}].{name}");
+        let (net, len) = s
+            .cidr
+            .split_once('/')
+            .ok_or_else(|| (sk("cidr"), format!("{:?} is not a network such as 192.0.2.0/24", s.cidr)))?;
+        let network = ipv4(&sk("cidr"), net)?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (8..=30).contains(l))
+            .ok_or_else(|| (sk("cidr"), format!("prefix length {len:?} must be 8..=30")))?;
+        let mut subnet = Subnet {
+            network,
+            prefix_len,
+            pools: Vec::new(),
+            routers: Vec::new(),
+            dns: Vec::new(),
+            domain: s.domain.clone(),
+            mtu: s.mtu,
+            lease_time_secs: s.lease_time_secs,
+            relays: Vec::new(),
+        };
+        if u32::from(network) & !u32::from(subnet.mask()) != 0 {
+            return Err((sk("cidr"), format!("{} has host bits set for /{prefix_len}", s.cidr)));
+        }
+        if !(60..=31_536_000).contains(&s.lease_time_secs) {
+            return Err((sk("lease_time_secs"), "must be 60..=31536000".into()));
+        }
+        if let Some(mtu) = s.mtu {
+            if mtu < 576 {
+                return Err((sk("mtu"), "must be at least 576".into()));
+            }
+        }
+        for (j, p) in s.pools.iter().enumerate() {
+            let pk = format!("dhcp.subnets[{i}].pools[{j}]");
+            let (a, b) = p
+                .split_once('-')
+                .ok_or_else(|| (pk.clone(), format!("{p:?} is not a range such as 192.0.2.100-192.0.2.200")))?;
+            let pool = Pool { first: ipv4(&pk, a)?, last: ipv4(&pk, b)? };
+            if pool.first > pool.last || !subnet.contains(pool.first) || !subnet.contains(pool.last) {
+                return Err((pk, format!("{p} is not an ascending range inside {}", s.cidr)));
+            }
+            let overlaps = subnets
+                .iter()
+                .flat_map(|o| o.pools.iter())
+                .chain(subnet.pools.iter())
+                .any(|o| o.first <= pool.last && pool.first <= o.last);
+            if overlaps {
+                return Err((pk, format!("{p} overlaps another pool")));
+            }
+            subnet.pools.push(pool);
+        }
+        subnet.routers = s.routers.iter().map(|r| ipv4(&sk("routers"), r)).collect::<Result<_, _>>()?;
+        subnet.dns = s.dns.iter().map(|r| ipv4(&sk("dns"), r)).collect::<Result<_, _>>()?;
+        subnet.relays = s.relays.iter().map(|r| ipv4(&sk("relays"), r)).collect::<Result<_, _>>()?;
+        subnets.push(subnet);
+    }
+    if subnets.is_empty() && mode == Mode::Authoritative {
+        return Err((k("subnets"), "authoritative mode needs at least one [[dhcp.subnets]]".into()));
+    }
+    let tftp_server = match &d.boot.tftp_server {
+        Some(t) => ipv4("dhcp.boot.tftp_server", t)?,
+        None => server_id,
+    };
+    let http_base = d
+        .boot
+        .http_base
+        .clone()
+        .unwrap_or_else(|| format!("http://{server_id}:{}", api_listen.port()))
+        .trim_end_matches('/')
+        .to_string();
+    if !http_base.starts_with("http://") && !http_base.starts_with("https://") {
+        return Err(("dhcp.boot.http_base".into(), format!("{http_base:?} is not an http:// URL")));
+    }
+    let core = DhcpConfig {
+        mode,
+        server_id,
+        subnets,
+        unknown_macs,
+        max_unknown_leases: d.max_unknown_leases,
+        offer_hold_secs: d.offer_hold_secs,
+        decline_quarantine_secs: d.decline_quarantine_secs,
+        boot: Boot {
+            tftp_server,
+            bios_file: d.boot.bios_file.unwrap_or_else(|| "undionly.kpxe".into()),
+            uefi_x64_file: d.boot.uefi_x64_file.unwrap_or_else(|| "ipxe.efi".into()),
+            uefi_arm64_file: d.boot.uefi_arm64_file,
+            http_base,
+        },
+    };
+    let listen = Listen {
+        addr: listen,
+        interface: d.interface,
+        client_port: d.client_port,
+        relay_port: d.relay_port,
+        per_mac_rate: d.per_mac_rate,
+        per_relay_rate: d.per_relay_rate,
+    };
+    Ok(Some(DhcpSettings { core, listen }))
 }
 
 #[cfg(test)]
@@ -215,6 +463,29 @@ mod tests {
         assert!(e.contains("data_dir"), "{e}");
         let e = err("data_dir = \"/x\"\n[events]\nretain_per_machine = 1\n");
         assert!(e.contains("key `events.retain_per_machine`"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_errors_name_the_key() {
+        let base = "data_dir = \"/x\"\n[dhcp]\nserver_id = \"192.0.2.1\"\n";
+        let e = err(base);
+        assert!(e.contains("key `dhcp.subnets`"), "{e}");
+        let e = err(&format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\npools = [\"192.0.2.10-192.0.3.5\"]\n"));
+        assert!(e.contains("key `dhcp.subnets[0].pools[0]`"), "{e}");
+        let e = err(&format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.1/24\"\n"));
+        assert!(e.contains("key `dhcp.subnets[0].cidr`") && e.contains("host bits"), "{e}");
+        let e = err(&format!("{base}mode = \"maybe\"\n"));
+        assert!(e.contains("key `dhcp.mode`"), "{e}");
+        let e = err(&format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\nrouter = \"192.0.2.1\"\n"));
+        assert!(e.contains("dhcp.subnets") && e.contains("router"), "{e}");
+        let ok = Config::parse(
+            Path::new("/x.toml"),
+            &format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\npools = [\"192.0.2.10-192.0.2.20\"]\n"),
+        )
+        .unwrap();
+        let d = ok.dhcp.unwrap();
+        assert_eq!(d.core.boot.http_base, "http://192.0.2.1:8080");
+        assert_eq!(d.listen.addr.to_string(), "0.0.0.0:67");
     }
 
     #[test]

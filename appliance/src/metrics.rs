@@ -4,6 +4,7 @@
 //! commits) are read from the store at scrape time by a collector, so they cannot drift.
 
 use crate::store::Store;
+use cosm_netboot::dhcp::server::DhcpHandle;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -32,7 +33,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: Store) -> Metrics {
+    pub fn new(store: Store, dhcp: Option<DhcpHandle>) -> Metrics {
         let mut registry = Registry::with_prefix("cosm");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -46,6 +47,9 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         registry.register_collector(Box::new(StoreCollector { store }));
+        if let Some(dhcp) = dhcp {
+            registry.register_collector(Box::new(DhcpCollector { dhcp }));
+        }
         Metrics {
             registry: Arc::new(registry),
             http_requests,
@@ -104,6 +108,51 @@ impl Collector for StoreCollector {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot count machines for /metrics"),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct DhcpCollector {
+    dhcp: DhcpHandle,
+}
+
+impl Collector for DhcpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = &self.dhcp.stats;
+        let families: [(&str, &str, &str, Vec<(&str, u64)>); 3] = [
+            ("dhcp_received_packets", "DHCP requests received, by message type.", "type", st.received().collect()),
+            ("dhcp_sent_packets", "DHCP replies sent, by message type.", "type", st.sent().collect()),
+            ("dhcp_dropped_packets", "DHCP requests not answered, by reason.", "reason", st.dropped().collect()),
+        ];
+        for (name, help, label, values) in families {
+            let mut f = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (v, n) in values {
+                let labels = vec![(label, v)];
+                ConstCounter::new(n).encode(f.encode_family(&labels)?)?;
+            }
+        }
+        let singles = [
+            ("dhcp_malformed_packets", "Packets that were not valid DHCP and were dropped.", &st.malformed),
+            ("dhcp_rate_limited_packets", "Packets dropped by the per-MAC or per-relay rate limit.", &st.rate_limited),
+            ("dhcp_persist_failures", "Leases that could not be made durable (no ACK was sent).", &st.persist_failed),
+            ("dhcp_overloaded_packets", "Requests dropped because too many leases were waiting for the disk.", &st.overloaded),
+        ];
+        for (name, help, c) in singles {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(c.load(Ordering::Relaxed)).encode(m)?;
+        }
+        let pools = self.dhcp.pool_use();
+        let mut used = encoder.encode_descriptor("dhcp_pool_used", "Bound leases in each subnet's pools.", None, MetricType::Gauge)?;
+        for (subnet, bound, _) in &pools {
+            let labels = vec![("subnet", subnet.as_str())];
+            ConstGauge::new(*bound as i64).encode(used.encode_family(&labels)?)?;
+        }
+        let mut size = encoder.encode_descriptor("dhcp_pool_size", "Addresses in each subnet's pools.", None, MetricType::Gauge)?;
+        for (subnet, _, n) in &pools {
+            let labels = vec![("subnet", subnet.as_str())];
+            ConstGauge::new(*n as i64).encode(size.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -51,7 +51,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "first admin API token created");
     }
 
-    let metrics = Metrics::new(store.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut dhcp_handle = None;
+    let mut dhcp_task = None;
+    if let Some(settings) = config.dhcp.clone() {
+        let (handle, serve) = crate::dhcp_service::start(settings, store.clone(), stop_rx.clone()).await?;
+        dhcp_handle = Some(handle);
+        dhcp_task = Some(tokio::spawn(serve));
+    } else {
+        tracing::info!("DHCP is off (no [dhcp] section, or mode = \"off\")");
+    }
+    let metrics = Metrics::new(store.clone(), dhcp_handle);
     let app = api::router(AppState {
         store: store.clone(),
         metrics,
@@ -66,6 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server failed")?;
+    let _ = stop_tx.send(true);
+    if let Some(t) = dhcp_task {
+        let _ = t.await;
+    }
     drop(store);
     tracing::info!("stopped cleanly");
     Ok(())

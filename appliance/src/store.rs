@@ -15,7 +15,7 @@
 use crate::lifecycle::{self, IllegalTransition};
 use crate::rules;
 use cosm_wire::{
-    CreateMachine, Event, EventKind, MacAddr, Machine, MachineId, MachineState, Role, RoleName,
+    CreateMachine, Event, EventKind, Lease, MacAddr, Machine, MachineId, MachineState, Role, RoleName,
     RoleSpec, Rule, RuleSpec, Scope, Timestamp, TokenInfo, UpdateMachine,
 };
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -41,6 +41,8 @@ const RULES: TableDefinition<u64, &[u8]> = TableDefinition::new("rules");
 /// Keyed by (MAC as u64, global event sequence) so one machine's timeline is one range.
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 const EVENT_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("event_counts");
+/// DHCP leases keyed by IPv4 address (as u32).
+const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
 /// Keyed by the SHA-256 of the token (hex); the token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
@@ -152,6 +154,28 @@ pub enum Command {
         hash: String,
     },
     DeleteToken(u64),
+    /// Records a DHCP lease change (bound, released, declined).
+    PutLease(Lease),
+    /// Appends an event to a machine's timeline; a MAC with no machine record is ignored.
+    RecordEvent {
+        mac: MacAddr,
+        kind: EventKind,
+        message: String,
+    },
+}
+
+impl Command {
+    /// Does this command change machine records (so DHCP must reload its hosts)?
+    fn touches_machines(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateMachine(_)
+                | Command::UpdateMachine { .. }
+                | Command::SetRole { .. }
+                | Command::SetState { .. }
+                | Command::DeleteMachine { .. }
+        )
+    }
 }
 
 /// What a command produced.
@@ -162,6 +186,8 @@ pub enum Outcome {
     Rule(Rule),
     Token(TokenInfo),
     Deleted,
+    /// Written (or, for an event of an unknown MAC, deliberately skipped).
+    Done,
 }
 
 /// Counters the writer keeps, for `/metrics`.
@@ -200,6 +226,7 @@ pub struct Store {
     db: Arc<Database>,
     writer: Arc<Writer>,
     stats: Arc<StoreStats>,
+    machines_changed: tokio::sync::watch::Receiver<u64>,
 }
 
 struct Writer {
@@ -242,9 +269,10 @@ impl Store {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let writer_db = db.clone();
         let writer_stats = stats.clone();
+        let (changed_tx, machines_changed) = tokio::sync::watch::channel(0u64);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx, options, &writer_stats))
+            .spawn(move || writer_loop(&writer_db, rx, options, &writer_stats, &changed_tx))
             .map_err(|e| StoreError::Db {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
@@ -252,11 +280,28 @@ impl Store {
             jobs: Some(jobs),
             thread: Some(thread),
         });
-        Ok(Store { db, writer, stats })
+        Ok(Store { db, writer, stats, machines_changed })
     }
 
     pub fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+
+    /// Bumped after every commit that changed machine records.
+    pub fn machines_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.machines_changed.clone()
+    }
+
+    /// Every lease record, by address.
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(LEASES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode("leases", v.value())?);
+        }
+        Ok(out)
     }
 
     /// Applies one command; resolves once it is durable (or refused).
@@ -431,6 +476,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(EVENTS)?;
         txn.open_table(EVENT_COUNTS)?;
         txn.open_table(TOKENS)?;
+        txn.open_table(LEASES)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -474,6 +520,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     options: StoreOptions,
     stats: &StoreStats,
+    machines_changed: &tokio::sync::watch::Sender<u64>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -490,6 +537,9 @@ fn writer_loop(
         match results {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
+                if batch.iter().any(|j| j.cmd.touches_machines()) {
+                    machines_changed.send_modify(|n| *n += 1);
+                }
                 for (job, result) in batch.into_iter().zip(results) {
                     // A caller that went away (client disconnected) does not undo its write.
                     let _ = job.reply.send(result);
@@ -589,6 +639,17 @@ fn apply_command(tx: &mut Tx<'_>, cmd: &Command) -> Result<Outcome, StoreError> 
                 .open_table(TOKENS)?
                 .insert(hash.as_str(), encode(&rec).as_slice())?;
             Ok(Outcome::Token(info))
+        }
+        Command::PutLease(lease) => {
+            let mut t = tx.txn.open_table(LEASES)?;
+            t.insert(u32::from(lease.ip), encode(lease).as_slice())?;
+            Ok(Outcome::Done)
+        }
+        Command::RecordEvent { mac, kind, message } => {
+            if tx.machine(*mac).is_ok() {
+                tx.event(*mac, *kind, message.clone(), None, None)?;
+            }
+            Ok(Outcome::Done)
         }
         Command::DeleteToken(id) => {
             let mut t = tx.txn.open_table(TOKENS)?;

@@ -30,7 +30,7 @@ impl TestApp {
             .await
             .unwrap()
             .unwrap();
-        let metrics = Metrics::new(store.clone());
+        let metrics = Metrics::new(store.clone(), None);
         let router = router(AppState {
             store,
             metrics,

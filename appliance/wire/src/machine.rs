@@ -194,6 +194,8 @@ pub enum EventKind {
     RuleMatched,
     /// Hostname or reserved address changed.
     Updated,
+    /// A DHCP step of its boot: DISCOVER, OFFER, REQUEST, ACK, NAK, DECLINE, RELEASE.
+    Dhcp,
 }
 
 /// One entry of a machine's timeline.

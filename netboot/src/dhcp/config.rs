@@ -48,6 +48,9 @@ pub struct Subnet {
     pub domain: Option<String>,
     pub mtu: Option<u16>,
     pub lease_time_secs: u32,
+    /// Relay addresses (giaddr) whose requests belong to this subnet even though the relay
+    /// is not inside it; a relay inside the subnet needs no entry.
+    pub relays: Vec<Ipv4Addr>,
 }
 
 impl Subnet {
@@ -104,6 +107,11 @@ impl DhcpConfig {
     /// The subnet a request belongs to: the relay's (giaddr) if relayed, else the one our
     /// own address is in.
     pub fn subnet_for(&self, giaddr: Ipv4Addr) -> Option<(usize, &Subnet)> {
+        if !giaddr.is_unspecified() {
+            if let Some(hit) = self.subnets.iter().enumerate().find(|(_, s)| s.relays.contains(&giaddr)) {
+                return Some(hit);
+            }
+        }
         let key = if giaddr.is_unspecified() { self.server_id } else { giaddr };
         self.subnets.iter().enumerate().find(|(_, s)| s.contains(key))
     }
@@ -124,6 +132,7 @@ mod tests {
             domain: None,
             mtu: None,
             lease_time_secs: 60,
+            relays: vec![],
         };
         assert_eq!(s.mask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(s.broadcast(), Ipv4Addr::new(192, 0, 2, 255));

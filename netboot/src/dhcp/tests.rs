@@ -27,6 +27,7 @@ fn subnet(net: &str, first: &str, last: &str) -> Subnet {
         domain: Some("rack.test".into()),
         mtu: Some(1500),
         lease_time_secs: 600,
+        relays: vec![],
     }
 }
 
