@@ -233,9 +233,10 @@ start_cosm() {
       return 1
     fi
     cargo build --release --bins >"$d/build.log" 2>&1 || {
-      tail -n 30 "$d/build.log" >"$SERVER_LOG"
+      { echo "cargo build --release --bins failed:"; tail -n 30 "$d/build.log"; } >"$SERVER_LOG"
       return 1
     }
+    [ -x "$COSM_BIN" ] || { echo "the build did not produce $COSM_BIN" >"$SERVER_LOG"; return 1; }
   fi
   cat >"$d/appliance.toml" <<TOML
 data_dir = "$d/data"
@@ -299,7 +300,7 @@ run_perfdhcp() {
 }
 
 # Results, one entry per server.
-declare -A BEST_RATE BEST_LOSS STATUS
+declare -A BEST_RATE BEST_LOSS STATUS WHY
 RESULT_FILE=$WORK/results.txt
 
 bench_server() {
@@ -308,10 +309,10 @@ bench_server() {
   log ""
   log "==> $s"
   if ! "start_$s"; then
-    STATUS[$s]="failed"; log "   $s could not be started"; show_log; return
+    STATUS[$s]="failed"; WHY[$s]="could not be started"; log "   $s could not be started"; show_log; return
   fi
   if ! wait_ready; then
-    STATUS[$s]="failed"; log "   $s $FAIL_REASON"; show_log
+    STATUS[$s]="failed"; WHY[$s]=$FAIL_REASON; log "   $s $FAIL_REASON"; show_log
     stop_pid "$SERVER_PID"; return
   fi
   out=$WORK/$s.smoke.out
@@ -319,7 +320,7 @@ bench_server() {
   parsed=$(perfdhcp_parse "$out" 3)
   read -r ds or rs ack loss lps sent_rate <<<"$parsed"
   if [ "${ack:-0}" -lt 1 ]; then
-    STATUS[$s]="failed"
+    STATUS[$s]="failed"; WHY[$s]="no DORA completed in the start-up check"
     log "   $s did not complete a single DORA (perfdhcp: $(grep -m1 -iE 'error|exception' "$out" || echo "no ACK"))"
     show_log; stop_pid "$SERVER_PID"; return
   fi
@@ -330,7 +331,7 @@ bench_server() {
       STATUS[$s]="deadline"; log "   BENCH_DEADLINE ($DEADLINE s) reached: no further steps"; break
     fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      STATUS[$s]="failed"; log "   $s exited during the run"; show_log; break
+      STATUS[$s]="failed"; WHY[$s]="exited during the run"; log "   $s exited during the run"; show_log; break
     fi
     step=$((step + 1))
     out=$WORK/$s.r$rate.out
@@ -365,7 +366,7 @@ printf '%-8s %12s %8s %8s  %s\n' "server" "leases/s" "loss %" "vs Kea" "series e
 kea_rate=${BEST_RATE[kea]:-0}
 for s in $SERVERS; do
   if [ "${STATUS[$s]}" = failed ] || [ -z "${BEST_RATE[$s]:-}" ]; then
-    printf '%-8s %12s %8s %8s  %s\n' "$s" "failed" "-" "-" "${STATUS[$s]:-failed}"
+    printf '%-8s %12s %8s %8s  %s\n' "$s" "failed" "-" "-" "${WHY[$s]:-failed}"
     continue
   fi
   ratio="-"

@@ -18,9 +18,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cosm_wire::{
-    CreateMachine, CreateToken, CreatedToken, ErrorBody, Event, Health, Lease, LeaseState, MacAddr, Machine,
-    MachineState, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope, SetRole, SetState, TokenInfo,
-    UpdateMachine,
+    CreateMachine, CreateToken, CreatedToken, ErrorBody, Event, Health, Lease, LeaseState, MacAddr,
+    Machine, MachineState, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope, SetRole, SetState,
+    TokenInfo, UpdateMachine,
 };
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -754,9 +754,15 @@ async fn list_leases(
     let st = q
         .get("state")
         .map(|s| {
-            serde_json::from_value::<LeaseState>(serde_json::Value::String(s.clone())).map_err(|_| {
-                ApiError::field(StatusCode::BAD_REQUEST, "state", format!("{s:?} is not one of bound, released, declined"))
-            })
+            serde_json::from_value::<LeaseState>(serde_json::Value::String(s.clone())).map_err(
+                |_| {
+                    ApiError::field(
+                        StatusCode::BAD_REQUEST,
+                        "state",
+                        format!("{s:?} is not one of bound, released, declined"),
+                    )
+                },
+            )
         })
         .transpose()?;
     let leases = state

@@ -266,7 +266,9 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             ));
         }
         let dhcp = match f.dhcp {
-            Some(d) => dhcp_settings(d, api_listen).map_err(|(key, message)| invalid(&key, message))?,
+            Some(d) => {
+                dhcp_settings(d, api_listen).map_err(|(key, message)| invalid(&key, message))?
+            }
             None => None,
         };
         Ok(Config {
@@ -294,20 +296,38 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
         "off" => return Ok(None),
         "authoritative" => Mode::Authoritative,
         "proxy" => Mode::Proxy,
-        other => return Err((k("mode"), format!("{other:?} is not one of authoritative, proxy, off"))),
+        other => {
+            return Err((
+                k("mode"),
+                format!("{other:?} is not one of authoritative, proxy, off"),
+            ))
+        }
     };
-    let listen: SocketAddrV4 = d
-        .listen
-        .parse()
-        .map_err(|_| (k("listen"), format!("{:?} is not an IPv4 address:port such as 0.0.0.0:67", d.listen)))?;
+    let listen: SocketAddrV4 = d.listen.parse().map_err(|_| {
+        (
+            k("listen"),
+            format!(
+                "{:?} is not an IPv4 address:port such as 0.0.0.0:67",
+                d.listen
+            ),
+        )
+    })?;
     let server_id = ipv4(&k("server_id"), &d.server_id)?;
     if server_id.is_unspecified() || server_id.is_broadcast() {
-        return Err((k("server_id"), "must be this appliance's address on the provisioning network".into()));
+        return Err((
+            k("server_id"),
+            "must be this appliance's address on the provisioning network".into(),
+        ));
     }
     let unknown_macs = match d.unknown_macs.as_str() {
         "discover" => UnknownMacs::Discover,
         "ignore" => UnknownMacs::Ignore,
-        other => return Err((k("unknown_macs"), format!("{other:?} is not one of discover, ignore"))),
+        other => {
+            return Err((
+                k("unknown_macs"),
+                format!("{other:?} is not one of discover, ignore"),
+            ))
+        }
     };
     if !(1..=3600).contains(&d.offer_hold_secs) {
         return Err((k("offer_hold_secs"), "must be 1..=3600".into()));
@@ -315,10 +335,12 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
     let mut subnets: Vec<Subnet> = Vec::new();
     for (i, s) in d.subnets.into_iter().enumerate() {
         let sk = |name: &str| format!("dhcp.subnets[{i}].{name}");
-        let (net, len) = s
-            .cidr
-            .split_once('/')
-            .ok_or_else(|| (sk("cidr"), format!("{:?} is not a network such as 192.0.2.0/24", s.cidr)))?;
+        let (net, len) = s.cidr.split_once('/').ok_or_else(|| {
+            (
+                sk("cidr"),
+                format!("{:?} is not a network such as 192.0.2.0/24", s.cidr),
+            )
+        })?;
         let network = ipv4(&sk("cidr"), net)?;
         let prefix_len: u8 = len
             .parse()
@@ -337,10 +359,16 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
             relays: Vec::new(),
         };
         if u32::from(network) & !u32::from(subnet.mask()) != 0 {
-            return Err((sk("cidr"), format!("{} has host bits set for /{prefix_len}", s.cidr)));
+            return Err((
+                sk("cidr"),
+                format!("{} has host bits set for /{prefix_len}", s.cidr),
+            ));
         }
-        if !(60..=31_536_000).contains(&s.lease_time_secs) {
-            return Err((sk("lease_time_secs"), "must be 60..=31536000".into()));
+        if !(10..=31_536_000).contains(&s.lease_time_secs) {
+            return Err((
+                sk("lease_time_secs"),
+                "must be 10..=31536000 (seconds)".into(),
+            ));
         }
         if let Some(mtu) = s.mtu {
             if mtu < 576 {
@@ -349,12 +377,22 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
         }
         for (j, p) in s.pools.iter().enumerate() {
             let pk = format!("dhcp.subnets[{i}].pools[{j}]");
-            let (a, b) = p
-                .split_once('-')
-                .ok_or_else(|| (pk.clone(), format!("{p:?} is not a range such as 192.0.2.100-192.0.2.200")))?;
-            let pool = Pool { first: ipv4(&pk, a)?, last: ipv4(&pk, b)? };
-            if pool.first > pool.last || !subnet.contains(pool.first) || !subnet.contains(pool.last) {
-                return Err((pk, format!("{p} is not an ascending range inside {}", s.cidr)));
+            let (a, b) = p.split_once('-').ok_or_else(|| {
+                (
+                    pk.clone(),
+                    format!("{p:?} is not a range such as 192.0.2.100-192.0.2.200"),
+                )
+            })?;
+            let pool = Pool {
+                first: ipv4(&pk, a)?,
+                last: ipv4(&pk, b)?,
+            };
+            if pool.first > pool.last || !subnet.contains(pool.first) || !subnet.contains(pool.last)
+            {
+                return Err((
+                    pk,
+                    format!("{p} is not an ascending range inside {}", s.cidr),
+                ));
             }
             let overlaps = subnets
                 .iter()
@@ -366,13 +404,28 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
             }
             subnet.pools.push(pool);
         }
-        subnet.routers = s.routers.iter().map(|r| ipv4(&sk("routers"), r)).collect::<Result<_, _>>()?;
-        subnet.dns = s.dns.iter().map(|r| ipv4(&sk("dns"), r)).collect::<Result<_, _>>()?;
-        subnet.relays = s.relays.iter().map(|r| ipv4(&sk("relays"), r)).collect::<Result<_, _>>()?;
+        subnet.routers = s
+            .routers
+            .iter()
+            .map(|r| ipv4(&sk("routers"), r))
+            .collect::<Result<_, _>>()?;
+        subnet.dns = s
+            .dns
+            .iter()
+            .map(|r| ipv4(&sk("dns"), r))
+            .collect::<Result<_, _>>()?;
+        subnet.relays = s
+            .relays
+            .iter()
+            .map(|r| ipv4(&sk("relays"), r))
+            .collect::<Result<_, _>>()?;
         subnets.push(subnet);
     }
     if subnets.is_empty() && mode == Mode::Authoritative {
-        return Err((k("subnets"), "authoritative mode needs at least one [[dhcp.subnets]]".into()));
+        return Err((
+            k("subnets"),
+            "authoritative mode needs at least one [[dhcp.subnets]]".into(),
+        ));
     }
     let tftp_server = match &d.boot.tftp_server {
         Some(t) => ipv4("dhcp.boot.tftp_server", t)?,
@@ -386,7 +439,10 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
         .trim_end_matches('/')
         .to_string();
     if !http_base.starts_with("http://") && !http_base.starts_with("https://") {
-        return Err(("dhcp.boot.http_base".into(), format!("{http_base:?} is not an http:// URL")));
+        return Err((
+            "dhcp.boot.http_base".into(),
+            format!("{http_base:?} is not an http:// URL"),
+        ));
     }
     let core = DhcpConfig {
         mode,
@@ -470,13 +526,22 @@ mod tests {
         let base = "data_dir = \"/x\"\n[dhcp]\nserver_id = \"192.0.2.1\"\n";
         let e = err(base);
         assert!(e.contains("key `dhcp.subnets`"), "{e}");
-        let e = err(&format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\npools = [\"192.0.2.10-192.0.3.5\"]\n"));
+        let e = err(&format!(
+            "{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\npools = [\"192.0.2.10-192.0.3.5\"]\n"
+        ));
         assert!(e.contains("key `dhcp.subnets[0].pools[0]`"), "{e}");
-        let e = err(&format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.1/24\"\n"));
-        assert!(e.contains("key `dhcp.subnets[0].cidr`") && e.contains("host bits"), "{e}");
+        let e = err(&format!(
+            "{base}[[dhcp.subnets]]\ncidr = \"192.0.2.1/24\"\n"
+        ));
+        assert!(
+            e.contains("key `dhcp.subnets[0].cidr`") && e.contains("host bits"),
+            "{e}"
+        );
         let e = err(&format!("{base}mode = \"maybe\"\n"));
         assert!(e.contains("key `dhcp.mode`"), "{e}");
-        let e = err(&format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\nrouter = \"192.0.2.1\"\n"));
+        let e = err(&format!(
+            "{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\nrouter = \"192.0.2.1\"\n"
+        ));
         assert!(e.contains("dhcp.subnets") && e.contains("router"), "{e}");
         let ok = Config::parse(
             Path::new("/x.toml"),

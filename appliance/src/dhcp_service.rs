@@ -36,11 +36,17 @@ impl LeaseSink for StoreSink {
         if !self.hosts.borrow().is_known(&mac) {
             return;
         }
-        let key = (mac, step.split_whitespace().next().unwrap_or("").to_string());
+        let key = (
+            mac,
+            step.split_whitespace().next().unwrap_or("").to_string(),
+        );
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            if last.get(&key).is_some_and(|t| now.duration_since(*t) < NOTE_INTERVAL) {
+            if last
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < NOTE_INTERVAL)
+            {
                 return;
             }
             if last.len() > 50_000 {
@@ -51,7 +57,14 @@ impl LeaseSink for StoreSink {
         let store = self.store.clone();
         let message = step.to_string();
         tokio::spawn(async move {
-            if let Err(e) = store.apply(Command::RecordEvent { mac, kind: EventKind::Dhcp, message }).await {
+            if let Err(e) = store
+                .apply(Command::RecordEvent {
+                    mac,
+                    kind: EventKind::Dhcp,
+                    message,
+                })
+                .await
+            {
                 tracing::warn!(error = %e, %mac, "cannot record a DHCP event");
             }
         });
@@ -61,7 +74,13 @@ impl LeaseSink for StoreSink {
 fn hosts_of(store: &Store) -> Hosts {
     match store.machines(None, None) {
         Ok(ms) => Hosts::new(ms.into_iter().map(|m| {
-            (m.mac, Host { reserved_ip: m.reserved_ip, hostname: m.hostname })
+            (
+                m.mac,
+                Host {
+                    reserved_ip: m.reserved_ip,
+                    hostname: m.hostname,
+                },
+            )
         })),
         Err(e) => {
             tracing::error!(error = %e, "cannot read machines for DHCP; serving with none known");
@@ -89,12 +108,28 @@ pub async fn start(
             }
         }
     });
-    let sink = Arc::new(StoreSink { store, hosts: hosts_rx.clone(), last: Mutex::default() });
+    let sink = Arc::new(StoreSink {
+        store,
+        hosts: hosts_rx.clone(),
+        last: Mutex::default(),
+    });
     let n = leases.len();
     let mode = settings.core.mode;
-    let (handle, serve) = server::start(settings.core, settings.listen.clone(), leases, hosts_rx, sink, shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for DHCP on dhcp.listen = {}: {e}", settings.listen.addr))?;
+    let (handle, serve) = server::start(
+        settings.core,
+        settings.listen.clone(),
+        leases,
+        hosts_rx,
+        sink,
+        shutdown,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for DHCP on dhcp.listen = {}: {e}",
+            settings.listen.addr
+        )
+    })?;
     tracing::info!(addr = %handle.local_addr, mode = ?mode, leases = n, interface = ?settings.listen.interface, "DHCP listening");
     Ok((handle, serve))
 }

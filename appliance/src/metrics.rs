@@ -122,9 +122,24 @@ impl Collector for DhcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = &self.dhcp.stats;
         let families: [(&str, &str, &str, Vec<(&str, u64)>); 3] = [
-            ("dhcp_received_packets", "DHCP requests received, by message type.", "type", st.received().collect()),
-            ("dhcp_sent_packets", "DHCP replies sent, by message type.", "type", st.sent().collect()),
-            ("dhcp_dropped_packets", "DHCP requests not answered, by reason.", "reason", st.dropped().collect()),
+            (
+                "dhcp_received_packets",
+                "DHCP requests received, by message type.",
+                "type",
+                st.received().collect(),
+            ),
+            (
+                "dhcp_sent_packets",
+                "DHCP replies sent, by message type.",
+                "type",
+                st.sent().collect(),
+            ),
+            (
+                "dhcp_dropped_packets",
+                "DHCP requests not answered, by reason.",
+                "reason",
+                st.dropped().collect(),
+            ),
         ];
         for (name, help, label, values) in families {
             let mut f = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -134,22 +149,48 @@ impl Collector for DhcpCollector {
             }
         }
         let singles = [
-            ("dhcp_malformed_packets", "Packets that were not valid DHCP and were dropped.", &st.malformed),
-            ("dhcp_rate_limited_packets", "Packets dropped by the per-MAC or per-relay rate limit.", &st.rate_limited),
-            ("dhcp_persist_failures", "Leases that could not be made durable (no ACK was sent).", &st.persist_failed),
-            ("dhcp_overloaded_packets", "Requests dropped because too many leases were waiting for the disk.", &st.overloaded),
+            (
+                "dhcp_malformed_packets",
+                "Packets that were not valid DHCP and were dropped.",
+                &st.malformed,
+            ),
+            (
+                "dhcp_rate_limited_packets",
+                "Packets dropped by the per-MAC or per-relay rate limit.",
+                &st.rate_limited,
+            ),
+            (
+                "dhcp_persist_failures",
+                "Leases that could not be made durable (no ACK was sent).",
+                &st.persist_failed,
+            ),
+            (
+                "dhcp_overloaded_packets",
+                "Requests dropped because too many leases were waiting for the disk.",
+                &st.overloaded,
+            ),
         ];
         for (name, help, c) in singles {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(c.load(Ordering::Relaxed)).encode(m)?;
         }
         let pools = self.dhcp.pool_use();
-        let mut used = encoder.encode_descriptor("dhcp_pool_used", "Bound leases in each subnet's pools.", None, MetricType::Gauge)?;
+        let mut used = encoder.encode_descriptor(
+            "dhcp_pool_used",
+            "Bound leases in each subnet's pools.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (subnet, bound, _) in &pools {
             let labels = vec![("subnet", subnet.as_str())];
             ConstGauge::new(*bound as i64).encode(used.encode_family(&labels)?)?;
         }
-        let mut size = encoder.encode_descriptor("dhcp_pool_size", "Addresses in each subnet's pools.", None, MetricType::Gauge)?;
+        let mut size = encoder.encode_descriptor(
+            "dhcp_pool_size",
+            "Addresses in each subnet's pools.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (subnet, _, n) in &pools {
             let labels = vec![("subnet", subnet.as_str())];
             ConstGauge::new(*n as i64).encode(size.encode_family(&labels)?)?;

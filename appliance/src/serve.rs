@@ -55,7 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut dhcp_handle = None;
     let mut dhcp_task = None;
     if let Some(settings) = config.dhcp.clone() {
-        let (handle, serve) = crate::dhcp_service::start(settings, store.clone(), stop_rx.clone()).await?;
+        let (handle, serve) =
+            crate::dhcp_service::start(settings, store.clone(), stop_rx.clone()).await?;
         dhcp_handle = Some(handle);
         dhcp_task = Some(tokio::spawn(serve));
     } else {

@@ -15,8 +15,8 @@
 use crate::lifecycle::{self, IllegalTransition};
 use crate::rules;
 use cosm_wire::{
-    CreateMachine, Event, EventKind, Lease, MacAddr, Machine, MachineId, MachineState, Role, RoleName,
-    RoleSpec, Rule, RuleSpec, Scope, Timestamp, TokenInfo, UpdateMachine,
+    CreateMachine, Event, EventKind, Lease, MacAddr, Machine, MachineId, MachineState, Role,
+    RoleName, RoleSpec, Rule, RuleSpec, Scope, Timestamp, TokenInfo, UpdateMachine,
 };
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -280,7 +280,12 @@ impl Store {
             jobs: Some(jobs),
             thread: Some(thread),
         });
-        Ok(Store { db, writer, stats, machines_changed })
+        Ok(Store {
+            db,
+            writer,
+            stats,
+            machines_changed,
+        })
     }
 
     pub fn stats(&self) -> &StoreStats {

@@ -4,6 +4,8 @@
 //! stops its processes by PID when dropped. Binaries come from the same target directory
 //! as the test executable; `make test` builds them first.
 
+pub mod netns;
+
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,9 @@ pub struct Appliance {
     child: Option<Child>,
     addr: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The network namespace it runs in, if any; its API is then reached through
+    /// `ip netns exec` (see [`Appliance::api`]).
+    netns: Option<String>,
 }
 
 impl Appliance {
@@ -44,24 +49,64 @@ impl Appliance {
 
     /// Writes a config on loopback port 0 and starts the appliance.
     pub fn start() -> anyhow::Result<Appliance> {
+        Appliance::start_with(None, "")
+    }
+
+    /// Starts the appliance inside a network namespace (or not), with more config
+    /// (e.g. a `[dhcp]` section) after the data_dir and API lines.
+    pub fn start_with(netns: Option<&str>, extra_config: &str) -> anyhow::Result<Appliance> {
         let dir = tempfile::tempdir()?;
         let cfg = dir.path().join("appliance.toml");
         std::fs::write(
             &cfg,
-            "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            format!("data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n{extra_config}"),
         )?;
         let mut a = Appliance {
             dir,
             child: None,
             addr: String::new(),
             logs: Arc::default(),
+            netns: netns.map(str::to_string),
         };
         a.spawn()?;
         Ok(a)
     }
 
+    /// A command that runs in the appliance's namespace (or plainly, without one).
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// GET an API path (e.g. `/api/v1/leases`) with the admin token, through curl in the
+    /// appliance's namespace, and parse the JSON answer.
+    pub fn api(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .command(Path::new("curl"))
+            .args(["-sS", "--fail-with-body", "-m", "10", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token()))
+            .arg(format!("{}{path}", self.url()))
+            .output()
+            .context("cannot run curl (Debian package curl; `make deps` installs it)")?;
+        if !out.status.success() {
+            bail!(
+                "GET {path} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut child = Command::new(bin("cosm-appliance"))
+        let mut child = self
+            .command(&bin("cosm-appliance"))
             .args(["serve", "--log-format", "json", "--config"])
             .arg(self.config_path())
             .stdout(Stdio::null())
@@ -157,7 +202,7 @@ impl Appliance {
 
     /// Runs `cosmctl` against this appliance with the admin token.
     pub fn cosmctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("cosmctl"))
+        self.command(&bin("cosmctl"))
             .args(args)
             .env("COSM_URL", self.url())
             .env("COSM_TOKEN", self.token())

@@ -2,6 +2,7 @@
 //! command group's own subcommands live in its module (`machines`, `roles`, `rules`,
 //! `tokens`).
 
+use crate::leases::LeasesCmd;
 use crate::machines::{EventsArgs, MachinesCmd};
 use crate::roles::RolesCmd;
 use crate::rules::RulesCmd;
@@ -104,6 +105,9 @@ pub(crate) enum Command {
     Rules(RulesCmd),
     /// Show a machine's event timeline, oldest first
     Events(EventsArgs),
+    /// Show the DHCP lease table
+    #[command(subcommand, alias = "lease")]
+    Leases(LeasesCmd),
     /// List, create and revoke API tokens
     #[command(subcommand, alias = "token")]
     Tokens(TokensCmd),

@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod config;
+mod leases;
 mod machines;
 mod output;
 mod roles;
@@ -102,6 +103,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Rules(cmd) => rules::run(&ctx, cmd),
         Command::Events(args) => machines::events(&ctx, args),
         Command::Tokens(cmd) => tokens::run(&ctx, cmd),
+        Command::Leases(cmd) => leases::run(&ctx, cmd),
         Command::Health => {
             let reply = ctx.api.health()?;
             ctx.show(reply, |h: cosm_wire::Health| {

@@ -55,7 +55,11 @@ pub struct Subnet {
 
 impl Subnet {
     pub fn mask(&self) -> Ipv4Addr {
-        let bits = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len)) };
+        let bits = if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len))
+        };
         Ipv4Addr::from(bits)
     }
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -108,12 +112,24 @@ impl DhcpConfig {
     /// own address is in.
     pub fn subnet_for(&self, giaddr: Ipv4Addr) -> Option<(usize, &Subnet)> {
         if !giaddr.is_unspecified() {
-            if let Some(hit) = self.subnets.iter().enumerate().find(|(_, s)| s.relays.contains(&giaddr)) {
+            if let Some(hit) = self
+                .subnets
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.relays.contains(&giaddr))
+            {
                 return Some(hit);
             }
         }
-        let key = if giaddr.is_unspecified() { self.server_id } else { giaddr };
-        self.subnets.iter().enumerate().find(|(_, s)| s.contains(key))
+        let key = if giaddr.is_unspecified() {
+            self.server_id
+        } else {
+            giaddr
+        };
+        self.subnets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.contains(key))
     }
 }
 
@@ -126,7 +142,10 @@ mod tests {
         let s = Subnet {
             network: Ipv4Addr::new(192, 0, 2, 0),
             prefix_len: 24,
-            pools: vec![Pool { first: Ipv4Addr::new(192, 0, 2, 10), last: Ipv4Addr::new(192, 0, 2, 19) }],
+            pools: vec![Pool {
+                first: Ipv4Addr::new(192, 0, 2, 10),
+                last: Ipv4Addr::new(192, 0, 2, 19),
+            }],
             routers: vec![],
             dns: vec![],
             domain: None,
@@ -138,7 +157,9 @@ mod tests {
         assert_eq!(s.broadcast(), Ipv4Addr::new(192, 0, 2, 255));
         assert!(s.contains(Ipv4Addr::new(192, 0, 2, 200)));
         assert!(!s.contains(Ipv4Addr::new(192, 0, 3, 1)));
-        assert!(s.in_pool(Ipv4Addr::new(192, 0, 2, 19)) && !s.in_pool(Ipv4Addr::new(192, 0, 2, 20)));
+        assert!(
+            s.in_pool(Ipv4Addr::new(192, 0, 2, 19)) && !s.in_pool(Ipv4Addr::new(192, 0, 2, 20))
+        );
         assert_eq!(s.pools[0].size(), 10);
     }
 }

@@ -101,7 +101,12 @@ pub struct Decision {
 
 impl Decision {
     fn drop(mac: Option<MacAddr>, t: Option<MessageType>, why: DropReason) -> Decision {
-        Decision { mac, request_type: t, dropped: Some(why), ..Decision::default() }
+        Decision {
+            mac,
+            request_type: t,
+            dropped: Some(why),
+            ..Decision::default()
+        }
     }
 }
 
@@ -163,7 +168,11 @@ impl BootClient {
 pub fn boot_file(cfg: &DhcpConfig, client: &BootClient, mac: &MacAddr) -> Option<String> {
     let b = &cfg.boot;
     if client.ipxe {
-        let arch = if client.arch.is_uefi() { "uefi" } else { "bios" };
+        let arch = if client.arch.is_uefi() {
+            "uefi"
+        } else {
+            "bios"
+        };
         return Some(format!("{}/boot/ipxe?mac={mac}&arch={arch}", b.http_base));
     }
     let file = match client.arch {
@@ -206,7 +215,12 @@ fn client_hostname(msg: &Message) -> Option<String> {
 
 /// Decides what to do with one request. Mutates `table` (offers, leases) and returns the
 /// lease that must be persisted before the reply is sent.
-pub fn decide(req: Request<'_>, table: &mut LeaseTable, hosts: &Hosts, cfg: &DhcpConfig) -> Decision {
+pub fn decide(
+    req: Request<'_>,
+    table: &mut LeaseTable,
+    hosts: &Hosts,
+    cfg: &DhcpConfig,
+) -> Decision {
     let msg = req.msg;
     if msg.opcode() != Opcode::BootRequest {
         return Decision::drop(None, None, DropReason::NotBootRequest);
@@ -235,12 +249,22 @@ pub fn decide(req: Request<'_>, table: &mut LeaseTable, hosts: &Hosts, cfg: &Dhc
 /// The subnet of a request: through its relay (giaddr or option 118), or our own.
 fn subnet_of<'c>(msg: &Message, cfg: &'c DhcpConfig) -> Option<(usize, &'c Subnet)> {
     if let Some(DhcpOption::SubnetSelection(sel)) = msg.opts().get(OptionCode::SubnetSelection) {
-        return cfg.subnets.iter().enumerate().find(|(_, s)| s.contains(*sel));
+        return cfg
+            .subnets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.contains(*sel));
     }
     cfg.subnet_for(msg.giaddr())
 }
 
-fn discover(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Hosts, cfg: &DhcpConfig) -> Decision {
+fn discover(
+    req: Request<'_>,
+    mac: MacAddr,
+    table: &mut LeaseTable,
+    hosts: &Hosts,
+    cfg: &DhcpConfig,
+) -> Decision {
     let msg = req.msg;
     let t = Some(MessageType::Discover);
     let Some((idx, subnet)) = subnet_of(msg, cfg) else {
@@ -256,7 +280,9 @@ fn discover(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Host
             && (!in_pool_only || subnet.in_pool(ip))
             && table.is_free_for(ip, &mac, now, hosts)
     };
-    let reserved = host.and_then(|h| h.reserved_ip).filter(|ip| subnet.contains(*ip));
+    let reserved = host
+        .and_then(|h| h.reserved_ip)
+        .filter(|ip| subnet.contains(*ip));
     let mut ip = None;
     if let Some(r) = reserved {
         // A reservation wins over everything, inside or outside the pools.
@@ -266,10 +292,16 @@ fn discover(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Host
     } else {
         let candidates = [
             table.offered_to(&mac, now),
-            table.lease_of(&mac).filter(|l| l.state != LeaseState::Declined).map(|l| l.ip),
+            table
+                .lease_of(&mac)
+                .filter(|l| l.state != LeaseState::Declined)
+                .map(|l| l.ip),
             requested_ip(msg),
         ];
-        ip = candidates.into_iter().flatten().find(|c| usable(*c, table, true));
+        ip = candidates
+            .into_iter()
+            .flatten()
+            .find(|c| usable(*c, table, true));
         if ip.is_none() {
             if host.is_none() && table.unknown_held(now, hosts) >= cfg.max_unknown_leases {
                 return Decision::drop(Some(mac), t, DropReason::UnknownMacCap);
@@ -280,22 +312,43 @@ fn discover(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Host
     let Some(ip) = ip else {
         return Decision::drop(Some(mac), t, DropReason::PoolExhausted);
     };
-    table.offer(mac, ip, Timestamp::from_millis(now.as_millis() + u64::from(cfg.offer_hold_secs) * 1000));
+    table.offer(
+        mac,
+        ip,
+        Timestamp::from_millis(now.as_millis() + u64::from(cfg.offer_hold_secs) * 1000),
+    );
     let mut reply = base_reply(msg, MessageType::Offer, cfg);
     reply.set_yiaddr(ip);
-    add_lease_options(&mut reply, subnet, host.and_then(|h| h.hostname.as_deref()), true);
+    add_lease_options(
+        &mut reply,
+        subnet,
+        host.and_then(|h| h.hostname.as_deref()),
+        true,
+    );
     let boot = add_boot(&mut reply, msg, cfg, &mac);
     Decision {
         mac: Some(mac),
         request_type: t,
-        reply: Some(Reply { dest: destination(msg, MessageType::Offer), msg: reply }),
+        reply: Some(Reply {
+            dest: destination(msg, MessageType::Offer),
+            msg: reply,
+        }),
         persist: None,
         dropped: None,
-        note: Some(format!("OFFER {ip}{}", boot.map(|b| format!(" boot {b}")).unwrap_or_default())),
+        note: Some(format!(
+            "OFFER {ip}{}",
+            boot.map(|b| format!(" boot {b}")).unwrap_or_default()
+        )),
     }
 }
 
-fn request(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Hosts, cfg: &DhcpConfig) -> Decision {
+fn request(
+    req: Request<'_>,
+    mac: MacAddr,
+    table: &mut LeaseTable,
+    hosts: &Hosts,
+    cfg: &DhcpConfig,
+) -> Decision {
     let msg = req.msg;
     let t = Some(MessageType::Request);
     let now = req.now;
@@ -316,27 +369,38 @@ fn request(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Hosts
         return Decision::drop(Some(mac), t, DropReason::NoAddress);
     };
     // Renewals are unicast without a relay: their subnet is the one holding ciaddr.
-    let subnet = if !ciaddr.is_unspecified() && msg.giaddr().is_unspecified() && selecting.is_none() {
-        cfg.subnets.iter().enumerate().find(|(_, s)| s.contains(ciaddr))
+    let subnet = if !ciaddr.is_unspecified() && msg.giaddr().is_unspecified() && selecting.is_none()
+    {
+        cfg.subnets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.contains(ciaddr))
     } else {
         subnet_of(msg, cfg)
     };
     let Some((_, subnet)) = subnet else {
         return Decision::drop(Some(mac), t, DropReason::NoSubnet);
     };
-    let reserved = host.and_then(|h| h.reserved_ip).filter(|r| subnet.contains(*r));
+    let reserved = host
+        .and_then(|h| h.reserved_ip)
+        .filter(|r| subnet.contains(*r));
     let nak = |why: &str| nak(msg, mac, cfg, why);
     if !subnet.contains(ip) {
         return nak(&format!("{ip} is not on this network"));
     }
     if reserved.is_some_and(|r| r != ip) {
-        return nak(&format!("{mac} has reserved address {}", reserved.unwrap_or(ip)));
+        return nak(&format!(
+            "{mac} has reserved address {}",
+            reserved.unwrap_or(ip)
+        ));
     }
     if !table.is_free_for(ip, &mac, now, hosts) {
         return nak(&format!("{ip} is in use"));
     }
     let ours = table.offered_to(&mac, now) == Some(ip)
-        || table.lease_of(&mac).is_some_and(|l| l.ip == ip && l.state != LeaseState::Declined);
+        || table
+            .lease_of(&mac)
+            .is_some_and(|l| l.ip == ip && l.state != LeaseState::Declined);
     if selecting.is_some() && !ours && reserved != Some(ip) {
         return nak(&format!("{ip} was not offered to {mac}"));
     }
@@ -348,20 +412,36 @@ fn request(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Hosts
         mac,
         state: LeaseState::Bound,
         starts_at: now,
-        expires_at: Timestamp::from_millis(now.as_millis() + u64::from(subnet.lease_time_secs) * 1000),
+        expires_at: Timestamp::from_millis(
+            now.as_millis() + u64::from(subnet.lease_time_secs) * 1000,
+        ),
         client_hostname: client_hostname(msg),
         relay: (!msg.giaddr().is_unspecified()).then_some(msg.giaddr()),
     };
     table.put(lease.clone());
     let mut reply = base_reply(msg, MessageType::Ack, cfg);
     reply.set_yiaddr(ip);
-    add_lease_options(&mut reply, subnet, host.and_then(|h| h.hostname.as_deref()), true);
+    add_lease_options(
+        &mut reply,
+        subnet,
+        host.and_then(|h| h.hostname.as_deref()),
+        true,
+    );
     add_boot(&mut reply, msg, cfg, &mac);
-    let kind = if selecting.is_some() { "" } else if ciaddr.is_unspecified() { " (init-reboot)" } else { " (renew)" };
+    let kind = if selecting.is_some() {
+        ""
+    } else if ciaddr.is_unspecified() {
+        " (init-reboot)"
+    } else {
+        " (renew)"
+    };
     Decision {
         mac: Some(mac),
         request_type: t,
-        reply: Some(Reply { dest: destination(msg, MessageType::Ack), msg: reply }),
+        reply: Some(Reply {
+            dest: destination(msg, MessageType::Ack),
+            msg: reply,
+        }),
         persist: Some(lease),
         dropped: None,
         note: Some(format!("ACK {ip} for {}s{kind}", subnet.lease_time_secs)),
@@ -370,11 +450,16 @@ fn request(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, hosts: &Hosts
 
 fn nak(msg: &Message, mac: MacAddr, cfg: &DhcpConfig, why: &str) -> Decision {
     let mut reply = base_reply(msg, MessageType::Nak, cfg);
-    reply.opts_mut().insert(DhcpOption::Message(why.to_string()));
+    reply
+        .opts_mut()
+        .insert(DhcpOption::Message(why.to_string()));
     Decision {
         mac: Some(mac),
         request_type: Some(MessageType::Request),
-        reply: Some(Reply { dest: destination(msg, MessageType::Nak), msg: reply }),
+        reply: Some(Reply {
+            dest: destination(msg, MessageType::Nak),
+            msg: reply,
+        }),
         persist: None,
         dropped: None,
         note: Some(format!("NAK: {why}")),
@@ -389,7 +474,8 @@ fn decline(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, cfg: &DhcpCon
     let Some(ip) = requested_ip(req.msg) else {
         return Decision::drop(Some(mac), t, DropReason::NoAddress);
     };
-    let ours = table.offered_to(&mac, req.now) == Some(ip) || table.lease_of(&mac).is_some_and(|l| l.ip == ip);
+    let ours = table.offered_to(&mac, req.now) == Some(ip)
+        || table.lease_of(&mac).is_some_and(|l| l.ip == ip);
     if !ours {
         return Decision::drop(Some(mac), t, DropReason::NoAddress);
     }
@@ -398,7 +484,9 @@ fn decline(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, cfg: &DhcpCon
         mac,
         state: LeaseState::Declined,
         starts_at: req.now,
-        expires_at: Timestamp::from_millis(req.now.as_millis() + u64::from(cfg.decline_quarantine_secs) * 1000),
+        expires_at: Timestamp::from_millis(
+            req.now.as_millis() + u64::from(cfg.decline_quarantine_secs) * 1000,
+        ),
         client_hostname: None,
         relay: None,
     };
@@ -409,7 +497,10 @@ fn decline(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, cfg: &DhcpCon
         reply: None,
         persist: Some(lease),
         dropped: Some(DropReason::NoReplyExpected),
-        note: Some(format!("DECLINE {ip}: quarantined for {}s", cfg.decline_quarantine_secs)),
+        note: Some(format!(
+            "DECLINE {ip}: quarantined for {}s",
+            cfg.decline_quarantine_secs
+        )),
     }
 }
 
@@ -448,7 +539,12 @@ fn inform(req: Request<'_>, mac: MacAddr, hosts: &Hosts, cfg: &DhcpConfig) -> De
         return Decision::drop(Some(mac), t, DropReason::NoSubnet);
     };
     let mut reply = base_reply(msg, MessageType::Ack, cfg);
-    add_lease_options(&mut reply, subnet, hosts.get(&mac).and_then(|h| h.hostname.as_deref()), false);
+    add_lease_options(
+        &mut reply,
+        subnet,
+        hosts.get(&mac).and_then(|h| h.hostname.as_deref()),
+        false,
+    );
     add_boot(&mut reply, msg, cfg, &mac);
     let dest = if msg.giaddr().is_unspecified() && !ciaddr.is_unspecified() {
         Destination::Unicast(ciaddr)
@@ -473,10 +569,18 @@ fn proxy(req: Request<'_>, mac: MacAddr, t: MessageType, cfg: &DhcpConfig) -> De
         return Decision::drop(Some(mac), Some(t), DropReason::NotPxe);
     }
     let (reply_type, dest) = match t {
-        MessageType::Discover if req.local_port != PXE_PORT => (MessageType::Offer, destination(msg, MessageType::Offer)),
-        MessageType::Request if req.local_port == PXE_PORT => (MessageType::Ack, Destination::Source),
-        MessageType::Request if server_id(msg) == Some(cfg.server_id) => (MessageType::Ack, destination(msg, MessageType::Ack)),
-        MessageType::Request => return Decision::drop(Some(mac), Some(t), DropReason::ForAnotherServer),
+        MessageType::Discover if req.local_port != PXE_PORT => {
+            (MessageType::Offer, destination(msg, MessageType::Offer))
+        }
+        MessageType::Request if req.local_port == PXE_PORT => {
+            (MessageType::Ack, Destination::Source)
+        }
+        MessageType::Request if server_id(msg) == Some(cfg.server_id) => {
+            (MessageType::Ack, destination(msg, MessageType::Ack))
+        }
+        MessageType::Request => {
+            return Decision::drop(Some(mac), Some(t), DropReason::ForAnotherServer)
+        }
         _ => return Decision::drop(Some(mac), Some(t), DropReason::Unsupported),
     };
     let mut reply = base_reply(msg, reply_type, cfg);
@@ -486,9 +590,15 @@ fn proxy(req: Request<'_>, mac: MacAddr, t: MessageType, cfg: &DhcpConfig) -> De
     if client.pxe {
         // PXE_DISCOVERY_CONTROL (sub-option 6) = 8: use the boot file in this answer
         // directly, without boot-server discovery.
-        reply.opts_mut().insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+        reply
+            .opts_mut()
+            .insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     }
-    let kind = if reply_type == MessageType::Offer { "proxy OFFER" } else { "proxy ACK" };
+    let kind = if reply_type == MessageType::Offer {
+        "proxy OFFER"
+    } else {
+        "proxy ACK"
+    };
     Decision {
         mac: Some(mac),
         request_type: Some(t),
@@ -529,8 +639,11 @@ fn base_reply(req: &Message, t: MessageType, cfg: &DhcpConfig) -> Message {
         r.set_ciaddr(req.ciaddr());
     }
     r.opts_mut().insert(DhcpOption::MessageType(t));
-    r.opts_mut().insert(DhcpOption::ServerIdentifier(cfg.server_id));
-    if let Some(opt82 @ DhcpOption::RelayAgentInformation(_)) = req.opts().get(OptionCode::RelayAgentInformation) {
+    r.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(cfg.server_id));
+    if let Some(opt82 @ DhcpOption::RelayAgentInformation(_)) =
+        req.opts().get(OptionCode::RelayAgentInformation)
+    {
         r.opts_mut().insert(opt82.clone());
     }
     r
@@ -572,19 +685,23 @@ fn add_boot(r: &mut Message, req: &Message, cfg: &DhcpConfig, mac: &MacAddr) -> 
     }
     let file = boot_file(cfg, &client, mac)?;
     if client.http {
-        r.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+        r.opts_mut()
+            .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
     } else {
         r.set_siaddr(cfg.boot.tftp_server);
-        r.opts_mut()
-            .insert(DhcpOption::TFTPServerName(cfg.boot.tftp_server.to_string().into_bytes()));
+        r.opts_mut().insert(DhcpOption::TFTPServerName(
+            cfg.boot.tftp_server.to_string().into_bytes(),
+        ));
         if client.pxe {
-            r.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+            r.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         }
     }
     // The header field holds 128 bytes; longer names (URLs) travel in option 67 only.
     if file.len() < 128 {
         r.set_fname_str(&file);
     }
-    r.opts_mut().insert(DhcpOption::BootfileName(file.clone().into_bytes()));
+    r.opts_mut()
+        .insert(DhcpOption::BootfileName(file.clone().into_bytes()));
     Some(file)
 }

@@ -173,7 +173,11 @@ impl LeaseTable {
         for (pool_idx, pool) in subnet.pools.iter().enumerate() {
             let first = u32::from(pool.first);
             let size = pool.size();
-            let start = self.cursors.get(&(subnet_idx, pool_idx)).copied().unwrap_or(0);
+            let start = self
+                .cursors
+                .get(&(subnet_idx, pool_idx))
+                .copied()
+                .unwrap_or(0);
             for step in 0..size {
                 let offset = ((u64::from(start) + step) % size) as u32;
                 let ip = Ipv4Addr::from(first + offset);
@@ -185,7 +189,8 @@ impl LeaseTable {
                 // (affinity) while unleased addresses remain; see the second pass below.
                 let record_of_other = self.by_ip.get(&ip).is_some_and(|l| l.mac != *mac);
                 if !record_of_other && self.is_free_for(ip, mac, now, hosts) {
-                    self.cursors.insert((subnet_idx, pool_idx), offset.wrapping_add(1) % size as u32);
+                    self.cursors
+                        .insert((subnet_idx, pool_idx), offset.wrapping_add(1) % size as u32);
                     return Some(ip);
                 }
             }
@@ -194,7 +199,10 @@ impl LeaseTable {
         for pool in &subnet.pools {
             for n in u32::from(pool.first)..=u32::from(pool.last) {
                 let ip = Ipv4Addr::from(n);
-                if ip != subnet.network && ip != subnet.broadcast() && self.is_free_for(ip, mac, now, hosts) {
+                if ip != subnet.network
+                    && ip != subnet.broadcast()
+                    && self.is_free_for(ip, mac, now, hosts)
+                {
                     return Some(ip);
                 }
             }
@@ -207,12 +215,18 @@ impl LeaseTable {
         let bound = self
             .by_ip
             .values()
-            .filter(|l| l.state == LeaseState::Bound && l.holds_address(now) && !hosts.is_known(&l.mac))
+            .filter(|l| {
+                l.state == LeaseState::Bound && l.holds_address(now) && !hosts.is_known(&l.mac)
+            })
             .count();
         let offered = self
             .offers
             .iter()
-            .filter(|(mac, o)| o.until > now && !hosts.is_known(mac) && self.lease_of(mac).is_none_or(|l| !l.holds_address(now)))
+            .filter(|(mac, o)| {
+                o.until > now
+                    && !hosts.is_known(mac)
+                    && self.lease_of(mac).is_none_or(|l| !l.holds_address(now))
+            })
             .count();
         bound + offered
     }
@@ -221,7 +235,9 @@ impl LeaseTable {
     pub fn bound_in(&self, subnet: &Subnet, now: Timestamp) -> usize {
         self.by_ip
             .values()
-            .filter(|l| l.state == LeaseState::Bound && l.holds_address(now) && subnet.in_pool(l.ip))
+            .filter(|l| {
+                l.state == LeaseState::Bound && l.holds_address(now) && subnet.in_pool(l.ip)
+            })
             .count()
     }
 }

@@ -45,7 +45,9 @@ pub struct Listen {
     pub per_relay_rate: u32,
 }
 
-const RECEIVED: [&str; 6] = ["discover", "request", "decline", "release", "inform", "other"];
+const RECEIVED: [&str; 6] = [
+    "discover", "request", "decline", "release", "inform", "other",
+];
 const SENT: [&str; 3] = ["offer", "ack", "nak"];
 
 /// Packet counters, read by the appliance's `/metrics`.
@@ -62,13 +64,21 @@ pub struct DhcpStats {
 
 impl DhcpStats {
     pub fn received(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        RECEIVED.iter().zip(&self.received).map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+        RECEIVED
+            .iter()
+            .zip(&self.received)
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
     }
     pub fn sent(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        SENT.iter().zip(&self.sent).map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+        SENT.iter()
+            .zip(&self.sent)
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
     }
     pub fn dropped(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        DropReason::ALL.iter().zip(&self.dropped).map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
+        DropReason::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
     }
     fn count_received(&self, t: Option<MessageType>) {
         let i = match t {
@@ -105,7 +115,10 @@ pub struct RateLimiter<K> {
 
 impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
     pub fn new(rate: u32) -> Self {
-        RateLimiter { rate, buckets: HashMap::new() }
+        RateLimiter {
+            rate,
+            buckets: HashMap::new(),
+        }
     }
 
     /// Takes a token for `key` at `now_ms`; false when the key is over its rate.
@@ -120,7 +133,8 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
         *last = now_ms;
         if self.buckets.len() > 100_000 {
             // Forget idle keys so a flood of random MACs cannot grow the map without bound.
-            self.buckets.retain(|_, (t, l)| *t < cap && now_ms.saturating_sub(*l) < 10_000);
+            self.buckets
+                .retain(|_, (t, l)| *t < cap && now_ms.saturating_sub(*l) < 10_000);
         }
         let (tokens, _) = self.buckets.entry(key).or_insert((cap, now_ms));
         if *tokens >= 1.0 {
@@ -151,7 +165,11 @@ impl DhcpHandle {
             .iter()
             .map(|s| {
                 let size = s.pools.iter().map(|p| p.size()).sum();
-                (format!("{}/{}", s.network, s.prefix_len), table.bound_in(s, now) as u64, size)
+                (
+                    format!("{}/{}", s.network, s.prefix_len),
+                    table.bound_in(s, now) as u64,
+                    size,
+                )
             })
             .collect()
     }
@@ -220,11 +238,24 @@ pub async fn start<S: LeaseSink>(
         sink,
         stats: stats.clone(),
         inflight: Arc::new(Semaphore::new(8192)),
-        limits: Mutex::new((RateLimiter::new(listen.per_mac_rate), RateLimiter::new(listen.per_relay_rate))),
+        limits: Mutex::new((
+            RateLimiter::new(listen.per_mac_rate),
+            RateLimiter::new(listen.per_relay_rate),
+        )),
     });
-    let handle = DhcpHandle { stats, table, cfg, local_addr };
+    let handle = DhcpHandle {
+        stats,
+        table,
+        cfg,
+        local_addr,
+    };
     let serve = async move {
-        let a = recv_loop(shared.clone(), main.clone(), main.clone(), listen.addr.port());
+        let a = recv_loop(
+            shared.clone(),
+            main.clone(),
+            main.clone(),
+            listen.addr.port(),
+        );
         match pxe {
             Some(p) => {
                 let b = recv_loop(shared.clone(), p, main, PXE_PORT);
@@ -237,7 +268,12 @@ pub async fn start<S: LeaseSink>(
     Ok((handle, serve))
 }
 
-async fn recv_loop<S: LeaseSink>(shared: Arc<Shared<S>>, sock: Arc<UdpSocket>, out: Arc<UdpSocket>, port: u16) {
+async fn recv_loop<S: LeaseSink>(
+    shared: Arc<Shared<S>>,
+    sock: Arc<UdpSocket>,
+    out: Arc<UdpSocket>,
+    port: u16,
+) {
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
@@ -270,8 +306,13 @@ fn handle_packet<S: LeaseSink>(
     {
         let mut limits = shared.limits.lock().unwrap_or_else(|e| e.into_inner());
         let c = msg.chaddr();
-        let mac_ok = c.len() < 6 || limits.0.allow(MacAddr::new([c[0], c[1], c[2], c[3], c[4], c[5]]), now.as_millis());
-        let relay_ok = msg.giaddr().is_unspecified() || limits.1.allow(msg.giaddr(), now.as_millis());
+        let mac_ok = c.len() < 6
+            || limits.0.allow(
+                MacAddr::new([c[0], c[1], c[2], c[3], c[4], c[5]]),
+                now.as_millis(),
+            );
+        let relay_ok =
+            msg.giaddr().is_unspecified() || limits.1.allow(msg.giaddr(), now.as_millis());
         if !(mac_ok && relay_ok) {
             shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
@@ -280,12 +321,31 @@ fn handle_packet<S: LeaseSink>(
     let hosts = shared.hosts.borrow().clone();
     let decision = {
         let mut table = shared.table.lock().unwrap_or_else(|e| e.into_inner());
-        decide(Request { msg: &msg, src, local_port: port, now }, &mut table, &hosts, &shared.cfg)
+        decide(
+            Request {
+                msg: &msg,
+                src,
+                local_port: port,
+                now,
+            },
+            &mut table,
+            &hosts,
+            &shared.cfg,
+        )
     };
-    let Decision { mac, request_type, reply, persist, dropped, note } = decision;
+    let Decision {
+        mac,
+        request_type,
+        reply,
+        persist,
+        dropped,
+        note,
+    } = decision;
     if let (Some(mac), Some(t)) = (mac, request_type) {
         let step = match t {
-            MessageType::Discover => Some(format!("DISCOVER via {}", relay_text(msg.giaddr(), src))),
+            MessageType::Discover => {
+                Some(format!("DISCOVER via {}", relay_text(msg.giaddr(), src)))
+            }
             MessageType::Request => Some("REQUEST".to_string()),
             _ => None,
         };
@@ -318,8 +378,13 @@ fn handle_packet<S: LeaseSink>(
     };
     let dest = match reply.dest {
         Destination::Relay(g) => SocketAddr::V4(SocketAddrV4::new(g, shared.listen.relay_port)),
-        Destination::Broadcast => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, shared.listen.client_port)),
-        Destination::Unicast(ip) => SocketAddr::V4(SocketAddrV4::new(ip, shared.listen.client_port)),
+        Destination::Broadcast => SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::BROADCAST,
+            shared.listen.client_port,
+        )),
+        Destination::Unicast(ip) => {
+            SocketAddr::V4(SocketAddrV4::new(ip, shared.listen.client_port))
+        }
         Destination::Source => SocketAddr::V4(src),
     };
     let bytes = match reply.msg.to_vec() {
@@ -329,7 +394,11 @@ fn handle_packet<S: LeaseSink>(
             return;
         }
     };
-    let sock = if port == PXE_PORT { sock.clone() } else { out.clone() };
+    let sock = if port == PXE_PORT {
+        sock.clone()
+    } else {
+        out.clone()
+    };
     let stats = shared.stats.clone();
     let sink = shared.sink.clone();
     match persist {
@@ -400,7 +469,8 @@ mod tests {
         // A real DISCOVER cut short anywhere in its fixed header is refused.
         let mut m = Message::default();
         m.set_chaddr(&[0x52, 0x54, 0, 0, 0, 1]);
-        m.opts_mut().insert(dhcproto::v4::DhcpOption::MessageType(MessageType::Discover));
+        m.opts_mut()
+            .insert(dhcproto::v4::DhcpOption::MessageType(MessageType::Discover));
         let bytes = m.to_vec().unwrap();
         assert!(parse(&bytes).is_some());
         for cut in [1, 20, 100, 200, 235] {

@@ -21,7 +21,10 @@ fn subnet(net: &str, first: &str, last: &str) -> Subnet {
     Subnet {
         network: ip(net),
         prefix_len: 24,
-        pools: vec![Pool { first: ip(first), last: ip(last) }],
+        pools: vec![Pool {
+            first: ip(first),
+            last: ip(last),
+        }],
         routers: vec![ip("192.0.2.1")],
         dns: vec![ip("192.0.2.53")],
         domain: Some("rack.test".into()),
@@ -64,9 +67,25 @@ fn at(secs: u64) -> Timestamp {
     Timestamp::from_millis(1_000_000_000 + secs * 1000)
 }
 
-fn run(m: &Message, table: &mut LeaseTable, hosts: &Hosts, c: &DhcpConfig, now: Timestamp) -> Decision {
+fn run(
+    m: &Message,
+    table: &mut LeaseTable,
+    hosts: &Hosts,
+    c: &DhcpConfig,
+    now: Timestamp,
+) -> Decision {
     let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
-    decide(Request { msg: m, src, local_port: 67, now }, table, hosts, c)
+    decide(
+        Request {
+            msg: m,
+            src,
+            local_port: 67,
+            now,
+        },
+        table,
+        hosts,
+        c,
+    )
 }
 
 fn reply_type(d: &Decision) -> Option<MessageType> {
@@ -74,12 +93,20 @@ fn reply_type(d: &Decision) -> Option<MessageType> {
 }
 
 /// Full DORA for `m`; returns the acknowledged address.
-fn dora(m: MacAddr, table: &mut LeaseTable, hosts: &Hosts, c: &DhcpConfig, now: Timestamp) -> Option<Ipv4Addr> {
+fn dora(
+    m: MacAddr,
+    table: &mut LeaseTable,
+    hosts: &Hosts,
+    c: &DhcpConfig,
+    now: Timestamp,
+) -> Option<Ipv4Addr> {
     let offer = run(&msg(MessageType::Discover, m), table, hosts, c, now);
     let offered = offer.reply?.msg.yiaddr();
     let mut req = msg(MessageType::Request, m);
-    req.opts_mut().insert(DhcpOption::ServerIdentifier(c.server_id));
-    req.opts_mut().insert(DhcpOption::RequestedIpAddress(offered));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(c.server_id));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offered));
     let ack = run(&req, table, hosts, c, now);
     (reply_type(&ack) == Some(MessageType::Ack)).then(|| ack.persist.unwrap().ip)
 }
@@ -95,15 +122,39 @@ fn dora_gives_a_pool_address_with_the_subnet_options() {
     assert_eq!(r.dest, Destination::Broadcast);
     assert!(d.persist.is_none(), "offers are not persisted");
     let o = r.msg.opts();
-    assert_eq!(o.get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(ip("192.0.2.1"))));
-    assert_eq!(o.get(OptionCode::Router), Some(&DhcpOption::Router(vec![ip("192.0.2.1")])));
-    assert_eq!(o.get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![ip("192.0.2.53")])));
-    assert_eq!(o.get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(600)));
+    assert_eq!(
+        o.get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(ip("192.0.2.1")))
+    );
+    assert_eq!(
+        o.get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![ip("192.0.2.1")]))
+    );
+    assert_eq!(
+        o.get(OptionCode::DomainNameServer),
+        Some(&DhcpOption::DomainNameServer(vec![ip("192.0.2.53")]))
+    );
+    assert_eq!(
+        o.get(OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(600))
+    );
     assert_eq!(o.get(OptionCode::Renewal), Some(&DhcpOption::Renewal(300)));
-    assert_eq!(o.get(OptionCode::Rebinding), Some(&DhcpOption::Rebinding(525)));
-    assert_eq!(o.get(OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask(ip("255.255.255.0"))));
-    assert_eq!(o.get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(1500)));
-    assert!(o.get(OptionCode::BootfileName).is_none(), "no boot file for a non-PXE client");
+    assert_eq!(
+        o.get(OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(525))
+    );
+    assert_eq!(
+        o.get(OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(ip("255.255.255.0")))
+    );
+    assert_eq!(
+        o.get(OptionCode::InterfaceMtu),
+        Some(&DhcpOption::InterfaceMtu(1500))
+    );
+    assert!(
+        o.get(OptionCode::BootfileName).is_none(),
+        "no boot file for a non-PXE client"
+    );
 
     let got = dora(mac(1), &mut t, &h, &c, at(1)).unwrap();
     assert_eq!(got, ip("192.0.2.10"));
@@ -128,9 +179,14 @@ fn renew_init_reboot_and_wrong_network() {
     // INIT-REBOOT with its own address: ACK. With an address from another network: NAK.
     let mut reboot = msg(MessageType::Request, mac(1));
     reboot.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
-    assert_eq!(reply_type(&run(&reboot, &mut t, &h, &c, at(400))), Some(MessageType::Ack));
+    assert_eq!(
+        reply_type(&run(&reboot, &mut t, &h, &c, at(400))),
+        Some(MessageType::Ack)
+    );
     let mut wrong = msg(MessageType::Request, mac(1));
-    wrong.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("203.0.113.9")));
+    wrong
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("203.0.113.9")));
     let d = run(&wrong, &mut t, &h, &c, at(400));
     assert_eq!(reply_type(&d), Some(MessageType::Nak));
     assert_eq!(d.reply.unwrap().dest, Destination::Broadcast);
@@ -138,29 +194,59 @@ fn renew_init_reboot_and_wrong_network() {
     // Another MAC asking for that address is refused.
     let mut thief = msg(MessageType::Request, mac(2));
     thief.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
-    assert_eq!(reply_type(&run(&thief, &mut t, &h, &c, at(400))), Some(MessageType::Nak));
+    assert_eq!(
+        reply_type(&run(&thief, &mut t, &h, &c, at(400))),
+        Some(MessageType::Nak)
+    );
 }
 
 #[test]
 fn reservations_win_over_the_pool_and_over_other_clients() {
     let c = cfg();
     let mut t = LeaseTable::default();
-    let h = Hosts::new([(mac(7), Host { reserved_ip: Some(ip("192.0.2.200")), hostname: Some("hv7".into()) })]);
+    let h = Hosts::new([(
+        mac(7),
+        Host {
+            reserved_ip: Some(ip("192.0.2.200")),
+            hostname: Some("hv7".into()),
+        },
+    )]);
     // Another client asking for the reserved address does not get it.
     let mut greedy = msg(MessageType::Discover, mac(1));
-    greedy.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("192.0.2.200")));
-    assert_ne!(run(&greedy, &mut t, &h, &c, at(0)).reply.unwrap().msg.yiaddr(), ip("192.0.2.200"));
+    greedy
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("192.0.2.200")));
+    assert_ne!(
+        run(&greedy, &mut t, &h, &c, at(0))
+            .reply
+            .unwrap()
+            .msg
+            .yiaddr(),
+        ip("192.0.2.200")
+    );
     // The reserved machine gets it, outside the pool, with its hostname.
     let d = run(&msg(MessageType::Discover, mac(7)), &mut t, &h, &c, at(0));
     let r = d.reply.unwrap();
     assert_eq!(r.msg.yiaddr(), ip("192.0.2.200"));
-    assert_eq!(r.msg.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("hv7".into())));
+    assert_eq!(
+        r.msg.opts().get(OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("hv7".into()))
+    );
     assert_eq!(dora(mac(7), &mut t, &h, &c, at(1)), Some(ip("192.0.2.200")));
     // A machine whose reservation changed is NAKed on renewal so it comes back for the new one.
-    let h2 = Hosts::new([(mac(7), Host { reserved_ip: Some(ip("192.0.2.201")), hostname: None })]);
+    let h2 = Hosts::new([(
+        mac(7),
+        Host {
+            reserved_ip: Some(ip("192.0.2.201")),
+            hostname: None,
+        },
+    )]);
     let mut renew = msg(MessageType::Request, mac(7));
     renew.set_ciaddr(ip("192.0.2.200"));
-    assert_eq!(reply_type(&run(&renew, &mut t, &h2, &c, at(10))), Some(MessageType::Nak));
+    assert_eq!(
+        reply_type(&run(&renew, &mut t, &h2, &c, at(10))),
+        Some(MessageType::Nak)
+    );
 }
 
 #[test]
@@ -170,28 +256,50 @@ fn relayed_requests_use_the_relay_subnet_and_echo_option_82() {
     let mut m = msg(MessageType::Discover, mac(3));
     m.set_giaddr(ip("198.51.100.1"));
     let mut info = dhcproto::v4::relay::RelayAgentInformation::default();
-    info.insert(dhcproto::v4::relay::RelayInfo::AgentCircuitId(b"rack2-port7".to_vec()));
-    m.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
+    info.insert(dhcproto::v4::relay::RelayInfo::AgentCircuitId(
+        b"rack2-port7".to_vec(),
+    ));
+    m.opts_mut()
+        .insert(DhcpOption::RelayAgentInformation(info.clone()));
     let r = run(&m, &mut t, &h, &c, at(0)).reply.unwrap();
     assert_eq!(r.dest, Destination::Relay(ip("198.51.100.1")));
     assert_eq!(r.msg.yiaddr(), ip("198.51.100.10"));
     assert_eq!(r.msg.giaddr(), ip("198.51.100.1"));
-    assert_eq!(r.msg.opts().get(OptionCode::RelayAgentInformation), Some(&DhcpOption::RelayAgentInformation(info)));
+    assert_eq!(
+        r.msg.opts().get(OptionCode::RelayAgentInformation),
+        Some(&DhcpOption::RelayAgentInformation(info))
+    );
     // A relay on a network we do not serve gets nothing.
     m.set_giaddr(ip("203.0.113.1"));
-    assert_eq!(run(&m, &mut t, &h, &c, at(0)).dropped, Some(DropReason::NoSubnet));
+    assert_eq!(
+        run(&m, &mut t, &h, &c, at(0)).dropped,
+        Some(DropReason::NoSubnet)
+    );
 }
 
 #[test]
 fn selecting_another_server_frees_our_offer() {
     let c = cfg();
     let (mut t, h) = (LeaseTable::default(), Hosts::default());
-    let first = run(&msg(MessageType::Discover, mac(1)), &mut t, &h, &c, at(0)).reply.unwrap().msg.yiaddr();
+    let first = run(&msg(MessageType::Discover, mac(1)), &mut t, &h, &c, at(0))
+        .reply
+        .unwrap()
+        .msg
+        .yiaddr();
     let mut req = msg(MessageType::Request, mac(1));
-    req.opts_mut().insert(DhcpOption::ServerIdentifier(ip("192.0.2.254")));
-    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("192.0.2.99")));
-    assert_eq!(run(&req, &mut t, &h, &c, at(1)).dropped, Some(DropReason::ForAnotherServer));
-    let second = run(&msg(MessageType::Discover, mac(2)), &mut t, &h, &c, at(2)).reply.unwrap().msg.yiaddr();
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(ip("192.0.2.254")));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("192.0.2.99")));
+    assert_eq!(
+        run(&req, &mut t, &h, &c, at(1)).dropped,
+        Some(DropReason::ForAnotherServer)
+    );
+    let second = run(&msg(MessageType::Discover, mac(2)), &mut t, &h, &c, at(2))
+        .reply
+        .unwrap()
+        .msg
+        .yiaddr();
     assert!(t.is_free_for(first, &mac(2), at(2), &h));
     assert_ne!(second, ip("0.0.0.0"));
 }
@@ -203,7 +311,8 @@ fn decline_quarantines_and_release_frees() {
     let a = dora(mac(1), &mut t, &h, &c, at(0)).unwrap();
     let mut dec = msg(MessageType::Decline, mac(1));
     dec.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
-    dec.opts_mut().insert(DhcpOption::ServerIdentifier(c.server_id));
+    dec.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(c.server_id));
     let d = run(&dec, &mut t, &h, &c, at(1));
     assert!(d.reply.is_none());
     assert_eq!(d.persist.unwrap().state, LeaseState::Declined);
@@ -239,8 +348,12 @@ fn inform_answers_options_without_a_lease() {
 
 fn pxe(m: MacAddr, arch: u16, vendor: &str) -> Message {
     let mut x = msg(MessageType::Discover, m);
-    x.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(arch)));
-    x.opts_mut().insert(DhcpOption::ClassIdentifier(vendor.as_bytes().to_vec()));
+    x.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+            arch,
+        )));
+    x.opts_mut()
+        .insert(DhcpOption::ClassIdentifier(vendor.as_bytes().to_vec()));
     x
 }
 
@@ -261,19 +374,60 @@ fn boot_of(d: &Decision) -> (Option<String>, Ipv4Addr, Option<Vec<u8>>) {
 fn boot_file_by_firmware() {
     let c = cfg();
     let (mut t, h) = (LeaseTable::default(), Hosts::default());
-    let (f, siaddr, v) = boot_of(&run(&pxe(mac(1), 0, "PXEClient:Arch:00000:UNDI:002001"), &mut t, &h, &c, at(0)));
-    assert_eq!((f.as_deref(), siaddr, v.as_deref()), (Some("undionly.kpxe"), ip("192.0.2.1"), Some(&b"PXEClient"[..])));
-    let (f, _, _) = boot_of(&run(&pxe(mac(2), 7, "PXEClient:Arch:00007:UNDI:003016"), &mut t, &h, &c, at(0)));
+    let (f, siaddr, v) = boot_of(&run(
+        &pxe(mac(1), 0, "PXEClient:Arch:00000:UNDI:002001"),
+        &mut t,
+        &h,
+        &c,
+        at(0),
+    ));
+    assert_eq!(
+        (f.as_deref(), siaddr, v.as_deref()),
+        (
+            Some("undionly.kpxe"),
+            ip("192.0.2.1"),
+            Some(&b"PXEClient"[..])
+        )
+    );
+    let (f, _, _) = boot_of(&run(
+        &pxe(mac(2), 7, "PXEClient:Arch:00007:UNDI:003016"),
+        &mut t,
+        &h,
+        &c,
+        at(0),
+    ));
     assert_eq!(f.as_deref(), Some("ipxe.efi"));
-    let (f, _, v) = boot_of(&run(&pxe(mac(3), 16, "HTTPClient:Arch:00016:UNDI:003001"), &mut t, &h, &c, at(0)));
-    assert_eq!((f.as_deref(), v.as_deref()), (Some("http://192.0.2.1:8080/boot/ipxe.efi"), Some(&b"HTTPClient"[..])));
+    let (f, _, v) = boot_of(&run(
+        &pxe(mac(3), 16, "HTTPClient:Arch:00016:UNDI:003001"),
+        &mut t,
+        &h,
+        &c,
+        at(0),
+    ));
+    assert_eq!(
+        (f.as_deref(), v.as_deref()),
+        (
+            Some("http://192.0.2.1:8080/boot/ipxe.efi"),
+            Some(&b"HTTPClient"[..])
+        )
+    );
     // iPXE itself gets its per-machine script, which ends the chainload loop.
     let mut ipxe = pxe(mac(4), 0, "PXEClient:Arch:00000:UNDI:002001");
-    ipxe.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    ipxe.opts_mut()
+        .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
     let (f, _, _) = boot_of(&run(&ipxe, &mut t, &h, &c, at(0)));
-    assert_eq!(f.as_deref(), Some("http://192.0.2.1:8080/boot/ipxe?mac=52:54:00:00:00:04&arch=bios"));
+    assert_eq!(
+        f.as_deref(),
+        Some("http://192.0.2.1:8080/boot/ipxe?mac=52:54:00:00:00:04&arch=bios")
+    );
     // ARM64 without a configured file: an address, no boot file.
-    let (f, _, _) = boot_of(&run(&pxe(mac(5), 11, "PXEClient:Arch:00011"), &mut t, &h, &c, at(0)));
+    let (f, _, _) = boot_of(&run(
+        &pxe(mac(5), 11, "PXEClient:Arch:00011"),
+        &mut t,
+        &h,
+        &c,
+        at(0),
+    ));
     assert_eq!(f, None);
 }
 
@@ -282,22 +436,49 @@ fn proxy_mode_gives_boot_information_only() {
     let mut c = cfg();
     c.mode = Mode::Proxy;
     let (mut t, h) = (LeaseTable::default(), Hosts::default());
-    let d = run(&pxe(mac(1), 0, "PXEClient:Arch:00000:UNDI:002001"), &mut t, &h, &c, at(0));
+    let d = run(
+        &pxe(mac(1), 0, "PXEClient:Arch:00000:UNDI:002001"),
+        &mut t,
+        &h,
+        &c,
+        at(0),
+    );
     let r = d.reply.as_ref().unwrap();
-    assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED, "a proxy never hands out addresses");
+    assert_eq!(
+        r.msg.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "a proxy never hands out addresses"
+    );
     assert!(r.msg.opts().get(OptionCode::AddressLeaseTime).is_none());
     assert_eq!(boot_of(&d).0.as_deref(), Some("undionly.kpxe"));
     assert!(t.is_empty());
     // Not a PXE client: silence.
-    assert_eq!(run(&msg(MessageType::Discover, mac(2)), &mut t, &h, &c, at(0)).dropped, Some(DropReason::NotPxe));
+    assert_eq!(
+        run(&msg(MessageType::Discover, mac(2)), &mut t, &h, &c, at(0)).dropped,
+        Some(DropReason::NotPxe)
+    );
     // The boot-server REQUEST on 4011 is answered back to its source.
     let mut req = pxe(mac(1), 7, "PXEClient:Arch:00007");
-    req.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+    req.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
     req.set_ciaddr(ip("192.0.2.50"));
     let src = SocketAddrV4::new(ip("192.0.2.50"), 4011);
-    let d = decide(Request { msg: &req, src, local_port: PXE_PORT, now: at(1) }, &mut t, &h, &c);
+    let d = decide(
+        Request {
+            msg: &req,
+            src,
+            local_port: PXE_PORT,
+            now: at(1),
+        },
+        &mut t,
+        &h,
+        &c,
+    );
     let r = d.reply.unwrap();
-    assert_eq!((r.dest, r.msg.opts().msg_type()), (Destination::Source, Some(MessageType::Ack)));
+    assert_eq!(
+        (r.dest, r.msg.opts().msg_type()),
+        (Destination::Source, Some(MessageType::Ack))
+    );
 }
 
 #[test]
@@ -306,7 +487,17 @@ fn unknown_macs_policy_and_cap() {
     c.unknown_macs = UnknownMacs::Ignore;
     let known = Hosts::new([(mac(9), Host::default())]);
     let mut t = LeaseTable::default();
-    assert_eq!(run(&msg(MessageType::Discover, mac(1)), &mut t, &known, &c, at(0)).dropped, Some(DropReason::UnknownMac));
+    assert_eq!(
+        run(
+            &msg(MessageType::Discover, mac(1)),
+            &mut t,
+            &known,
+            &c,
+            at(0)
+        )
+        .dropped,
+        Some(DropReason::UnknownMac)
+    );
     assert!(dora(mac(9), &mut t, &known, &c, at(0)).is_some());
 
     c.unknown_macs = UnknownMacs::Discover;
@@ -314,7 +505,17 @@ fn unknown_macs_policy_and_cap() {
     let mut t = LeaseTable::default();
     assert!(dora(mac(1), &mut t, &known, &c, at(0)).is_some());
     assert!(dora(mac(2), &mut t, &known, &c, at(0)).is_some());
-    assert_eq!(run(&msg(MessageType::Discover, mac(3)), &mut t, &known, &c, at(0)).dropped, Some(DropReason::UnknownMacCap));
+    assert_eq!(
+        run(
+            &msg(MessageType::Discover, mac(3)),
+            &mut t,
+            &known,
+            &c,
+            at(0)
+        )
+        .dropped,
+        Some(DropReason::UnknownMacCap)
+    );
     // Known machines are not held back by the cap, and a holder keeps its lease.
     assert!(dora(mac(9), &mut t, &known, &c, at(0)).is_some());
     assert!(dora(mac(1), &mut t, &known, &c, at(1)).is_some());
@@ -327,7 +528,10 @@ fn pool_exhaustion_and_expiry() {
     for n in 1..=5 {
         assert!(dora(mac(n), &mut t, &h, &c, at(0)).is_some());
     }
-    assert_eq!(run(&msg(MessageType::Discover, mac(6)), &mut t, &h, &c, at(1)).dropped, Some(DropReason::PoolExhausted));
+    assert_eq!(
+        run(&msg(MessageType::Discover, mac(6)), &mut t, &h, &c, at(1)).dropped,
+        Some(DropReason::PoolExhausted)
+    );
     // After the leases expire (600 s), a new client gets one.
     assert!(dora(mac(6), &mut t, &h, &c, at(601)).is_some());
 }
@@ -434,7 +638,8 @@ fn broadcast_flag_and_xid_are_kept() {
     let c = cfg();
     let (mut t, h) = (LeaseTable::default(), Hosts::default());
     let mut m = msg(MessageType::Discover, mac(1));
-    m.set_flags(Flags::default().set_broadcast()).set_xid(0xdeadbeef);
+    m.set_flags(Flags::default().set_broadcast())
+        .set_xid(0xdeadbeef);
     let r = run(&m, &mut t, &h, &c, at(0)).reply.unwrap();
     assert!(r.msg.flags().broadcast());
     assert_eq!(r.msg.xid(), 0xdeadbeef);

@@ -1,0 +1,226 @@
+//! DHCP with real clients in network namespaces: ISC dhclient against the appliance.
+
+use cosm_e2e::netns::{require_root_tools, NetNs};
+use cosm_e2e::{ok_stdout, Appliance};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A dhclient script that records what dhclient tells it, one line per call, and sets the
+/// address on the interface (inside the client's namespace) so renewals can be unicast. It
+/// never touches resolv.conf or routes.
+fn write_hook(dir: &Path) -> std::path::PathBuf {
+    let hook = dir.join("hook.sh");
+    let log = dir.join("hook.log");
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+echo "reason=$reason ip=$new_ip_address routers=$new_routers dns=$new_domain_name_servers domain=$new_domain_name lease=$new_dhcp_lease_time" >> {}
+case "$reason" in
+  BOUND|REBOOT|RENEW|REBIND)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface" ;;
+  EXPIRE|FAIL|RELEASE|STOP)
+    ip -4 addr flush dev "$interface" ;;
+esac
+exit 0
+"#,
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(&hook)
+        .status()
+        .unwrap();
+    hook
+}
+
+/// Waits (bounded) for a hook line with this reason; returns its fields.
+fn wait_for(
+    log: &Path,
+    reason: &str,
+    after_line: usize,
+    timeout: Duration,
+) -> (HashMap<String, String>, usize) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for (i, line) in text.lines().enumerate().skip(after_line) {
+            let fields: HashMap<String, String> = line
+                .split_whitespace()
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect();
+            if fields.get("reason").map(String::as_str) == Some(reason) {
+                return (fields, i + 1);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} from dhclient within {timeout:?}; hook log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dhcp_config(iface: &str) -> String {
+    format!(
+        r#"
+[dhcp]
+server_id = "192.0.2.1"
+interface = "{iface}"
+[[dhcp.subnets]]
+cidr = "192.0.2.0/24"
+pools = ["192.0.2.100-192.0.2.150"]
+routers = ["192.0.2.1"]
+dns = ["192.0.2.53"]
+domain = "rack.test"
+lease_time_secs = 10
+"#
+    )
+}
+
+struct Client<'a> {
+    ns: &'a NetNs,
+    iface: String,
+    hook: std::path::PathBuf,
+    dir: &'a Path,
+}
+
+impl Client<'_> {
+    /// Starts `dhclient -d` (foreground, so the namespace owns and reaps it).
+    fn start(&self, lease_file: &str) -> u32 {
+        let mut cmd = self.ns.command("dhclient");
+        cmd.args(["-d", "-4", "-lf"])
+            .arg(self.dir.join(lease_file))
+            .arg("-pf")
+            .arg(self.dir.join("dhclient.pid"))
+            .arg("-sf")
+            .arg(&self.hook)
+            .arg(&self.iface)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.ns.spawn(cmd).unwrap()
+    }
+
+    fn release(&self, lease_file: &str) {
+        let mut cmd = self.ns.command("dhclient");
+        cmd.args(["-r", "-4", "-lf"])
+            .arg(self.dir.join(lease_file))
+            .arg("-pf")
+            .arg(self.dir.join("dhclient.pid"))
+            .arg("-sf")
+            .arg(&self.hook)
+            .arg(&self.iface);
+        let out = self.ns.run_timeout(cmd, Duration::from_secs(20)).unwrap();
+        assert!(
+            out.status.success(),
+            "dhclient -r failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
+    require_root_tools(&["ip", "dhclient", "curl"]);
+    let srv = NetNs::new("dhs").unwrap();
+    let cli = NetNs::new("dhc").unwrap();
+    NetNs::link_pair(&srv, "192.0.2.1/24", &cli, "192.0.2.254/24").unwrap();
+    let s_if = srv.interfaces().last().unwrap().clone();
+    let c_if = cli.interfaces().last().unwrap().clone();
+    // The client starts with no address, as a freshly booted machine does.
+    let mut flush = cli.command("ip");
+    flush.args(["addr", "flush", "dev", &c_if]);
+    cli.run_ok(flush).unwrap();
+    let mut cat = cli.command("cat");
+    cat.arg(format!("/sys/class/net/{c_if}/address"));
+    let mac = cli.run_ok(cat).unwrap().trim().to_string();
+
+    let mut app = Appliance::start_with(Some(srv.name()), &dhcp_config(&s_if)).unwrap();
+    // A known machine, so its DHCP steps land on its timeline.
+    ok_stdout(&app.cosmctl(&["machines", "add", &mac, "--hostname", "node1"]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let hook = write_hook(dir.path());
+    let log = dir.path().join("hook.log");
+    let client = Client {
+        ns: &cli,
+        iface: c_if.clone(),
+        hook,
+        dir: dir.path(),
+    };
+
+    // DORA: an address from the pool with the configured options.
+    let pid = client.start("a.leases");
+    let (bound, seen) = wait_for(&log, "BOUND", 0, Duration::from_secs(40));
+    let ip = bound["ip"].clone();
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ip.starts_with("192.0.2.") && (100..=150).contains(&last),
+        "{ip} is outside the pool"
+    );
+    assert_eq!(bound["routers"], "192.0.2.1");
+    assert_eq!(bound["dns"], "192.0.2.53");
+    assert_eq!(bound["domain"], "rack.test");
+    assert_eq!(bound["lease"], "10");
+
+    // RENEW at T1 (5 s): unicast to the server, same address.
+    let (renew, _) = wait_for(&log, "RENEW", seen, Duration::from_secs(30));
+    assert_eq!(renew["ip"], ip);
+
+    // RELEASE: the lease record says so.
+    client.release("a.leases");
+    let _ = cli.kill(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leases = app.api(&format!("/api/v1/leases?mac={mac}")).unwrap();
+        if leases[0]["state"] == "released" {
+            assert_eq!(leases[0]["ip"], ip.as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease not released: {leases}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A fresh client with the same MAC (no lease file) gets the same address back.
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    let pid = client.start("b.leases");
+    let (again, _) = wait_for(&log, "BOUND", before, Duration::from_secs(40));
+    assert_eq!(
+        again["ip"], ip,
+        "the released address should come back to its MAC"
+    );
+    let _ = cli.kill(pid);
+
+    // SIGKILL the appliance while the lease is bound; after a restart a fresh client with
+    // the same MAC still gets the same address, from the lease the appliance persisted.
+    app.kill9();
+    app.restart().unwrap();
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    let pid = client.start("c.leases");
+    let (after, _) = wait_for(&log, "BOUND", before, Duration::from_secs(40));
+    assert_eq!(after["ip"], ip, "address changed across SIGKILL + restart");
+    let _ = cli.kill(pid);
+
+    // The machine's timeline shows its DHCP steps.
+    let events = app.api(&format!("/api/v1/machines/{mac}/events")).unwrap();
+    let messages: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "dhcp")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    for step in ["DISCOVER", "OFFER", "REQUEST", "ACK"] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(step)),
+            "no {step} on the timeline: {messages:?}"
+        );
+    }
+}
