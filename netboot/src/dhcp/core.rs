@@ -303,10 +303,13 @@ fn discover(
             .flatten()
             .find(|c| usable(*c, table, true));
         if ip.is_none() {
-            if host.is_none() && table.unknown_held(now, hosts) >= cfg.max_unknown_leases {
+            if host.is_none() && table.unknown_held_cached(now, hosts) >= cfg.max_unknown_leases {
                 return Decision::drop(Some(mac), t, DropReason::UnknownMacCap);
             }
             ip = table.find_free(idx, subnet, &mac, now, hosts);
+            if host.is_none() && ip.is_some() {
+                table.note_unknown_allocation();
+            }
         }
     }
     let Some(ip) = ip else {

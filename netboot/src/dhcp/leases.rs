@@ -66,6 +66,8 @@ pub struct LeaseTable {
     offered: HashMap<Ipv4Addr, MacAddr>,
     /// Where the next free-address search starts, per (subnet, pool).
     cursors: HashMap<(usize, usize), u32>,
+    /// Count of addresses held by unknown MACs: (computed at, count, allocated since).
+    unknown_cache: Option<(Timestamp, usize, usize)>,
 }
 
 impl LeaseTable {
@@ -208,6 +210,28 @@ impl LeaseTable {
             }
         }
         None
+    }
+
+    /// [`LeaseTable::unknown_held`], recounted at most once a second (a full count is a
+    /// walk over every lease) plus the allocations to unknown MACs made since.
+    pub fn unknown_held_cached(&mut self, now: Timestamp, hosts: &Hosts) -> usize {
+        match self.unknown_cache {
+            Some((at, n, since)) if now.as_millis().saturating_sub(at.as_millis()) < 1000 => {
+                n + since
+            }
+            _ => {
+                let n = self.unknown_held(now, hosts);
+                self.unknown_cache = Some((now, n, 0));
+                n
+            }
+        }
+    }
+
+    /// Notes one more address given to an unknown MAC, for [`LeaseTable::unknown_held_cached`].
+    pub fn note_unknown_allocation(&mut self) {
+        if let Some((_, _, since)) = &mut self.unknown_cache {
+            *since += 1;
+        }
     }
 
     /// Addresses held (bound or offered) by MACs the appliance does not know.
