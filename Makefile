@@ -11,7 +11,7 @@ APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils
 # Python tools, installed into ./.venv.
 PIP_PACKAGES := openapi-spec-validator
 
-.PHONY: all build test check demo bench deps clean help toolchain
+.PHONY: all build test check demo bench deps clean help toolchain fuzz
 
 help:
 	@echo "make demo   - build, start the appliance on loopback, register machines, show them"
@@ -19,6 +19,7 @@ help:
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - DHCP throughput: Kea, dnsmasq and COSM under perfdhcp, side by side (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
+	@echo "make fuzz   - fuzz the DHCP packet path for FUZZ_SECONDS (default 60)"
 
 all: build
 
@@ -52,6 +53,13 @@ demo: toolchain deps build
 
 bench: toolchain deps
 	./scripts/bench-dhcp.sh
+
+# Fuzz the DHCP packet path for FUZZ_SECONDS (default 60). cargo-fuzz needs nightly
+# features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
+FUZZ_SECONDS ?= 60
+fuzz: toolchain
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd netboot/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run dhcp_packet -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 clean:
 	$(CARGO) clean

@@ -403,6 +403,10 @@ for s in $SERVERS; do
     printf '%-8s %12s %8s %8s  %s\n' "$s" "failed" "-" "-" "${WHY[$s]:-failed}"
     continue
   fi
+  if [ "${BEST_RATE[$s]}" -eq 0 ]; then
+    printf '%-8s %12s %8s %8s  %s\n' "$s" "none" "-" "-" "${STATUS[$s]} (no step within the bound)"
+    continue
+  fi
   ratio="-"
   [ "$kea_rate" -gt 0 ] && ratio=$(awk -v a="${BEST_RATE[$s]}" -v k="$kea_rate" 'BEGIN { printf "%.2fx", a / k }')
   printf '%-8s %12s %8s %8s  %s\n' "$s" "${BEST_RATE[$s]}" "${BEST_LOSS[$s]}" "$ratio" "${STATUS[$s]}"

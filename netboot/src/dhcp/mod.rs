@@ -7,6 +7,7 @@
 pub mod config;
 pub mod core;
 pub mod leases;
+pub mod robustness;
 pub mod server;
 
 pub use config::{Boot, DhcpConfig, Mode, Pool, Subnet, UnknownMacs};

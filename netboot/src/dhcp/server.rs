@@ -194,9 +194,12 @@ fn bind(addr: SocketAddrV4, interface: Option<&str>) -> std::io::Result<UdpSocke
 /// Parses a packet. dhcproto asserts on some malformed option lengths in debug builds;
 /// a panic there is a malformed packet, not a reason to stop serving.
 pub fn parse(bytes: &[u8]) -> Option<Message> {
-    std::panic::catch_unwind(|| Message::decode(&mut dhcproto::Decoder::new(bytes)).ok())
+    let msg = std::panic::catch_unwind(|| Message::decode(&mut dhcproto::Decoder::new(bytes)).ok())
         .ok()
-        .flatten()
+        .flatten()?;
+    // dhcproto's `chaddr()` slices the 16-byte field by `hlen` and panics on a larger
+    // value (found by the mutation test in `robustness`): such a packet is malformed.
+    (msg.hlen() <= 16).then_some(msg)
 }
 
 struct Shared<S> {
@@ -289,7 +292,14 @@ async fn recv_loop<S: LeaseSink>(
             tracing::debug!(%src, bytes = n, "malformed DHCP packet dropped");
             continue;
         };
-        handle_packet(&shared, &sock, &out, msg, src, port);
+        // A bug in the decision path must cost one packet, not the DHCP service.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handle_packet(&shared, &sock, &out, msg, src, port)
+        }));
+        if handled.is_err() {
+            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%src, "DHCP request handling panicked; packet dropped, service continues");
+        }
     }
 }
 
