@@ -93,11 +93,20 @@ impl NetNs {
     /// Joins `a` and `b` with a veth pair, one end in each, created directly inside the
     /// namespaces. Addresses are CIDR (`"198.51.100.1/24"`); both ends end up up.
     pub fn link_pair(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str) -> anyhow::Result<()> {
+        for addr in [a_addr, b_addr] {
+            if !addr.contains('/') {
+                bail!("address {addr:?} must be CIDR, e.g. 198.51.100.1/24");
+            }
+        }
         let a_if = a.next_interface()?;
         let mut b_if = b.next_interface()?;
         if std::ptr::eq(a, b) {
             // Both ends in one namespace: the second takes the next index.
-            b_if = format!("{}-{}", b.name, a.interfaces().len() + 1);
+            let k = a.interfaces().len() + 1;
+            if k >= MAX_LINKS {
+                bail!("namespace {} already has {MAX_LINKS} links", a.name);
+            }
+            b_if = format!("{}-{k}", b.name);
         }
         run_checked(
             ip(&[
@@ -115,9 +124,6 @@ impl NetNs {
             .expect("interfaces lock")
             .push(b_if.clone());
         for (ns, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
-            if !addr.contains('/') {
-                bail!("address {addr:?} for {ifname} must be CIDR, e.g. 198.51.100.1/24");
-            }
             run_checked(
                 ip(&["-n", &ns.name, "addr", "add", addr, "dev", ifname]),
                 RUN_TIMEOUT,
@@ -286,6 +292,8 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "sysctl" => "procps",
         "tcpdump" => "tcpdump",
         "curl" => "curl",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "python3" => "python3",
         "sleep" | "cat" | "false" | "timeout" => "coreutils",
         "sh" => "dash",
         _ => return None,

@@ -194,12 +194,66 @@ fn bind(addr: SocketAddrV4, interface: Option<&str>) -> std::io::Result<UdpSocke
 /// Parses a packet. dhcproto asserts on some malformed option lengths in debug builds;
 /// a panic there is a malformed packet, not a reason to stop serving.
 pub fn parse(bytes: &[u8]) -> Option<Message> {
+    if !options_well_formed(bytes) {
+        return None;
+    }
     let msg = std::panic::catch_unwind(|| Message::decode(&mut dhcproto::Decoder::new(bytes)).ok())
         .ok()
         .flatten()?;
     // dhcproto's `chaddr()` slices the 16-byte field by `hlen` and panics on a larger
     // value (found by the mutation test in `robustness`): such a packet is malformed.
     (msg.hlen() <= 16).then_some(msg)
+}
+
+/// The length an option must have, for options with a fixed size (RFC 2132 and later).
+fn fixed_len(code: u8) -> Option<usize> {
+    Some(match code {
+        80 => 0,
+        52 | 53 | 156 | 157 => 1,
+        13 | 22 | 26 | 57 => 2,
+        94 => 3,
+        1 | 2 | 16 | 28 | 32 | 50 | 51 | 54 | 58 | 59 | 91 | 118 | 152..=155 => 4,
+        _ => return None,
+    })
+}
+
+/// Walks the option TLVs of a packet and refuses one whose options overrun the packet or
+/// have a length their type does not allow. dhcproto decodes such options by asserting
+/// (debug builds) or by reading the wrong bytes (release builds); either way the packet is
+/// malformed and is dropped before it reaches the decoder.
+pub fn options_well_formed(bytes: &[u8]) -> bool {
+    const OPTIONS: usize = 240;
+    if bytes.len() < OPTIONS || bytes[236..240] != [99, 130, 83, 99] {
+        return false;
+    }
+    let mut i = OPTIONS;
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => i += 1,
+            255 => return true,
+            code => {
+                let Some(&len) = bytes.get(i + 1) else { return false };
+                let len = usize::from(len);
+                if i + 2 + len > bytes.len() {
+                    return false;
+                }
+                let ok = match code {
+                    // Lists of addresses, of (u16) architectures, of at least one item.
+                    3..=11 | 41 | 42 | 44 | 45 | 48 | 49 | 65 | 68..=76 => len >= 4 && len % 4 == 0,
+                    93 => len >= 2 && len % 2 == 0,
+                    55 | 151 => len >= 1,
+                    81 => len >= 3,
+                    c => fixed_len(c).is_none_or(|want| want == len),
+                };
+                if !ok {
+                    return false;
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    // No end option: accepted when the options fill the packet exactly.
+    i == bytes.len()
 }
 
 struct Shared<S> {
@@ -470,6 +524,32 @@ mod tests {
         assert!(!r.allow(k, 1000));
         assert!(r.allow(k, 1200), "one token back after 200 ms at 5/s");
         assert!(RateLimiter::new(0).allow(k, 0), "0 means unlimited");
+    }
+
+    #[test]
+    fn option_lengths_are_checked() {
+        let mut m = Message::default();
+        m.set_chaddr(&[0x52, 0x54, 0, 0, 0, 1]);
+        m.opts_mut().insert(dhcproto::v4::DhcpOption::MessageType(MessageType::Discover));
+        let good = m.to_vec().unwrap();
+        assert!(options_well_formed(&good));
+        let end = good.len() - 1;
+        assert_eq!(good[end], 255);
+        // A requested-address option of 3 bytes, an option running past the end, and a
+        // bad magic cookie are all malformed.
+        let mut bad = good[..end].to_vec();
+        bad.extend([50, 3, 1, 2, 3, 255]);
+        assert!(!options_well_formed(&bad) && parse(&bad).is_none());
+        let mut overrun = good[..end].to_vec();
+        overrun.extend([12, 200, b'x']);
+        assert!(!options_well_formed(&overrun));
+        let mut cookie = good.clone();
+        cookie[236] = 0;
+        assert!(!options_well_formed(&cookie));
+        // Pads and a well-formed extra option are fine.
+        let mut padded = good[..end].to_vec();
+        padded.extend([0, 0, 12, 2, b'h', b'1', 255]);
+        assert!(options_well_formed(&padded) && parse(&padded).is_some());
     }
 
     #[test]
