@@ -59,6 +59,8 @@
 #                           per packet)
 #   COSM_BIN        the appliance binary (default target/release/cosm-appliance; built with
 #                   `cargo build --release --bins` when missing)
+#   BENCH_FOREIGN_WARN  mark a step "*" when other work used more than this % of one CPU
+#                   during it (default 20); "other %" is printed for every step
 #   BENCH_KEEP=1    keep the temp dir with configs, logs and perfdhcp outputs
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -323,7 +325,7 @@ declare -A BEST_RATE BEST_LOSS STATUS WHY
 RESULT_FILE=$WORK/results.txt
 
 bench_server() {
-  local s=$1 rate out parsed ds or rs ack loss lps sent_rate step=0
+  local s=$1 rate out parsed ds or rs ack loss lps sent_rate step=0 m0 o0 s0 ms0 foreign mark
   FAIL_REASON=""
   log ""
   log "==> $s"
@@ -344,7 +346,7 @@ bench_server() {
     show_log; stop_pid "$SERVER_PID"; return
   fi
   BEST_RATE[$s]=0; BEST_LOSS[$s]="-"; STATUS[$s]="top rate"
-  printf '   %8s %9s %9s %8s %10s %9s\n' "asked/s" "sent/s" "DISC" "ACK" "leases/s" "loss %" >&2
+  printf '   %8s %9s %9s %8s %10s %9s %9s\n' "asked/s" "sent/s" "DISC" "ACK" "leases/s" "loss %" "other %" >&2
   for rate in $RATES; do
     if [ $((SECONDS - START)) -ge "$DEADLINE" ]; then
       STATUS[$s]="deadline"; log "   BENCH_DEADLINE ($DEADLINE s) reached: no further steps"; break
@@ -354,13 +356,17 @@ bench_server() {
     fi
     step=$((step + 1))
     out=$WORK/$s.r$rate.out
+    m0=$(machine_ticks); o0=$(own_ticks); s0=$(pid_ticks "$SERVER_PID"); ms0=$(now_ms)
     run_perfdhcp "$out" "$rate"
+    foreign=$(foreign_pct "$m0" "$o0" "$s0" "$ms0")
+    mark=""
+    if [ "$foreign" -gt "$FOREIGN_WARN" ]; then mark="*"; FOREIGN_STEPS=$((FOREIGN_STEPS + 1)); fi
     if ! parsed=$(perfdhcp_parse "$out" "$PERIOD"); then
       STATUS[$s]="perfdhcp error"; log "   perfdhcp at $rate/s gave no report:"; tail -n 5 "$out" | sed 's/^/   | /' >&2; break
     fi
     read -r ds or rs ack loss lps sent_rate <<<"$parsed"
-    printf '   %8s %9s %9s %8s %10s %9s\n' "$rate" "$sent_rate" "$ds" "$ack" "$lps" "$loss" >&2
-    echo "$s $rate $parsed" >>"$RESULT_FILE"
+    printf '   %8s %9s %9s %8s %10s %9s %9s\n' "$rate" "$sent_rate" "$ds" "$ack" "$lps" "$loss" "$foreign$mark" >&2
+    echo "$s $rate $parsed $foreign" >>"$RESULT_FILE"
     if awk -v l="$loss" -v m="$MAX_LOSS" 'BEGIN { exit !(l > m) }'; then
       STATUS[$s]="loss > $MAX_LOSS% at $rate/s"; break
     fi
@@ -384,6 +390,33 @@ cpu_busy_pct() {
   awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
     busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%.0f", ((busy + idle) > 0 ? 100 * busy / (busy + idle) : 0) }'
 }
+# Foreign CPU during a step: CPU time spent in user/system mode on the whole machine minus
+# what this script's processes used (the server, and perfdhcp once reaped), in % of one CPU.
+# Above FOREIGN_WARN the step shared the machine with other work and is marked "*".
+HZ=$(getconf CLK_TCK)
+FOREIGN_WARN=${BENCH_FOREIGN_WARN:-20}
+machine_ticks() { awk '/^cpu /{print $2+$3+$4}' /proc/stat; }
+pid_ticks() { # utime+stime of a live process, 0 if gone
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  st=${st##*) }
+  set -- $st
+  echo $(( ${12} + ${13} ))
+}
+own_ticks() { # this shell and its reaped children (perfdhcp via timeout)
+  times >"$WORK/times"
+  awk -v hz="$HZ" '{ for (i = 1; i <= NF; i++) { split($i, p, "m"); sub("s", "", p[2]); t += p[1] * 60 + p[2] } }
+    END { printf "%d", t * hz }' "$WORK/times"
+}
+now_ms() { date +%s%3N; }
+foreign_pct() { # foreign_pct MACHINE0 OWN0 SERVER0 MS0
+  local m1 o1 s1 ms1
+  m1=$(machine_ticks); o1=$(own_ticks); s1=$(pid_ticks "$SERVER_PID"); ms1=$(now_ms)
+  awk -v dm=$((m1 - $1)) -v do_=$((o1 - $2)) -v ds=$((s1 - $3)) -v ms=$((ms1 - $4)) -v hz="$HZ" \
+    'BEGIN { f = dm - do_ - ds; if (f < 0) f = 0; printf "%.0f", (ms > 0 ? 100 * f / hz / (ms / 1000) : 0) }'
+}
+FOREIGN_STEPS=0
+
 BUSY_BEFORE=$(cpu_busy_pct)
 if [ "$BUSY_BEFORE" -gt 10 ]; then
   log "warning: the CPUs are already ${BUSY_BEFORE}% busy with other work; the figures will be low and noisy"
@@ -411,5 +444,9 @@ for s in $SERVERS; do
   [ "$kea_rate" -gt 0 ] && ratio=$(awk -v a="${BEST_RATE[$s]}" -v k="$kea_rate" 'BEGIN { printf "%.2fx", a / k }')
   printf '%-8s %12s %8s %8s  %s\n' "$s" "${BEST_RATE[$s]}" "${BEST_LOSS[$s]}" "$ratio" "${STATUS[$s]}"
 done
+if [ "$FOREIGN_STEPS" -gt 0 ]; then
+  echo "WARNING: $FOREIGN_STEPS step(s) marked * ran while other work used more than $FOREIGN_WARN% of a CPU;" \
+    "rerun on an idle machine before trusting these figures."
+fi
 echo "(elapsed $((SECONDS - START)) s; server on CPU $SERVER_CPU, perfdhcp on CPU $CLIENT_CPU;" \
   "other work before the run: ${BUSY_BEFORE}% CPU, load average now $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -74,6 +74,9 @@ pub mod file {
         pub per_mac_rate: u32,
         #[serde(default)]
         pub per_relay_rate: u32,
+        /// ICMP echo probe of a new address before it is offered, in ms; 0 = off.
+        #[serde(default)]
+        pub probe_timeout_ms: u32,
         #[serde(default = "default_client_port")]
         pub client_port: u16,
         #[serde(default = "default_relay_port")]
@@ -329,6 +332,9 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
             ))
         }
     };
+    if d.probe_timeout_ms > 5000 {
+        return Err((k("probe_timeout_ms"), "must be 0 (off) to 5000 ms".into()));
+    }
     if !(1..=3600).contains(&d.offer_hold_secs) {
         return Err((k("offer_hold_secs"), "must be 1..=3600".into()));
     }
@@ -467,6 +473,7 @@ fn dhcp_settings(d: file::Dhcp, api_listen: SocketAddr) -> Result<Option<DhcpSet
         relay_port: d.relay_port,
         per_mac_rate: d.per_mac_rate,
         per_relay_rate: d.per_relay_rate,
+        probe_timeout_ms: d.probe_timeout_ms,
     };
     Ok(Some(DhcpSettings { core, listen }))
 }

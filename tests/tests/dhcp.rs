@@ -69,11 +69,17 @@ fn wait_for(
 }
 
 fn dhcp_config(iface: &str) -> String {
+    dhcp_config_with(iface, "")
+}
+
+/// The test's DHCP config with more `[dhcp]` keys (e.g. `probe_timeout_ms = 500`).
+fn dhcp_config_with(iface: &str, more: &str) -> String {
     format!(
         r#"
 [dhcp]
 server_id = "192.0.2.1"
 interface = "{iface}"
+{more}
 [[dhcp.subnets]]
 cidr = "192.0.2.0/24"
 pools = ["192.0.2.100-192.0.2.150"]
@@ -223,4 +229,50 @@ fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
             "no {step} on the timeline: {messages:?}"
         );
     }
+}
+
+#[test]
+fn an_address_that_answers_ping_is_quarantined_not_offered() {
+    require_root_tools(&["ip", "dhclient", "curl"]);
+    let srv = NetNs::new("cps").unwrap();
+    let cli = NetNs::new("cpc").unwrap();
+    NetNs::link_pair(&srv, "192.0.2.1/24", &cli, "192.0.2.254/24").unwrap();
+    let s_if = srv.interfaces().last().unwrap().clone();
+    let c_if = cli.interfaces().last().unwrap().clone();
+    let mut flush = cli.command("ip");
+    flush.args(["addr", "flush", "dev", &c_if]);
+    cli.run_ok(flush).unwrap();
+    // A squatter: the first pool address is configured by hand on the segment (on the
+    // client side's loopback, which answers ARP and ping for it on the veth).
+    let mut squat = cli.command("ip");
+    squat.args(["addr", "add", "192.0.2.100/32", "dev", "lo"]);
+    cli.run_ok(squat).unwrap();
+    let mut route = cli.command("ip");
+    route.args(["route", "add", "192.0.2.1/32", "dev", &c_if]);
+    cli.run_ok(route).unwrap();
+
+    let config = dhcp_config_with(&s_if, "probe_timeout_ms = 500");
+    let app = Appliance::start_with(Some(srv.name()), &config).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let hook = write_hook(dir.path());
+    let log = dir.path().join("hook.log");
+    let client = Client {
+        ns: &cli,
+        iface: c_if,
+        hook,
+        dir: dir.path(),
+    };
+    let pid = client.start("a.leases");
+    let (bound, _) = wait_for(&log, "BOUND", 0, Duration::from_secs(40));
+    let _ = cli.kill(pid);
+    assert_ne!(
+        bound["ip"],
+        "192.0.2.100",
+        "the squatted address was offered; log:\n{}",
+        app.log_text()
+    );
+    assert_eq!(bound["ip"], "192.0.2.101");
+    let leases = app.api("/api/v1/leases?state=declined").unwrap();
+    assert_eq!(leases[0]["ip"], "192.0.2.100", "{leases}");
 }

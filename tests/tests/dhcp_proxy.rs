@@ -17,14 +17,41 @@ const VM_MAC: &str = "52:54:00:12:34:56";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A veth from `ns` into the bridge in `rack`, with `addr` on the `ns` end.
 fn plug(rack: &NetNs, ns: &NetNs, addr: &str) -> String {
     let (bridge_end, ns_end) = (format!("{}b", ns.name()), format!("{}e", ns.name()));
-    ip(&["-n", rack.name(), "link", "add", &bridge_end, "type", "veth", "peer", "name", &ns_end, "netns", ns.name()]);
-    ip(&["-n", rack.name(), "link", "set", &bridge_end, "master", "br0", "up"]);
+    ip(&[
+        "-n",
+        rack.name(),
+        "link",
+        "add",
+        &bridge_end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ns_end,
+        "netns",
+        ns.name(),
+    ]);
+    ip(&[
+        "-n",
+        rack.name(),
+        "link",
+        "set",
+        &bridge_end,
+        "master",
+        "br0",
+        "up",
+    ]);
     ip(&["-n", ns.name(), "addr", "add", addr, "dev", &ns_end]);
     ip(&["-n", ns.name(), "link", "set", &ns_end, "up"]);
     ns_end
@@ -43,7 +70,16 @@ fn pxe_client_gets_address_from_dnsmasq_and_boot_file_from_cosm_proxy() {
     ip(&["-n", rack.name(), "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", rack.name(), "link", "set", "br0", "up"]);
     ip(&["-n", rack.name(), "tuntap", "add", "tap0", "mode", "tap"]);
-    ip(&["-n", rack.name(), "link", "set", "tap0", "master", "br0", "up"]);
+    ip(&[
+        "-n",
+        rack.name(),
+        "link",
+        "set",
+        "tap0",
+        "master",
+        "br0",
+        "up",
+    ]);
     let dns_if = plug(&rack, &dns, "192.0.2.2/24");
     let cosm_if = plug(&rack, &cosm, "192.0.2.1/24");
     let dir = tempfile::tempdir().unwrap();
@@ -51,14 +87,25 @@ fn pxe_client_gets_address_from_dnsmasq_and_boot_file_from_cosm_proxy() {
     // The site's DHCP server: addresses only, no boot information.
     let leases = dir.path().join("dnsmasq.leases");
     let mut d = dns.command("dnsmasq");
-    d.args(["--no-daemon", "--conf-file=/dev/null", "--port=0", "--log-dhcp"])
-        .arg(format!("--interface={dns_if}"))
-        .arg("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,5m")
-        .arg(format!("--dhcp-leasefile={}", leases.display()))
-        .arg(format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()))
-        .arg(format!("--log-facility={}", dir.path().join("dnsmasq.log").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    d.args([
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--log-dhcp",
+    ])
+    .arg(format!("--interface={dns_if}"))
+    .arg("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,5m")
+    .arg(format!("--dhcp-leasefile={}", leases.display()))
+    .arg(format!(
+        "--pid-file={}",
+        dir.path().join("dnsmasq.pid").display()
+    ))
+    .arg(format!(
+        "--log-facility={}",
+        dir.path().join("dnsmasq.log").display()
+    ))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     dns.spawn(d).unwrap();
 
     // Records HTTP fetches where COSM's boot URLs point.
@@ -96,14 +143,26 @@ http.server.HTTPServer(("192.0.2.1", 8081), H).serve_forever()
 
     // A BIOS machine with the iPXE option ROM, network boot first.
     let mut vm = rack.command("qemu-system-x86_64");
-    vm.args(["-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none", "-no-reboot", "-boot", "n"])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("serial.log").display()))
-        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-        .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={VM_MAC}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    vm.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-boot",
+        "n",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", dir.path().join("serial.log").display()))
+    .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+    .arg("-device")
+    .arg(format!("virtio-net-pci,netdev=n0,mac={VM_MAC}"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let vm_pid = rack.spawn(vm).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -130,7 +189,10 @@ http.server.HTTPServer(("192.0.2.1", 8081), H).serve_forever()
     assert!(vm_ip.starts_with("192.0.2.1"), "{lease}");
     // ... the boot file (iPXE's script URL for this MAC) from COSM, fetched from that address ...
     let (from, path) = fetched.split_once(' ').unwrap();
-    assert_eq!(from, vm_ip, "the script was fetched from another address: {fetched}");
+    assert_eq!(
+        from, vm_ip,
+        "the script was fetched from another address: {fetched}"
+    );
     let path = path.replace("%3A", ":").replace("%3a", ":");
     assert_eq!(path, format!("/boot/ipxe?mac={VM_MAC}&arch=bios"));
     // ... and COSM, a proxy, never handed out an address.

@@ -97,6 +97,9 @@ pub struct Decision {
     pub dropped: Option<DropReason>,
     /// One line for the machine's timeline, e.g. `OFFER 192.0.2.10 boot undionly.kpxe`.
     pub note: Option<String>,
+    /// The offered address was newly taken from a pool: the shell may check that nobody
+    /// answers on it (ICMP echo) before the offer leaves.
+    pub probe: Option<Ipv4Addr>,
 }
 
 impl Decision {
@@ -284,6 +287,7 @@ fn discover(
         .and_then(|h| h.reserved_ip)
         .filter(|ip| subnet.contains(*ip));
     let mut ip = None;
+    let mut fresh = false;
     if let Some(r) = reserved {
         // A reservation wins over everything, inside or outside the pools.
         if usable(r, table, false) {
@@ -307,6 +311,7 @@ fn discover(
                 return Decision::drop(Some(mac), t, DropReason::UnknownMacCap);
             }
             ip = table.find_free(idx, subnet, &mac, now, hosts);
+            fresh = ip.is_some();
             if host.is_none() && ip.is_some() {
                 table.note_unknown_allocation();
             }
@@ -342,6 +347,7 @@ fn discover(
             "OFFER {ip}{}",
             boot.map(|b| format!(" boot {b}")).unwrap_or_default()
         )),
+        probe: fresh.then_some(ip),
     }
 }
 
@@ -448,6 +454,7 @@ fn request(
         persist: Some(lease),
         dropped: None,
         note: Some(format!("ACK {ip} for {}s{kind}", subnet.lease_time_secs)),
+        probe: None,
     }
 }
 
@@ -466,6 +473,7 @@ fn nak(msg: &Message, mac: MacAddr, cfg: &DhcpConfig, why: &str) -> Decision {
         persist: None,
         dropped: None,
         note: Some(format!("NAK: {why}")),
+        probe: None,
     }
 }
 
@@ -504,6 +512,7 @@ fn decline(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable, cfg: &DhcpCon
             "DECLINE {ip}: quarantined for {}s",
             cfg.decline_quarantine_secs
         )),
+        probe: None,
     }
 }
 
@@ -523,6 +532,7 @@ fn release(req: Request<'_>, mac: MacAddr, table: &mut LeaseTable) -> Decision {
                 persist: Some(lease),
                 dropped: Some(DropReason::NoReplyExpected),
                 note: Some(format!("RELEASE {ip}")),
+                probe: None,
             }
         }
         _ => Decision::drop(Some(mac), t, DropReason::NoAddress),
@@ -561,6 +571,7 @@ fn inform(req: Request<'_>, mac: MacAddr, hosts: &Hosts, cfg: &DhcpConfig) -> De
         persist: None,
         dropped: None,
         note: Some(format!("INFORM from {ciaddr}")),
+        probe: None,
     }
 }
 
@@ -609,6 +620,7 @@ fn proxy(req: Request<'_>, mac: MacAddr, t: MessageType, cfg: &DhcpConfig) -> De
         persist: None,
         dropped: None,
         note: Some(format!("{kind} boot {file}")),
+        probe: None,
     }
 }
 

@@ -17,7 +17,10 @@ fn config(mode: Mode) -> DhcpConfig {
         subnets: vec![Subnet {
             network: Ipv4Addr::new(192, 0, 2, 0),
             prefix_len: 24,
-            pools: vec![Pool { first: Ipv4Addr::new(192, 0, 2, 10), last: Ipv4Addr::new(192, 0, 2, 20) }],
+            pools: vec![Pool {
+                first: Ipv4Addr::new(192, 0, 2, 10),
+                last: Ipv4Addr::new(192, 0, 2, 20),
+            }],
             routers: vec![Ipv4Addr::new(192, 0, 2, 1)],
             dns: vec![Ipv4Addr::new(192, 0, 2, 1)],
             domain: Some("rack.test".into()),
@@ -42,15 +45,35 @@ fn config(mode: Mode) -> DhcpConfig {
 /// Runs one packet through both modes; returns how many replies were produced.
 pub fn packet_path(bytes: &[u8]) -> usize {
     let Some(msg) = parse(bytes) else { return 0 };
-    let hosts = Hosts::new([(MacAddr::new([0x52, 0x54, 0, 0, 0, 1]), Host { reserved_ip: Some(Ipv4Addr::new(192, 0, 2, 5)), hostname: Some("n1".into()) })]);
+    let hosts = Hosts::new([(
+        MacAddr::new([0x52, 0x54, 0, 0, 0, 1]),
+        Host {
+            reserved_ip: Some(Ipv4Addr::new(192, 0, 2, 5)),
+            hostname: Some("n1".into()),
+        },
+    )]);
     let mut replies = 0;
-    for (mode, port) in [(Mode::Authoritative, 67), (Mode::Proxy, 67), (Mode::Proxy, super::core::PXE_PORT)] {
+    for (mode, port) in [
+        (Mode::Authoritative, 67),
+        (Mode::Proxy, 67),
+        (Mode::Proxy, super::core::PXE_PORT),
+    ] {
         let cfg = config(mode);
         let mut table = LeaseTable::default();
         let src = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 68);
         for step in 0..3u64 {
             let now = Timestamp::from_millis(1_000_000 + step * 1000);
-            let d = decide(Request { msg: &msg, src, local_port: port, now }, &mut table, &hosts, &cfg);
+            let d = decide(
+                Request {
+                    msg: &msg,
+                    src,
+                    local_port: port,
+                    now,
+                },
+                &mut table,
+                &hosts,
+                &cfg,
+            );
             if let Some(r) = d.reply {
                 // The reply must encode, and what it encodes must parse again.
                 let out = r.msg.to_vec().expect("a reply we built encodes");
@@ -72,7 +95,9 @@ mod tests {
         let mut m = Message::default();
         m.set_chaddr(&[0x52, 0x54, 0, 0, 0, 1]);
         m.opts_mut().insert(DhcpOption::MessageType(t));
-        m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000".to_vec()));
+        m.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00000".to_vec(),
+        ));
         m.to_vec().unwrap()
     }
 

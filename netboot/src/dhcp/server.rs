@@ -43,6 +43,9 @@ pub struct Listen {
     pub per_mac_rate: u32,
     /// Packets per second allowed per relay address; 0 = unlimited.
     pub per_relay_rate: u32,
+    /// Before offering an address newly taken from a pool, send it an ICMP echo and wait
+    /// this long for an answer; an answer means someone squats on it. 0 = no probe.
+    pub probe_timeout_ms: u32,
 }
 
 const RECEIVED: [&str; 6] = [
@@ -60,6 +63,8 @@ pub struct DhcpStats {
     pub rate_limited: AtomicU64,
     pub persist_failed: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Addresses found in use by an ICMP probe and quarantined.
+    pub conflicts: AtomicU64,
 }
 
 impl DhcpStats {
@@ -232,7 +237,9 @@ pub fn options_well_formed(bytes: &[u8]) -> bool {
             0 => i += 1,
             255 => return true,
             code => {
-                let Some(&len) = bytes.get(i + 1) else { return false };
+                let Some(&len) = bytes.get(i + 1) else {
+                    return false;
+                };
                 let len = usize::from(len);
                 if i + 2 + len > bytes.len() {
                     return false;
@@ -264,6 +271,7 @@ struct Shared<S> {
     sink: Arc<S>,
     stats: Arc<DhcpStats>,
     inflight: Arc<Semaphore>,
+    pinger: Option<surge_ping::Client>,
     limits: Mutex<(RateLimiter<MacAddr>, RateLimiter<Ipv4Addr>)>,
 }
 
@@ -284,6 +292,20 @@ pub async fn start<S: LeaseSink>(
         None
     };
     let local_addr = main.local_addr()?;
+    let pinger = if listen.probe_timeout_ms > 0 {
+        let mut c = surge_ping::Config::builder();
+        if let Some(ifname) = &listen.interface {
+            c = c.interface(ifname);
+        }
+        Some(surge_ping::Client::new(&c.build()).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("dhcp.probe_timeout_ms is set but ICMP sockets cannot be opened ({e}); run as root or set it to 0"),
+            )
+        })?)
+    } else {
+        None
+    };
     let cfg = Arc::new(cfg);
     let table = Arc::new(Mutex::new(LeaseTable::load(leases)));
     let stats = Arc::new(DhcpStats::default());
@@ -295,6 +317,7 @@ pub async fn start<S: LeaseSink>(
         sink,
         stats: stats.clone(),
         inflight: Arc::new(Semaphore::new(8192)),
+        pinger,
         limits: Mutex::new((
             RateLimiter::new(listen.per_mac_rate),
             RateLimiter::new(listen.per_relay_rate),
@@ -348,7 +371,7 @@ async fn recv_loop<S: LeaseSink>(
         };
         // A bug in the decision path must cost one packet, not the DHCP service.
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handle_packet(&shared, &sock, &out, msg, src, port)
+            handle_packet(&shared, &sock, &out, msg, src, port, 0)
         }));
         if handled.is_err() {
             shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -357,6 +380,9 @@ async fn recv_loop<S: LeaseSink>(
     }
 }
 
+/// How often one request may find its offered address taken by someone who answers pings.
+const MAX_PROBE_ATTEMPTS: u8 = 3;
+
 fn handle_packet<S: LeaseSink>(
     shared: &Arc<Shared<S>>,
     sock: &Arc<UdpSocket>,
@@ -364,10 +390,13 @@ fn handle_packet<S: LeaseSink>(
     msg: Message,
     src: SocketAddrV4,
     port: u16,
+    attempt: u8,
 ) {
     let now = Timestamp::now();
-    shared.stats.count_received(msg.opts().msg_type());
-    {
+    if attempt == 0 {
+        shared.stats.count_received(msg.opts().msg_type());
+    }
+    if attempt == 0 {
         let mut limits = shared.limits.lock().unwrap_or_else(|e| e.into_inner());
         let c = msg.chaddr();
         let mac_ok = c.len() < 6
@@ -404,6 +433,7 @@ fn handle_packet<S: LeaseSink>(
         persist,
         dropped,
         note,
+        probe,
     } = decision;
     if let (Some(mac), Some(t)) = (mac, request_type) {
         let step = match t {
@@ -451,6 +481,51 @@ fn handle_packet<S: LeaseSink>(
         }
         Destination::Source => SocketAddr::V4(src),
     };
+    if let (Some(ip), Some(pinger)) = (probe, &shared.pinger) {
+        if persist.is_none() && attempt < MAX_PROBE_ATTEMPTS {
+            let (shared, sock, out, pinger) =
+                (shared.clone(), sock.clone(), out.clone(), pinger.clone());
+            tokio::spawn(async move {
+                if !answers_ping(&pinger, ip, shared.listen.probe_timeout_ms).await {
+                    send_now(
+                        &shared,
+                        &sock,
+                        &out,
+                        port,
+                        &reply.msg,
+                        dest,
+                        mac,
+                        note.as_deref(),
+                    );
+                    return;
+                }
+                shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%ip, "address answers ICMP echo but has no lease: quarantined, offering another");
+                let lease = Lease {
+                    ip,
+                    mac: MacAddr::new([0; 6]),
+                    state: cosm_wire::LeaseState::Declined,
+                    starts_at: now,
+                    expires_at: Timestamp::from_millis(
+                        now.as_millis() + u64::from(shared.cfg.decline_quarantine_secs) * 1000,
+                    ),
+                    client_hostname: Some("in use: answered an ICMP probe".into()),
+                    relay: None,
+                };
+                shared
+                    .table
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(lease.clone());
+                if let Err(e) = shared.sink.persist(lease).await {
+                    tracing::error!(error = %e, "cannot persist a conflict quarantine");
+                }
+                // Decide again: the squatted address is now held, so another one is chosen.
+                handle_packet(&shared, &sock, &out, msg, src, port, attempt + 1);
+            });
+            return;
+        }
+    }
     let bytes = match reply.msg.to_vec() {
         Ok(b) => b,
         Err(e) => {
@@ -503,6 +578,46 @@ fn handle_packet<S: LeaseSink>(
     }
 }
 
+/// Sends a reply that needs no durable write (OFFER, NAK, INFORM's ACK, proxy answers).
+#[allow(clippy::too_many_arguments)]
+fn send_now<S: LeaseSink>(
+    shared: &Shared<S>,
+    sock: &Arc<UdpSocket>,
+    out: &Arc<UdpSocket>,
+    port: u16,
+    msg: &Message,
+    dest: SocketAddr,
+    mac: Option<MacAddr>,
+    note: Option<&str>,
+) {
+    let bytes = match msg.to_vec() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a DHCP reply");
+            return;
+        }
+    };
+    shared.stats.count_sent(msg);
+    if let (Some(mac), Some(n)) = (mac, note) {
+        shared.sink.note(mac, n);
+    }
+    let sock = if port == PXE_PORT { sock } else { out };
+    if let Err(e) = sock.try_send_to(&bytes, dest) {
+        tracing::warn!(error = %e, %dest, "DHCP send failed");
+    }
+}
+
+/// Does anyone answer an ICMP echo on `ip` within the timeout?
+async fn answers_ping(client: &surge_ping::Client, ip: Ipv4Addr, timeout_ms: u32) -> bool {
+    let ident = surge_ping::PingIdentifier(u16::from_be_bytes([ip.octets()[2], ip.octets()[3]]));
+    let mut pinger = client.pinger(std::net::IpAddr::V4(ip), ident).await;
+    pinger.timeout(std::time::Duration::from_millis(u64::from(timeout_ms)));
+    pinger
+        .ping(surge_ping::PingSequence(0), b"cosm-dhcp-probe")
+        .await
+        .is_ok()
+}
+
 fn relay_text(giaddr: Ipv4Addr, src: SocketAddrV4) -> String {
     if giaddr.is_unspecified() {
         format!("broadcast from {}", src.ip())
@@ -530,7 +645,8 @@ mod tests {
     fn option_lengths_are_checked() {
         let mut m = Message::default();
         m.set_chaddr(&[0x52, 0x54, 0, 0, 0, 1]);
-        m.opts_mut().insert(dhcproto::v4::DhcpOption::MessageType(MessageType::Discover));
+        m.opts_mut()
+            .insert(dhcproto::v4::DhcpOption::MessageType(MessageType::Discover));
         let good = m.to_vec().unwrap();
         assert!(options_well_formed(&good));
         let end = good.len() - 1;

@@ -121,6 +121,11 @@ fn dora_gives_a_pool_address_with_the_subnet_options() {
     assert_eq!(r.msg.yiaddr(), ip("192.0.2.10"));
     assert_eq!(r.dest, Destination::Broadcast);
     assert!(d.persist.is_none(), "offers are not persisted");
+    assert_eq!(
+        d.probe,
+        Some(ip("192.0.2.10")),
+        "a fresh pool address is probed"
+    );
     let o = r.msg.opts();
     assert_eq!(
         o.get(OptionCode::ServerIdentifier),
@@ -156,6 +161,9 @@ fn dora_gives_a_pool_address_with_the_subnet_options() {
         "no boot file for a non-PXE client"
     );
 
+    // The same client asking again gets its standing offer, which needs no new probe.
+    let again = run(&msg(MessageType::Discover, mac(1)), &mut t, &h, &c, at(0));
+    assert_eq!(again.probe, None);
     let got = dora(mac(1), &mut t, &h, &c, at(1)).unwrap();
     assert_eq!(got, ip("192.0.2.10"));
     let l = t.lease_of(&mac(1)).unwrap();
