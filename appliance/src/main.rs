@@ -112,17 +112,37 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 Some(d) => {
                     let core = &d.core;
                     println!("  dhcp.mode                 {:?}", core.mode);
-                    println!("  dhcp.listen               {} (interface {})", d.listen.addr, d.listen.interface.as_deref().unwrap_or("any"));
+                    println!(
+                        "  dhcp.listen               {} (interface {})",
+                        d.listen.addr,
+                        d.listen.interface.as_deref().unwrap_or("any")
+                    );
                     println!("  dhcp.server_id            {}", core.server_id);
-                    println!("  dhcp.unknown_macs         {:?} (at most {} leases)", core.unknown_macs, core.max_unknown_leases);
+                    println!(
+                        "  dhcp.unknown_macs         {:?} (at most {} leases)",
+                        core.unknown_macs, core.max_unknown_leases
+                    );
                     println!("  dhcp.probe_timeout_ms     {}", d.listen.probe_timeout_ms);
                     println!(
                         "  dhcp.boot                 BIOS {}, UEFI {}, next-server {}, HTTP {}",
-                        core.boot.bios_file, core.boot.uefi_x64_file, core.boot.tftp_server, core.boot.http_base
+                        core.boot.bios_file,
+                        core.boot.uefi_x64_file,
+                        core.boot.tftp_server,
+                        core.boot.http_base
                     );
                     for s in &core.subnets {
-                        let pools: Vec<String> = s.pools.iter().map(|p| format!("{}-{} ({})", p.first, p.last, p.size())).collect();
-                        println!("  dhcp.subnet               {}/{} pools {} lease {}s", s.network, s.prefix_len, pools.join(", "), s.lease_time_secs);
+                        let pools: Vec<String> = s
+                            .pools
+                            .iter()
+                            .map(|p| format!("{}-{} ({})", p.first, p.last, p.size()))
+                            .collect();
+                        println!(
+                            "  dhcp.subnet               {}/{} pools {} lease {}s",
+                            s.network,
+                            s.prefix_len,
+                            pools.join(", "),
+                            s.lease_time_secs
+                        );
                     }
                 }
             }

@@ -113,6 +113,14 @@ impl Collector for StoreCollector {
     }
 }
 
+/// (metric name, help, label name, (label value, count) pairs).
+type CounterFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, u64)>,
+);
+
 #[derive(Debug)]
 struct DhcpCollector {
     dhcp: DhcpHandle,
@@ -121,7 +129,7 @@ struct DhcpCollector {
 impl Collector for DhcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = &self.dhcp.stats;
-        let families: [(&str, &str, &str, Vec<(&str, u64)>); 3] = [
+        let families: [CounterFamily; 3] = [
             (
                 "dhcp_received_packets",
                 "DHCP requests received, by message type.",
