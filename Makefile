@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and the demo need (checked one by one; only missing ones are installed).
 # iputils-ping, isc-dhcp-client, procps (sysctl): the network-namespace tests (tests/src/netns.rs);
 # kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu util-linux
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu util-linux isc-dhcp-relay
 # Python tools, installed into ./.venv.
 PIP_PACKAGES := openapi-spec-validator
 

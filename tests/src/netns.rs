@@ -285,6 +285,7 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "ip" | "ss" | "bridge" => "iproute2",
         "ping" => "iputils-ping",
         "dhclient" => "isc-dhcp-client",
+        "dhcrelay" => "isc-dhcp-relay",
         "perfdhcp" => "kea-admin",
         "kea-dhcp4" => "kea-dhcp4-server",
         "dnsmasq" => "dnsmasq-base",
