@@ -52,6 +52,7 @@ demo: toolchain deps build
 	./scripts/demo.sh
 
 bench: toolchain deps
+	$(CARGO) build --release --bins
 	./scripts/bench-dhcp.sh
 
 # Fuzz the DHCP packet path for FUZZ_SECONDS (default 60). cargo-fuzz needs nightly
