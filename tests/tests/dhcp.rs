@@ -214,6 +214,26 @@ fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
     assert_eq!(after["ip"], ip, "address changed across SIGKILL + restart");
     let _ = cli.kill(pid);
 
+    // /metrics counts the packets and the pool use.
+    let metrics = app
+        .command(Path::new("curl"))
+        .args(["-sS", "-m", "10"])
+        .arg(format!("{}/metrics", app.url()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from /metrics:\n{text}"))
+    };
+    assert!(value("cosm_dhcp_received_packets_total{type=\"discover\"}") >= 1);
+    assert!(value("cosm_dhcp_sent_packets_total{type=\"ack\"}") >= 1);
+    assert_eq!(value("cosm_dhcp_pool_size{subnet=\"192.0.2.0/24\"}"), 51);
+    assert_eq!(value("cosm_dhcp_pool_used{subnet=\"192.0.2.0/24\"}"), 1);
+
     // The machine's timeline shows its DHCP steps.
     let events = app.api(&format!("/api/v1/machines/{mac}/events")).unwrap();
     let messages: Vec<&str> = events
