@@ -18,9 +18,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cosm_wire::{
-    CreateMachine, CreateToken, CreatedToken, ErrorBody, Event, Health, Lease, LeaseState, MacAddr,
-    Machine, MachineState, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope, SetRole, SetState,
-    TokenInfo, UpdateMachine,
+    CreateMachine, CreateToken, CreatedToken, DesiredState, Enroll, Enrolled, ErrorBody, Event,
+    Health, Heartbeat, HeartbeatReply, Lease, LeaseState, MacAddr, Machine, MachineState, Observed,
+    QueueAction, Role, RoleName, RoleSpec, Rule, RuleSpec, SetRole, SetState, TokenInfo,
+    UpdateMachine,
 };
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    pub liveness: std::sync::Arc<crate::liveness::Liveness>,
 }
 
 /// An API error: the status and the client-facing body. Internal detail is logged where
@@ -233,6 +235,8 @@ fn query_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiEr
 pub struct Caller {
     pub token_id: u64,
     pub name: String,
+    /// The machine an agent credential belongs to.
+    pub mac: Option<MacAddr>,
 }
 
 async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -264,10 +268,7 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
         Err(e) => return ApiError::from(e).into_response(),
     };
     let path = req.uri().path();
-    let admin_only = path.starts_with("/api/v1/tokens");
-    if !auth::permits(record.info.scope, req.method())
-        || (admin_only && record.info.scope != Scope::Admin)
-    {
+    if !auth::permits(record.info.scope, req.method(), path) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -284,6 +285,7 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
     req.extensions_mut().insert(Caller {
         token_id: record.info.id,
         name: record.info.name,
+        mac: record.info.mac,
     });
     next.run(req).await
 }
@@ -325,6 +327,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rules", get(list_rules).post(create_rule))
         .route("/api/v1/rules/{id}", get(show_rule).delete(delete_rule))
         .route("/api/v1/leases", get(list_leases))
+        .route("/api/v1/machines/{mac}/actions", post(queue_action))
+        .route("/api/v1/agent/enroll", post(agent_enroll))
+        .route("/api/v1/agent/heartbeat", post(agent_heartbeat))
+        .route("/api/v1/agent/desired", get(agent_desired))
+        .route("/api/v1/agent/observed", post(agent_observed))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -740,6 +747,157 @@ async fn delete_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Queue an action (`reboot`, `power-off`, `re-register`) for a machine's agent.
+#[utoipa::path(post, path = "/api/v1/machines/{mac}/actions", tag = "agents", request_body = QueueAction,
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn queue_action(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+    ApiJson(body): ApiJson<QueueAction>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let kind = body.kind.trim().to_string();
+    let ok = !kind.is_empty()
+        && kind.len() <= 32
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "kind",
+            "an action kind is 1-32 lowercase letters, digits and '-', e.g. reboot, power-off, re-register",
+        ));
+    }
+    let m = machine_of(
+        state
+            .store
+            .apply(Command::QueueAction {
+                mac,
+                kind: kind.clone(),
+            })
+            .await?,
+    );
+    tracing::info!(caller = %caller.name, %mac, %kind, generation = m.desired_generation, "agent action queued");
+    Ok(Json(m))
+}
+
+fn agent_mac(caller: &Caller) -> Result<MacAddr, ApiError> {
+    caller.mac.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only a machine's agent credential can call this endpoint",
+        )
+    })
+}
+
+/// An agent enrols with its inventory and receives its own credential.
+#[utoipa::path(post, path = "/api/v1/agent/enroll", tag = "agents", request_body = Enroll,
+    responses((status = 200, body = Enrolled), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn agent_enroll(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<Enroll>,
+) -> Result<Json<Enrolled>, ApiError> {
+    let credential = auth::generate_token();
+    let cmd = Command::Enroll {
+        mac: body.mac,
+        inventory: body.inventory,
+        credential_hash: auth::hash_token(&credential),
+    };
+    let machine = machine_of(state.store.apply(cmd).await?);
+    state.liveness.beat(machine.mac, Heartbeat::default());
+    tracing::info!(caller = %caller.name, mac = %machine.mac, state = %machine.state, "agent enrolled");
+    Ok(Json(Enrolled {
+        machine,
+        credential,
+        heartbeat_secs: state.liveness.heartbeat.as_secs().max(1) as u32,
+    }))
+}
+
+/// An agent's heartbeat; a machine that was `lost` comes back to the state it was lost from.
+#[utoipa::path(post, path = "/api/v1/agent/heartbeat", tag = "agents", request_body = Heartbeat,
+    responses((status = 200, body = HeartbeatReply), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn agent_heartbeat(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let mac = agent_mac(&caller)?;
+    state.liveness.beat(mac, body);
+    let m = state.store.machine(mac)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("machine {mac} not found; enrol again"),
+        )
+    })?;
+    if m.state == MachineState::Lost {
+        let to = m.lost_from.unwrap_or(MachineState::Discovered);
+        let reason = Some("heartbeats resumed".to_string());
+        match state
+            .store
+            .apply(Command::SetState { mac, to, reason })
+            .await
+        {
+            Ok(_) => tracing::info!(%mac, state = %to, "machine back: heartbeats resumed"),
+            Err(e) => {
+                tracing::warn!(%mac, error = %e, "a lost machine beats again but cannot return")
+            }
+        }
+    }
+    Ok(Json(HeartbeatReply {
+        desired_generation: m.desired_generation,
+    }))
+}
+
+/// The calling agent's desired state.
+#[utoipa::path(get, path = "/api/v1/agent/desired", tag = "agents",
+    responses((status = 200, body = DesiredState), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+async fn agent_desired(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+) -> Result<Json<DesiredState>, ApiError> {
+    let mac = agent_mac(&caller)?;
+    let m = state.store.machine(mac)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("machine {mac} not found; enrol again"),
+        )
+    })?;
+    Ok(Json(DesiredState {
+        generation: m.desired_generation,
+        role: m.role,
+        actions: m.pending_actions,
+    }))
+}
+
+/// The calling agent reports what it did; finished actions leave the queue.
+#[utoipa::path(post, path = "/api/v1/agent/observed", tag = "agents", request_body = Observed,
+    responses((status = 204), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+async fn agent_observed(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<Observed>,
+) -> Result<StatusCode, ApiError> {
+    let mac = agent_mac(&caller)?;
+    state
+        .store
+        .apply(Command::ReportObserved {
+            mac,
+            results: body.results,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// DHCP lease records (bound, released, declined), by address.
 #[utoipa::path(get, path = "/api/v1/leases", tag = "dhcp",
     params(("mac" = Option<String>, Query, description = "only this MAC's lease"),
@@ -845,6 +1003,7 @@ impl utoipa::Modify for BearerAuth {
         list_roles, create_role, show_role, delete_role,
         list_rules, create_rule, show_rule, delete_rule,
         list_leases,
+        queue_action, agent_enroll, agent_heartbeat, agent_desired, agent_observed,
         list_tokens, create_token, delete_token,
     ),
     modifiers(&BearerAuth),
@@ -853,6 +1012,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "roles", description = "Roles machines can play"),
         (name = "rules", description = "Rules that give discovered machines a role"),
         (name = "dhcp", description = "DHCP leases"),
+        (name = "agents", description = "Node agents: enrolment, heartbeat, desired state"),
         (name = "tokens", description = "API tokens (admin only)"),
         (name = "operations", description = "Health, metrics, this document"),
     )

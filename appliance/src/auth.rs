@@ -26,11 +26,19 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// May a token with `scope` make a request with this method?
-pub fn permits(scope: Scope, method: &axum::http::Method) -> bool {
+/// May a token with `scope` make this request?
+pub fn permits(scope: Scope, method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let agent_path = path.starts_with("/api/v1/agent/");
     match scope {
         Scope::Admin => true,
-        Scope::Read => matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD),
+        Scope::Read => {
+            matches!(*method, Method::GET | Method::HEAD)
+                && !agent_path
+                && !path.starts_with("/api/v1/tokens")
+        }
+        Scope::Enroll => *method == Method::POST && path == "/api/v1/agent/enroll",
+        Scope::Agent => agent_path && path != "/api/v1/agent/enroll",
     }
 }
 
@@ -116,12 +124,36 @@ mod tests {
     }
 
     #[test]
-    fn read_scope_only_reads() {
+    fn scopes() {
         use axum::http::Method;
-        assert!(permits(Scope::Read, &Method::GET));
+        let p = "/api/v1/machines";
+        assert!(permits(Scope::Read, &Method::GET, p));
         for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
-            assert!(!permits(Scope::Read, &m));
-            assert!(permits(Scope::Admin, &m));
+            assert!(!permits(Scope::Read, &m, p));
+            assert!(permits(Scope::Admin, &m, p));
         }
+        assert!(!permits(Scope::Read, &Method::GET, "/api/v1/tokens"));
+        assert!(permits(
+            Scope::Enroll,
+            &Method::POST,
+            "/api/v1/agent/enroll"
+        ));
+        assert!(!permits(Scope::Enroll, &Method::GET, p));
+        assert!(!permits(
+            Scope::Enroll,
+            &Method::POST,
+            "/api/v1/agent/heartbeat"
+        ));
+        assert!(permits(
+            Scope::Agent,
+            &Method::POST,
+            "/api/v1/agent/heartbeat"
+        ));
+        assert!(!permits(
+            Scope::Agent,
+            &Method::POST,
+            "/api/v1/agent/enroll"
+        ));
+        assert!(!permits(Scope::Agent, &Method::GET, p));
     }
 }

@@ -49,6 +49,26 @@ pub mod file {
         pub events: Events,
         #[serde(default)]
         pub dhcp: Option<Dhcp>,
+        #[serde(default)]
+        pub agents: Agents,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Agents {
+        /// Seconds between agent heartbeats.
+        pub heartbeat_secs: u32,
+        /// A machine is `lost` after this many intervals without a heartbeat.
+        pub missed_beats: u32,
+    }
+
+    impl Default for Agents {
+        fn default() -> Self {
+            Agents {
+                heartbeat_secs: 5,
+                missed_beats: 3,
+            }
+        }
     }
 
     #[derive(Debug, Deserialize)]
@@ -190,6 +210,8 @@ pub struct Config {
     pub events_per_machine: u64,
     /// `None` when DHCP is off.
     pub dhcp: Option<DhcpSettings>,
+    pub heartbeat_secs: u32,
+    pub missed_beats: u32,
 }
 
 /// The DHCP service: what the core decides with and how the shell listens.
@@ -274,7 +296,21 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             }
             None => None,
         };
+        if !(1..=3600).contains(&f.agents.heartbeat_secs) {
+            return Err(invalid(
+                "agents.heartbeat_secs",
+                format!("{} is outside 1..=3600", f.agents.heartbeat_secs),
+            ));
+        }
+        if !(1..=100).contains(&f.agents.missed_beats) {
+            return Err(invalid(
+                "agents.missed_beats",
+                format!("{} is outside 1..=100", f.agents.missed_beats),
+            ));
+        }
         Ok(Config {
+            heartbeat_secs: f.agents.heartbeat_secs,
+            missed_beats: f.agents.missed_beats,
             path: path.to_path_buf(),
             data_dir,
             api_listen,

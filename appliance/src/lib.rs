@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod dhcp_service;
 pub mod lifecycle;
+pub mod liveness;
 pub mod metrics;
 pub mod rules;
 pub mod serve;

@@ -10,9 +10,10 @@ use cosm_wire::MachineState::{self, *};
 pub fn allowed_from(from: MachineState) -> &'static [MachineState] {
     match from {
         // An operator or a rule gives a role; commissioning can fail; or it is thrown out.
-        Discovered => &[Ready, Failed, Retired],
-        // The installer starts, the role is taken back, or it is thrown out.
-        Ready => &[Discovered, Deploying, Retired],
+        // Its discovery agent may also go silent.
+        Discovered => &[Ready, Failed, Lost, Retired],
+        // The installer starts, the role is taken back, it goes silent, or it is thrown out.
+        Ready => &[Discovered, Deploying, Lost, Retired],
         // The installer succeeds, fails, or is cancelled to start over.
         Deploying => &[Deployed, Failed, Ready],
         // The installed system reports in; or goes silent, fails, is redeployed or retired.
@@ -20,8 +21,9 @@ pub fn allowed_from(from: MachineState) -> &'static [MachineState] {
         Active => &[Lost, Failed, Ready, Retired],
         // Retry with a role, drop back to discovered, or give up.
         Failed => &[Discovered, Ready, Retired],
-        // Heartbeats resume, or the HA monitor fences it, or it is retired.
-        Lost => &[Active, Deployed, Fenced, Retired],
+        // Heartbeats resume (back to the state it was lost from), or the HA monitor fences
+        // it, or it is retired.
+        Lost => &[Discovered, Ready, Active, Deployed, Fenced, Retired],
         // A fenced machine is redeployed or retired, never silently resumed.
         Fenced => &[Ready, Retired],
         // Recommissioning starts from scratch.
@@ -75,7 +77,7 @@ mod tests {
         let err = check(Discovered, Active).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cannot move from discovered to active; from discovered the allowed states are: ready, failed, retired"
+            "cannot move from discovered to active; from discovered the allowed states are: ready, failed, lost, retired"
         );
     }
 

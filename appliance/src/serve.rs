@@ -63,7 +63,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("DHCP is off (no [dhcp] section, or mode = \"off\")");
     }
     let metrics = Metrics::new(store.clone(), dhcp_handle);
+    let liveness = std::sync::Arc::new(crate::liveness::Liveness::new(
+        std::time::Duration::from_secs(config.heartbeat_secs.into()),
+        config.missed_beats,
+    ));
+    let monitor = tokio::spawn(crate::liveness::monitor(liveness.clone(), store.clone()));
     let app = api::router(AppState {
+        liveness,
         store: store.clone(),
         metrics,
         max_body_bytes: config.max_body_bytes,
@@ -78,6 +84,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
+    monitor.abort();
+    let _ = monitor.await;
     if let Some(t) = dhcp_task {
         let _ = t.await;
     }

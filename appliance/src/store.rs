@@ -154,6 +154,24 @@ pub enum Command {
         hash: String,
     },
     DeleteToken(u64),
+    /// An agent enrols: the machine is created (role rules apply) or its inventory updated,
+    /// and its previous agent credentials are replaced by `credential_hash`.
+    Enroll {
+        mac: MacAddr,
+        inventory: cosm_wire::Inventory,
+        credential_hash: String,
+    },
+    /// Queues an action for a machine's agent and bumps its desired generation.
+    QueueAction {
+        mac: MacAddr,
+        kind: String,
+    },
+    /// An agent reports on its actions: finished ones leave the queue, each lands on the
+    /// timeline.
+    ReportObserved {
+        mac: MacAddr,
+        results: Vec<cosm_wire::ActionResult>,
+    },
     /// Records a DHCP lease change (bound, released, declined).
     PutLease(Lease),
     /// Appends an event to a machine's timeline; a MAC with no machine record is ignored.
@@ -635,6 +653,7 @@ fn apply_command(tx: &mut Tx<'_>, cmd: &Command) -> Result<Outcome, StoreError> 
                 name: name.clone(),
                 scope: *scope,
                 created_at: tx.at,
+                mac: None,
             };
             let rec = TokenRecord {
                 info: info.clone(),
@@ -644,6 +663,61 @@ fn apply_command(tx: &mut Tx<'_>, cmd: &Command) -> Result<Outcome, StoreError> 
                 .open_table(TOKENS)?
                 .insert(hash.as_str(), encode(&rec).as_slice())?;
             Ok(Outcome::Token(info))
+        }
+        Command::Enroll {
+            mac,
+            inventory,
+            credential_hash,
+        } => enroll(tx, *mac, inventory, credential_hash).map(Outcome::Machine),
+        Command::QueueAction { mac, kind } => {
+            let mut m = tx.machine(*mac)?;
+            let id = tx.next_id("next_action_id")?;
+            m.pending_actions.push(cosm_wire::AgentAction {
+                id,
+                kind: kind.clone(),
+                queued_at: tx.at,
+            });
+            m.desired_generation += 1;
+            tx.event(
+                *mac,
+                EventKind::AgentAction,
+                format!(
+                    "action {id} ({kind}) queued; desired generation {}",
+                    m.desired_generation
+                ),
+                None,
+                None,
+            )?;
+            tx.put_machine(&mut m)?;
+            Ok(Outcome::Machine(m))
+        }
+        Command::ReportObserved { mac, results } => {
+            let mut m = tx.machine(*mac)?;
+            for r in results {
+                let Some(pos) = m.pending_actions.iter().position(|a| a.id == r.id) else {
+                    continue;
+                };
+                let action = m.pending_actions.remove(pos);
+                let status = match r.status {
+                    cosm_wire::ActionStatus::Done => "done",
+                    cosm_wire::ActionStatus::Failed => "failed",
+                    cosm_wire::ActionStatus::Unsupported => "unsupported by the agent",
+                };
+                let detail = if r.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.message)
+                };
+                tx.event(
+                    *mac,
+                    EventKind::AgentAction,
+                    format!("action {} ({}) {status}{detail}", action.id, action.kind),
+                    None,
+                    None,
+                )?;
+            }
+            tx.put_machine(&mut m)?;
+            Ok(Outcome::Machine(m))
         }
         Command::PutLease(lease) => {
             let mut t = tx.txn.open_table(LEASES)?;
@@ -783,6 +857,11 @@ impl Tx<'_> {
         lifecycle::check(m.state, to)
             .map_err(|err| StoreError::IllegalTransition { mac: m.mac, err })?;
         let from = m.state;
+        if to == MachineState::Lost {
+            m.lost_from = Some(from);
+        } else if from == MachineState::Lost {
+            m.lost_from = None;
+        }
         m.state = to;
         m.state_since = self.at;
         self.event(
@@ -793,6 +872,77 @@ impl Tx<'_> {
             Some(to),
         )
     }
+}
+
+fn enroll(
+    tx: &mut Tx<'_>,
+    mac: MacAddr,
+    inventory: &cosm_wire::Inventory,
+    credential_hash: &str,
+) -> Result<Machine, StoreError> {
+    let mut m = match tx.machine(mac) {
+        Ok(mut m) => {
+            m.inventory = Some(inventory.clone());
+            tx.put_machine(&mut m)?;
+            m
+        }
+        Err(StoreError::NotFound { .. }) => create_machine(
+            tx,
+            &CreateMachine {
+                mac,
+                hostname: None,
+                role: None,
+                reserved_ip: None,
+                inventory: Some(inventory.clone()),
+            },
+        )?,
+        Err(e) => return Err(e),
+    };
+    // One credential per machine: enrolling again revokes the previous one.
+    let mut tokens = tx.txn.open_table(TOKENS)?;
+    let mut stale = Vec::new();
+    for row in tokens.iter()? {
+        let (k, v) = row?;
+        let rec: TokenRecord = decode("tokens", v.value())?;
+        if rec.info.scope == Scope::Agent && rec.info.mac == Some(mac) {
+            stale.push(k.value().to_string());
+        }
+    }
+    for k in stale {
+        tokens.remove(k.as_str())?;
+    }
+    drop(tokens);
+    let id = tx.next_id("next_token_id")?;
+    let info = TokenInfo {
+        id,
+        name: format!("agent {mac}"),
+        scope: Scope::Agent,
+        created_at: tx.at,
+        mac: Some(mac),
+    };
+    let rec = TokenRecord {
+        info,
+        hash: credential_hash.to_string(),
+    };
+    tx.txn
+        .open_table(TOKENS)?
+        .insert(credential_hash, encode(&rec).as_slice())?;
+    let gib = inventory.memory_bytes as f64 / (1u64 << 30) as f64;
+    tx.event(
+        mac,
+        EventKind::AgentRegistered,
+        format!(
+            "agent registered: {} CPUs, {gib:.1} GiB memory, {} disks, {} NICs, kernel {}",
+            inventory.cpu_count(),
+            inventory.disks.len(),
+            inventory.nics.len(),
+            inventory.kernel.as_deref().unwrap_or("unknown")
+        ),
+        None,
+        None,
+    )?;
+    m.updated_at = tx.at;
+    Ok(m)
 }
 
 fn validate_hostname(h: &str) -> Result<String, StoreError> {
@@ -910,6 +1060,9 @@ fn create_machine(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, Stor
         created_at: tx.at,
         updated_at: tx.at,
         state_since: tx.at,
+        lost_from: None,
+        desired_generation: 0,
+        pending_actions: Vec::new(),
     };
     tx.event(
         m.mac,

@@ -5,12 +5,17 @@
 //! passes them around as strings. This crate must not depend on any server-side code: the
 //! agent links it.
 
+mod agent;
 mod ident;
 mod inventory;
 mod machine;
 mod rule;
 mod time;
 
+pub use agent::{
+    ActionResult, ActionStatus, AgentAction, DesiredState, Enroll, Enrolled, Heartbeat,
+    HeartbeatReply, Observed, QueueAction,
+};
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
 pub use inventory::{Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
@@ -43,6 +48,10 @@ pub enum Scope {
     Admin,
     /// Only reading calls (`GET`).
     Read,
+    /// Only `POST /api/v1/agent/enroll`: the token put on a ramdisk's kernel command line.
+    Enroll,
+    /// One machine's agent (`/api/v1/agent/*` for its own MAC): issued at enrolment.
+    Agent,
 }
 
 /// An API token as listed: the secret itself is never shown again after creation.
@@ -52,6 +61,9 @@ pub struct TokenInfo {
     pub name: String,
     pub scope: Scope,
     pub created_at: Timestamp,
+    /// The machine an `agent` token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
 }
 
 /// Body of `POST /api/v1/tokens`.

@@ -95,6 +95,15 @@ pub struct Machine {
     pub updated_at: Timestamp,
     /// When the machine entered its current state.
     pub state_since: Timestamp,
+    /// While `lost`: the state it was in when its heartbeats stopped, to return to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_from: Option<MachineState>,
+    /// Desired-state generation for its agent; bumped by every change the agent must act on.
+    #[serde(default)]
+    pub desired_generation: u64,
+    /// Actions queued for its agent, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_actions: Vec<crate::AgentAction>,
 }
 
 /// Body of `POST /api/v1/machines`: pre-register a MAC, optionally with its role.
@@ -196,6 +205,10 @@ pub enum EventKind {
     Updated,
     /// A DHCP step of its boot: DISCOVER, OFFER, REQUEST, ACK, NAK, DECLINE, RELEASE.
     Dhcp,
+    /// Its agent enrolled (or enrolled again).
+    AgentRegistered,
+    /// An action was queued for its agent, or the agent reported on one.
+    AgentAction,
 }
 
 /// One entry of a machine's timeline.
