@@ -1,10 +1,13 @@
 //! `cosm-agent`: the COSM node agent.
 //!
-//! This release carries only the command-line surface. Enrolment, inventory, heartbeat and
+//! This release carries the command-line surface and `inventory`, which prints what the
+//! agent would report about this machine's hardware. Enrolment, heartbeat and
 //! desired-state reconciliation are the next piece of work (see ARCHITECTURE.md); until
 //! then `run` says so and exits non-zero rather than pretending to work.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 
 /// The COSM node agent: runs on every machine COSM manages, first inside the discovery
 /// ramdisk, later as a service on the installed system.
@@ -26,6 +29,16 @@ enum Cmd {
         #[arg(long, env = "COSM_APPLIANCE")]
         appliance: Option<String>,
     },
+    /// Print this machine's hardware inventory (what the agent reports to the appliance).
+    Inventory {
+        /// Filesystem root to read `proc/` and `sys/` from (a copy of another machine's, or a
+        /// test fixture).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Print the inventory as JSON (the wire format) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -35,5 +48,24 @@ fn main() {
             eprintln!("error: the agent loop (enrolment, inventory, heartbeat) is not implemented in this release");
             std::process::exit(2);
         }
+        Cmd::Inventory { root, json } => {
+            if let Err(e) = print_inventory(&root, json) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
+}
+
+/// Runs `cosm-agent inventory`.
+fn print_inventory(root: &Path, json: bool) -> anyhow::Result<()> {
+    let inventory = cosm_agent::inventory::read_inventory(root)?;
+    if json {
+        let text =
+            serde_json::to_string_pretty(&inventory).context("cannot serialise the inventory")?;
+        println!("{text}");
+    } else {
+        print!("{}", cosm_agent::inventory::summary(&inventory));
+    }
+    Ok(())
 }
