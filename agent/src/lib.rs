@@ -4,3 +4,5 @@
 //! - [`inventory`] — reads the machine's hardware inventory from procfs and sysfs.
 
 pub mod inventory;
+pub mod run;
+pub mod settings;

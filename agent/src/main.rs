@@ -1,9 +1,7 @@
 //! `cosm-agent`: the COSM node agent.
 //!
-//! This release carries the command-line surface and `inventory`, which prints what the
-//! agent would report about this machine's hardware. Enrolment, heartbeat and
-//! desired-state reconciliation are the next piece of work (see ARCHITECTURE.md); until
-//! then `run` says so and exits non-zero rather than pretending to work.
+//! `run` enrols with the appliance, heartbeats and converges to its desired state;
+//! `inventory` prints what the agent reports about this machine's hardware.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -23,11 +21,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Enrol and run the agent loop (not available in this release).
+    /// Enrol with the appliance and run: heartbeats, desired state, actions. Settings come
+    /// from flags/environment, then --config, then the kernel command line
+    /// (cosm.appliance=URL cosm.token=TOKEN cosm.mac=MAC).
     Run {
-        /// Appliance URL, e.g. http://192.0.2.1:8080 (kernel command line: cosm.appliance=URL).
+        /// Appliance URL, e.g. http://192.0.2.1:8080.
         #[arg(long, env = "COSM_APPLIANCE")]
         appliance: Option<String>,
+        /// Enrolment token (scope `enroll`); not needed once a credential is stored.
+        #[arg(long, env = "COSM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The MAC to enrol as (default: first NIC with link).
+        #[arg(long)]
+        mac: Option<cosm_wire::MacAddr>,
+        /// Directory for the node credential (mode 0600). Default /var/lib/cosm-agent.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// A TOML config file with keys appliance, token, mac, state_dir.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Kernel command line to read cosm.* settings from.
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+        /// Filesystem root to read the inventory from.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Report reboot/power-off as done without doing them.
+        #[arg(long)]
+        dry_run_actions: bool,
     },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
@@ -44,9 +65,41 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Run { .. } => {
-            eprintln!("error: the agent loop (enrolment, inventory, heartbeat) is not implemented in this release");
-            std::process::exit(2);
+        Cmd::Run {
+            appliance,
+            token,
+            mac,
+            state_dir,
+            config,
+            cmdline,
+            root,
+            dry_run_actions,
+        } => {
+            let result = (|| -> anyhow::Result<()> {
+                use cosm_agent::settings::{from_cmdline, from_file, merge, FileSettings};
+                let flags = FileSettings {
+                    appliance,
+                    token,
+                    mac,
+                    state_dir,
+                };
+                let file = match &config {
+                    Some(p) => from_file(p)?,
+                    None => FileSettings::default(),
+                };
+                let kernel = from_cmdline(&std::fs::read_to_string(&cmdline).unwrap_or_default());
+                let settings = merge(&[flags, file, kernel])?;
+                let actions = if dry_run_actions {
+                    cosm_agent::run::ActionMode::DryRun
+                } else {
+                    cosm_agent::run::ActionMode::Execute
+                };
+                cosm_agent::run::run(settings, cosm_agent::run::RunOptions { root, actions })
+            })();
+            if let Err(e) = result {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
         }
         Cmd::Inventory { root, json } => {
             if let Err(e) = print_inventory(&root, json) {

@@ -1,0 +1,112 @@
+//! Where the agent's settings come from: flags and environment first, then a TOML config
+//! file (installed systems), then the kernel command line (`cosm.appliance=URL`,
+//! `cosm.token=…`, `cosm.mac=…`; the discovery ramdisk). One binary serves both.
+
+use cosm_wire::MacAddr;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The config file format.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub appliance: Option<String>,
+    pub token: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Settings after every source was consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Base URL of the appliance, e.g. `http://192.0.2.1:8080`.
+    pub appliance: String,
+    /// Enrolment token; not needed once a credential is stored.
+    pub token: Option<String>,
+    /// The MAC to enrol as; by default the first NIC with link, else the first NIC.
+    pub mac: Option<MacAddr>,
+    /// Where the node credential is kept (0600).
+    pub state_dir: PathBuf,
+}
+
+/// `key=value` words of a kernel command line, for the `cosm.` keys.
+pub fn from_cmdline(cmdline: &str) -> FileSettings {
+    let mut f = FileSettings::default();
+    for word in cmdline.split_whitespace() {
+        let Some((k, v)) = word.split_once('=') else {
+            continue;
+        };
+        match k {
+            "cosm.appliance" => f.appliance = Some(v.to_string()),
+            "cosm.token" => f.token = Some(v.to_string()),
+            "cosm.mac" => f.mac = v.parse().ok(),
+            "cosm.state_dir" => f.state_dir = Some(PathBuf::from(v)),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// Reads a config file; errors name the file (and the key, from toml).
+pub fn from_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read agent config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
+/// Merges the sources, first one wins: flags/env, config file, kernel command line.
+pub fn merge(sources: &[FileSettings]) -> anyhow::Result<Settings> {
+    let pick = |f: fn(&FileSettings) -> Option<String>| sources.iter().find_map(f);
+    let appliance = pick(|s| s.appliance.clone()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no appliance URL: pass --appliance URL, set COSM_APPLIANCE, put `appliance = \"URL\"` in the config file, or boot with cosm.appliance=URL"
+        )
+    })?;
+    let appliance = appliance.trim_end_matches('/').to_string();
+    if !appliance.starts_with("http://") && !appliance.starts_with("https://") {
+        anyhow::bail!("appliance URL {appliance:?} must start with http:// or https://");
+    }
+    Ok(Settings {
+        appliance,
+        token: pick(|s| s.token.clone()),
+        mac: sources.iter().find_map(|s| s.mac),
+        state_dir: sources
+            .iter()
+            .find_map(|s| s.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/cosm-agent")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_command_line() {
+        let f = from_cmdline("BOOT_IMAGE=vmlinuz console=ttyS0 cosm.appliance=http://192.0.2.1:8080 cosm.token=cosm_abc cosm.mac=52:54:00:12:34:56 quiet");
+        assert_eq!(f.appliance.as_deref(), Some("http://192.0.2.1:8080"));
+        assert_eq!(f.token.as_deref(), Some("cosm_abc"));
+        assert_eq!(f.mac, Some("52:54:00:12:34:56".parse().unwrap()));
+    }
+
+    #[test]
+    fn first_source_wins_and_errors_say_what_to_do() {
+        let flags = FileSettings {
+            token: Some("flag".into()),
+            ..Default::default()
+        };
+        let cmdline = from_cmdline("cosm.appliance=http://a:1/ cosm.token=cmdline");
+        let s = merge(&[flags, cmdline]).unwrap();
+        assert_eq!(
+            (s.appliance.as_str(), s.token.as_deref()),
+            ("http://a:1", Some("flag"))
+        );
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/cosm-agent"));
+        let e = merge(&[FileSettings::default()]).unwrap_err().to_string();
+        assert!(e.contains("cosm.appliance=URL"), "{e}");
+        let e = merge(&[from_cmdline("cosm.appliance=ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://"), "{e}");
+    }
+}
