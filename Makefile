@@ -7,11 +7,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and the demo need (checked one by one; only missing ones are installed).
 # iputils-ping, isc-dhcp-client, procps (sysctl): the network-namespace tests (tests/src/netns.rs);
 # kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu util-linux isc-dhcp-relay
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu util-linux isc-dhcp-relay kmod cpio binutils
 # Python tools, installed into ./.venv.
 PIP_PACKAGES := openapi-spec-validator
 
-.PHONY: all build test check demo bench deps clean help toolchain fuzz
+.PHONY: all build test check demo bench deps clean help toolchain fuzz image
 
 help:
 	@echo "make demo   - build, start the appliance on loopback, register machines, show them"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench  - DHCP throughput: Kea, dnsmasq and COSM under perfdhcp, side by side (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz the DHCP packet path for FUZZ_SECONDS (default 60)"
+	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
 
 all: build
 
@@ -41,8 +42,13 @@ deps:
 build: toolchain
 	$(CARGO) build --workspace --bins
 
-test: toolchain deps build
+test: toolchain deps build image
 	$(CARGO) test --workspace --no-fail-fast
+
+# The agent ramdisk: images/out/vmlinuz + initramfs.img from pinned Debian packages.
+image: toolchain deps
+	$(CARGO) build --release -p cosm-agent
+	./images/build.sh
 
 check: toolchain
 	$(CARGO) fmt --all -- --check

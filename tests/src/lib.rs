@@ -56,11 +56,21 @@ impl Appliance {
     /// Starts the appliance inside a network namespace (or not), with more config
     /// (e.g. a `[dhcp]` section) after the data_dir and API lines.
     pub fn start_with(netns: Option<&str>, extra_config: &str) -> anyhow::Result<Appliance> {
+        Appliance::start_listening(netns, "127.0.0.1:0", extra_config)
+    }
+
+    /// [`Appliance::start_with`] with the API on `api_listen` (e.g. the provisioning
+    /// bridge's address, so that machines in the namespace can reach it).
+    pub fn start_listening(
+        netns: Option<&str>,
+        api_listen: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<Appliance> {
         let dir = tempfile::tempdir()?;
         let cfg = dir.path().join("appliance.toml");
         std::fs::write(
             &cfg,
-            format!("data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n{extra_config}"),
+            format!("data_dir = \"data\"\n[api]\nlisten = \"{api_listen}\"\n{extra_config}"),
         )?;
         let mut a = Appliance {
             dir,

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# `make image`: builds the agent ramdisk — images/out/vmlinuz and images/out/initramfs.img —
+# from pinned Debian packages (checksums verified), busybox-static, the NIC and disk modules
+# real servers and VMs need, and cosm-agent. Reproducible: the same inputs give the same
+# sha256 (fixed mtimes, sorted cpio, gzip -n). Budget: initramfs <= 40 MB.
+#
+# The ramdisk's /init loads the modules in dependency order, brings up every NIC, takes a
+# DHCP lease on the first that gets one (busybox udhcpc), and runs
+# `cosm-agent run --cmdline /proc/cmdline`, so the kernel command line carries
+# cosm.appliance=URL and cosm.token=TOKEN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KERNEL_PKG=linux-image-6.1.0-56-amd64
+KERNEL_VERSION=6.1.192-2
+KERNEL_SHA256=a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1
+KREL=6.1.0-56-amd64
+BUSYBOX_PKG=busybox-static
+BUSYBOX_VERSION=1:1.35.0-4+deb12u1+b1
+BUSYBOX_SHA256=3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744
+# Network and disk drivers: VMs (virtio), Intel NICs, SATA and NVMe disks. Their
+# dependencies come from modules.dep.
+MODULES="virtio_pci virtio_net e1000 e1000e igb ixgbe virtio_blk virtio_scsi sd_mod ahci nvme"
+BUDGET_BYTES=$((40 * 1024 * 1024))
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+
+OUT=${IMAGE_OUT:-images/out}
+CACHE=images/cache
+AGENT=${AGENT_BIN:-target/release/cosm-agent}
+for tool in apt-get dpkg-deb depmod cpio gzip sha256sum strip ldd; do
+  command -v "$tool" >/dev/null || { echo "make image needs $tool (Debian packages: apt, dpkg, kmod, cpio, gzip, coreutils, binutils, libc-bin; make deps installs them)" >&2; exit 1; }
+done
+[ -x "$AGENT" ] || { echo "$AGENT is missing: cargo build --release -p cosm-agent (make image does this)" >&2; exit 1; }
+
+mkdir -p "$CACHE" "$OUT"
+fetch() { # package version sha256
+  local pkg=$1 ver=$2 sum=$3 deb
+  deb=$(ls "$CACHE"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+  if [ -z "$deb" ] || ! echo "$sum  $deb" | sha256sum -c --quiet 2>/dev/null; then
+    rm -f "$CACHE"/"${pkg}"_*.deb
+    echo "downloading $pkg=$ver" >&2
+    (cd "$CACHE" && apt-get download -q "$pkg=$ver" >/dev/null 2>&1) || {
+      echo "cannot download $pkg=$ver (apt-get update first; the pinned version may have left the mirror: see images/README.md)" >&2; exit 1; }
+    deb=$(ls "$CACHE"/"${pkg}"_*.deb | head -n1)
+  fi
+  echo "$sum  $deb" | sha256sum -c --quiet || { echo "checksum mismatch for $deb" >&2; exit 1; }
+  echo "$deb"
+}
+kdeb=$(fetch "$KERNEL_PKG" "$KERNEL_VERSION" "$KERNEL_SHA256")
+bdeb=$(fetch "$BUSYBOX_PKG" "$BUSYBOX_VERSION" "$BUSYBOX_SHA256")
+
+WORK=$(mktemp -d /tmp/cosm-image.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+dpkg-deb -x "$kdeb" "$WORK/k"
+dpkg-deb -x "$bdeb" "$WORK/b"
+depmod -b "$WORK/k" "$KREL"
+
+R=$WORK/root
+mkdir -p "$R"/{bin,dev,proc,sys,run,tmp,etc,var/lib/cosm-agent,usr/share/udhcpc,lib/modules}
+cp "$WORK/b/bin/busybox" "$R/bin/busybox"
+for applet in $("$R/bin/busybox" --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$R/bin/$applet"
+done
+ln -s bin "$R/sbin"
+
+# Modules in load order: each module after its dependencies (modules.dep lists them).
+declare -A DEPS SEEN
+while IFS=: read -r mod deps; do DEPS[$mod]=$deps; done < "$WORK/k/lib/modules/$KREL/modules.dep"
+ORDER=()
+resolve() { # path-in-modules.dep
+  local m=$1 d
+  [ -n "${SEEN[$m]:-}" ] && return
+  SEEN[$m]=1
+  for d in ${DEPS[$m]}; do resolve "$d"; done
+  ORDER+=("$m")
+}
+for name in $MODULES; do
+  path=$(printf '%s\n' "${!DEPS[@]}" | grep -E "/${name//_/[_-]}\.ko$" | head -n1)
+  [ -n "$path" ] || { echo "module $name not found in $KERNEL_PKG" >&2; exit 1; }
+  resolve "$path"
+done
+: > "$R/etc/modules.load"
+for m in "${ORDER[@]}"; do
+  cp "$WORK/k/lib/modules/$KREL/$m" "$R/lib/modules/$(basename "$m")"
+  echo "$(basename "$m")" >> "$R/etc/modules.load"
+done
+
+# The agent and the shared libraries it links.
+strip -o "$R/bin/cosm-agent" "$AGENT"
+for lib in $(ldd "$AGENT" | grep -o '/[^ ]*\.so[^ ]*' | sort -u); do
+  mkdir -p "$R$(dirname "$lib")"
+  cp -L "$lib" "$R$lib"
+done
+
+cat > "$R/usr/share/udhcpc/default.script" <<'SH'
+#!/bin/sh
+# busybox udhcpc hook: configure the lease on the interface.
+case "$1" in
+  deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    echo "cosm ramdisk: $interface has $ip" > /dev/console ;;
+esac
+exit 0
+SH
+chmod 755 "$R/usr/share/udhcpc/default.script"
+
+cat > "$R/init" <<'SH'
+#!/bin/sh
+# COSM agent ramdisk: drivers, network, then the agent (restarted if it ever exits).
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "cosm ramdisk: loading drivers" > /dev/console
+for m in $(cat /etc/modules.load); do insmod "/lib/modules/$m" 2>/dev/null; done
+ip link set lo up
+sleep 1
+got=""
+for tries in 1 2 3 4 5; do
+  for path in /sys/class/net/*; do
+    n=${path##*/}
+    [ "$n" = lo ] && continue
+    ip link set "$n" up
+    if udhcpc -i "$n" -n -q -t 4 -T 2 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; then got=$n; break 2; fi
+  done
+done
+[ -n "$got" ] || echo "cosm ramdisk: no DHCP lease on any interface" > /dev/console
+echo "cosm ramdisk: starting cosm-agent" > /dev/console
+while true; do
+  /bin/cosm-agent run --cmdline /proc/cmdline --state-dir /var/lib/cosm-agent > /dev/console 2>&1
+  echo "cosm ramdisk: cosm-agent exited; restarting in 5 s" > /dev/console
+  sleep 5
+done
+SH
+chmod 755 "$R/init"
+
+cp "$WORK/k/boot/vmlinuz-$KREL" "$OUT/vmlinuz"
+find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+(cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -n -9 > "$OUT/initramfs.img"
+touch -d "@$SOURCE_DATE_EPOCH" "$OUT/vmlinuz" "$OUT/initramfs.img"
+
+size=$(stat -c %s "$OUT/initramfs.img")
+printf '%-22s %10s  %s\n' file bytes sha256
+for f in vmlinuz initramfs.img; do
+  printf '%-22s %10s  %s\n' "$OUT/$f" "$(stat -c %s "$OUT/$f")" "$(sha256sum "$OUT/$f" | cut -d' ' -f1)"
+done
+echo "modules: $(wc -l < "$R/etc/modules.load") ($(tr '\n' ' ' < "$R/etc/modules.load"))"
+if [ "$size" -gt "$BUDGET_BYTES" ]; then
+  echo "initramfs is $size bytes, over the 40 MB budget" >&2
+  exit 1
+fi
