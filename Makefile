@@ -17,7 +17,7 @@ help:
 	@echo "make demo   - build, start the appliance on loopback, register machines, show them"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP throughput: Kea, dnsmasq and COSM under perfdhcp, side by side (root)"
+	@echo "make bench  - DHCP throughput (Kea, dnsmasq, COSM under perfdhcp) and agent heartbeat capacity (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz the DHCP packet path for FUZZ_SECONDS (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
@@ -60,6 +60,7 @@ demo: toolchain deps build
 bench: toolchain deps
 	$(CARGO) build --release --bins
 	./scripts/bench-dhcp.sh
+	taskset -c 1 target/release/heartbeat-bench
 
 # Fuzz the DHCP packet path for FUZZ_SECONDS (default 60). cargo-fuzz needs nightly
 # features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
