@@ -486,11 +486,16 @@ async fn show_machine(
     Path(mac): Path<String>,
 ) -> Result<Json<Machine>, ApiError> {
     let mac = parse_mac(&mac)?;
-    state.store.machine(mac)?.map(Json).ok_or_else(|| {
+    machine_or_404(&state.store, mac, "").map(Json)
+}
+
+/// The machine record, or a 404 naming the MAC (with a hint for the caller, if any).
+fn machine_or_404(store: &Store, mac: MacAddr, hint: &str) -> Result<Machine, ApiError> {
+    store.machine(mac)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("machine {mac} not found"),
+            format!("machine {mac} not found{hint}"),
         )
     })
 }
@@ -616,13 +621,7 @@ async fn machine_events(
                 )
             })?,
     };
-    if state.store.machine(mac)?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("machine {mac} not found"),
-        ));
-    }
+    machine_or_404(&state.store, mac, "")?;
     Ok(Json(state.store.events(mac, limit)?))
 }
 
@@ -831,13 +830,7 @@ async fn agent_heartbeat(
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     let mac = agent_mac(&caller)?;
     state.liveness.beat(mac, body);
-    let m = state.store.machine(mac)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("machine {mac} not found; enrol again"),
-        )
-    })?;
+    let m = machine_or_404(&state.store, mac, "; enrol again")?;
     if m.state == MachineState::Lost {
         let to = m.lost_from.unwrap_or(MachineState::Discovered);
         let reason = Some("heartbeats resumed".to_string());
@@ -865,13 +858,7 @@ async fn agent_desired(
     caller: axum::Extension<Caller>,
 ) -> Result<Json<DesiredState>, ApiError> {
     let mac = agent_mac(&caller)?;
-    let m = state.store.machine(mac)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("machine {mac} not found; enrol again"),
-        )
-    })?;
+    let m = machine_or_404(&state.store, mac, "; enrol again")?;
     Ok(Json(DesiredState {
         generation: m.desired_generation,
         role: m.role,
