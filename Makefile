@@ -14,7 +14,7 @@ PIP_PACKAGES := openapi-spec-validator
 .PHONY: all build test check demo bench deps clean help toolchain fuzz image
 
 help:
-	@echo "make demo   - build, start the appliance on loopback, register machines, show them"
+	@echo "make demo   - build, start the appliance on a private network, boot a VM with the agent ramdisk, show the rack"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - DHCP throughput (Kea, dnsmasq, COSM under perfdhcp) and agent heartbeat capacity (root)"
@@ -54,7 +54,7 @@ check: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-demo: toolchain deps build
+demo: toolchain deps build image
 	./scripts/demo.sh
 
 bench: toolchain deps

@@ -943,6 +943,13 @@ async fn create_token(
             "a token name of 1-64 characters is required",
         ));
     }
+    if spec.scope == cosm_wire::Scope::Agent {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scope",
+            "agent credentials are issued to machines when they enrol; create an `enroll` token for them",
+        ));
+    }
     let (info, token) = auth::create_token(&state.store, name, spec.scope).await?;
     tracing::info!(caller = %caller.name, token = info.id, name = %info.name, scope = ?info.scope, "API token created");
     Ok(created(

@@ -861,6 +861,14 @@ proptest! {
 #[tokio::test]
 async fn agent_enrolment_credentials_and_desired_state() {
     let app = TestApp::new().await;
+    let (s, e) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "x", "scope": "agent"})),
+        )
+        .await;
+    assert_error(s, &e, StatusCode::UNPROCESSABLE_ENTITY, Some("scope"));
     // An enrolment token may only enrol.
     let (_, enroll_tok) = app
         .call(

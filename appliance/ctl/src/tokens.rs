@@ -12,6 +12,8 @@ pub(crate) enum ScopeArg {
     Admin,
     /// Only reading calls (list, show, events).
     Read,
+    /// Only agent enrolment: the token for ramdisk kernel command lines.
+    Enroll,
 }
 
 impl From<ScopeArg> for Scope {
@@ -19,6 +21,7 @@ impl From<ScopeArg> for Scope {
         match s {
             ScopeArg::Admin => Scope::Admin,
             ScopeArg::Read => Scope::Read,
+            ScopeArg::Enroll => Scope::Enroll,
         }
     }
 }
