@@ -1149,6 +1149,21 @@ fn set_state(
 ) -> Result<Machine, StoreError> {
     lifecycle::check(m.state, to)
         .map_err(|err| StoreError::IllegalTransition { mac: m.mac, err })?;
+    // A lost machine returns only to the state it was lost from (or is fenced or retired):
+    // a discovered machine that went silent must not come back as `deployed`.
+    if m.state == MachineState::Lost
+        && !matches!(to, MachineState::Fenced | MachineState::Retired)
+        && m.lost_from.is_some_and(|from| from != to)
+    {
+        return Err(StoreError::Conflict {
+            message: format!(
+                "machine {} was lost while {}; it can only return to {} (or be fenced or retired)",
+                m.mac,
+                m.lost_from.map(|s| s.as_str()).unwrap_or("?"),
+                m.lost_from.map(|s| s.as_str()).unwrap_or("?"),
+            ),
+        });
+    }
     if to == MachineState::Ready && m.role.is_none() {
         return Err(StoreError::Conflict {
             message: format!("machine {} has no role; set a role to make it ready", m.mac),

@@ -820,6 +820,17 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     spec_allows(from, to),
                     "{op:?} moved {mac} from {from} to {to}"
                 );
+                // Lost remembers where from, and leaves only back there (or fenced/retired).
+                if to == "lost" {
+                    prop_assert_eq!(a["lost_from"].as_str(), Some(from));
+                }
+                if from == "lost" && to != "fenced" && to != "retired" {
+                    prop_assert_eq!(
+                        b["lost_from"].as_str(),
+                        Some(to),
+                        "left lost for another state"
+                    );
+                }
             }
         }
         if before.is_none() {
@@ -850,7 +861,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn no_call_sequence_breaks_the_lifecycle(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
