@@ -21,6 +21,7 @@
 //! | firmware | `sys/firmware/efi` present → UEFI |
 //! | kernel | `proc/sys/kernel/osrelease` |
 
+use cosm_wire::human_bytes;
 use cosm_wire::{Cpu, Disk, Dmi, FirmwareMode, Inventory, MacAddr, Nic};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -135,22 +136,6 @@ pub fn summary(inv: &Inventory) -> String {
         }
     }
     out
-}
-
-/// Bytes with a binary unit, e.g. `931.5 GiB`.
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 // ---------------------------------------------------------------------------------------

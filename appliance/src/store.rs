@@ -317,14 +317,7 @@ impl Store {
 
     /// Every lease record, by address.
     pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(LEASES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("leases", v.value())?);
-        }
-        Ok(out)
+        read_all(&self.db, LEASES, "leases")
     }
 
     /// Applies one command; resolves once it is durable (or refused).
@@ -377,21 +370,11 @@ impl Store {
         role: Option<&RoleName>,
         state: Option<MachineState>,
     ) -> Result<Vec<Machine>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(MACHINES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            let m: Machine = decode("machines", v.value())?;
-            if role.is_some_and(|r| m.role.as_ref() != Some(r)) {
-                continue;
-            }
-            if state.is_some_and(|s| m.state != s) {
-                continue;
-            }
-            out.push(m);
-        }
-        Ok(out)
+        let mut all: Vec<Machine> = read_all(&self.db, MACHINES, "machines")?;
+        all.retain(|m| {
+            role.is_none_or(|r| m.role.as_ref() == Some(r)) && state.is_none_or(|s| m.state == s)
+        });
+        Ok(all)
     }
 
     /// Number of machines in each state (every state listed, zeros included).
@@ -421,14 +404,7 @@ impl Store {
     }
 
     pub fn roles(&self) -> Result<Vec<Role>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(ROLES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("roles", v.value())?);
-        }
-        Ok(out)
+        read_all(&self.db, ROLES, "roles")
     }
 
     pub fn role(&self, name: &RoleName) -> Result<Option<Role>, StoreError> {
@@ -440,13 +416,7 @@ impl Store {
 
     /// Rules in evaluation order.
     pub fn rules(&self) -> Result<Vec<Rule>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(RULES)?;
-        let mut out: Vec<Rule> = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("rules", v.value())?);
-        }
+        let mut out: Vec<Rule> = read_all(&self.db, RULES, "rules")?;
         out.sort_by_key(|r| (r.priority, r.id));
         Ok(out)
     }
@@ -466,14 +436,8 @@ impl Store {
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(TOKENS)?;
-        let mut out: Vec<TokenInfo> = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            let rec: TokenRecord = decode("tokens", v.value())?;
-            out.push(rec.info);
-        }
+        let records: Vec<TokenRecord> = read_all(&self.db, TOKENS, "tokens")?;
+        let mut out: Vec<TokenInfo> = records.into_iter().map(|r| r.info).collect();
         out.sort_by_key(|t| t.id);
         Ok(out)
     }
@@ -481,6 +445,22 @@ impl Store {
 
 fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table, source })
+}
+
+/// Every record of a table, in key order.
+fn read_all<K: redb::Key + 'static, T: DeserializeOwned>(
+    db: &Database,
+    def: TableDefinition<K, &[u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let r = db.begin_read()?;
+    let t = r.open_table(def)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (_, v) = row?;
+        out.push(decode(name, v.value())?);
+    }
+    Ok(out)
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -91,6 +91,21 @@ lease_time_secs = 10
     )
 }
 
+/// A server namespace (192.0.2.1/24) and a client namespace joined by a veth; the client
+/// end starts with no address, as a freshly booted machine does. Returns both namespaces
+/// and the server and client interface names.
+fn segment(srv_prefix: &str, cli_prefix: &str) -> (NetNs, NetNs, String, String) {
+    let srv = NetNs::new(srv_prefix).unwrap();
+    let cli = NetNs::new(cli_prefix).unwrap();
+    NetNs::link_pair(&srv, "192.0.2.1/24", &cli, "192.0.2.254/24").unwrap();
+    let s_if = srv.interfaces().last().unwrap().clone();
+    let c_if = cli.interfaces().last().unwrap().clone();
+    let mut flush = cli.command("ip");
+    flush.args(["addr", "flush", "dev", &c_if]);
+    cli.run_ok(flush).unwrap();
+    (srv, cli, s_if, c_if)
+}
+
 struct Client<'a> {
     ns: &'a NetNs,
     iface: String,
@@ -135,15 +150,7 @@ impl Client<'_> {
 #[test]
 fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
     require_root_tools(&["ip", "dhclient", "curl"]);
-    let srv = NetNs::new("dhs").unwrap();
-    let cli = NetNs::new("dhc").unwrap();
-    NetNs::link_pair(&srv, "192.0.2.1/24", &cli, "192.0.2.254/24").unwrap();
-    let s_if = srv.interfaces().last().unwrap().clone();
-    let c_if = cli.interfaces().last().unwrap().clone();
-    // The client starts with no address, as a freshly booted machine does.
-    let mut flush = cli.command("ip");
-    flush.args(["addr", "flush", "dev", &c_if]);
-    cli.run_ok(flush).unwrap();
+    let (srv, cli, s_if, c_if) = segment("dhs", "dhc");
     let mut cat = cli.command("cat");
     cat.arg(format!("/sys/class/net/{c_if}/address"));
     let mac = cli.run_ok(cat).unwrap().trim().to_string();
@@ -254,14 +261,7 @@ fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
 #[test]
 fn an_address_that_answers_ping_is_quarantined_not_offered() {
     require_root_tools(&["ip", "dhclient", "curl"]);
-    let srv = NetNs::new("cps").unwrap();
-    let cli = NetNs::new("cpc").unwrap();
-    NetNs::link_pair(&srv, "192.0.2.1/24", &cli, "192.0.2.254/24").unwrap();
-    let s_if = srv.interfaces().last().unwrap().clone();
-    let c_if = cli.interfaces().last().unwrap().clone();
-    let mut flush = cli.command("ip");
-    flush.args(["addr", "flush", "dev", &c_if]);
-    cli.run_ok(flush).unwrap();
+    let (srv, cli, s_if, c_if) = segment("cps", "cpc");
     // A squatter: the first pool address is configured by hand on the segment (on the
     // client side's loopback, which answers ARP and ping for it on the veth).
     let mut squat = cli.command("ip");

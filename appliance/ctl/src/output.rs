@@ -4,6 +4,7 @@
 use crate::api::{Api, Reply};
 use anyhow::{Context, Result};
 use comfy_table::{presets, ContentArrangement, Table};
+pub(crate) use cosm_wire::human_bytes;
 use cosm_wire::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -111,22 +112,6 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// Bytes as GiB with one decimal, e.g. `15.6`.
 pub(crate) fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / GIB)
-}
-
-/// Bytes with a binary unit, e.g. `931.5 GiB`, `1.8 TiB`.
-pub(crate) fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// A timestamp to the second, UTC: `2025-11-25 22:13:59Z`.

@@ -75,3 +75,19 @@ pub enum FirmwareMode {
     Bios,
     Uefi,
 }
+
+/// Bytes with a binary unit, e.g. `931.5 GiB`, `1.8 TiB`: how inventories are shown to people.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -17,7 +17,7 @@ pub use agent::{
     HeartbeatReply, Observed, QueueAction,
 };
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
-pub use inventory::{Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
+pub use inventory::{human_bytes, Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,
 };
