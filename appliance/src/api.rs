@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub max_body_bytes: usize,
     pub liveness: std::sync::Arc<crate::liveness::Liveness>,
+    /// `None` when the appliance does not serve network boot (the `/boot` routes 404).
+    pub boot: Option<std::sync::Arc<crate::boot::BootContext>>,
 }
 
 /// An API error: the status and the client-facing body. Internal detail is logged where
@@ -338,7 +340,8 @@ pub fn router(state: AppState) -> Router {
     let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi_json));
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .merge(crate::boot::routes());
     api.merge(open)
         .route_layer(middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -5,6 +5,7 @@
 
 use cosm_netboot::dhcp::server::Listen;
 use cosm_netboot::dhcp::{Boot, DhcpConfig, Mode, Pool, Subnet, UnknownMacs};
+use cosm_netboot::tftp::TftpSettings;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,69 @@ pub mod file {
         pub dhcp: Option<Dhcp>,
         #[serde(default)]
         pub agents: Agents,
+        #[serde(default)]
+        pub boot: Boot,
+        #[serde(default)]
+        pub tftp: Option<Tftp>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Boot {
+        /// Directory served over TFTP and at `/boot/<file>`; relative to data_dir.
+        pub dir: String,
+        /// Where the iPXE binaries (undionly.kpxe, ipxe.efi, snponly.efi) are copied from.
+        pub ipxe_dir: String,
+        /// Where the agent ramdisk (vmlinuz, initramfs.img) is copied from.
+        pub ramdisk_dir: String,
+        /// Appended to the ramdisk's kernel command line.
+        pub kernel_args: String,
+        /// Download attempts per step of an iPXE script before it reports and gives up.
+        pub retries: u32,
+        /// The appliance's URL as machines reach it; default dhcp.boot.http_base, or
+        /// http://<api.listen>.
+        pub appliance_url: Option<String>,
+    }
+
+    impl Default for Boot {
+        fn default() -> Self {
+            Boot {
+                dir: "boot".into(),
+                ipxe_dir: "/usr/lib/ipxe".into(),
+                ramdisk_dir: "/usr/share/cosm/ramdisk".into(),
+                kernel_args: "console=tty0 console=ttyS0,115200".into(),
+                retries: 3,
+                appliance_url: None,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Tftp {
+        pub enabled: bool,
+        pub listen: String,
+        pub max_transfers: usize,
+        pub block_size_limit: u16,
+        pub window_size_limit: u16,
+        pub timeout_ms: u64,
+        pub max_send_retries: u32,
+        pub cache_mib: u64,
+    }
+
+    impl Default for Tftp {
+        fn default() -> Self {
+            Tftp {
+                enabled: true,
+                listen: "0.0.0.0:69".into(),
+                max_transfers: 256,
+                block_size_limit: 1468,
+                window_size_limit: 64,
+                timeout_ms: 2000,
+                max_send_retries: 5,
+                cache_mib: 512,
+            }
+        }
     }
 
     #[derive(Debug, Deserialize)]
@@ -212,6 +276,21 @@ pub struct Config {
     pub dhcp: Option<DhcpSettings>,
     pub heartbeat_secs: u32,
     pub missed_beats: u32,
+    pub boot: BootSettings,
+    /// `None` when TFTP is off (no `[tftp]` section, or `enabled = false`).
+    pub tftp: Option<TftpSettings>,
+}
+
+/// Boot files and the iPXE scripts' settings.
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    pub dir: PathBuf,
+    pub ipxe_dir: PathBuf,
+    pub ramdisk_dir: PathBuf,
+    pub kernel_args: String,
+    pub retries: u32,
+    /// No trailing slash.
+    pub appliance_url: String,
 }
 
 /// The DHCP service: what the core decides with and how the shell listens.
@@ -308,7 +387,55 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 format!("{} is outside 1..=100", f.agents.missed_beats),
             ));
         }
+        let rel = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_relative() {
+                data_dir.join(p)
+            } else {
+                p
+            }
+        };
+        if !(1..=20).contains(&f.boot.retries) {
+            return Err(invalid(
+                "boot.retries",
+                format!("{} is outside 1..=20", f.boot.retries),
+            ));
+        }
+        let appliance_url = f
+            .boot
+            .appliance_url
+            .clone()
+            .or_else(|| dhcp.as_ref().map(|d| d.core.boot.http_base.clone()))
+            .unwrap_or_else(|| format!("http://{api_listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        if !appliance_url.starts_with("http://") && !appliance_url.starts_with("https://") {
+            return Err(invalid(
+                "boot.appliance_url",
+                format!("{appliance_url:?} is not an http:// URL"),
+            ));
+        }
+        if f.boot.kernel_args.contains(['\n', '\r']) {
+            return Err(invalid(
+                "boot.kernel_args",
+                "must be one line".into(),
+            ));
+        }
+        let boot = BootSettings {
+            dir: rel(&f.boot.dir),
+            ipxe_dir: rel(&f.boot.ipxe_dir),
+            ramdisk_dir: rel(&f.boot.ramdisk_dir),
+            kernel_args: f.boot.kernel_args.clone(),
+            retries: f.boot.retries,
+            appliance_url,
+        };
+        let tftp = match f.tftp {
+            Some(t) if t.enabled => Some(tftp_settings(t, &boot.dir).map_err(|(key, message)| invalid(&key, message))?),
+            _ => None,
+        };
         Ok(Config {
+            boot,
+            tftp,
             heartbeat_secs: f.agents.heartbeat_secs,
             missed_beats: f.agents.missed_beats,
             path: path.to_path_buf(),
@@ -322,6 +449,39 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
 }
 
 type KeyError = (String, String);
+
+fn tftp_settings(t: file::Tftp, root: &Path) -> Result<TftpSettings, KeyError> {
+    let listen: SocketAddr = t.listen.parse().map_err(|_| {
+        (
+            "tftp.listen".to_string(),
+            format!("{:?} is not an address:port such as 0.0.0.0:69", t.listen),
+        )
+    })?;
+    let range = |key: &str, v: u64, lo: u64, hi: u64| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err((format!("tftp.{key}"), format!("{v} is outside {lo}..={hi}")))
+        }
+    };
+    range("max_transfers", t.max_transfers as u64, 1, 100_000)?;
+    // RFC 2348 allows 8..=65464; larger than the MTU only makes fragments.
+    range("block_size_limit", t.block_size_limit.into(), 512, 65464)?;
+    range("window_size_limit", t.window_size_limit.into(), 1, 65535)?;
+    range("timeout_ms", t.timeout_ms, 100, 255_000)?;
+    range("max_send_retries", t.max_send_retries.into(), 1, 100)?;
+    range("cache_mib", t.cache_mib, 0, 1 << 20)?;
+    Ok(TftpSettings {
+        listen,
+        root: root.to_path_buf(),
+        max_transfers: t.max_transfers,
+        block_size_limit: t.block_size_limit,
+        window_size_limit: t.window_size_limit,
+        timeout: std::time::Duration::from_millis(t.timeout_ms),
+        max_send_retries: t.max_send_retries,
+        cache_bytes: t.cache_mib << 20,
+    })
+}
 
 fn ipv4(key: &str, s: &str) -> Result<Ipv4Addr, KeyError> {
     s.trim()

@@ -6,21 +6,16 @@ use crate::config::DhcpSettings;
 use crate::store::{Command, Store};
 use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink};
 use cosm_netboot::dhcp::{Host, Hosts};
+use crate::timeline::Timeline;
 use cosm_wire::{EventKind, Lease, MacAddr};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 use tokio::sync::watch;
-
-/// The same DHCP step of the same machine is recorded at most once per this interval, so
-/// a client stuck in a loop cannot flood its timeline or the store.
-const NOTE_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct StoreSink {
     store: Store,
     hosts: watch::Receiver<Arc<Hosts>>,
-    last: Mutex<HashMap<(MacAddr, String), Instant>>,
+    timeline: Arc<Timeline>,
 }
 
 impl LeaseSink for StoreSink {
@@ -33,41 +28,11 @@ impl LeaseSink for StoreSink {
     }
 
     fn note(&self, mac: MacAddr, step: &str) {
-        if !self.hosts.borrow().is_known(&mac) {
-            return;
+        // Most DHCP traffic is from machines the store does not know; skip those before
+        // the timeline's own lookup.
+        if self.hosts.borrow().is_known(&mac) {
+            self.timeline.note(mac, EventKind::Dhcp, step.to_string());
         }
-        let key = (
-            mac,
-            step.split_whitespace().next().unwrap_or("").to_string(),
-        );
-        {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            if last
-                .get(&key)
-                .is_some_and(|t| now.duration_since(*t) < NOTE_INTERVAL)
-            {
-                return;
-            }
-            if last.len() > 50_000 {
-                last.retain(|_, t| now.duration_since(*t) < NOTE_INTERVAL);
-            }
-            last.insert(key, now);
-        }
-        let store = self.store.clone();
-        let message = step.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = store
-                .apply(Command::RecordEvent {
-                    mac,
-                    kind: EventKind::Dhcp,
-                    message,
-                })
-                .await
-            {
-                tracing::warn!(error = %e, %mac, "cannot record a DHCP event");
-            }
-        });
     }
 }
 
@@ -93,6 +58,7 @@ fn hosts_of(store: &Store) -> Hosts {
 pub async fn start(
     settings: DhcpSettings,
     store: Store,
+    timeline: Arc<Timeline>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(DhcpHandle, impl std::future::Future<Output = ()>)> {
     let leases = store.leases()?;
@@ -111,7 +77,7 @@ pub async fn start(
     let sink = Arc::new(StoreSink {
         store,
         hosts: hosts_rx.clone(),
-        last: Mutex::default(),
+        timeline,
     });
     let n = leases.len();
     let mode = settings.core.mode;

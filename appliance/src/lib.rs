@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod boot;
 pub mod config;
 pub mod dhcp_service;
 pub mod lifecycle;
@@ -14,3 +15,4 @@ pub mod metrics;
 pub mod rules;
 pub mod serve;
 pub mod store;
+pub mod timeline;

@@ -5,6 +5,7 @@
 
 use crate::store::Store;
 use cosm_netboot::dhcp::server::DhcpHandle;
+use cosm_netboot::tftp::TftpHandle;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -33,7 +34,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: Store, dhcp: Option<DhcpHandle>) -> Metrics {
+    pub fn new(store: Store, dhcp: Option<DhcpHandle>, tftp: Option<TftpHandle>) -> Metrics {
         let mut registry = Registry::with_prefix("cosm");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -49,6 +50,9 @@ impl Metrics {
         registry.register_collector(Box::new(StoreCollector { store }));
         if let Some(dhcp) = dhcp {
             registry.register_collector(Box::new(DhcpCollector { dhcp }));
+        }
+        if let Some(tftp) = tftp {
+            registry.register_collector(Box::new(TftpCollector { tftp }));
         }
         Metrics {
             registry: Arc::new(registry),
@@ -202,6 +206,40 @@ impl Collector for DhcpCollector {
         for (subnet, _, n) in &pools {
             let labels = vec![("subnet", subnet.as_str())];
             ConstGauge::new(*n as i64).encode(size.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct TftpCollector {
+    tftp: TftpHandle,
+}
+
+impl Collector for TftpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = &self.tftp.stats;
+        let active = encoder.encode_descriptor(
+            "tftp_active_transfers",
+            "TFTP transfers in progress.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(st.active.load(Ordering::Relaxed) as i64).encode(active)?;
+        let counters = [
+            ("tftp_started_transfers", "TFTP read requests accepted.", &st.started),
+            ("tftp_completed_transfers", "TFTP transfers that sent the whole file.", &st.completed),
+            (
+                "tftp_aborted_transfers",
+                "TFTP transfers that ended early (client ERROR, e.g. after a tsize probe, or timeout).",
+                &st.aborted,
+            ),
+            ("tftp_refused_requests", "TFTP requests answered with an ERROR (missing file, path outside the root, write, busy).", &st.refused),
+            ("tftp_sent_bytes", "File bytes handed to the network by TFTP.", &st.bytes_sent),
+        ];
+        for (name, help, c) in counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(c.load(Ordering::Relaxed)).encode(m)?;
         }
         Ok(())
     }

@@ -52,17 +52,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let timeline = std::sync::Arc::new(crate::timeline::Timeline::new(store.clone()));
+    let boot = crate::boot::BootContext::prepare(
+        config.boot.clone(),
+        &config.data_dir,
+        store.clone(),
+        timeline.clone(),
+    )
+    .await?;
+    let mut tftp = None;
+    if let Some(settings) = config.tftp.clone() {
+        let listen = settings.listen;
+        let handle = cosm_netboot::tftp::start(
+            settings,
+            std::sync::Arc::new(crate::boot::TftpTimeline(timeline.clone())),
+            stop_rx.clone(),
+        )
+        .with_context(|| format!("cannot serve TFTP on tftp.listen = {listen}"))?;
+        tracing::info!(addr = %handle.local_addr, root = %config.boot.dir.display(), "TFTP listening (read-only)");
+        tftp = Some(handle);
+    } else if config.dhcp.is_some() {
+        tracing::warn!("DHCP is on but TFTP is off (no [tftp] section): BIOS and UEFI PXE clients will not get their iPXE binary; iPXE and UEFI HTTP Boot clients still boot");
+    }
     let mut dhcp_handle = None;
     let mut dhcp_task = None;
     if let Some(settings) = config.dhcp.clone() {
-        let (handle, serve) =
-            crate::dhcp_service::start(settings, store.clone(), stop_rx.clone()).await?;
+        let (handle, serve) = crate::dhcp_service::start(
+            settings,
+            store.clone(),
+            timeline.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
         dhcp_handle = Some(handle);
         dhcp_task = Some(tokio::spawn(serve));
     } else {
         tracing::info!("DHCP is off (no [dhcp] section, or mode = \"off\")");
     }
-    let metrics = Metrics::new(store.clone(), dhcp_handle);
+    let metrics = Metrics::new(store.clone(), dhcp_handle, tftp);
     let liveness = std::sync::Arc::new(crate::liveness::Liveness::new(
         std::time::Duration::from_secs(config.heartbeat_secs.into()),
         config.missed_beats,
@@ -73,13 +100,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         metrics,
         max_body_bytes: config.max_body_bytes,
+        boot: Some(std::sync::Arc::new(boot)),
     });
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on api.listen = {}", config.api_listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP API listening");
-    axum::serve(listener, app)
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server failed")?;

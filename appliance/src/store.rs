@@ -320,6 +320,14 @@ impl Store {
         read_all(&self.db, LEASES, "leases")
     }
 
+    /// The lease record of one address, if any.
+    pub fn lease(&self, ip: std::net::Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(LEASES)?;
+        let v = t.get(u32::from(ip))?;
+        v.map(|v| decode("leases", v.value())).transpose()
+    }
+
     /// Applies one command; resolves once it is durable (or refused).
     pub async fn apply(&self, cmd: Command) -> Result<Outcome, StoreError> {
         let (reply, rx) = oneshot::channel();

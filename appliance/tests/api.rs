@@ -30,7 +30,7 @@ impl TestApp {
             .await
             .unwrap()
             .unwrap();
-        let metrics = Metrics::new(store.clone(), None);
+        let metrics = Metrics::new(store.clone(), None, None);
         let liveness = std::sync::Arc::new(cosm_appliance::liveness::Liveness::new(
             std::time::Duration::from_secs(5),
             3,
@@ -40,6 +40,7 @@ impl TestApp {
             metrics,
             max_body_bytes,
             liveness,
+            boot: None,
         });
         TestApp {
             router,

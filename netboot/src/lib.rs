@@ -6,3 +6,5 @@
 
 pub mod boot_arch;
 pub mod dhcp;
+pub mod ipxe;
+pub mod tftp;

@@ -190,7 +190,7 @@ mod double_option {
 }
 
 /// What kind of thing happened to a machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The machine was first recorded.
@@ -209,6 +209,11 @@ pub enum EventKind {
     AgentRegistered,
     /// An action was queued for its agent, or the agent reported on one.
     AgentAction,
+    /// A TFTP read of its boot: the file, or why it was refused or stopped.
+    Tftp,
+    /// An HTTP boot step: iPXE script, kernel, initrd, a file, or a step its script
+    /// reported as failed.
+    Boot,
 }
 
 /// One entry of a machine's timeline.

@@ -1,0 +1,389 @@
+//! The boot path's appliance side: the boot directory (iPXE binaries and the agent
+//! ramdisk, staged at start), the enrolment token machines boot with, the per-machine iPXE
+//! script, and the open HTTP endpoints firmware fetches from:
+//!
+//! - `GET /boot/ipxe?mac=…&arch=bios|uefi`: the machine's script, from its state;
+//! - `GET /boot/report?mac=…&step=…`: a script reports the step it gave up at;
+//! - `GET|HEAD /boot/<file>`: files of the boot directory, with Range support.
+//!
+//! Each fetch by a known machine lands on its timeline.
+
+use crate::api::{ApiError, AppState};
+use crate::auth;
+use crate::config::BootSettings;
+use crate::store::Store;
+use crate::timeline::Timeline;
+use anyhow::Context;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use cosm_netboot::ipxe::{Firmware, Script, Target};
+use cosm_wire::{EventKind, MacAddr, Machine, MachineState, Scope};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tower::ServiceExt;
+use tower_http::services::ServeDir;
+
+/// iPXE binaries staged from `boot.ipxe_dir` (Debian's `ipxe` package).
+pub const IPXE_FILES: [&str; 3] = ["undionly.kpxe", "ipxe.efi", "snponly.efi"];
+/// The agent ramdisk staged from `boot.ramdisk_dir` (`make image`).
+pub const RAMDISK_KERNEL: &str = "vmlinuz";
+pub const RAMDISK_INITRD: &str = "initramfs.img";
+
+/// What the boot endpoints need; shared by every request.
+#[derive(Debug)]
+pub struct BootContext {
+    pub settings: BootSettings,
+    enroll_token: String,
+    timeline: Arc<Timeline>,
+    store: Store,
+}
+
+/// Copies `names` from `from` into `to` when missing or different (hard link when both
+/// are on one filesystem). A name missing from `from` but present in `to` is kept (an
+/// operator may have put it there); missing from both is a warning naming `hint`.
+fn stage(from: &Path, to: &Path, names: &[&str], hint: &str) -> anyhow::Result<()> {
+    for name in names {
+        let (src, dst) = (from.join(name), to.join(name));
+        let src_meta = match std::fs::metadata(&src) {
+            Ok(m) if m.is_file() => m,
+            _ => {
+                if dst.is_file() {
+                    tracing::info!(file = %dst.display(), "boot file kept (no newer copy in {})", from.display());
+                } else {
+                    tracing::warn!(missing = %src.display(), "boot file not available: machines that need {name} will not boot; {hint}");
+                }
+                continue;
+            }
+        };
+        let same = std::fs::metadata(&dst).is_ok_and(|d| {
+            d.len() == src_meta.len()
+                && std::fs::read(&src).ok() == std::fs::read(&dst).ok()
+        });
+        if same {
+            continue;
+        }
+        let tmp = to.join(format!(".{name}.staging"));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&src, &tmp).is_err() {
+            std::fs::copy(&src, &tmp)
+                .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+        }
+        std::fs::rename(&tmp, &dst)
+            .with_context(|| format!("cannot move {} into place", dst.display()))?;
+        tracing::info!(file = %dst.display(), bytes = src_meta.len(), from = %src.display(), "boot file staged");
+    }
+    Ok(())
+}
+
+/// The enrolment token written into boot scripts: kept in `<data_dir>/enroll.token`
+/// (0600) and made again if that file is missing or its token was revoked.
+async fn boot_enroll_token(store: &Store, data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("enroll.token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim().to_string();
+        if let Ok(Some(rec)) = store.token_by_hash(&auth::hash_token(&token)) {
+            if rec.info.scope == Scope::Enroll {
+                return Ok(token);
+            }
+        }
+        tracing::warn!(path = %path.display(), "the boot enrolment token was revoked or is not an enrol token; making a new one");
+    }
+    let (info, token) = auth::create_token(store, "pxe-boot-enroll", Scope::Enroll).await?;
+    auth::write_token_file(&path, &token)?;
+    tracing::info!(id = info.id, path = %path.display(), "created the enrolment token that boot scripts hand to the agent ramdisk");
+    Ok(token)
+}
+
+impl BootContext {
+    /// Creates and stages the boot directory and makes sure an enrolment token exists.
+    pub async fn prepare(
+        settings: BootSettings,
+        data_dir: &Path,
+        store: Store,
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<BootContext> {
+        std::fs::create_dir_all(&settings.dir).with_context(|| {
+            format!("cannot create boot.dir {}", settings.dir.display())
+        })?;
+        stage(
+            &settings.ipxe_dir,
+            &settings.dir,
+            &IPXE_FILES,
+            "install Debian's ipxe package or set boot.ipxe_dir",
+        )?;
+        stage(
+            &settings.ramdisk_dir,
+            &settings.dir,
+            &[RAMDISK_KERNEL, RAMDISK_INITRD],
+            "build the agent ramdisk with `make image` and set boot.ramdisk_dir to images/out",
+        )?;
+        let enroll_token = boot_enroll_token(&store, data_dir).await?;
+        Ok(BootContext {
+            settings,
+            enroll_token,
+            timeline,
+            store,
+        })
+    }
+
+    /// What a machine in this state boots, and the state shown on its console.
+    pub fn target(&self, mac: MacAddr, machine: Option<&Machine>) -> (String, Target) {
+        let state = machine.map(|m| match (m.state, m.lost_from) {
+            (MachineState::Lost, Some(from)) => from,
+            (s, _) => s,
+        });
+        let shown = machine
+            .map(|m| m.state.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let target = match state {
+            Some(MachineState::Deployed | MachineState::Active) => Target::LocalDisk,
+            Some(MachineState::Fenced) => Target::PowerOff {
+                reason: "the machine is fenced".into(),
+            },
+            Some(MachineState::Retired) => Target::PowerOff {
+                reason: "the machine is retired".into(),
+            },
+            // Unknown, discovered, ready, deploying, failed: the agent ramdisk, which
+            // (re)enrols the machine and reports its inventory.
+            _ => self.ramdisk(mac),
+        };
+        (shown, target)
+    }
+
+    fn ramdisk(&self, mac: MacAddr) -> Target {
+        let base = &self.settings.appliance_url;
+        Target::Linux {
+            label: "agent ramdisk".into(),
+            kernel_url: format!("{base}/boot/{RAMDISK_KERNEL}?mac={mac}&step=kernel"),
+            initrd_url: format!("{base}/boot/{RAMDISK_INITRD}?mac={mac}&step=initrd"),
+            initrd_name: RAMDISK_INITRD.into(),
+            args: format!(
+                "cosm.appliance={base} cosm.token={} cosm.mac={mac} {}",
+                self.enroll_token, self.settings.kernel_args
+            )
+            .trim_end()
+            .to_string(),
+        }
+    }
+}
+
+fn context(state: &AppState) -> Result<&Arc<BootContext>, ApiError> {
+    state.boot.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "boot_off",
+            "network boot is not configured on this appliance",
+        )
+    })
+}
+
+fn parse_mac(mac: Option<&str>) -> Result<MacAddr, ApiError> {
+    let text = mac.ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", "mac: missing query parameter")
+    })?;
+    text.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("mac: {text:?} is not a MAC address: {e}"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ScriptQuery {
+    mac: Option<String>,
+    arch: Option<String>,
+}
+
+async fn ipxe_script(
+    State(state): State<AppState>,
+    Query(q): Query<ScriptQuery>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&state)?;
+    let mac = parse_mac(q.mac.as_deref())?;
+    let firmware = match q.arch.as_deref() {
+        None => Firmware::Bios,
+        Some(a) => Firmware::parse(a).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("arch: {a:?} is not bios or uefi"),
+            )
+        })?,
+    };
+    let machine = ctx.store.machine(mac).map_err(ApiError::from)?;
+    let (shown, target) = ctx.target(mac, machine.as_ref());
+    let what = match &target {
+        Target::Linux { label, .. } => label.clone(),
+        Target::LocalDisk => "local disk".into(),
+        Target::PowerOff { .. } => "power off".into(),
+    };
+    let script = Script {
+        mac,
+        firmware,
+        state: &shown,
+        report_url: format!(
+            "{}/boot/report?mac={mac}&arch={}",
+            ctx.settings.appliance_url,
+            firmware.as_str()
+        ),
+        retries: ctx.settings.retries,
+        target,
+    }
+    .render();
+    tracing::info!(%mac, state = %shown, firmware = firmware.as_str(), boots = %what, "iPXE script served");
+    ctx.timeline.note(
+        mac,
+        EventKind::Boot,
+        format!("iPXE script ({}) → {what}", firmware.as_str()),
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        script,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    mac: Option<String>,
+    step: Option<String>,
+    arch: Option<String>,
+}
+
+async fn boot_report(
+    State(state): State<AppState>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&state)?;
+    let mac = parse_mac(q.mac.as_deref())?;
+    let step: String = q
+        .step
+        .unwrap_or_else(|| "unknown".into())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    let arch = q.arch.unwrap_or_default();
+    tracing::warn!(%mac, %step, %arch, "a machine's boot script gave up");
+    ctx.timeline.note(
+        mac,
+        EventKind::Boot,
+        format!("boot failed: the {step} step failed on every attempt; the script gave up"),
+    );
+    Ok((StatusCode::OK, "recorded\n").into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct FileQuery {
+    mac: Option<String>,
+    step: Option<String>,
+}
+
+async fn boot_file(
+    State(state): State<AppState>,
+    Query(q): Query<FileQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let ctx = context(&state)?;
+    let name = req
+        .uri()
+        .path()
+        .trim_start_matches("/boot/")
+        .to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ranged = req.headers().contains_key(header::RANGE);
+    let is_get = req.method() == Method::GET;
+    let dir = ctx.settings.dir.clone();
+    // ServeDir refuses `..`, answers HEAD and Range, and sets Last-Modified/ETag-free
+    // conditional headers; we only strip the /boot prefix.
+    let (mut parts, body) = req.into_parts();
+    parts.uri = format!("/{name}").parse().map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", "bad file name")
+    })?;
+    let resp = ServeDir::new(dir)
+        .append_index_html_on_directories(false)
+        .oneshot(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "boot file service failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot read the boot file",
+            )
+        })?;
+    let status = resp.status();
+    let mac = q
+        .mac
+        .as_deref()
+        .and_then(|m| m.parse::<MacAddr>().ok())
+        .or_else(|| peer.and_then(|p| ctx.timeline.mac_of(p.ip())));
+    if let (Some(mac), true, false) = (mac, is_get, ranged) {
+        let step = q
+            .step
+            .filter(|s| matches!(s.as_str(), "kernel" | "initrd"))
+            .unwrap_or_else(|| "file".into());
+        let message = if status.is_success() {
+            format!("{step} {name} fetched over HTTP")
+        } else {
+            format!("{step} {name} not served: HTTP {}", status.as_u16())
+        };
+        ctx.timeline.note(mac, EventKind::Boot, message);
+    }
+    if !status.is_success() && status != StatusCode::NOT_MODIFIED {
+        tracing::warn!(file = %name, peer = ?peer, status = status.as_u16(), "boot file not served");
+    }
+    Ok(resp.map(axum::body::Body::new))
+}
+
+/// The open (token-less) boot routes; firmware has no credentials.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/boot/ipxe", get(ipxe_script))
+        .route("/boot/report", get(boot_report))
+        .route("/boot/{*file}", get(boot_file).head(boot_file))
+}
+
+/// TFTP requests onto timelines: the requester is known by its lease.
+#[derive(Debug)]
+pub struct TftpTimeline(pub Arc<Timeline>);
+
+impl cosm_netboot::tftp::TftpObserver for TftpTimeline {
+    fn event(&self, event: cosm_netboot::tftp::TftpEvent) {
+        use cosm_netboot::tftp::TftpEvent;
+        let (peer, message) = match event {
+            TftpEvent::Started { peer, path, size } => {
+                (peer, format!("TFTP {path} requested ({size} bytes)"))
+            }
+            TftpEvent::Refused { peer, path, reason } => {
+                (peer, format!("TFTP {path} refused: {reason}"))
+            }
+            // A PXE ROM's tsize probe ends after the first block by design; only a
+            // transfer that stopped later is worth a line.
+            TftpEvent::Finished {
+                peer,
+                path,
+                size,
+                sent,
+                complete: false,
+            } if sent > 65464 => (
+                peer,
+                format!("TFTP {path} stopped after {sent} of {size} bytes"),
+            ),
+            TftpEvent::Finished { .. } => return,
+        };
+        if let Some(mac) = self.0.mac_of(peer.ip()) {
+            self.0.note(mac, EventKind::Tftp, message);
+        }
+    }
+}
