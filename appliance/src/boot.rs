@@ -48,7 +48,10 @@ pub struct BootContext {
 /// operator may have put it there); missing from both is a warning naming `hint`.
 fn stage(from: &Path, to: &Path, names: &[&str], hint: &str) -> anyhow::Result<()> {
     for name in names {
-        let (src, dst) = (from.join(name), to.join(name));
+        // Debian's ipxe package links /usr/lib/ipxe/ipxe.efi to /boot; stage the file
+        // itself, since the TFTP server refuses links that leave its root.
+        let src = std::fs::canonicalize(from.join(name)).unwrap_or_else(|_| from.join(name));
+        let dst = to.join(name);
         let src_meta = match std::fs::metadata(&src) {
             Ok(m) if m.is_file() => m,
             _ => {
@@ -60,8 +63,9 @@ fn stage(from: &Path, to: &Path, names: &[&str], hint: &str) -> anyhow::Result<(
                 continue;
             }
         };
-        let same = std::fs::metadata(&dst).is_ok_and(|d| {
-            d.len() == src_meta.len()
+        let same = std::fs::symlink_metadata(&dst).is_ok_and(|d| {
+            d.is_file()
+                && d.len() == src_meta.len()
                 && std::fs::read(&src).ok() == std::fs::read(&dst).ok()
         });
         if same {

@@ -3,12 +3,13 @@
 //! and each machine's DHCP steps land on its timeline.
 
 use crate::config::DhcpSettings;
-use crate::store::{Command, Store};
+use crate::store::{Command, Store, StoreError};
 use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink};
 use cosm_netboot::dhcp::{Host, Hosts};
 use crate::timeline::Timeline;
-use cosm_wire::{EventKind, Lease, MacAddr};
-use std::sync::Arc;
+use cosm_wire::{CreateMachine, EventKind, Lease, MacAddr};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 #[derive(Debug)]
@@ -16,6 +17,8 @@ struct StoreSink {
     store: Store,
     hosts: watch::Receiver<Arc<Hosts>>,
     timeline: Arc<Timeline>,
+    /// Machines this sink recorded, until the hosts list has them.
+    created: Mutex<HashSet<MacAddr>>,
 }
 
 impl LeaseSink for StoreSink {
@@ -30,9 +33,60 @@ impl LeaseSink for StoreSink {
     fn note(&self, mac: MacAddr, step: &str) {
         // Most DHCP traffic is from machines the store does not know; skip those before
         // the timeline's own lookup.
-        if self.hosts.borrow().is_known(&mac) {
+        if self.hosts.borrow().is_known(&mac) || self.lock_created().contains(&mac) {
             self.timeline.note(mac, EventKind::Dhcp, step.to_string());
         }
+    }
+
+    fn boot_client(&self, mac: MacAddr, how: &str, step: &str) -> bool {
+        if self.hosts.borrow().is_known(&mac) {
+            return false;
+        }
+        {
+            let mut created = self.lock_created();
+            if !created.insert(mac) {
+                return false;
+            }
+            if created.len() > 10_000 {
+                // Old entries are in the hosts list by now.
+                created.clear();
+                created.insert(mac);
+            }
+        }
+        tracing::info!(%mac, how, "new machine network-booting; recorded as discovered");
+        let store = self.store.clone();
+        let message = step.to_string();
+        tokio::spawn(async move {
+            let cmd = Command::CreateMachine(CreateMachine {
+                mac,
+                hostname: None,
+                role: None,
+                reserved_ip: None,
+                inventory: None,
+            });
+            match store.apply(cmd).await {
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %mac, "cannot record a new machine");
+                    return;
+                }
+            }
+            let step = Command::RecordEvent {
+                mac,
+                kind: EventKind::Dhcp,
+                message,
+            };
+            if let Err(e) = store.apply(step).await {
+                tracing::warn!(error = %e, %mac, "cannot record a DHCP event");
+            }
+        });
+        true
+    }
+}
+
+impl StoreSink {
+    fn lock_created(&self) -> std::sync::MutexGuard<'_, HashSet<MacAddr>> {
+        self.created.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -78,6 +132,7 @@ pub async fn start(
         store,
         hosts: hosts_rx.clone(),
         timeline,
+        created: Mutex::default(),
     });
     let n = leases.len();
     let mode = settings.core.mode;

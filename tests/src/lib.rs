@@ -5,6 +5,7 @@
 //! as the test executable; `make test` builds them first.
 
 pub mod netns;
+pub mod rack;
 pub mod simagent;
 
 use anyhow::{bail, Context};

@@ -162,6 +162,22 @@ impl BootClient {
         }
     }
 
+    /// How it boots, for timelines: "iPXE uefi", "PXE bios", "HTTP Boot uefi"; `None` for a
+    /// client that is not booting from the network (an OS renewing its lease).
+    pub fn describe(&self) -> Option<String> {
+        let how = if self.ipxe {
+            "iPXE"
+        } else if self.http {
+            "HTTP Boot"
+        } else if self.pxe {
+            "PXE"
+        } else {
+            return None;
+        };
+        let fw = if self.arch.is_uefi() { "uefi" } else { "bios" };
+        Some(format!("{how} {fw}"))
+    }
+
     pub fn wants_boot(&self) -> bool {
         self.pxe || self.http || self.ipxe
     }
@@ -707,7 +723,11 @@ fn add_boot(r: &mut Message, req: &Message, cfg: &DhcpConfig, mac: &MacAddr) -> 
         r.opts_mut().insert(DhcpOption::TFTPServerName(
             cfg.boot.tftp_server.to_string().into_bytes(),
         ));
-        if client.pxe {
+        // A proxy's offer is recognised by this echo. An address-giving server leaves it
+        // out: UEFI PXE (EDK2) takes an offer that carries it and a boot file as a "BINL"
+        // offer and asks the server again on port 4011 before it loads the file; without
+        // it the offer is a plain DHCP offer with a boot file, which every PXE ROM loads.
+        if client.pxe && cfg.mode == Mode::Proxy {
             r.opts_mut()
                 .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         }

@@ -5,8 +5,8 @@
 //! until the [`LeaseSink`] has made the lease durable. Many such tasks in flight let the
 //! store group their writes into one commit.
 
-use super::config::{DhcpConfig, Mode};
-use super::core::{decide, Decision, Destination, DropReason, Request, PXE_PORT};
+use super::config::{DhcpConfig, Mode, UnknownMacs};
+use super::core::{decide, BootClient, Decision, Destination, DropReason, Request, PXE_PORT};
 use super::leases::{Hosts, LeaseTable};
 use cosm_wire::{Lease, MacAddr, Timestamp};
 use dhcproto::v4::{Message, MessageType};
@@ -26,6 +26,13 @@ pub trait LeaseSink: Send + Sync + 'static {
     /// A step of a machine's boot (DISCOVER, OFFER, ACK, …). Called for every request; the
     /// sink decides which machines and how often it records.
     fn note(&self, mac: MacAddr, step: &str);
+    /// A network-booting client (`how`: "PXE uefi", "iPXE bios", …) sent a DISCOVER and
+    /// unknown MACs are to be discovered: the sink may record the machine now, so that its
+    /// whole boot lands on its timeline. Called for known MACs too. Returns true when the
+    /// sink records `step` itself (after the machine), so it is not [`note`](Self::note)d.
+    fn boot_client(&self, _mac: MacAddr, _how: &str, _step: &str) -> bool {
+        false
+    }
 }
 
 /// Socket settings of the shell.
@@ -438,7 +445,17 @@ fn handle_packet<S: LeaseSink>(
     if let (Some(mac), Some(t)) = (mac, request_type) {
         let step = match t {
             MessageType::Discover => {
-                Some(format!("DISCOVER via {}", relay_text(msg.giaddr(), src)))
+                let how = BootClient::of(&msg).describe();
+                let via = relay_text(msg.giaddr(), src);
+                match how {
+                    Some(h) => {
+                        let step = format!("DISCOVER via {via} ({h})");
+                        let recorded = shared.cfg.unknown_macs == UnknownMacs::Discover
+                            && shared.sink.boot_client(mac, &h, &step);
+                        (!recorded).then_some(step)
+                    }
+                    None => Some(format!("DISCOVER via {via}")),
+                }
             }
             MessageType::Request => Some("REQUEST".to_string()),
             _ => None,

@@ -389,13 +389,11 @@ fn boot_file_by_firmware() {
         &c,
         at(0),
     ));
+    // No PXEClient echo from an address-giving server: EDK2 would take the offer as a
+    // BINL offer and ask again on port 4011 (seen with OVMF in tests/tests/boot_rack.rs).
     assert_eq!(
         (f.as_deref(), siaddr, v.as_deref()),
-        (
-            Some("undionly.kpxe"),
-            ip("192.0.2.1"),
-            Some(&b"PXEClient"[..])
-        )
+        (Some("undionly.kpxe"), ip("192.0.2.1"), None)
     );
     let (f, _, _) = boot_of(&run(
         &pxe(mac(2), 7, "PXEClient:Arch:00007:UNDI:003016"),
