@@ -344,6 +344,31 @@ impl Store {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Queues a command now, in the caller's order, without waiting; the returned future
+    /// resolves once it is durable (or refused). `Err(cmd)` gives the command back when the
+    /// writer's queue is full (the caller may [`Store::apply`] it instead) or gone.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(
+        &self,
+        cmd: Command,
+    ) -> Result<impl std::future::Future<Output = Result<Outcome, StoreError>>, Command> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            cmd,
+            at: Timestamp::now(),
+            reply,
+        };
+        let Ok(jobs) = self.writer.jobs() else {
+            return Err(job.cmd);
+        };
+        match jobs.try_send(job) {
+            Ok(()) => Ok(async move { rx.await.map_err(|_| StoreError::WriterGone)? }),
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                Err(job.cmd)
+            }
+        }
+    }
+
     /// [`Store::apply`] for code outside an async runtime (offline CLI commands).
     pub fn apply_blocking(&self, cmd: Command) -> Result<Outcome, StoreError> {
         let (reply, rx) = oneshot::channel();

@@ -65,12 +65,16 @@ impl Timeline {
         if !matches!(self.store.machine(mac), Ok(Some(_))) {
             return;
         }
+        // Queued here, in call order, so the timeline keeps the order steps happened in.
+        let cmd = Command::RecordEvent { mac, kind, message };
         let store = self.store.clone();
+        let queued = store.submit(cmd);
         self.runtime.spawn(async move {
-            if let Err(e) = store
-                .apply(Command::RecordEvent { mac, kind, message })
-                .await
-            {
+            let result = match queued {
+                Ok(done) => done.await,
+                Err(cmd) => store.apply(cmd).await,
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, %mac, "cannot record a boot event");
             }
         });

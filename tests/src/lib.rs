@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary next to the running test (target/<profile>/<name>).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>; a binary of this
+    // crate (vrack) is in target/<profile>/ itself.
+    let mut dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

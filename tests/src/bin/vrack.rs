@@ -1,0 +1,216 @@
+//! `vrack`: the virtual rack of `make demo`. Brings up the appliance on a private
+//! provisioning network and powers on QEMU machines that boot from the network with real
+//! firmware, prints each machine's boot steps as they happen, and ends with a table of the
+//! rack. Needs root (network namespaces, a bridge, taps).
+
+use anyhow::Context;
+use clap::Parser;
+use cosm_e2e::rack::{Firmware, Rack};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Bring up a virtual rack: the COSM appliance and QEMU machines that network-boot with real BIOS/UEFI firmware",
+    long_about = "Bring up a virtual rack: a network namespace with a bridge (192.0.2.1/24), the COSM \
+appliance on it (DHCP, TFTP, HTTP boot, API on 192.0.2.1:8080), and QEMU machines (-accel tcg) \
+with empty disks that boot from the network: SeaBIOS with the iPXE option ROM, OVMF's own PXE \
+(which TFTP-loads ipxe.efi) and OVMF's UEFI HTTP Boot. Each machine's boot steps are printed as \
+they reach the appliance's timeline; at the end a table shows the rack.\n\nNeeds root and the \
+packages `make deps` installs, and the agent ramdisk from `make image`."
+)]
+struct Args {
+    /// Leave the rack and the appliance running and print how to reach them with cosmctl.
+    #[arg(long, env = "DEMO_KEEP", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    keep: bool,
+    /// Seconds to wait for every machine's agent to register.
+    #[arg(long, default_value_t = 420)]
+    timeout: u64,
+}
+
+fn step(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let machines = [
+        (1u8, Firmware::BiosIpxeRom),
+        (2, Firmware::UefiPxe),
+        (3, Firmware::UefiHttp),
+    ];
+    step("A private provisioning network: a namespace with bridge br0 = 192.0.2.1/24; the appliance serves DHCP, TFTP and HTTP boot on it");
+    let mut rack = Rack::start("cosmdemo", "")?;
+    println!(
+        "   namespace {}, API {}, data in {}",
+        rack.ns.name(),
+        rack.app.url(),
+        rack.app.dir.path().join("data").display()
+    );
+
+    step("Powering on three machines with empty disks; each boots from the network");
+    for (n, fw) in machines {
+        let vm = rack.power_on(n, fw)?;
+        let v = &rack.vms[vm];
+        println!(
+            "   {}  {:<16} {} CPUs, {} MiB, {} GiB disk",
+            v.mac,
+            fw.label(),
+            v.cpus,
+            v.memory_mib,
+            v.disk_bytes >> 30
+        );
+    }
+
+    step("Boot progress, from each machine's timeline on the appliance");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut seen = vec![0usize; rack.vms.len()];
+    let mut done = vec![false; rack.vms.len()];
+    while done.iter().any(|d| !d) {
+        for (i, vm) in rack.vms.iter().enumerate() {
+            let events = rack.timeline(&vm.mac);
+            for (kind, message) in events.iter().skip(seen[i]) {
+                println!(
+                    "   [{:>3} s] {}  {:<16} {:<16} {}",
+                    started.elapsed().as_secs(),
+                    vm.mac,
+                    vm.firmware.label(),
+                    kind,
+                    message
+                );
+                if kind == "agent_registered" {
+                    done[i] = true;
+                }
+            }
+            seen[i] = seen[i].max(events.len());
+        }
+        if Instant::now() > deadline {
+            for (i, vm) in rack.vms.iter().enumerate() {
+                if !done[i] {
+                    let serial = rack.serial(i);
+                    let tail: Vec<&str> = serial.lines().rev().take(15).collect();
+                    eprintln!(
+                        "\n{} ({}) did not register within {} s; its console ends with:",
+                        vm.mac,
+                        vm.firmware.label(),
+                        args.timeout
+                    );
+                    for l in tail.into_iter().rev() {
+                        eprintln!("   | {l}");
+                    }
+                }
+            }
+            anyhow::bail!("not every machine registered; the appliance log is in {}", rack.app.dir.path().display());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    step("Giving the machines roles with cosmctl");
+    for (vm, role) in rack.vms.iter().zip(["web", "host", "storage"]) {
+        let out = rack.app.cosmctl(&["machines", "set-role", &vm.mac, role]);
+        print!("   {}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("   {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    step(&format!(
+        "The rack, {} s after power-on",
+        started.elapsed().as_secs()
+    ));
+    let leases = rack.app.api("/api/v1/leases")?;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_header([
+        "MAC", "FIRMWARE", "ROLE", "STATE", "IP", "CPUS", "MEMORY", "DISKS",
+    ]);
+    for vm in &rack.vms {
+        let m = rack
+            .app
+            .api(&format!("/api/v1/machines/{}", vm.mac))
+            .with_context(|| format!("machine {}", vm.mac))?;
+        let inv = &m["inventory"];
+        let ip = leases
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["mac"] == vm.mac.as_str()))
+            .and_then(|l| l["ip"].as_str())
+            .unwrap_or("-")
+            .to_string();
+        let disks: Vec<String> = inv["disks"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|d| {
+                        format!(
+                            "{} {}",
+                            d["name"].as_str().unwrap_or("?"),
+                            cosm_wire::human_bytes(d["size_bytes"].as_u64().unwrap_or(0))
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table.add_row([
+            vm.mac.clone(),
+            format!(
+                "{} ({})",
+                vm.firmware.label(),
+                inv["firmware"].as_str().unwrap_or("?")
+            ),
+            m["role"].as_str().unwrap_or("-").to_string(),
+            m["state"].as_str().unwrap_or("?").to_string(),
+            ip,
+            inv["cpu"]["threads"].to_string(),
+            cosm_wire::human_bytes(inv["memory_bytes"].as_u64().unwrap_or(0)),
+            disks.join(", "),
+        ]);
+    }
+    println!("{table}");
+
+    let first = rack.vms[1].mac.clone();
+    step(&format!(
+        "The boot timeline of {first} (UEFI PXE): cosmctl events {first}"
+    ));
+    let out = rack.app.cosmctl(&["events", &first]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    if args.keep {
+        step("DEMO_KEEP=1: the rack and the appliance keep running");
+        let ns = rack.ns.name().to_string();
+        println!("   export COSM_URL={} COSM_TOKEN={}", rack.app.url(), rack.app.token());
+        println!(
+            "   ip netns exec {ns} {} machines list",
+            cosm_e2e::bin("cosmctl").display()
+        );
+        let pids: Vec<String> = rack
+            .vms
+            .iter()
+            .map(|v| v.pid.to_string())
+            .chain([rack.app.pid().to_string()])
+            .collect();
+        println!(
+            "   stop everything with: kill {}; ip netns del {ns}",
+            pids.join(" ")
+        );
+        std::mem::forget(rack);
+        return Ok(());
+    }
+    let off = rack.vms[0].mac.clone();
+    step(&format!(
+        "Switching {off} off: after five missed heartbeats (2 s each) it is lost"
+    ));
+    rack.power_off(0);
+    let lost_by = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < lost_by {
+        let m = rack.app.api(&format!("/api/v1/machines/{off}"))?;
+        if m["state"] == "lost" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = rack.app.cosmctl(&["machines", "list"]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("Done; powering off the machines, stopping the appliance, removing the namespace (DEMO_KEEP=1 keeps them)");
+    drop(rack);
+    Ok(())
+}
