@@ -7,17 +7,22 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and the demo need (checked one by one; only missing ones are installed).
 # iputils-ping, isc-dhcp-client, procps (sysctl): the network-namespace tests (tests/src/netns.rs);
 # kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu util-linux isc-dhcp-relay kmod cpio binutils
+# ipxe (undionly.kpxe, ipxe.efi, snponly.efi), ipxe-qemu (NIC option ROMs), ovmf (UEFI firmware),
+# atftp (TFTP client): the boot path and the virtual rack (tests/tests/boot_rack.rs, tftp.rs, make demo).
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc
+# Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
+# because it conflicts with tftpd-hpa as a package).
+BENCH_PACKAGES := tftpd-hpa
 # Python tools, installed into ./.venv.
 PIP_PACKAGES := openapi-spec-validator
 
 .PHONY: all build test check demo bench deps clean help toolchain fuzz image
 
 help:
-	@echo "make demo   - build, start the appliance on a private network, boot a VM with the agent ramdisk, show the rack"
+	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot the agent"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP throughput (Kea, dnsmasq, COSM under perfdhcp) and agent heartbeat capacity (root)"
+	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz the DHCP packet path for FUZZ_SECONDS (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
@@ -57,9 +62,11 @@ check: toolchain
 demo: toolchain deps build image
 	./scripts/demo.sh
 
-bench: toolchain deps
+bench: toolchain deps image
+	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
 	./scripts/bench-dhcp.sh
+	./scripts/bench-tftp.sh
 	taskset -c 1 target/release/heartbeat-bench
 
 # Fuzz the DHCP packet path for FUZZ_SECONDS (default 60). cargo-fuzz needs nightly

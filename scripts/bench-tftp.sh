@@ -35,7 +35,7 @@ chmod 755 "$WORK" "$ROOT"
 SERVER_PID=""
 
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -70,18 +70,20 @@ SUM64=$(sha256sum <"$ROOT/big64.bin" | cut -d' ' -f1)
 SUM4=$(sha256sum <"$ROOT/storm4.bin" | cut -d' ' -f1)
 cp images/out/vmlinuz images/out/initramfs.img "$ROOT/" 2>/dev/null || true
 
+# Servers start with `ip netns exec` itself (not the inns function) so that $! is the
+# server's own PID (ip and taskset exec it), which stop_server kills.
 start_server() {
   local name=$1 log=$WORK/$1.log
   case $name in
     tftpd-hpa)
-      inns taskset -c 0 /usr/sbin/in.tftpd --listen --foreground --user nobody --address 127.0.0.1:69 --secure "$ROOT" >"$log" 2>&1 &
+      ip netns exec "$NS" taskset -c 0 /usr/sbin/in.tftpd --listen --foreground --user nobody --address 127.0.0.1:69 --secure "$ROOT" >"$log" 2>&1 &
       ;;
     atftpd)
-      inns taskset -c 0 "$ATFTPD" --daemon --no-fork --port 69 --bind-address 127.0.0.1 \
+      ip netns exec "$NS" taskset -c 0 "$ATFTPD" --daemon --no-fork --port 69 --bind-address 127.0.0.1 \
         --logfile "$log" --verbose=1 "$ROOT" >>"$log" 2>&1 &
       ;;
     dnsmasq)
-      inns taskset -c 0 dnsmasq --no-daemon --conf-file=/dev/null --port=0 --enable-tftp \
+      ip netns exec "$NS" taskset -c 0 dnsmasq --no-daemon --conf-file=/dev/null --port=0 --enable-tftp \
         --tftp-root="$ROOT" --listen-address=127.0.0.1 --bind-interfaces --log-facility="$log" >>"$log" 2>&1 &
       ;;
     cosm)
@@ -95,7 +97,7 @@ ramdisk_dir = "$ROOT"
 [tftp]
 listen = "127.0.0.1:69"
 TOML
-      inns taskset -c 0 "$APPLIANCE" serve --config "$WORK/cosm.toml" >"$log" 2>&1 &
+      ip netns exec "$NS" taskset -c 0 "$APPLIANCE" serve --config "$WORK/cosm.toml" >"$log" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -108,7 +110,10 @@ TOML
 }
 
 stop_server() {
-  [ -n "$SERVER_PID" ] && { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || { echo "    the server had exited; its log:"; tail -20 "$WORK"/*.log; }
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
   SERVER_PID=""
 }
 

@@ -111,9 +111,8 @@ impl BootContext {
         store: Store,
         timeline: Arc<Timeline>,
     ) -> anyhow::Result<BootContext> {
-        std::fs::create_dir_all(&settings.dir).with_context(|| {
-            format!("cannot create boot.dir {}", settings.dir.display())
-        })?;
+        std::fs::create_dir_all(&settings.dir)
+            .with_context(|| format!("cannot create boot.dir {}", settings.dir.display()))?;
         stage(
             &settings.ipxe_dir,
             &settings.dir,
@@ -188,7 +187,11 @@ fn context(state: &AppState) -> Result<&Arc<BootContext>, ApiError> {
 
 fn parse_mac(mac: Option<&str>) -> Result<MacAddr, ApiError> {
     let text = mac.ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid", "mac: missing query parameter")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "mac: missing query parameter",
+        )
     })?;
     text.parse().map_err(|e| {
         ApiError::new(
@@ -296,11 +299,7 @@ async fn boot_file(
     req: Request,
 ) -> Result<Response, ApiError> {
     let ctx = context(&state)?;
-    let name = req
-        .uri()
-        .path()
-        .trim_start_matches("/boot/")
-        .to_string();
+    let name = req.uri().path().trim_start_matches("/boot/").to_string();
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -311,9 +310,9 @@ async fn boot_file(
     // ServeDir refuses `..`, answers HEAD and Range, and sets Last-Modified/ETag-free
     // conditional headers; we only strip the /boot prefix.
     let (mut parts, body) = req.into_parts();
-    parts.uri = format!("/{name}").parse().map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid", "bad file name")
-    })?;
+    parts.uri = format!("/{name}")
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", "bad file name"))?;
     let resp = ServeDir::new(dir)
         .append_index_html_on_directories(false)
         .oneshot(Request::from_parts(parts, body))

@@ -416,10 +416,7 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             ));
         }
         if f.boot.kernel_args.contains(['\n', '\r']) {
-            return Err(invalid(
-                "boot.kernel_args",
-                "must be one line".into(),
-            ));
+            return Err(invalid("boot.kernel_args", "must be one line".into()));
         }
         let boot = BootSettings {
             dir: rel(&f.boot.dir),
@@ -430,7 +427,9 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             appliance_url,
         };
         let tftp = match f.tftp {
-            Some(t) if t.enabled => Some(tftp_settings(t, &boot.dir).map_err(|(key, message)| invalid(&key, message))?),
+            Some(t) if t.enabled => {
+                Some(tftp_settings(t, &boot.dir).map_err(|(key, message)| invalid(&key, message))?)
+            }
             _ => None,
         };
         Ok(Config {

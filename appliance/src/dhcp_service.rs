@@ -4,9 +4,9 @@
 
 use crate::config::DhcpSettings;
 use crate::store::{Command, Store, StoreError};
+use crate::timeline::Timeline;
 use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink};
 use cosm_netboot::dhcp::{Host, Hosts};
-use crate::timeline::Timeline;
 use cosm_wire::{CreateMachine, EventKind, Lease, MacAddr};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

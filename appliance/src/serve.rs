@@ -77,13 +77,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut dhcp_handle = None;
     let mut dhcp_task = None;
     if let Some(settings) = config.dhcp.clone() {
-        let (handle, serve) = crate::dhcp_service::start(
-            settings,
-            store.clone(),
-            timeline.clone(),
-            stop_rx.clone(),
-        )
-        .await?;
+        let (handle, serve) =
+            crate::dhcp_service::start(settings, store.clone(), timeline.clone(), stop_rx.clone())
+                .await?;
         dhcp_handle = Some(handle);
         dhcp_task = Some(tokio::spawn(serve));
     } else {
@@ -111,9 +107,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     monitor.abort();
     let _ = monitor.await;

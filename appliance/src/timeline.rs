@@ -43,6 +43,9 @@ impl Timeline {
     /// Records `message` unless the same step (kind and first word) of this machine was
     /// recorded less than [`NOTE_INTERVAL`] ago.
     pub fn note(&self, mac: MacAddr, kind: EventKind, message: String) {
+        if !matches!(self.store.machine(mac), Ok(Some(_))) {
+            return;
+        }
         let key = (
             mac,
             kind,
@@ -61,9 +64,6 @@ impl Timeline {
                 last.retain(|_, t| now.duration_since(*t) < NOTE_INTERVAL);
             }
             last.insert(key, now);
-        }
-        if !matches!(self.store.machine(mac), Ok(Some(_))) {
-            return;
         }
         // Queued here, in call order, so the timeline keeps the order steps happened in.
         let cmd = Command::RecordEvent { mac, kind, message };

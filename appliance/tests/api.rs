@@ -35,12 +35,36 @@ impl TestApp {
             std::time::Duration::from_secs(5),
             3,
         ));
+        // A boot directory staged from small stand-ins for iPXE and the ramdisk.
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "initramfs.img"] {
+            std::fs::write(src.join(f), format!("contents of {f}")).unwrap();
+        }
+        std::fs::write(src.join("vmlinuz"), (0..=255u8).collect::<Vec<u8>>()).unwrap();
+        let settings = cosm_appliance::config::BootSettings {
+            dir: dir.path().join("boot"),
+            ipxe_dir: src.clone(),
+            ramdisk_dir: src,
+            kernel_args: "console=ttyS0".into(),
+            retries: 3,
+            appliance_url: "http://192.0.2.1:8080".into(),
+        };
+        let timeline = std::sync::Arc::new(cosm_appliance::timeline::Timeline::new(store.clone()));
+        let boot = cosm_appliance::boot::BootContext::prepare(
+            settings,
+            dir.path(),
+            store.clone(),
+            timeline,
+        )
+        .await
+        .unwrap();
         let router = router(AppState {
             store,
             metrics,
             max_body_bytes,
             liveness,
-            boot: None,
+            boot: Some(std::sync::Arc::new(boot)),
         });
         TestApp {
             router,
@@ -339,7 +363,8 @@ async fn roles_rules_and_tokens_endpoints() {
     assert_eq!(s, StatusCode::CREATED);
     let tid = created["info"]["id"].as_u64().unwrap();
     let (s, toks) = app.call("GET", "/api/v1/tokens", None).await;
-    assert_eq!((s, toks.as_array().unwrap().len()), (StatusCode::OK, 2));
+    // bootstrap-admin, pxe-boot-enroll (made by the boot context) and ci.
+    assert_eq!((s, toks.as_array().unwrap().len()), (StatusCode::OK, 3));
     assert!(
         !toks
             .to_string()
@@ -1024,4 +1049,233 @@ async fn agent_enrolment_credentials_and_desired_state() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+}
+
+async fn get_text(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (s, h, b) = app.raw(req.body(Body::empty()).unwrap()).await;
+    (s, h, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Timeline messages of one kind, waiting briefly: boot events are recorded in the
+/// background so the HTTP answer does not wait for the disk.
+async fn boot_events(app: &TestApp, mac: &str, want: usize) -> Vec<String> {
+    for _ in 0..100 {
+        let (_, v) = app
+            .call("GET", &format!("/api/v1/machines/{mac}/events"), None)
+            .await;
+        let msgs: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "boot")
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect();
+        if msgs.len() >= want {
+            return msgs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, v) = app
+        .call("GET", &format!("/api/v1/machines/{mac}/events"), None)
+        .await;
+    panic!("fewer than {want} boot events for {mac}: {v}");
+}
+
+#[tokio::test]
+async fn ipxe_script_follows_the_machine_state() {
+    let app = TestApp::new().await;
+    let mac = "52:54:00:00:be:01";
+    // Unknown: the agent ramdisk, with the enrolment token and the MAC on the kernel line.
+    let (s, h, script) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{script}");
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    assert!(
+        kernel.contains("http://192.0.2.1:8080/boot/vmlinuz?mac=52:54:00:00:be:01&step=kernel"),
+        "{kernel}"
+    );
+    assert!(
+        kernel.contains(" cosm.token=cosm_") && kernel.contains(" cosm.mac=52:54:00:00:be:01"),
+        "{kernel}"
+    );
+    assert!(kernel.contains(" console=ttyS0"), "{kernel}");
+    assert!(
+        !kernel.contains("initrd="),
+        "BIOS needs no initrd=: {kernel}"
+    );
+    // The token in the script is an enrol-only token.
+    let token = kernel
+        .split(" cosm.token=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let (st, _) = app
+        .call_as(Some(token), "GET", "/api/v1/machines", None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // iPXE sends the MAC URL-encoded.
+    let (s, _, uefi) = get_text(
+        &app,
+        "/boot/ipxe?mac=52%3A54%3A00%3A00%3Abe%3A01&arch=uefi",
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        uefi.lines()
+            .any(|l| l.starts_with("kernel ") && l.contains(" initrd=initramfs.img ")),
+        "{uefi}"
+    );
+
+    // Deployed: the local disk, by firmware.
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": mac, "role": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    for to in ["deploying", "deployed"] {
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("/api/v1/machines/{mac}/state"),
+                Some(json!({"state": to})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, _, bios) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
+    assert!(
+        bios.contains("sanboot --no-describe --drive 0x80") && !bios.contains("kernel "),
+        "{bios}"
+    );
+    let (_, _, uefi) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=uefi"), &[]).await;
+    assert!(
+        uefi.contains("\nexit 0\n") && !uefi.contains("sanboot"),
+        "{uefi}"
+    );
+    // Each script fetch is on the machine's timeline.
+    let events = boot_events(&app, mac, 1).await;
+    assert!(
+        events.iter().any(|m| m.contains("→ local disk")),
+        "{events:?}"
+    );
+
+    // Fenced: nothing to boot.
+    for to in ["lost", "fenced"] {
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("/api/v1/machines/{mac}/state"),
+                Some(json!({"state": to})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, _, fenced) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
+    assert!(
+        fenced.contains("poweroff") && !fenced.contains("kernel ") && !fenced.contains("sanboot"),
+        "{fenced}"
+    );
+
+    // Bad input: a clear 400 naming the parameter.
+    for (path, field) in [
+        ("/boot/ipxe?arch=bios", "mac"),
+        ("/boot/ipxe?mac=zz:54:00:00:be:01", "mac"),
+        ("/boot/ipxe?mac=52:54:00:00:be:01&arch=sparc", "arch"),
+    ] {
+        let (s, _, body) = get_text(&app, path, &[]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body.contains(field), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn boot_files_support_range_and_head_and_land_on_the_timeline() {
+    let app = TestApp::new().await;
+    let mac = "52:54:00:00:be:02";
+    let (s, v) = app
+        .call("POST", "/api/v1/machines", Some(json!({"mac": mac})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Range: bytes 16..=31 of 0..=255.
+    let req = Request::builder()
+        .uri(format!("/boot/vmlinuz?mac={mac}&step=kernel"))
+        .header(header::RANGE, "bytes=16-31")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, body) = app.raw(req).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, (16..=31u8).collect::<Vec<u8>>());
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 16-31/256");
+    // HEAD: the length, no body.
+    let req = Request::builder()
+        .method("HEAD")
+        .uri("/boot/vmlinuz")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, body) = app.raw(req).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, 0));
+    assert_eq!(h[header::CONTENT_LENGTH], "256");
+    // Whole files, staged from the iPXE and ramdisk directories.
+    let (s, _, text) = get_text(
+        &app,
+        &format!("/boot/initramfs.img?mac={mac}&step=initrd"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (s, text.as_str()),
+        (StatusCode::OK, "contents of initramfs.img")
+    );
+    let (s, _, text) = get_text(&app, "/boot/snponly.efi", &[]).await;
+    assert_eq!(
+        (s, text.as_str()),
+        (StatusCode::OK, "contents of snponly.efi")
+    );
+    // Nothing outside the boot directory.
+    for path in [
+        "/boot/../cosm.redb",
+        "/boot/%2e%2e/admin.token",
+        "/boot/missing",
+    ] {
+        let (s, _, body) = get_text(&app, path, &[]).await;
+        assert!(
+            s == StatusCode::NOT_FOUND || s == StatusCode::BAD_REQUEST,
+            "{path}: {s} {body}"
+        );
+        assert!(!body.contains("cosm_"), "{path} leaked a token");
+    }
+    // A script reports the step it gave up at.
+    let (s, _, _) = get_text(
+        &app,
+        &format!("/boot/report?mac={mac}&step=initrd&arch=uefi"),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // The ranged kernel read (a resumed download) is not a boot step of its own.
+    let events = boot_events(&app, mac, 2).await;
+    assert_eq!(
+        events[0], "initrd initramfs.img fetched over HTTP",
+        "{events:?}"
+    );
+    assert!(events[1].contains("the initrd step failed"), "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
 }

@@ -154,8 +154,7 @@ mod tests {
             mac: "52:54:00:12:34:56".parse().unwrap(),
             firmware,
             state: "discovered",
-            report_url: "http://192.0.2.1:8080/boot/report?mac=52:54:00:12:34:56&arch=bios"
-                .into(),
+            report_url: "http://192.0.2.1:8080/boot/report?mac=52:54:00:12:34:56&arch=bios".into(),
             retries: 3,
             target,
         }
@@ -168,8 +167,7 @@ mod tests {
             kernel_url: "http://192.0.2.1:8080/boot/vmlinuz?mac=52:54:00:12:34:56&step=kernel"
                 .into(),
             initrd_url:
-                "http://192.0.2.1:8080/boot/initramfs.img?mac=52:54:00:12:34:56&step=initrd"
-                    .into(),
+                "http://192.0.2.1:8080/boot/initramfs.img?mac=52:54:00:12:34:56&step=initrd".into(),
             initrd_name: "initramfs.img".into(),
             args: "cosm.appliance=http://192.0.2.1:8080 console=ttyS0".into(),
         }
@@ -191,7 +189,10 @@ mod tests {
         for line in s.lines() {
             if let Some(rest) = line.split("goto ").nth(1) {
                 let label = rest.split_whitespace().next().unwrap();
-                assert!(s.contains(&format!("\n:{label}\n")), "no label {label} in\n{s}");
+                assert!(
+                    s.contains(&format!("\n:{label}\n")),
+                    "no label {label} in\n{s}"
+                );
             }
         }
     }
@@ -217,7 +218,9 @@ mod tests {
 
     #[test]
     fn unsafe_words_are_detected() {
-        assert!(is_safe_word("http://192.0.2.1/boot/vmlinuz?mac=x&step=kernel"));
+        assert!(is_safe_word(
+            "http://192.0.2.1/boot/vmlinuz?mac=x&step=kernel"
+        ));
         assert!(!is_safe_word("a b"));
         assert!(!is_safe_word("${evil}"));
         assert!(!is_safe_word("x#y"));

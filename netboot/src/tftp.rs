@@ -179,7 +179,13 @@ struct RootHandler {
 }
 
 impl RootHandler {
-    fn refuse(&self, peer: SocketAddr, path: &str, reason: String, err: packet::Error) -> packet::Error {
+    fn refuse(
+        &self,
+        peer: SocketAddr,
+        path: &str,
+        reason: String,
+        err: packet::Error,
+    ) -> packet::Error {
         tracing::warn!(%peer, path, %reason, "TFTP request refused");
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         self.observer.event(TftpEvent::Refused {
@@ -208,8 +214,8 @@ impl RootHandler {
                 packet::Error::PermissionDenied,
             ));
         }
-        let meta = std::fs::metadata(&real)
-            .map_err(|e| (e.to_string(), packet::Error::FileNotFound))?;
+        let meta =
+            std::fs::metadata(&real).map_err(|e| (e.to_string(), packet::Error::FileNotFound))?;
         if !meta.is_file() {
             return Err(("not a regular file".into(), packet::Error::FileNotFound));
         }
@@ -300,7 +306,12 @@ impl Handler for RootHandler {
     ) -> Result<(Transfer, Option<u64>), packet::Error> {
         let shown = path.to_string_lossy().to_string();
         let name = clean_name(path).map_err(|e| {
-            self.refuse(*client, &shown, e.to_string(), packet::Error::PermissionDenied)
+            self.refuse(
+                *client,
+                &shown,
+                e.to_string(),
+                packet::Error::PermissionDenied,
+            )
         })?;
         let active = self.stats.active.load(Ordering::Relaxed);
         if active >= self.settings.max_transfers {

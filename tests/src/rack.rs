@@ -219,7 +219,10 @@ routers = ["192.0.2.1"]
 
     /// The machine's timeline as (kind, message), oldest first; empty if it is unknown.
     pub fn timeline(&self, mac: &str) -> Vec<(String, String)> {
-        let Ok(v) = self.app.api(&format!("/api/v1/machines/{mac}/events?limit=200")) else {
+        let Ok(v) = self
+            .app
+            .api(&format!("/api/v1/machines/{mac}/events?limit=200"))
+        else {
             return Vec::new();
         };
         let mut events: Vec<(u64, String, String)> = v
@@ -262,12 +265,15 @@ routers = ["192.0.2.1"]
                 return Ok(());
             }
             if let Ok(Some(status)) = self.ns.try_wait(self.vms[vm].pid) {
-                let err = std::fs::read_to_string(
-                    self.vms[vm].serial.with_file_name(format!(
+                let err = std::fs::read_to_string(self.vms[vm].serial.with_file_name(format!(
                         "qemu{}.err",
-                        self.vms[vm].serial.file_stem().unwrap_or_default().to_string_lossy().trim_start_matches("serial")
-                    )),
-                )
+                        self.vms[vm]
+                            .serial
+                            .file_stem()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .trim_start_matches("serial")
+                    )))
                 .unwrap_or_default();
                 bail!("QEMU for {mac} exited ({status}): {err}");
             }

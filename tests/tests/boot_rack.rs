@@ -65,7 +65,11 @@ fn boots_to_agent(firmware: Firmware, n: u8) {
             step("PXE DISCOVER", "dhcp", "(PXE uefi)");
         }
         Firmware::UefiHttp => {
-            let http = step("HTTP fetch of ipxe.efi", "boot", "file ipxe.efi fetched over HTTP");
+            let http = step(
+                "HTTP fetch of ipxe.efi",
+                "boot",
+                "file ipxe.efi fetched over HTTP",
+            );
             assert!(ack < http && http < script, "{events:#?}");
             step("HTTP Boot DISCOVER", "dhcp", "(HTTP Boot uefi)");
             assert!(
@@ -87,7 +91,11 @@ fn boots_to_agent(firmware: Firmware, n: u8) {
     assert_eq!(m["inventory"]["cpu"]["threads"], rack.vms[vm].cpus, "{m}");
     let uefi_seen = m["inventory"]["firmware"].to_string();
     assert!(
-        uefi_seen.contains(if firmware == Firmware::BiosIpxeRom { "bios" } else { "uefi" }),
+        uefi_seen.contains(if firmware == Firmware::BiosIpxeRom {
+            "bios"
+        } else {
+            "uefi"
+        }),
         "inventory firmware {uefi_seen} for {}",
         firmware.label()
     );

@@ -14,7 +14,10 @@ fn start(extra: &str) -> (NetNs, Appliance, PathBuf) {
     let ns = NetNs::new("tftp").unwrap();
     let app = Appliance::start_with(Some(ns.name()), &format!("[tftp]\n{extra}")).unwrap();
     let root = app.dir.path().join("data/boot");
-    assert!(root.is_dir(), "the appliance did not create its boot directory");
+    assert!(
+        root.is_dir(),
+        "the appliance did not create its boot directory"
+    );
     (ns, app, root)
 }
 
@@ -122,8 +125,14 @@ sys.exit("the second transfer did not complete within 20 s (the aborted one is s
         String::from_utf8_lossy(&out.stderr),
         app.log_text()
     );
-    assert!(stdout.contains(&format!("tsize {}", payload.len())), "{stdout}");
-    assert!(stdout.contains(&format!("received {}", payload.len())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("tsize {}", payload.len())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("received {}", payload.len())),
+        "{stdout}"
+    );
     // Both transfers have ended: the aborted one counted as aborted, nothing held.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&app, "cosm_tftp_active_transfers") != 0 {
@@ -142,7 +151,13 @@ fn traversal_symlinks_out_of_the_root_and_writes_are_refused() {
     std::fs::write(root.join("ok.txt"), "fine").unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let local = out_dir.path().join("got");
-    for remote in ["../secret.txt", "/etc/passwd", "escape", "..\\secret.txt", "missing"] {
+    for remote in [
+        "../secret.txt",
+        "/etc/passwd",
+        "escape",
+        "..\\secret.txt",
+        "missing",
+    ] {
         let out = atftp(&ns, remote, &local, &[]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
@@ -150,7 +165,10 @@ fn traversal_symlinks_out_of_the_root_and_writes_are_refused() {
             "{remote}: atftp said {err}"
         );
         let got = std::fs::read_to_string(&local).unwrap_or_default();
-        assert!(!got.contains("not for TFTP") && !got.contains("root:"), "{remote} leaked: {got}");
+        assert!(
+            !got.contains("not for TFTP") && !got.contains("root:"),
+            "{remote} leaked: {got}"
+        );
     }
     // A write request is refused and nothing is written.
     let src = out_dir.path().join("upload.txt");
@@ -230,7 +248,11 @@ fn fifty_concurrent_clients_each_receive_a_four_mib_file_intact() {
         assert!(status.success(), "{}: {err}", local.display());
         let got = std::fs::read(&local).unwrap();
         assert_eq!(got.len(), data.len(), "{}", local.display());
-        assert!(Sha256::digest(&got) == want, "{} is corrupt", local.display());
+        assert!(
+            Sha256::digest(&got) == want,
+            "{} is corrupt",
+            local.display()
+        );
     }
     assert_eq!(metric(&app, "cosm_tftp_completed_transfers_total"), 50);
     assert_eq!(metric(&app, "cosm_tftp_active_transfers"), 0);

@@ -100,7 +100,10 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            anyhow::bail!("not every machine registered; the appliance log is in {}", rack.app.dir.path().display());
+            anyhow::bail!(
+                "not every machine registered; the appliance log is in {}",
+                rack.app.dir.path().display()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -120,9 +123,11 @@ fn main() -> anyhow::Result<()> {
     ));
     let leases = rack.app.api("/api/v1/leases")?;
     let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::NOTHING).set_header([
-        "MAC", "FIRMWARE", "ROLE", "STATE", "IP", "CPUS", "MEMORY", "DISKS",
-    ]);
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "MAC", "FIRMWARE", "ROLE", "STATE", "IP", "CPUS", "MEMORY", "DISKS",
+        ]);
     for vm in &rack.vms {
         let m = rack
             .app
@@ -176,7 +181,11 @@ fn main() -> anyhow::Result<()> {
     if args.keep {
         step("DEMO_KEEP=1: the rack and the appliance keep running");
         let ns = rack.ns.name().to_string();
-        println!("   export COSM_URL={} COSM_TOKEN={}", rack.app.url(), rack.app.token());
+        println!(
+            "   export COSM_URL={} COSM_TOKEN={}",
+            rack.app.url(),
+            rack.app.token()
+        );
         println!(
             "   ip netns exec {ns} {} machines list",
             cosm_e2e::bin("cosmctl").display()
