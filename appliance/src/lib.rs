@@ -1,7 +1,7 @@
 //! The COSM appliance: the store, the REST API, the machine lifecycle and role rules.
 //!
 //! The binary (`src/main.rs`) parses the command line and calls [`serve::run`]. Layers:
-//! [`api`] is the only code that knows HTTP and JSON; [`store`] is the only code that
+//! [`api`] and [`boot`] are the only code that knows HTTP and JSON; [`store`] is the only code that
 //! touches redb; [`lifecycle`] and [`rules`] are pure functions the store calls.
 
 pub mod api;

@@ -107,6 +107,17 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("  api.listen                {}", c.api_listen);
             println!("  api.max_body_bytes        {}", c.max_body_bytes);
             println!("  events.retain_per_machine {}", c.events_per_machine);
+            println!("  boot.dir                  {}", c.boot.dir.display());
+            println!("  boot.ipxe_dir             {}", c.boot.ipxe_dir.display());
+            println!("  boot.ramdisk_dir          {}", c.boot.ramdisk_dir.display());
+            println!("  boot.appliance_url        {}", c.boot.appliance_url);
+            match &c.tftp {
+                None => println!("  tftp                      off"),
+                Some(t) => println!(
+                    "  tftp                      {} (max {} transfers, blksize <= {}, windowsize <= {})",
+                    t.listen, t.max_transfers, t.block_size_limit, t.window_size_limit
+                ),
+            }
             match &c.dhcp {
                 None => println!("  dhcp                      off"),
                 Some(d) => {
