@@ -49,6 +49,10 @@ enum Cmd {
         /// Report reboot/power-off as done without doing them.
         #[arg(long)]
         dry_run_actions: bool,
+        /// Enrol once, store the node credential in the state directory, and exit (what
+        /// the kickstart %post runs, so the installed system boots already enrolled).
+        #[arg(long)]
+        enroll_only: bool,
     },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
@@ -74,6 +78,7 @@ fn main() {
             cmdline,
             root,
             dry_run_actions,
+            enroll_only,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 use cosm_agent::settings::{from_cmdline, from_file, merge, FileSettings};
@@ -94,7 +99,14 @@ fn main() {
                 } else {
                     cosm_agent::run::ActionMode::Execute
                 };
-                cosm_agent::run::run(settings, cosm_agent::run::RunOptions { root, actions })
+                cosm_agent::run::run(
+                    settings,
+                    cosm_agent::run::RunOptions {
+                        root,
+                        actions,
+                        enroll_only,
+                    },
+                )
             })();
             if let Err(e) = result {
                 eprintln!("error: {e:#}");

@@ -28,6 +28,9 @@ pub struct RunOptions {
     /// Filesystem root the inventory is read from.
     pub root: PathBuf,
     pub actions: ActionMode,
+    /// Enrol once (storing the credential) and return: for installers, e.g. the kickstart
+    /// `%post`, which enrols the installed system before its first boot.
+    pub enroll_only: bool,
 }
 
 /// Outcome of one HTTP call, as the loop needs it.
@@ -116,6 +119,21 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
         observed_generation: 0,
         system: None,
     };
+    if agent.opts.enroll_only {
+        let token = agent.settings.token.clone();
+        if token.is_none() {
+            bail!("--enroll-only needs an enrolment token (--token, COSM_TOKEN or cosm.token=)");
+        }
+        agent.enroll()?;
+        let stored = credential_path(&agent.settings.state_dir);
+        if !stored.exists() {
+            bail!(
+                "enrolled, but the credential could not be stored in {}",
+                stored.display()
+            );
+        }
+        return Ok(());
+    }
     agent.main_loop();
     Ok(())
 }
