@@ -9,12 +9,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
 # ipxe (undionly.kpxe, ipxe.efi, snponly.efi), ipxe-qemu (NIC option ROMs), ovmf (UEFI firmware),
 # atftp (TFTP client): the boot path and the virtual rack (tests/tests/boot_rack.rs, tftp.rs, make demo).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa
-# Python tools, installed into ./.venv.
-PIP_PACKAGES := openapi-spec-validator
+# Python tools, installed into ./.venv: openapi-spec-validator (tests/tests/openapi.rs), pykickstart
+# (ksvalidator, kickstart/tests/templates.rs). shellcheck (apt) checks the kickstart scripts.
+PIP_PACKAGES := openapi-spec-validator pykickstart
 
 .PHONY: all build test check demo bench deps clean help toolchain fuzz image
 
@@ -39,7 +40,7 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
-	@if [ ! -x $(VENV)/bin/openapi-spec-validator ]; then \
+	@if [ ! -x $(VENV)/bin/openapi-spec-validator ] || [ ! -x $(VENV)/bin/ksvalidator ]; then \
 	  echo "creating $(VENV) with $(PIP_PACKAGES)"; \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PIP_PACKAGES); \
 	fi

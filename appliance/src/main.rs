@@ -109,7 +109,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("  events.retain_per_machine {}", c.events_per_machine);
             println!("  boot.dir                  {}", c.boot.dir.display());
             println!("  boot.ipxe_dir             {}", c.boot.ipxe_dir.display());
-            println!("  boot.ramdisk_dir          {}", c.boot.ramdisk_dir.display());
+            println!(
+                "  boot.ramdisk_dir          {}",
+                c.boot.ramdisk_dir.display()
+            );
             println!("  boot.appliance_url        {}", c.boot.appliance_url);
             match &c.tftp {
                 None => println!("  tftp                      off"),
