@@ -36,6 +36,8 @@ pub struct AppState {
     pub liveness: std::sync::Arc<crate::liveness::Liveness>,
     /// `None` when the appliance does not serve network boot (the `/boot` routes 404).
     pub boot: Option<std::sync::Arc<crate::boot::BootContext>>,
+    /// `None`: no image repository (the `/api/v1/images` routes 404).
+    pub images: Option<crate::images::ImageDir>,
 }
 
 /// An API error: the status and the client-facing body. Internal detail is logged where
@@ -336,6 +338,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agent/observed", post(agent_observed))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(delete_token))
+        .route("/api/v1/machines/{mac}/kickstart", get(machine_kickstart))
+        .route("/api/v1/machines/{mac}/redeploy", post(redeploy_machine))
+        .route("/api/v1/agent/install-report", post(agent_install_report))
+        .merge(crate::images::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let open = Router::new()
         .route("/healthz", get(healthz))
@@ -594,6 +600,119 @@ async fn set_state(
             .await?,
     );
     tracing::info!(caller = %caller.name, mac = %mac, state = %m.state, "machine state changed");
+    Ok(Json(m))
+}
+
+/// The kickstart the machine's installer would get now (for `cosmctl kickstart render`).
+#[utoipa::path(get, path = "/api/v1/machines/{mac}/kickstart", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, content_type = "text/plain"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn machine_kickstart(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = machine_or_404(&state.store, mac, "")?;
+    let boot = state.boot.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "boot_off", "network boot is not configured on this appliance")
+    })?;
+    let text = boot.render_kickstart(&m)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Start a machine's install over: it goes back to `ready` (from deployed, active or
+/// failed) and, when its agent is running, is told to reboot into the installer.
+#[utoipa::path(post, path = "/api/v1/machines/{mac}/redeploy", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn redeploy_machine(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = machine_or_404(&state.store, mac, "")?;
+    if m.role.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_role",
+            format!("{mac} has no role: give it one (cosmctl machines set-role) and it is installed at its next boot"),
+        ));
+    }
+    let mut m = m;
+    if m.state != MachineState::Ready {
+        m = machine_of(
+            state
+                .store
+                .apply(Command::SetState {
+                    mac,
+                    to: MachineState::Ready,
+                    reason: Some(format!("redeploy requested by {}", caller.name)),
+                })
+                .await?,
+        );
+    }
+    if state.liveness.is_alive(mac) {
+        m = machine_of(
+            state
+                .store
+                .apply(Command::QueueAction {
+                    mac,
+                    kind: "reboot".into(),
+                })
+                .await?,
+        );
+    }
+    tracing::info!(caller = %caller.name, %mac, "redeploy requested");
+    Ok(Json(m))
+}
+
+/// An installer reports how the install ended (the kickstart's %post or %onerror).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReport {
+    pub mac: MacAddr,
+    pub ok: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The installer's report: a deploying machine becomes `deployed` (ok) or `failed`, with
+/// the message (e.g. the installer's log tail) on its timeline. Needs an enrol token.
+#[utoipa::path(post, path = "/api/v1/agent/install-report", tag = "agents", request_body = InstallReport,
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn agent_install_report(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<InstallReport>,
+) -> Result<Json<Machine>, ApiError> {
+    let m = machine_or_404(&state.store, body.mac, "")?;
+    if m.state != MachineState::Deploying {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_deploying",
+            format!("{} is {}, not deploying: no install was expected from it", body.mac, m.state),
+        ));
+    }
+    let message: String = body.message.chars().take(2000).collect();
+    let (to, reason) = if body.ok {
+        (MachineState::Deployed, format!("install finished: {message}"))
+    } else {
+        (MachineState::Failed, format!("install failed: {message}"))
+    };
+    let m = machine_of(
+        state
+            .store
+            .apply(Command::SetState {
+                mac: body.mac,
+                to,
+                reason: Some(reason),
+            })
+            .await?,
+    );
+    tracing::info!(mac = %body.mac, ok = body.ok, "install report");
     Ok(Json(m))
 }
 
@@ -1002,6 +1121,9 @@ impl utoipa::Modify for BearerAuth {
         list_leases,
         queue_action, agent_enroll, agent_heartbeat, agent_desired, agent_observed,
         list_tokens, create_token, delete_token,
+        machine_kickstart, redeploy_machine, agent_install_report,
+        crate::images::list_images, crate::images::show_image, crate::images::upload_image,
+        crate::images::delete_image, crate::images::download_image,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -1011,6 +1133,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "dhcp", description = "DHCP leases"),
         (name = "agents", description = "Node agents: enrolment, heartbeat, desired state"),
         (name = "tokens", description = "API tokens (admin only)"),
+        (name = "images", description = "The image repository: installer kernels, initrds, ISOs"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

@@ -37,8 +37,14 @@ pub fn permits(scope: Scope, method: &axum::http::Method, path: &str) -> bool {
                 && !agent_path
                 && !path.starts_with("/api/v1/tokens")
         }
-        Scope::Enroll => *method == Method::POST && path == "/api/v1/agent/enroll",
-        Scope::Agent => agent_path && path != "/api/v1/agent/enroll",
+        // Enrol, and (installers' %post/%onerror) report how an install ended.
+        Scope::Enroll => {
+            *method == Method::POST
+                && (path == "/api/v1/agent/enroll" || path == "/api/v1/agent/install-report")
+        }
+        Scope::Agent => {
+            agent_path && path != "/api/v1/agent/enroll" && path != "/api/v1/agent/install-report"
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::api::{ApiError, AppState};
 use crate::auth;
-use crate::config::BootSettings;
+use crate::config::{BootSettings, KickstartSettings};
 use crate::store::Store;
 use crate::timeline::Timeline;
 use anyhow::Context;
@@ -19,6 +19,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use cosm_kickstart::{Hypervisor, Machine as KsMachine, Site};
 use cosm_netboot::ipxe::{Firmware, Script, Target};
 use cosm_wire::{EventKind, MacAddr, Machine, MachineState, Scope};
 use serde::Deserialize;
@@ -38,10 +39,18 @@ pub const RAMDISK_INITRD: &str = "initramfs.img";
 #[derive(Debug)]
 pub struct BootContext {
     pub settings: BootSettings,
+    pub kickstart: KickstartSettings,
+    /// The image repository's directory (installer kernels and initrds).
+    pub images_dir: std::path::PathBuf,
+    /// Subnets, to give a machine with a reserved address its netmask, router and DNS.
+    pub subnets: Vec<cosm_netboot::dhcp::Subnet>,
     enroll_token: String,
     timeline: Arc<Timeline>,
     store: Store,
 }
+
+/// The agent binary and its unit, served to installers' %post at /boot/<name>.
+pub const AGENT_FILES: [&str; 2] = ["cosm-agent", "cosm-agent.service"];
 
 /// Copies `names` from `from` into `to` when missing or different (hard link when both
 /// are on one filesystem). A name missing from `from` but present in `to` is kept (an
@@ -107,7 +116,9 @@ impl BootContext {
     /// Creates and stages the boot directory and makes sure an enrolment token exists.
     pub async fn prepare(
         settings: BootSettings,
+        kickstart: KickstartSettings,
         data_dir: &Path,
+        subnets: Vec<cosm_netboot::dhcp::Subnet>,
         store: Store,
         timeline: Arc<Timeline>,
     ) -> anyhow::Result<BootContext> {
@@ -125,8 +136,20 @@ impl BootContext {
             &[RAMDISK_KERNEL, RAMDISK_INITRD],
             "build the agent ramdisk with `make image` and set boot.ramdisk_dir to images/out",
         )?;
+        stage(
+            &settings.agent_dir,
+            &settings.dir,
+            &AGENT_FILES,
+            "set boot.agent_dir to where cosm-agent and cosm-agent.service are (installed systems get them from here)",
+        )?;
+        if kickstart.repo_url.is_none() {
+            tracing::warn!("kickstart.repo_url is not set: installers get no install source (inst.repo), so a real CentOS/Rocky/Alma install will stop at its source selection");
+        }
         let enroll_token = boot_enroll_token(&store, data_dir).await?;
         Ok(BootContext {
+            kickstart,
+            images_dir: data_dir.join("images"),
+            subnets,
             settings,
             enroll_token,
             timeline,
@@ -151,11 +174,115 @@ impl BootContext {
             Some(MachineState::Retired) => Target::PowerOff {
                 reason: "the machine is retired".into(),
             },
-            // Unknown, discovered, ready, deploying, failed: the agent ramdisk, which
-            // (re)enrols the machine and reports its inventory.
+            Some(MachineState::Ready | MachineState::Deploying) => match self.installer(mac) {
+                Ok(t) => t,
+                Err(why) => {
+                    self.timeline.note(mac, EventKind::Boot, format!("install not possible: {why}; booting the agent ramdisk instead"));
+                    self.ramdisk(mac)
+                }
+            },
+            // Unknown, discovered, failed: the agent ramdisk, which (re)enrols the machine
+            // and reports its inventory.
             _ => self.ramdisk(mac),
         };
         (shown, target)
+    }
+
+    /// The installer of the configured release, from the image repository, pointed at the
+    /// machine's kickstart.
+    fn installer(&self, mac: MacAddr) -> Result<Target, String> {
+        let k = &self.kickstart;
+        for name in [&k.installer_kernel, &k.installer_initrd] {
+            if !crate::images::has_image(&self.images_dir, name) {
+                return Err(format!(
+                    "the installer image {name:?} is not in the image repository (cosmctl images upload FILE --name {name})"
+                ));
+            }
+        }
+        let base = &self.settings.appliance_url;
+        let repo = k
+            .repo_url
+            .as_deref()
+            .map(|r| format!(" inst.repo={r}"))
+            .unwrap_or_default();
+        Ok(Target::Linux {
+            label: format!("{} installer", k.release.name()),
+            kernel_url: format!("{base}/boot/images/{}?mac={mac}&step=kernel", k.installer_kernel),
+            initrd_url: format!("{base}/boot/images/{}?mac={mac}&step=initrd", k.installer_initrd),
+            initrd_name: "initrd.img".into(),
+            args: format!(
+                "inst.ks={base}/boot/ks/{mac}{repo} ip=dhcp {}",
+                k.installer_args
+            )
+            .trim_end()
+            .to_string(),
+        })
+    }
+
+    /// The kickstart a machine gets: its role's template for the configured release.
+    pub fn render_kickstart(&self, m: &Machine) -> Result<String, ApiError> {
+        let k = &self.kickstart;
+        let role = m.role.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_role",
+                format!("{} has no role: give it one before it is installed", m.mac),
+            )
+        })?;
+        let role = role.to_string();
+        let (template, hypervisor) = if k.xen_roles.contains(&role) {
+            ("host".to_string(), Hypervisor::Xen)
+        } else {
+            (role.clone(), Hypervisor::Kvm)
+        };
+        let hex: String = m.mac.to_string().replace(':', "");
+        let hostname = m
+            .hostname
+            .clone()
+            .unwrap_or_else(|| format!("{role}-{}", &hex[6..]));
+        let mut machine = KsMachine {
+            mac: m.mac.to_string(),
+            hostname,
+            ip: None,
+            netmask: None,
+            gateway: None,
+            dns: None,
+            disk: m.inventory.as_ref().and_then(|inv| {
+                let mut disks: Vec<_> = inv.disks.iter().collect();
+                disks.sort_by(|a, b| a.name.cmp(&b.name));
+                disks.first().map(|d| d.name.clone())
+            }),
+        };
+        if let Some(ip) = m.reserved_ip {
+            if let Some(sub) = self.subnets.iter().find(|s| s.contains(ip)) {
+                machine.ip = Some(ip.to_string());
+                machine.netmask = Some(sub.mask().to_string());
+                machine.gateway = sub.routers.first().map(|r| r.to_string());
+                machine.dns = (!sub.dns.is_empty()).then(|| {
+                    sub.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                });
+            }
+        }
+        let site = Site {
+            appliance_url: self.settings.appliance_url.clone(),
+            enroll_token: self.enroll_token.clone(),
+            root_password_hash: k.root_password_hash.clone(),
+            ssh_keys: k.ssh_keys.clone(),
+            timezone: k.timezone.clone(),
+            selinux: k.selinux.clone(),
+            firewall: k.firewall,
+            repo_url: k.repo_url.clone(),
+            xen_repo_url: k.xen_repo_url.clone(),
+        };
+        k.templates
+            .render(&template, k.release, hypervisor, &machine, &site)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "kickstart",
+                    format!("cannot render the kickstart of {}: {e}", m.mac),
+                )
+            })
     }
 
     fn ramdisk(&self, mac: MacAddr) -> Target {
@@ -349,11 +476,68 @@ async fn boot_file(
     Ok(resp.map(axum::body::Body::new))
 }
 
+/// The kickstart of a `ready` or `deploying` machine, for its installer. Fetching it moves
+/// a `ready` machine to `deploying`.
+async fn boot_kickstart(
+    State(state): State<AppState>,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&state)?;
+    let mac = parse_mac(Some(&mac))?;
+    let m = ctx.store.machine(mac).map_err(ApiError::from)?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no machine {mac}"))
+    })?;
+    if !matches!(m.state, MachineState::Ready | MachineState::Deploying) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_installable",
+            format!("{mac} is {}: only ready or deploying machines are installed (cosmctl machines redeploy {mac} starts over)", m.state),
+        ));
+    }
+    let text = ctx.render_kickstart(&m)?;
+    if m.state == MachineState::Ready {
+        ctx.store
+            .apply(crate::store::Command::SetState {
+                mac,
+                to: MachineState::Deploying,
+                reason: Some(format!(
+                    "the installer fetched its kickstart ({})",
+                    ctx.kickstart.release.name()
+                )),
+            })
+            .await
+            .map_err(ApiError::from)?;
+    }
+    tracing::info!(%mac, release = ctx.kickstart.release.id(), "kickstart served");
+    ctx.timeline.note(mac, EventKind::Boot, format!("kickstart served ({}, role {})", ctx.kickstart.release.name(), m.role.map(|r| r.to_string()).unwrap_or_default()));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Image-repository files for installers (kernel, initrd), open like the other boot files.
+async fn boot_image(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Query(q): Query<FileQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let ctx = context(&state)?;
+    let ranged = req.headers().contains_key(header::RANGE);
+    let is_get = req.method() == Method::GET;
+    let resp = crate::images::serve_image(&state, &name, req).await?;
+    if let (Some(mac), true, false) = (q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()), is_get, ranged) {
+        let step = q.step.filter(|s| matches!(s.as_str(), "kernel" | "initrd")).unwrap_or_else(|| "file".into());
+        ctx.timeline.note(mac, EventKind::Boot, format!("{step} {name} fetched from the image repository"));
+    }
+    Ok(resp)
+}
+
 /// The open (token-less) boot routes; firmware has no credentials.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/boot/ipxe", get(ipxe_script))
         .route("/boot/report", get(boot_report))
+        .route("/boot/ks/{mac}", get(boot_kickstart))
+        .route("/boot/images/{name}", get(boot_image).head(boot_image))
         .route("/boot/{*file}", get(boot_file).head(boot_file))
 }
 

@@ -5,6 +5,7 @@
 
 use cosm_netboot::dhcp::server::Listen;
 use cosm_netboot::dhcp::{Boot, DhcpConfig, Mode, Pool, Subnet, UnknownMacs};
+use cosm_kickstart::{Release, Templates};
 use cosm_netboot::tftp::TftpSettings;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,69 @@ pub mod file {
         pub boot: Boot,
         #[serde(default)]
         pub tftp: Option<Tftp>,
+        #[serde(default)]
+        pub kickstart: Kickstart,
+        #[serde(default)]
+        pub images: Images,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Kickstart {
+        /// centos-7, centos-stream-9, rocky-8, rocky-9, alma-8, alma-9.
+        pub release: String,
+        /// Templates here replace the built-in ones of the same name.
+        pub templates_dir: Option<String>,
+        pub root_password_hash: Option<String>,
+        pub ssh_keys: Vec<String>,
+        pub timezone: String,
+        pub selinux: String,
+        pub firewall: bool,
+        /// Install source mirror (inst.repo and `url`); default: the image repository's
+        /// `<release>-repo/` tree is not served, so this or media in the repository is needed.
+        pub repo_url: Option<String>,
+        /// Image-repository names of the installer kernel and initrd.
+        pub installer_kernel: Option<String>,
+        pub installer_initrd: Option<String>,
+        pub installer_args: String,
+        /// Roles whose machines are Xen hosts (the `host` template with Xen).
+        pub xen_roles: Vec<String>,
+        pub xen_repo_url: String,
+    }
+
+    impl Default for Kickstart {
+        fn default() -> Self {
+            Kickstart {
+                release: "rocky-9".into(),
+                templates_dir: None,
+                root_password_hash: None,
+                ssh_keys: Vec::new(),
+                timezone: "Etc/UTC".into(),
+                selinux: "enforcing".into(),
+                firewall: true,
+                repo_url: None,
+                installer_kernel: None,
+                installer_initrd: None,
+                installer_args: "console=tty0 console=ttyS0,115200".into(),
+                xen_roles: Vec::new(),
+                xen_repo_url: "http://mirror.centos.org/centos/7/virt/x86_64/xen/".into(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Images {
+        /// Largest upload accepted, in MiB.
+        pub max_upload_mib: u64,
+    }
+
+    impl Default for Images {
+        fn default() -> Self {
+            Images {
+                max_upload_mib: 16 * 1024,
+            }
+        }
     }
 
     #[derive(Debug, Deserialize)]
@@ -71,6 +135,8 @@ pub mod file {
         pub kernel_args: String,
         /// Download attempts per step of an iPXE script before it reports and gives up.
         pub retries: u32,
+        /// Where cosm-agent and cosm-agent.service are copied from, for installed systems.
+        pub agent_dir: String,
         /// The appliance's URL as machines reach it; default dhcp.boot.http_base, or
         /// http://<api.listen>.
         pub appliance_url: Option<String>,
@@ -84,6 +150,7 @@ pub mod file {
                 ramdisk_dir: "/usr/share/cosm/ramdisk".into(),
                 kernel_args: "console=tty0 console=ttyS0,115200".into(),
                 retries: 3,
+                agent_dir: "/usr/lib/cosm".into(),
                 appliance_url: None,
             }
         }
@@ -279,6 +346,29 @@ pub struct Config {
     pub boot: BootSettings,
     /// `None` when TFTP is off (no `[tftp]` section, or `enabled = false`).
     pub tftp: Option<TftpSettings>,
+    pub kickstart: KickstartSettings,
+    /// Directory of the image repository's files.
+    pub images_dir: PathBuf,
+    pub max_upload_bytes: u64,
+}
+
+/// How machines are installed.
+#[derive(Debug, Clone)]
+pub struct KickstartSettings {
+    pub release: Release,
+    pub templates: std::sync::Arc<Templates>,
+    pub templates_dir: Option<PathBuf>,
+    pub root_password_hash: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub timezone: String,
+    pub selinux: String,
+    pub firewall: bool,
+    pub repo_url: Option<String>,
+    pub installer_kernel: String,
+    pub installer_initrd: String,
+    pub installer_args: String,
+    pub xen_roles: Vec<String>,
+    pub xen_repo_url: String,
 }
 
 /// Boot files and the iPXE scripts' settings.
@@ -287,6 +377,7 @@ pub struct BootSettings {
     pub dir: PathBuf,
     pub ipxe_dir: PathBuf,
     pub ramdisk_dir: PathBuf,
+    pub agent_dir: PathBuf,
     pub kernel_args: String,
     pub retries: u32,
     /// No trailing slash.
@@ -422,6 +513,7 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             dir: rel(&f.boot.dir),
             ipxe_dir: rel(&f.boot.ipxe_dir),
             ramdisk_dir: rel(&f.boot.ramdisk_dir),
+            agent_dir: rel(&f.boot.agent_dir),
             kernel_args: f.boot.kernel_args.clone(),
             retries: f.boot.retries,
             appliance_url,
@@ -432,7 +524,74 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             }
             _ => None,
         };
+        let k = f.kickstart;
+        let release = Release::parse(&k.release).ok_or_else(|| {
+            invalid(
+                "kickstart.release",
+                format!(
+                    "{:?} is not one of {}",
+                    k.release,
+                    Release::ALL.map(|r| r.id()).join(", ")
+                ),
+            )
+        })?;
+        let templates_dir = k.templates_dir.as_deref().map(rel);
+        let templates = Templates::new(templates_dir.as_deref())
+            .map_err(|e| invalid("kickstart.templates_dir", e.to_string()))?;
+        if !matches!(k.selinux.as_str(), "enforcing" | "permissive" | "disabled") {
+            return Err(invalid(
+                "kickstart.selinux",
+                format!("{:?} is not enforcing, permissive or disabled", k.selinux),
+            ));
+        }
+        if let Some(h) = &k.root_password_hash {
+            if !h.starts_with('$') || h.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "kickstart.root_password_hash",
+                    "must be a crypt(3) hash such as $6$salt$… (make one with `openssl passwd -6`)".into(),
+                ));
+            }
+        }
+        for (i, key) in k.ssh_keys.iter().enumerate() {
+            if key.contains(['\n', '\r']) || !key.starts_with("ssh-") && !key.starts_with("ecdsa-") {
+                return Err(invalid(
+                    &format!("kickstart.ssh_keys[{i}]"),
+                    "must be one public key line (ssh-ed25519 AAAA… comment)".into(),
+                ));
+            }
+        }
+        for (key, value) in [("kickstart.installer_args", &k.installer_args), ("kickstart.timezone", &k.timezone)] {
+            if value.contains(['\n', '\r', '$', '#']) {
+                return Err(invalid(key, "must be one line without $ or #".into()));
+            }
+        }
+        let kickstart = KickstartSettings {
+            release,
+            templates: std::sync::Arc::new(templates),
+            templates_dir,
+            installer_kernel: k
+                .installer_kernel
+                .unwrap_or_else(|| format!("{}-vmlinuz", release.id())),
+            installer_initrd: k
+                .installer_initrd
+                .unwrap_or_else(|| format!("{}-initrd.img", release.id())),
+            root_password_hash: k.root_password_hash,
+            ssh_keys: k.ssh_keys,
+            timezone: k.timezone,
+            selinux: k.selinux,
+            firewall: k.firewall,
+            repo_url: k.repo_url,
+            installer_args: k.installer_args,
+            xen_roles: k.xen_roles,
+            xen_repo_url: k.xen_repo_url,
+        };
+        if !(1..=1 << 30).contains(&f.images.max_upload_mib) {
+            return Err(invalid("images.max_upload_mib", format!("{} is outside 1..=1073741824", f.images.max_upload_mib)));
+        }
         Ok(Config {
+            kickstart,
+            images_dir: data_dir.join("images"),
+            max_upload_bytes: f.images.max_upload_mib << 20,
             boot,
             tftp,
             heartbeat_secs: f.agents.heartbeat_secs,

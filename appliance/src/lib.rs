@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod images;
 pub mod config;
 pub mod dhcp_service;
 pub mod lifecycle;

@@ -70,6 +70,12 @@ impl Liveness {
             .map(|b| (b.last.elapsed(), b.summary.clone()))
     }
 
+    /// Whether the machine's agent is heartbeating (seen and not marked lost).
+    pub fn is_alive(&self, mac: MacAddr) -> bool {
+        let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        beats.get(&mac).is_some_and(|b| !b.lost)
+    }
+
     pub fn len(&self) -> usize {
         self.beats.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

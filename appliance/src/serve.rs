@@ -55,11 +55,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let timeline = std::sync::Arc::new(crate::timeline::Timeline::new(store.clone()));
     let boot = crate::boot::BootContext::prepare(
         config.boot.clone(),
+        config.kickstart.clone(),
         &config.data_dir,
+        config
+            .dhcp
+            .as_ref()
+            .map(|d| d.core.subnets.clone())
+            .unwrap_or_default(),
         store.clone(),
         timeline.clone(),
     )
     .await?;
+    let images = crate::images::ImageDir::open(config.images_dir.clone(), config.max_upload_bytes)
+        .with_context(|| format!("cannot open the image repository {}", config.images_dir.display()))?;
     let mut tftp = None;
     if let Some(settings) = config.tftp.clone() {
         let listen = settings.listen;
@@ -97,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         max_body_bytes: config.max_body_bytes,
         boot: Some(std::sync::Arc::new(boot)),
+        images: Some(images),
     });
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

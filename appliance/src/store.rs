@@ -43,6 +43,7 @@ const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events"
 const EVENT_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("event_counts");
 /// DHCP leases keyed by IPv4 address (as u32).
 const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Keyed by the SHA-256 of the token (hex); the token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
@@ -180,6 +181,10 @@ pub enum Command {
         kind: EventKind,
         message: String,
     },
+    /// An image's file is in place (renamed into the repository); record it, replacing
+    /// any record of the same name.
+    PutImage(cosm_wire::Image),
+    DeleteImage(String),
 }
 
 impl Command {
@@ -318,6 +323,18 @@ impl Store {
     /// Every lease record, by address.
     pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         read_all(&self.db, LEASES, "leases")
+    }
+
+    /// Every image record, by name.
+    pub fn images(&self) -> Result<Vec<cosm_wire::Image>, StoreError> {
+        read_all(&self.db, IMAGES, "images")
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<cosm_wire::Image>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(IMAGES)?;
+        let v = t.get(name)?;
+        v.map(|v| decode("images", v.value())).transpose()
     }
 
     /// The lease record of one address, if any.
@@ -513,6 +530,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(EVENT_COUNTS)?;
         txn.open_table(TOKENS)?;
         txn.open_table(LEASES)?;
+        txn.open_table(IMAGES)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -742,6 +760,21 @@ fn apply_command(tx: &mut Tx<'_>, cmd: &Command) -> Result<Outcome, StoreError> 
                 tx.event(*mac, *kind, message.clone(), None, None)?;
             }
             Ok(Outcome::Done)
+        }
+        Command::PutImage(image) => {
+            let mut t = tx.txn.open_table(IMAGES)?;
+            t.insert(image.name.as_str(), encode(image).as_slice())?;
+            Ok(Outcome::Done)
+        }
+        Command::DeleteImage(name) => {
+            let mut t = tx.txn.open_table(IMAGES)?;
+            if t.remove(name.as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "image",
+                    key: name.clone(),
+                });
+            }
+            Ok(Outcome::Deleted)
         }
         Command::DeleteToken(id) => {
             let mut t = tx.txn.open_table(TOKENS)?;

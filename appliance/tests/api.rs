@@ -38,33 +38,43 @@ impl TestApp {
         // A boot directory staged from small stand-ins for iPXE and the ramdisk.
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "initramfs.img"] {
+        for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "initramfs.img", "cosm-agent", "cosm-agent.service"] {
             std::fs::write(src.join(f), format!("contents of {f}")).unwrap();
         }
         std::fs::write(src.join("vmlinuz"), (0..=255u8).collect::<Vec<u8>>()).unwrap();
         let settings = cosm_appliance::config::BootSettings {
             dir: dir.path().join("boot"),
             ipxe_dir: src.clone(),
-            ramdisk_dir: src,
+            ramdisk_dir: src.clone(),
+            agent_dir: src.clone(),
             kernel_args: "console=ttyS0".into(),
             retries: 3,
             appliance_url: "http://192.0.2.1:8080".into(),
         };
         let timeline = std::sync::Arc::new(cosm_appliance::timeline::Timeline::new(store.clone()));
+        let config = cosm_appliance::config::Config::parse(
+            &dir.path().join("appliance.toml"),
+            "data_dir = \".\"\n[kickstart]\nrepo_url = \"http://192.0.2.1:8080/repo/rocky-9/\"\n",
+        )
+        .unwrap();
         let boot = cosm_appliance::boot::BootContext::prepare(
             settings,
+            config.kickstart.clone(),
             dir.path(),
+            Vec::new(),
             store.clone(),
             timeline,
         )
         .await
         .unwrap();
+        let images = cosm_appliance::images::ImageDir::open(dir.path().join("images"), 64 << 20).unwrap();
         let router = router(AppState {
             store,
             metrics,
             max_body_bytes,
             liveness,
             boot: Some(std::sync::Arc::new(boot)),
+            images: Some(images),
         });
         TestApp {
             router,

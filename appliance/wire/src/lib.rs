@@ -7,6 +7,7 @@
 
 mod agent;
 mod ident;
+mod image;
 mod inventory;
 mod machine;
 mod rule;
@@ -16,6 +17,7 @@ pub use agent::{
     ActionResult, ActionStatus, AgentAction, DesiredState, Enroll, Enrolled, Heartbeat,
     HeartbeatReply, Observed, QueueAction,
 };
+pub use image::{valid_image_name, Image};
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
 pub use inventory::{human_bytes, Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
