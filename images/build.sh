@@ -127,6 +127,41 @@ for tries in 1 2 3 4 5; do
   done
 done
 [ -n "$got" ] || echo "cosm ramdisk: no DHCP lease on any interface" > /dev/console
+# Installer stand-in (tests and the demo only: CentOS media cannot be downloaded there).
+# Booted with inst.ks=URL like the real installer, it fetches the kickstart and makes the
+# calls its %post makes: the agent binary and unit from the appliance, the agent's
+# enrolment (--enroll-only, credential into the "installed" tree), and the install report;
+# then it reboots, and the next network boot goes to the local disk.
+ks=$(sed -n 's/.*inst\.ks=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$ks" ]; then
+  say() { echo "cosm installer stand-in: $*" > /dev/console; }
+  say "fetching the kickstart $ks"
+  T=/mnt/sysimage
+  mkdir -p $T/usr/local/bin $T/etc/cosm $T/etc/systemd/system $T/var/lib/cosm-agent
+  if wget -q -O /tmp/ks.cfg "$ks"; then
+    appliance=$(sed -n "s/^appliance='\(.*\)'\$/\1/p" /tmp/ks.cfg | head -n 1)
+    mac=$(sed -n "s/^mac='\(.*\)'\$/\1/p" /tmp/ks.cfg | head -n 1)
+    token=$(sed -n "s/^token='\(.*\)'\$/\1/p" /tmp/ks.cfg | head -n 1)
+    say "kickstart for $mac: $(grep -c . /tmp/ks.cfg) lines; running the %post steps"
+    if wget -q -O $T/usr/local/bin/cosm-agent "$appliance/boot/cosm-agent" &&
+       chmod 0755 $T/usr/local/bin/cosm-agent &&
+       wget -q -O $T/etc/systemd/system/cosm-agent.service "$appliance/boot/cosm-agent.service" &&
+       printf 'appliance = "%s"\nmac = "%s"\nstate_dir = "%s"\n' "$appliance" "$mac" "$T/var/lib/cosm-agent" > $T/etc/cosm/agent.toml &&
+       $T/usr/local/bin/cosm-agent run --enroll-only --config $T/etc/cosm/agent.toml --token "$token" > /dev/console 2>&1; then
+      ok=true; msg="installer stand-in: agent installed and enrolled"
+    else
+      ok=false; msg="installer stand-in: a %post step failed"
+    fi
+    say "$msg; reporting"
+    wget -q -O /dev/null --header "Authorization: Bearer $token" --header "Content-Type: application/json" \
+      --post-data "{\"mac\": \"$mac\", \"ok\": $ok, \"message\": \"$msg\"}" "$appliance/api/v1/agent/install-report" &&
+      say "install reported; rebooting" || say "the install report failed"
+  else
+    say "cannot fetch the kickstart"
+  fi
+  sleep 2
+  reboot -f
+fi
 echo "cosm ramdisk: starting cosm-agent" > /dev/console
 while true; do
   /bin/cosm-agent run --cmdline /proc/cmdline --state-dir /var/lib/cosm-agent > /dev/console 2>&1
@@ -137,9 +172,13 @@ SH
 chmod 755 "$R/init"
 
 cp "$WORK/k/boot/vmlinuz-$KREL" "$OUT/vmlinuz"
+# The agent and its unit beside the ramdisk: the appliance serves them to installers'
+# %post (boot.agent_dir).
+cp "$R/bin/cosm-agent" "$OUT/cosm-agent"
+cp agent/cosm-agent.service "$OUT/cosm-agent.service"
 find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -n -9 > "$OUT/initramfs.img"
-touch -d "@$SOURCE_DATE_EPOCH" "$OUT/vmlinuz" "$OUT/initramfs.img"
+touch -d "@$SOURCE_DATE_EPOCH" "$OUT/vmlinuz" "$OUT/initramfs.img" "$OUT/cosm-agent" "$OUT/cosm-agent.service"
 
 size=$(stat -c %s "$OUT/initramfs.img")
 printf '%-22s %10s  %s\n' file bytes sha256

@@ -615,7 +615,11 @@ async fn machine_kickstart(
     let mac = parse_mac(&mac)?;
     let m = machine_or_404(&state.store, mac, "")?;
     let boot = state.boot.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "boot_off", "network boot is not configured on this appliance")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "boot_off",
+            "network boot is not configured on this appliance",
+        )
     })?;
     let text = boot.render_kickstart(&m)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
@@ -693,12 +697,18 @@ async fn agent_install_report(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_deploying",
-            format!("{} is {}, not deploying: no install was expected from it", body.mac, m.state),
+            format!(
+                "{} is {}, not deploying: no install was expected from it",
+                body.mac, m.state
+            ),
         ));
     }
     let message: String = body.message.chars().take(2000).collect();
     let (to, reason) = if body.ok {
-        (MachineState::Deployed, format!("install finished: {message}"))
+        (
+            MachineState::Deployed,
+            format!("install finished: {message}"),
+        )
     } else {
         (MachineState::Failed, format!("install failed: {message}"))
     };

@@ -177,7 +177,11 @@ impl BootContext {
             Some(MachineState::Ready | MachineState::Deploying) => match self.installer(mac) {
                 Ok(t) => t,
                 Err(why) => {
-                    self.timeline.note(mac, EventKind::Boot, format!("install not possible: {why}; booting the agent ramdisk instead"));
+                    self.timeline.note(
+                        mac,
+                        EventKind::Boot,
+                        format!("install not possible: {why}; booting the agent ramdisk instead"),
+                    );
                     self.ramdisk(mac)
                 }
             },
@@ -207,8 +211,14 @@ impl BootContext {
             .unwrap_or_default();
         Ok(Target::Linux {
             label: format!("{} installer", k.release.name()),
-            kernel_url: format!("{base}/boot/images/{}?mac={mac}&step=kernel", k.installer_kernel),
-            initrd_url: format!("{base}/boot/images/{}?mac={mac}&step=initrd", k.installer_initrd),
+            kernel_url: format!(
+                "{base}/boot/images/{}?mac={mac}&step=kernel",
+                k.installer_kernel
+            ),
+            initrd_url: format!(
+                "{base}/boot/images/{}?mac={mac}&step=initrd",
+                k.installer_initrd
+            ),
             initrd_name: "initrd.img".into(),
             args: format!(
                 "inst.ks={base}/boot/ks/{mac}{repo} ip=dhcp {}",
@@ -259,7 +269,11 @@ impl BootContext {
                 machine.netmask = Some(sub.mask().to_string());
                 machine.gateway = sub.routers.first().map(|r| r.to_string());
                 machine.dns = (!sub.dns.is_empty()).then(|| {
-                    sub.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                    sub.dns
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 });
             }
         }
@@ -484,9 +498,17 @@ async fn boot_kickstart(
 ) -> Result<Response, ApiError> {
     let ctx = context(&state)?;
     let mac = parse_mac(Some(&mac))?;
-    let m = ctx.store.machine(mac).map_err(ApiError::from)?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no machine {mac}"))
-    })?;
+    let m = ctx
+        .store
+        .machine(mac)
+        .map_err(ApiError::from)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no machine {mac}"),
+            )
+        })?;
     if !matches!(m.state, MachineState::Ready | MachineState::Deploying) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -509,7 +531,15 @@ async fn boot_kickstart(
             .map_err(ApiError::from)?;
     }
     tracing::info!(%mac, release = ctx.kickstart.release.id(), "kickstart served");
-    ctx.timeline.note(mac, EventKind::Boot, format!("kickstart served ({}, role {})", ctx.kickstart.release.name(), m.role.map(|r| r.to_string()).unwrap_or_default()));
+    ctx.timeline.note(
+        mac,
+        EventKind::Boot,
+        format!(
+            "kickstart served ({}, role {})",
+            ctx.kickstart.release.name(),
+            m.role.map(|r| r.to_string()).unwrap_or_default()
+        ),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
@@ -524,9 +554,20 @@ async fn boot_image(
     let ranged = req.headers().contains_key(header::RANGE);
     let is_get = req.method() == Method::GET;
     let resp = crate::images::serve_image(&state, &name, req).await?;
-    if let (Some(mac), true, false) = (q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()), is_get, ranged) {
-        let step = q.step.filter(|s| matches!(s.as_str(), "kernel" | "initrd")).unwrap_or_else(|| "file".into());
-        ctx.timeline.note(mac, EventKind::Boot, format!("{step} {name} fetched from the image repository"));
+    if let (Some(mac), true, false) = (
+        q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()),
+        is_get,
+        ranged,
+    ) {
+        let step = q
+            .step
+            .filter(|s| matches!(s.as_str(), "kernel" | "initrd"))
+            .unwrap_or_else(|| "file".into());
+        ctx.timeline.note(
+            mac,
+            EventKind::Boot,
+            format!("{step} {name} fetched from the image repository"),
+        );
     }
     Ok(resp)
 }

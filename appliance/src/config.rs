@@ -3,9 +3,9 @@
 //! [`file`] holds the file format (serde, unknown keys refused); [`Config`] is the checked
 //! runtime form, made from it with `TryFrom`. Every error names the file and the key.
 
+use cosm_kickstart::{Release, Templates};
 use cosm_netboot::dhcp::server::Listen;
 use cosm_netboot::dhcp::{Boot, DhcpConfig, Mode, Pool, Subnet, UnknownMacs};
-use cosm_kickstart::{Release, Templates};
 use cosm_netboot::tftp::TftpSettings;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -548,19 +548,24 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             if !h.starts_with('$') || h.contains(char::is_whitespace) {
                 return Err(invalid(
                     "kickstart.root_password_hash",
-                    "must be a crypt(3) hash such as $6$salt$… (make one with `openssl passwd -6`)".into(),
+                    "must be a crypt(3) hash such as $6$salt$… (make one with `openssl passwd -6`)"
+                        .into(),
                 ));
             }
         }
         for (i, key) in k.ssh_keys.iter().enumerate() {
-            if key.contains(['\n', '\r']) || !key.starts_with("ssh-") && !key.starts_with("ecdsa-") {
+            if key.contains(['\n', '\r']) || !key.starts_with("ssh-") && !key.starts_with("ecdsa-")
+            {
                 return Err(invalid(
                     &format!("kickstart.ssh_keys[{i}]"),
                     "must be one public key line (ssh-ed25519 AAAA… comment)".into(),
                 ));
             }
         }
-        for (key, value) in [("kickstart.installer_args", &k.installer_args), ("kickstart.timezone", &k.timezone)] {
+        for (key, value) in [
+            ("kickstart.installer_args", &k.installer_args),
+            ("kickstart.timezone", &k.timezone),
+        ] {
             if value.contains(['\n', '\r', '$', '#']) {
                 return Err(invalid(key, "must be one line without $ or #".into()));
             }
@@ -586,7 +591,10 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             xen_repo_url: k.xen_repo_url,
         };
         if !(1..=1 << 30).contains(&f.images.max_upload_mib) {
-            return Err(invalid("images.max_upload_mib", format!("{} is outside 1..=1073741824", f.images.max_upload_mib)));
+            return Err(invalid(
+                "images.max_upload_mib",
+                format!("{} is outside 1..=1073741824", f.images.max_upload_mib),
+            ));
         }
         Ok(Config {
             kickstart,

@@ -134,7 +134,10 @@ pub(crate) async fn upload_image(
             format!("sha256: {declared:?} is not 64 hex digits"),
         ));
     }
-    let tmp_path = repo.dir.join(format!(".upload-{}", hex::encode(rand::random::<[u8; 8]>())));
+    let tmp_path = repo.dir.join(format!(
+        ".upload-{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
     let mut guard = TempFile(Some(tmp_path.clone()));
     let internal = |what: &str, e: std::io::Error| {
         tracing::error!(error = %e, image = %name, "{what}");
@@ -216,7 +219,9 @@ pub(crate) async fn upload_image(
 
 /// Every image, by name.
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = [Image])))]
-pub(crate) async fn list_images(State(state): State<AppState>) -> Result<Json<Vec<Image>>, ApiError> {
+pub(crate) async fn list_images(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Image>>, ApiError> {
     images(&state)?;
     Ok(Json(state.store.images().map_err(ApiError::from)?))
 }
@@ -259,7 +264,11 @@ pub(crate) async fn delete_image(
 
 /// Streams a recorded image (Range and HEAD supported). Used by the API download and by
 /// the open `/boot/images/<name>` path installers fetch from.
-pub(crate) async fn serve_image(state: &AppState, name: &str, req: Request) -> Result<Response, ApiError> {
+pub(crate) async fn serve_image(
+    state: &AppState,
+    name: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
     let repo = images(state)?;
     check_name(name)?;
     if state.store.image(name).map_err(ApiError::from)?.is_none() {
@@ -270,7 +279,11 @@ pub(crate) async fn serve_image(state: &AppState, name: &str, req: Request) -> R
         .await
         .map_err(|e| {
             tracing::error!(error = %e, image = name, "cannot read an image");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot read the image")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot read the image",
+            )
         })?;
     Ok(resp.map(Body::new))
 }
@@ -299,13 +312,13 @@ pub(crate) fn routes() -> Router<AppState> {
                 // Uploads are bounded by images.max_upload_mib instead.
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/v1/images/{name}/content", get(download_image).head(download_image))
+        .route(
+            "/api/v1/images/{name}/content",
+            get(download_image).head(download_image),
+        )
 }
 
 /// Whether a file exists for a recorded image (for boot decisions).
 pub fn has_image(dir: &FsPath, name: &str) -> bool {
     valid_image_name(name) && dir.join(name).is_file()
 }
-
-
-

@@ -7,9 +7,9 @@
 pub mod api;
 pub mod auth;
 pub mod boot;
-pub mod images;
 pub mod config;
 pub mod dhcp_service;
+pub mod images;
 pub mod lifecycle;
 pub mod liveness;
 pub mod metrics;

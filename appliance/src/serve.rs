@@ -67,7 +67,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let images = crate::images::ImageDir::open(config.images_dir.clone(), config.max_upload_bytes)
-        .with_context(|| format!("cannot open the image repository {}", config.images_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open the image repository {}",
+                config.images_dir.display()
+            )
+        })?;
     let mut tftp = None;
     if let Some(settings) = config.tftp.clone() {
         let listen = settings.listen;

@@ -38,7 +38,14 @@ impl TestApp {
         // A boot directory staged from small stand-ins for iPXE and the ramdisk.
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "initramfs.img", "cosm-agent", "cosm-agent.service"] {
+        for f in [
+            "undionly.kpxe",
+            "ipxe.efi",
+            "snponly.efi",
+            "initramfs.img",
+            "cosm-agent",
+            "cosm-agent.service",
+        ] {
             std::fs::write(src.join(f), format!("contents of {f}")).unwrap();
         }
         std::fs::write(src.join("vmlinuz"), (0..=255u8).collect::<Vec<u8>>()).unwrap();
@@ -67,7 +74,8 @@ impl TestApp {
         )
         .await
         .unwrap();
-        let images = cosm_appliance::images::ImageDir::open(dir.path().join("images"), 64 << 20).unwrap();
+        let images =
+            cosm_appliance::images::ImageDir::open(dir.path().join("images"), 64 << 20).unwrap();
         let router = router(AppState {
             store,
             metrics,
@@ -1288,4 +1296,268 @@ async fn boot_files_support_range_and_head_and_land_on_the_timeline() {
     );
     assert!(events[1].contains("the initrd step failed"), "{events:?}");
     assert_eq!(events.len(), 2, "{events:?}");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn image_files(app: &TestApp) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(app._dir.path().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn image_repository_checks_checksums_keeps_no_half_files_and_serves_ranges() {
+    let app = TestApp::new().await;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let put = |uri: String, body: Body| {
+        Request::builder()
+            .method("PUT")
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.admin))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .unwrap()
+    };
+    // A wrong checksum: 422, and nothing kept.
+    let wrong = sha256_hex(b"something else");
+    let (s, _, body) = app
+        .raw(put(
+            format!("/api/v1/images/big.iso?sha256={wrong}"),
+            Body::from(data.clone()),
+        ))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("nothing was stored"));
+    assert!(image_files(&app).is_empty(), "{:?}", image_files(&app));
+    let (_, v) = app.call("GET", "/api/v1/images", None).await;
+    assert_eq!(v, json!([]));
+    // No checksum declared: 400 naming it.
+    let (s, _, body) = app
+        .raw(put(
+            "/api/v1/images/big.iso".into(),
+            Body::from(data.clone()),
+        ))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("sha256"));
+    // An upload interrupted after 1 MiB: an error, and no file (not even a temporary one).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(data[..1 << 20].to_vec()),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ];
+    let stream = futures_util::stream::iter(chunks);
+    let right = sha256_hex(&data);
+    let (s, _, body) = app
+        .raw(put(
+            format!("/api/v1/images/big.iso?sha256={right}"),
+            Body::from_stream(stream),
+        ))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("interrupted"));
+    assert!(image_files(&app).is_empty(), "{:?}", image_files(&app));
+    // The right checksum: stored, listed, downloadable whole and by range.
+    let (s, _, body) = app
+        .raw(put(
+            format!("/api/v1/images/big.iso?sha256={right}"),
+            Body::from(data.clone()),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    let (_, v) = app.call("GET", "/api/v1/images/big.iso", None).await;
+    assert_eq!(
+        (v["size_bytes"].as_u64(), v["sha256"].as_str()),
+        (Some(3_000_000), Some(right.as_str()))
+    );
+    assert_eq!(image_files(&app), vec!["big.iso".to_string()]);
+    let get = |uri: &str, range: Option<&str>| {
+        let mut r = Request::builder()
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.admin));
+        if let Some(range) = range {
+            r = r.header(header::RANGE, range);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let (s, _, body) = app.raw(get("/api/v1/images/big.iso/content", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body == data, "the download differs from the upload");
+    let (s, h, body) = app
+        .raw(get(
+            "/api/v1/images/big.iso/content",
+            Some("bytes=2999990-"),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, data[2_999_990..].to_vec());
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 2999990-2999999/3000000");
+    // Installers fetch the same file without a token.
+    let (s, _, body) = get_text(&app, "/boot/images/big.iso", &[("range", "bytes=0-3")]).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT, "{body}");
+    // Bad names are refused; reading needs a token; delete removes record and file.
+    let (s, _, _) = app
+        .raw(put(
+            format!("/api/v1/images/.hidden?sha256={right}"),
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app.call_as(None, "GET", "/api/v1/images", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = app.call("DELETE", "/api/v1/images/big.iso", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(image_files(&app).is_empty());
+    let (s, _) = app.call("DELETE", "/api/v1/images/big.iso", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn kickstart_and_install_reports_drive_ready_deploying_deployed() {
+    let app = TestApp::new().await;
+    let mac = "52:54:00:00:be:05";
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": mac, "role": "storage", "hostname": "st1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // What cosmctl kickstart render shows.
+    let (s, _, ks) = get_text(
+        &app,
+        &format!("/api/v1/machines/{mac}/kickstart"),
+        &[("authorization", &format!("Bearer {}", app.admin))],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{ks}");
+    assert!(
+        ks.contains("\nnfs-utils\n")
+            && ks.contains("--hostname=st1")
+            && ks.contains("url --url=http://192.0.2.1:8080/repo/rocky-9/"),
+        "{ks}"
+    );
+    // The installer's fetch moves it to deploying.
+    let (s, _, served) = get_text(&app, &format!("/boot/ks/{mac}"), &[]).await;
+    assert_eq!((s, served == ks), (StatusCode::OK, true));
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "deploying");
+    // The report needs the enrol token from the kickstart.
+    let token = ks
+        .lines()
+        .find_map(|l| l.strip_prefix("token='"))
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    let report =
+        json!({"mac": mac, "ok": false, "message": "installer failed: no space left on device"});
+    let (s, _) = app
+        .call_as(
+            Some(&app.read_token().await),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(report.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, m) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(report),
+        )
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "{m}"
+    );
+    let (_, ev) = app
+        .call("GET", &format!("/api/v1/machines/{mac}/events"), None)
+        .await;
+    assert!(ev.to_string().contains("no space left on device"), "{ev}");
+    // A failed machine gets no kickstart until it is redeployed; then the report succeeds.
+    let (s, _, body) = get_text(&app, &format!("/boot/ks/{mac}"), &[]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let (s, m) = app
+        .call(
+            "POST",
+            &format!("/api/v1/machines/{mac}/redeploy"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str()),
+        (StatusCode::OK, Some("ready")),
+        "{m}"
+    );
+    let (s, _, _) = get_text(&app, &format!("/boot/ks/{mac}"), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let ok = json!({"mac": mac, "ok": true, "message": "kickstart %post finished"});
+    let (s, m) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(ok.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str()),
+        (StatusCode::OK, Some("deployed")),
+        "{m}"
+    );
+    // A second report is refused: nothing is being installed.
+    let (s, _) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(ok),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // Without installer images in the repository a ready machine still boots (the ramdisk)
+    // and its timeline says why.
+    let other = "52:54:00:00:be:06";
+    app.call(
+        "POST",
+        "/api/v1/machines",
+        Some(json!({"mac": other, "role": "web"})),
+    )
+    .await;
+    let (_, _, script) = get_text(&app, &format!("/boot/ipxe?mac={other}&arch=bios"), &[]).await;
+    assert!(script.contains("agent ramdisk"), "{script}");
+    let (_, ev) = app
+        .call("GET", &format!("/api/v1/machines/{other}/events"), None)
+        .await;
+    assert!(ev.to_string().contains("rocky-9-vmlinuz"), "{ev}");
 }

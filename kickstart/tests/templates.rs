@@ -161,7 +161,10 @@ fn role_specific_content_and_clear_errors() {
         "{ks}"
     );
     assert!(ks.contains("--exclude-weakdeps") && ks.contains("@^minimal-environment"));
-    assert!(ks.contains("cat >> /root/.ssh/authorized_keys <<'KEYS'\nssh-ed25519 "), "{ks}");
+    assert!(
+        ks.contains("cat >> /root/.ssh/authorized_keys <<'KEYS'\nssh-ed25519 "),
+        "{ks}"
+    );
     assert!(ks.contains("ignoredisk --only-use=sda") && ks.contains("autopart --type=lvm"));
     assert!(ks.contains("--ip=192.0.2.110 --netmask=255.255.255.0 --gateway=192.0.2.1"));
     let kvm = t
@@ -177,7 +180,10 @@ fn role_specific_content_and_clear_errors() {
         xen.contains("\nxen\n") && xen.contains("repo --name=cosm-xen"),
         "{xen}"
     );
-    assert!(xen.contains("%packages --excludedocs\n@core --nodefaults"), "{xen}");
+    assert!(
+        xen.contains("%packages --excludedocs\n@core --nodefaults"),
+        "{xen}"
+    );
     let err = t
         .render("host", Release::Rocky9, Hypervisor::Xen, &m, &site())
         .unwrap_err();

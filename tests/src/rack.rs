@@ -125,6 +125,7 @@ heartbeat_secs = 2
 missed_beats = 5
 [boot]
 ramdisk_dir = "{ramdisk}"
+agent_dir = "{ramdisk}"
 [tftp]
 [dhcp]
 server_id = "192.0.2.1"

@@ -149,6 +149,22 @@ impl Api {
         self.send(self.api(Method::DELETE, path))
     }
 
+    /// `PUT` of a file's bytes, streamed from `body` (no overall timeout: images are large).
+    pub(crate) fn upload(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: reqwest::blocking::Body,
+    ) -> Result<Reply> {
+        let rb = self
+            .api(Method::PUT, path)
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(Duration::from_secs(24 * 3600))
+            .body(body);
+        self.send(rb)
+    }
+
     /// `GET {base}/healthz`, which needs no token.
     pub(crate) fn health(&self) -> Result<Reply> {
         self.send(self.http.get(format!("{}/healthz", self.base)))

@@ -111,8 +111,25 @@ pub(crate) enum Command {
     /// List, create and revoke API tokens
     #[command(subcommand, alias = "token")]
     Tokens(TokensCmd),
+    /// Upload, list and delete install media in the image repository
+    #[command(subcommand, alias = "image")]
+    Images(crate::images::ImagesCmd),
+    /// Show the kickstart a machine's installer gets
+    #[command(subcommand)]
+    Kickstart(KickstartCmd),
     /// Check that the appliance is up and show its version (needs no token)
     Health,
+}
+
+/// Subcommands of `cosmctl kickstart`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KickstartCmd {
+    /// Print the kickstart the machine gets now: its role's template for the configured
+    /// release, with its network, disk and the appliance's settings filled in.
+    Render {
+        /// MAC address of the machine.
+        mac: cosm_wire::MacAddr,
+    },
 }
 
 impl Command {

@@ -108,6 +108,13 @@ pub(crate) enum MachinesCmd {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Install a machine again: back to `ready` (from deployed, active or failed) and, if
+    /// its agent is running, a reboot into the installer. The machine needs a role.
+    #[command(visible_alias = "deploy")]
+    Redeploy {
+        /// MAC address of the machine.
+        mac: MacAddr,
+    },
     /// Take a machine out of service (the same as `set-state MAC retired`).
     Retire {
         /// MAC address of the machine.
@@ -247,6 +254,21 @@ pub(crate) fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
         }
         MachinesCmd::SetState { mac, state, reason } => set_state(ctx, mac, state.0, reason),
         MachinesCmd::Retire { mac, reason } => set_state(ctx, mac, MachineState::Retired, reason),
+        MachinesCmd::Redeploy { mac } => {
+            let reply = ctx.api.post(
+                &format!("{}/redeploy", machine_path(&mac)),
+                &serde_json::json!({}),
+            )?;
+            ctx.show(reply, |m: Machine| {
+                let reboot = if m.pending_actions.iter().any(|a| a.kind == "reboot") {
+                    "; its agent was told to reboot into the installer"
+                } else {
+                    "; it is installed at its next network boot"
+                };
+                println!("machine {mac} is {}{reboot}", m.state);
+                Ok(())
+            })
+        }
         MachinesCmd::Rm { mac } => {
             let reply = ctx.api.delete(&machine_path(&mac))?;
             ctx.done(reply, format!("deleted machine {mac}"))

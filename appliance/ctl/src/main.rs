@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod config;
+mod images;
 mod leases;
 mod machines;
 mod output;
@@ -104,6 +105,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Events(args) => machines::events(&ctx, args),
         Command::Tokens(cmd) => tokens::run(&ctx, cmd),
         Command::Leases(cmd) => leases::run(&ctx, cmd),
+        Command::Images(cmd) => images::run(&ctx, cmd),
+        Command::Kickstart(cli::KickstartCmd::Render { mac }) => {
+            let reply = ctx.api.get(&format!("/machines/{mac}/kickstart"), &[])?;
+            print!("{}", reply.body);
+            Ok(())
+        }
         Command::Health => {
             let reply = ctx.api.health()?;
             ctx.show(reply, |h: cosm_wire::Health| {

@@ -17,8 +17,8 @@ pub use agent::{
     ActionResult, ActionStatus, AgentAction, DesiredState, Enroll, Enrolled, Heartbeat,
     HeartbeatReply, Observed, QueueAction,
 };
-pub use image::{valid_image_name, Image};
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
+pub use image::{valid_image_name, Image};
 pub use inventory::{human_bytes, Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,
