@@ -118,11 +118,15 @@ impl Rack {
         ip(&ns, &["link", "add", "br0", "type", "bridge"])?;
         ip(&ns, &["addr", "add", "192.0.2.1/24", "dev", "br0"])?;
         ip(&ns, &["link", "set", "br0", "up"])?;
+        // `extra_config` may set its own [agents].
+        let agents = if extra_config.contains("[agents]") {
+            ""
+        } else {
+            "[agents]\nheartbeat_secs = 2\nmissed_beats = 5\n"
+        };
         let config = format!(
             r#"
-[agents]
-heartbeat_secs = 2
-missed_beats = 5
+{agents}
 [boot]
 ramdisk_dir = "{ramdisk}"
 agent_dir = "{ramdisk}"

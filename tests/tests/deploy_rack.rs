@@ -30,7 +30,9 @@ fn a_host_pxe_boots_the_installer_is_deployed_and_then_boots_from_disk() {
     require_root_tools(&["ip", "qemu-system-x86_64", "curl"]);
     let mut rack = Rack::start(
         "dep",
-        "[kickstart]\nrelease = \"rocky-9\"\nrepo_url = \"http://192.0.2.1:8080/repo/rocky-9/\"\n",
+        // The stand-in's "installed system" is not a real OS whose agent keeps beating, so
+        // the machine must not turn `lost` during the test.
+        "[agents]\nheartbeat_secs = 60\nmissed_beats = 100\n[kickstart]\nrelease = \"rocky-9\"\nrepo_url = \"http://192.0.2.1:8080/repo/rocky-9/\"\n",
     )
     .unwrap();
     // The installer's kernel and initrd go into the image repository under the names the
