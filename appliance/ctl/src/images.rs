@@ -47,11 +47,7 @@ impl<R: Read> Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        let pct = if self.total == 0 {
-            100
-        } else {
-            self.done * 100 / self.total
-        };
+        let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
         let step = if self.tty { 1 } else { 10 };
         if pct >= self.last_shown + step || (n == 0 && self.last_shown < 100) {
             self.last_shown = pct;
@@ -160,7 +156,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
         }
         ImagesCmd::Rm { name } => {
             let reply = ctx.api.delete(&format!("/images/{name}"))?;
-            ctx.done(reply, &format!("image {name} deleted"))
+            ctx.done(reply, format!("image {name} deleted"))
         }
     }
 }
