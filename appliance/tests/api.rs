@@ -1069,6 +1069,20 @@ async fn agent_enrolment_credentials_and_desired_state() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// Moves a machine through `states`, each move expected to succeed.
+async fn walk(app: &TestApp, mac: &str, states: &[&str]) {
+    for to in states {
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("/api/v1/machines/{mac}/state"),
+                Some(json!({"state": to})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{to}: {v}");
+    }
+}
+
 async fn get_text(
     app: &TestApp,
     path: &str,
@@ -1168,16 +1182,7 @@ async fn ipxe_script_follows_the_machine_state() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    for to in ["deploying", "deployed"] {
-        let (s, v) = app
-            .call(
-                "POST",
-                &format!("/api/v1/machines/{mac}/state"),
-                Some(json!({"state": to})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-    }
+    walk(&app, mac, &["deploying", "deployed"]).await;
     let (_, _, bios) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
     assert!(
         bios.contains("sanboot --no-describe --drive 0x80") && !bios.contains("kernel "),
@@ -1196,16 +1201,7 @@ async fn ipxe_script_follows_the_machine_state() {
     );
 
     // Fenced: nothing to boot.
-    for to in ["lost", "fenced"] {
-        let (s, v) = app
-            .call(
-                "POST",
-                &format!("/api/v1/machines/{mac}/state"),
-                Some(json!({"state": to})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-    }
+    walk(&app, mac, &["lost", "fenced"]).await;
     let (_, _, fenced) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
     assert!(
         fenced.contains("poweroff") && !fenced.contains("kernel ") && !fenced.contains("sanboot"),
@@ -1315,7 +1311,7 @@ fn image_files(app: &TestApp) -> Vec<String> {
 #[tokio::test]
 async fn image_repository_checks_checksums_keeps_no_half_files_and_serves_ranges() {
     let app = TestApp::new().await;
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..32_000_000u32).map(|i| (i % 251) as u8).collect();
     let put = |uri: String, body: Body| {
         Request::builder()
             .method("PUT")
@@ -1392,7 +1388,7 @@ async fn image_repository_checks_checksums_keeps_no_half_files_and_serves_ranges
     let (_, v) = app.call("GET", "/api/v1/images/big.iso", None).await;
     assert_eq!(
         (v["size_bytes"].as_u64(), v["sha256"].as_str()),
-        (Some(3_000_000), Some(right.as_str()))
+        (Some(32_000_000), Some(right.as_str()))
     );
     assert_eq!(image_files(&app), vec!["big.iso".to_string()]);
     let get = |uri: &str, range: Option<&str>| {
@@ -1410,12 +1406,12 @@ async fn image_repository_checks_checksums_keeps_no_half_files_and_serves_ranges
     let (s, h, body) = app
         .raw(get(
             "/api/v1/images/big.iso/content",
-            Some("bytes=2999990-"),
+            Some("bytes=31999990-"),
         ))
         .await;
     assert_eq!(s, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(body, data[2_999_990..].to_vec());
-    assert_eq!(h[header::CONTENT_RANGE], "bytes 2999990-2999999/3000000");
+    assert_eq!(body, data[31_999_990..].to_vec());
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 31999990-31999999/32000000");
     // Installers fetch the same file without a token.
     let (s, _, body) = get_text(&app, "/boot/images/big.iso", &[("range", "bytes=0-3")]).await;
     assert_eq!(s, StatusCode::PARTIAL_CONTENT, "{body}");

@@ -31,6 +31,58 @@ fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
+/// Prints each machine's new timeline lines as they come, until `done` has held for a
+/// line of every machine; fails after `timeout` naming the machines not done, with the
+/// end of their consoles.
+fn follow(
+    rack: &Rack,
+    seen: &mut [usize],
+    started: Instant,
+    timeout: Duration,
+    done: impl Fn(&str, &str) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut finished = vec![false; rack.vms.len()];
+    while finished.iter().any(|d| !d) {
+        for (i, vm) in rack.vms.iter().enumerate() {
+            let events = rack.timeline(&vm.mac);
+            for (kind, message) in events.iter().skip(seen[i]) {
+                println!(
+                    "   [{:>3} s] {}  {:<16} {:<16} {}",
+                    started.elapsed().as_secs(),
+                    vm.mac,
+                    vm.firmware.label(),
+                    kind,
+                    message
+                );
+                finished[i] |= done(kind, message);
+            }
+            seen[i] = seen[i].max(events.len());
+        }
+        if Instant::now() > deadline {
+            for (i, vm) in rack.vms.iter().enumerate().filter(|(i, _)| !finished[*i]) {
+                let serial = rack.serial(i);
+                let tail: Vec<&str> = serial.lines().rev().take(15).collect();
+                eprintln!(
+                    "\n{} ({}) did not get there within {} s; its console ends with:",
+                    vm.mac,
+                    vm.firmware.label(),
+                    timeout.as_secs()
+                );
+                for l in tail.into_iter().rev() {
+                    eprintln!("   | {l}");
+                }
+            }
+            anyhow::bail!(
+                "not every machine got there; the appliance log is in {}",
+                rack.app.dir.path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let machines = [
@@ -69,50 +121,14 @@ fn main() -> anyhow::Result<()> {
 
     step("Boot progress, from each machine's timeline on the appliance");
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.timeout);
     let mut seen = vec![0usize; rack.vms.len()];
-    let mut done = vec![false; rack.vms.len()];
-    while done.iter().any(|d| !d) {
-        for (i, vm) in rack.vms.iter().enumerate() {
-            let events = rack.timeline(&vm.mac);
-            for (kind, message) in events.iter().skip(seen[i]) {
-                println!(
-                    "   [{:>3} s] {}  {:<16} {:<16} {}",
-                    started.elapsed().as_secs(),
-                    vm.mac,
-                    vm.firmware.label(),
-                    kind,
-                    message
-                );
-                if kind == "agent_registered" {
-                    done[i] = true;
-                }
-            }
-            seen[i] = seen[i].max(events.len());
-        }
-        if Instant::now() > deadline {
-            for (i, vm) in rack.vms.iter().enumerate() {
-                if !done[i] {
-                    let serial = rack.serial(i);
-                    let tail: Vec<&str> = serial.lines().rev().take(15).collect();
-                    eprintln!(
-                        "\n{} ({}) did not register within {} s; its console ends with:",
-                        vm.mac,
-                        vm.firmware.label(),
-                        args.timeout
-                    );
-                    for l in tail.into_iter().rev() {
-                        eprintln!("   | {l}");
-                    }
-                }
-            }
-            anyhow::bail!(
-                "not every machine registered; the appliance log is in {}",
-                rack.app.dir.path().display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    follow(
+        &rack,
+        &mut seen,
+        started,
+        Duration::from_secs(args.timeout),
+        |kind, _| kind == "agent_registered",
+    )?;
 
     step("Giving the machines roles with cosmctl: each becomes ready to install");
     for (vm, role) in rack.vms.iter().zip(["web", "host", "storage"]) {
@@ -152,34 +168,13 @@ fn main() -> anyhow::Result<()> {
             eprintln!("   {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let mut local = vec![false; rack.vms.len()];
-    let deploy_deadline = Instant::now() + Duration::from_secs(args.timeout);
-    while local.iter().any(|d| !d) {
-        for (i, vm) in rack.vms.iter().enumerate() {
-            let events = rack.timeline(&vm.mac);
-            for (kind, message) in events.iter().skip(seen[i]) {
-                println!(
-                    "   [{:>3} s] {}  {:<16} {:<16} {}",
-                    started.elapsed().as_secs(),
-                    vm.mac,
-                    vm.firmware.label(),
-                    kind,
-                    message
-                );
-                if kind == "boot" && message.contains("→ local disk") {
-                    local[i] = true;
-                }
-            }
-            seen[i] = seen[i].max(events.len());
-        }
-        anyhow::ensure!(
-            Instant::now() < deploy_deadline,
-            "not every machine was deployed within {} s; the appliance log is in {}",
-            args.timeout,
-            rack.app.dir.path().display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    follow(
+        &rack,
+        &mut seen,
+        started,
+        Duration::from_secs(args.timeout),
+        |kind, message| kind == "boot" && message.contains("→ local disk"),
+    )?;
 
     step(&format!(
         "The rack, {} s after power-on",
