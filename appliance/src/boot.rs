@@ -434,6 +434,27 @@ struct FileQuery {
     step: Option<String>,
 }
 
+impl FileQuery {
+    /// The MAC the boot scripts add to their URLs, if any (and valid).
+    fn mac(&self) -> Option<MacAddr> {
+        self.mac.as_deref().and_then(|m| m.parse().ok())
+    }
+
+    /// The boot step a fetch is, from the `step=` the scripts add: kernel, initrd or file.
+    fn step(&self) -> &str {
+        match self.step.as_deref() {
+            Some(s @ ("kernel" | "initrd")) => s,
+            _ => "file",
+        }
+    }
+}
+
+/// Whether a request is a boot step worth a timeline line: a whole GET, not HEAD and not
+/// a ranged read (a resumed download).
+fn is_whole_get(req: &Request) -> bool {
+    req.method() == Method::GET && !req.headers().contains_key(header::RANGE)
+}
+
 async fn boot_file(
     State(state): State<AppState>,
     Query(q): Query<FileQuery>,
@@ -445,8 +466,7 @@ async fn boot_file(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let ranged = req.headers().contains_key(header::RANGE);
-    let is_get = req.method() == Method::GET;
+    let whole = is_whole_get(&req);
     let dir = ctx.settings.dir.clone();
     // ServeDir refuses `..`, answers HEAD and Range, and sets Last-Modified/ETag-free
     // conditional headers; we only strip the /boot prefix.
@@ -468,15 +488,10 @@ async fn boot_file(
         })?;
     let status = resp.status();
     let mac = q
-        .mac
-        .as_deref()
-        .and_then(|m| m.parse::<MacAddr>().ok())
+        .mac()
         .or_else(|| peer.and_then(|p| ctx.timeline.mac_of(p.ip())));
-    if let (Some(mac), true, false) = (mac, is_get, ranged) {
-        let step = q
-            .step
-            .filter(|s| matches!(s.as_str(), "kernel" | "initrd"))
-            .unwrap_or_else(|| "file".into());
+    if let (Some(mac), true) = (mac, whole) {
+        let step = q.step();
         let message = if status.is_success() {
             format!("{step} {name} fetched over HTTP")
         } else {
@@ -551,22 +566,13 @@ async fn boot_image(
     req: Request,
 ) -> Result<Response, ApiError> {
     let ctx = context(&state)?;
-    let ranged = req.headers().contains_key(header::RANGE);
-    let is_get = req.method() == Method::GET;
+    let whole = is_whole_get(&req);
     let resp = crate::images::serve_image(&state, &name, req).await?;
-    if let (Some(mac), true, false) = (
-        q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()),
-        is_get,
-        ranged,
-    ) {
-        let step = q
-            .step
-            .filter(|s| matches!(s.as_str(), "kernel" | "initrd"))
-            .unwrap_or_else(|| "file".into());
+    if let (Some(mac), true) = (q.mac(), whole) {
         ctx.timeline.note(
             mac,
             EventKind::Boot,
-            format!("{step} {name} fetched from the image repository"),
+            format!("{} {name} fetched from the image repository", q.step()),
         );
     }
     Ok(resp)

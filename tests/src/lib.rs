@@ -117,6 +117,23 @@ impl Appliance {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// The `/metrics` text (open, no token), through curl in the appliance's namespace.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let out = self
+            .command(Path::new("curl"))
+            .args(["-sS", "--fail", "-m", "10"])
+            .arg(format!("{}/metrics", self.url()))
+            .output()
+            .context("cannot run curl (Debian package curl; `make deps` installs it)")?;
+        if !out.status.success() {
+            bail!(
+                "GET /metrics failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut child = self
             .command(&bin("cosm-appliance"))

@@ -222,13 +222,7 @@ fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
     let _ = cli.kill(pid);
 
     // /metrics counts the packets and the pool use.
-    let metrics = app
-        .command(Path::new("curl"))
-        .args(["-sS", "-m", "10"])
-        .arg(format!("{}/metrics", app.url()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let text = app.metrics().unwrap();
     let value = |prefix: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(prefix))

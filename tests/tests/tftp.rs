@@ -22,13 +22,7 @@ fn start(extra: &str) -> (NetNs, Appliance, PathBuf) {
 }
 
 fn metric(app: &Appliance, name: &str) -> u64 {
-    let out = app
-        .command(Path::new("curl"))
-        .args(["-sS", "-m", "10"])
-        .arg(format!("{}/metrics", app.url()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = app.metrics().unwrap();
     text.lines()
         .find_map(|l| {
             let (k, v) = l.split_once(' ')?;
