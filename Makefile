@@ -5,16 +5,16 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Debian packages the tests and the demo need (checked one by one; only missing ones are installed).
-# iputils-ping, isc-dhcp-client, procps (sysctl): the network-namespace tests (tests/src/netns.rs);
+# iputils-ping, isc-dhcp-client, procps (sysctl): the network-namespace tests (crates/cosm-e2e/src/netns.rs);
 # kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
 # ipxe (undionly.kpxe, ipxe.efi, snponly.efi), ipxe-qemu (NIC option ROMs), ovmf (UEFI firmware),
-# atftp (TFTP client): the boot path and the virtual rack (tests/tests/boot_rack.rs, tftp.rs, make demo).
+# atftp (TFTP client): the boot path and the virtual rack (crates/cosm-e2e/tests/boot_rack.rs, tftp.rs, make demo).
 APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa
-# Python tools, installed into ./.venv: openapi-spec-validator (tests/tests/openapi.rs), pykickstart
-# (ksvalidator, kickstart/tests/templates.rs). shellcheck (apt) checks the kickstart scripts.
+# Python tools, installed into ./.venv: openapi-spec-validator (crates/cosm-e2e/tests/openapi.rs), pykickstart
+# (ksvalidator, crates/cosm-kickstart/tests/templates.rs). shellcheck (apt) checks the kickstart scripts.
 PIP_PACKAGES := openapi-spec-validator pykickstart
 
 .PHONY: all build test check demo bench deps clean help toolchain fuzz image
@@ -75,7 +75,7 @@ bench: toolchain deps image
 FUZZ_SECONDS ?= 60
 fuzz: toolchain
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd netboot/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run dhcp_packet -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
+	cd crates/cosm-netboot/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run dhcp_packet -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 clean:
 	$(CARGO) clean

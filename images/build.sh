@@ -175,7 +175,7 @@ cp "$WORK/k/boot/vmlinuz-$KREL" "$OUT/vmlinuz"
 # The agent and its unit beside the ramdisk: the appliance serves them to installers'
 # %post (boot.agent_dir).
 cp "$R/bin/cosm-agent" "$OUT/cosm-agent"
-cp agent/cosm-agent.service "$OUT/cosm-agent.service"
+cp crates/cosm-agent/cosm-agent.service "$OUT/cosm-agent.service"
 find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -n -9 > "$OUT/initramfs.img"
 touch -d "@$SOURCE_DATE_EPOCH" "$OUT/vmlinuz" "$OUT/initramfs.img" "$OUT/cosm-agent" "$OUT/cosm-agent.service"

@@ -3,7 +3,7 @@
 # namespace with a bridge) and three QEMU machines with empty disks that boot from the
 # network with real firmware — SeaBIOS + iPXE ROM, OVMF's own PXE (TFTP → ipxe.efi), OVMF's
 # UEFI HTTP Boot — into the COSM agent ramdisk. Progress is printed live; a table of the
-# rack ends it. DEMO_KEEP=1 leaves everything running. The work is in tests/src/bin/vrack.rs
+# rack ends it. DEMO_KEEP=1 leaves everything running. The work is in crates/cosm-e2e/src/bin/vrack.rs
 # (the same harness the end-to-end tests use).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,16 @@
+//! The COSM node agent as a library: the pieces `cosm-agent` (src/main.rs) is built from,
+//! kept here so integration tests and the simulated agents of `cosm-e2e` can use them.
+//!
+//! - [`settings`] — where the settings come from: flags, a config file, the kernel command
+//!   line.
+//! - [`inventory`] — reads the machine's hardware inventory from procfs and sysfs.
+//! - [`enrolment`] — enrols with the appliance and keeps the node credential.
+//! - [`controller`] — the controllers that carry out queued actions, each on its own
+//!   thread, and the dispatcher that feeds them; also their simulated forms.
+//! - [`run`] — the heartbeat loop, which never waits for a controller.
+
+pub mod controller;
+pub mod enrolment;
+pub mod inventory;
+pub mod run;
+pub mod settings;

@@ -1,0 +1,461 @@
+//! The command catalogue: every write the appliance makes, as a serializable value that
+//! carries its own time. [`Command::apply`] dispatches each operation to the workflow that
+//! owns it (machines, deploy, agents, catalog), inside one store transaction, so the checks a
+//! workflow makes and the writes they guard can never be separated by another write.
+
+use super::{agents, catalog, deploy, machines};
+use crate::store::{StoreCommand, StoreError, Tx};
+use cosm_wire::{
+    ActionKind, ActionResult, CreateMachine, EventKind, Image, Inventory, Lease, MacAddr, Machine,
+    MachineState, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope, Timestamp, TokenInfo,
+    UpdateMachine,
+};
+use serde::{Deserialize, Serialize};
+
+/// One write: an operation and the time it was issued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Command {
+    pub at: Timestamp,
+    pub op: Op,
+}
+
+impl Command {
+    /// The operation, stamped with the current time.
+    pub fn now(op: Op) -> Command {
+        Command {
+            at: Timestamp::now(),
+            op,
+        }
+    }
+}
+
+impl From<Op> for Command {
+    fn from(op: Op) -> Command {
+        Command::now(op)
+    }
+}
+
+/// Every operation the appliance knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    CreateMachine(CreateMachine),
+    UpdateMachine {
+        mac: MacAddr,
+        update: UpdateMachine,
+    },
+    SetRole {
+        mac: MacAddr,
+        role: Option<RoleName>,
+    },
+    SetState {
+        mac: MacAddr,
+        to: MachineState,
+        reason: Option<String>,
+    },
+    DeleteMachine {
+        mac: MacAddr,
+    },
+    /// A watched machine's heartbeats stopped: it becomes `lost`, remembering its state.
+    MarkLost {
+        mac: MacAddr,
+        reason: String,
+    },
+    /// A lost machine's heartbeats resumed: it returns to the state it was lost from.
+    Resume {
+        mac: MacAddr,
+    },
+    /// Start an install over: back to `ready` and, when its agent is alive, a reboot.
+    Redeploy {
+        mac: MacAddr,
+        by: String,
+        agent_alive: bool,
+    },
+    /// The installer fetched its kickstart: a `ready` machine becomes `deploying`.
+    StartInstall {
+        mac: MacAddr,
+        release: String,
+    },
+    /// The installer reports how the install ended: `deploying` → `deployed` or `failed`.
+    ReportInstall {
+        mac: MacAddr,
+        ok: bool,
+        message: String,
+    },
+    CreateRole(RoleSpec),
+    DeleteRole(RoleName),
+    CreateRule(RuleSpec),
+    DeleteRule(u64),
+    CreateToken {
+        name: String,
+        scope: Scope,
+        hash: String,
+    },
+    DeleteToken(u64),
+    /// An agent enrols: the machine is created (role rules apply) or its inventory updated,
+    /// and its previous agent credentials are replaced by `credential_hash`.
+    Enroll {
+        mac: MacAddr,
+        inventory: Inventory,
+        credential_hash: String,
+    },
+    /// Queues an action for a machine's agent and bumps its desired generation.
+    QueueAction {
+        mac: MacAddr,
+        kind: ActionKind,
+    },
+    /// An agent reports on its actions: finished ones leave the queue, each lands on the
+    /// timeline.
+    ReportObserved {
+        mac: MacAddr,
+        results: Vec<ActionResult>,
+    },
+    /// Records a DHCP lease change (bound, released, declined).
+    PutLease(Lease),
+    /// Appends an event to a machine's timeline; a MAC with no machine record is ignored.
+    RecordEvent {
+        mac: MacAddr,
+        kind: EventKind,
+        message: String,
+    },
+    /// An image's file is in place (renamed into the repository); record it, replacing
+    /// any record of the same name.
+    PutImage(Image),
+    DeleteImage(String),
+}
+
+/// What a command produced.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Machine(Machine),
+    Role(Role),
+    Rule(Rule),
+    Token(TokenInfo),
+    Deleted,
+    /// Written (or, for an event of an unknown MAC, deliberately skipped).
+    Done,
+}
+
+impl Outcome {
+    /// The machine a machine operation produced.
+    pub fn into_machine(self) -> Machine {
+        match self {
+            Outcome::Machine(m) => m,
+            other => unreachable!("a machine operation produced {other:?}"),
+        }
+    }
+}
+
+impl StoreCommand for Command {
+    type Outcome = Outcome;
+
+    fn at(&self) -> Timestamp {
+        self.at
+    }
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Outcome, StoreError> {
+        use Outcome::Machine as M;
+        match &self.op {
+            Op::CreateMachine(spec) => machines::create(tx, spec).map(M),
+            Op::UpdateMachine { mac, update } => machines::update(tx, *mac, update).map(M),
+            Op::SetRole { mac, role } => machines::set_role(tx, *mac, role.clone()).map(M),
+            Op::SetState { mac, to, reason } => {
+                machines::set_state(tx, *mac, *to, reason.as_deref()).map(M)
+            }
+            Op::DeleteMachine { mac } => machines::delete(tx, *mac).map(|_| Outcome::Deleted),
+            Op::MarkLost { mac, reason } => machines::mark_lost(tx, *mac, reason).map(M),
+            Op::Resume { mac } => machines::resume(tx, *mac).map(M),
+            Op::RecordEvent { mac, kind, message } => {
+                machines::record_event(tx, *mac, *kind, message).map(|_| Outcome::Done)
+            }
+            Op::Redeploy {
+                mac,
+                by,
+                agent_alive,
+            } => deploy::redeploy(tx, *mac, by, *agent_alive).map(M),
+            Op::StartInstall { mac, release } => deploy::start_install(tx, *mac, release).map(M),
+            Op::ReportInstall { mac, ok, message } => {
+                deploy::report_install(tx, *mac, *ok, message).map(M)
+            }
+            Op::Enroll {
+                mac,
+                inventory,
+                credential_hash,
+            } => agents::enroll(tx, *mac, inventory, credential_hash).map(M),
+            Op::QueueAction { mac, kind } => agents::queue_action(tx, *mac, kind).map(M),
+            Op::ReportObserved { mac, results } => {
+                agents::report_observed(tx, *mac, results).map(M)
+            }
+            Op::CreateRole(spec) => catalog::create_role(tx, spec).map(Outcome::Role),
+            Op::DeleteRole(name) => catalog::delete_role(tx, name).map(|_| Outcome::Deleted),
+            Op::CreateRule(spec) => catalog::create_rule(tx, spec).map(Outcome::Rule),
+            Op::DeleteRule(id) => catalog::delete_rule(tx, *id).map(|_| Outcome::Deleted),
+            Op::CreateToken { name, scope, hash } => {
+                catalog::create_token(tx, name, *scope, hash).map(Outcome::Token)
+            }
+            Op::DeleteToken(id) => catalog::delete_token(tx, *id).map(|_| Outcome::Deleted),
+            Op::PutLease(lease) => tx.put_lease(lease).map(|_| Outcome::Done),
+            Op::PutImage(image) => tx.put_image(image).map(|_| Outcome::Done),
+            Op::DeleteImage(name) => catalog::delete_image(tx, name).map(|_| Outcome::Deleted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreOptions, SCHEMA_VERSION};
+    use cosm_wire::{CreateMachine, EventKind, MacAddr, MachineState, RuleSpec};
+    use std::path::Path;
+
+    type Store = crate::app::Store;
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(
+            &dir.join("cosm.redb"),
+            StoreOptions {
+                events_per_machine: 5,
+            },
+        )
+        .unwrap()
+    }
+
+    fn create(mac_s: &str, role: Option<&str>) -> Command {
+        Command::now(Op::CreateMachine(CreateMachine {
+            mac: mac(mac_s),
+            hostname: None,
+            role: role.map(|r| r.parse().unwrap()),
+            reserved_ip: None,
+            inventory: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_seeds_roles_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.apply(create("52:54:00:aa:bb:01", Some("host")))
+                .await
+                .unwrap();
+            assert_eq!(s.roles().unwrap().len(), 4);
+        }
+        let s = open(dir.path());
+        let m = s.machine(mac("52:54:00:aa:bb:01")).unwrap().unwrap();
+        assert_eq!(m.state, MachineState::Ready);
+        assert_eq!(m.role.unwrap().as_str(), "host");
+        assert_eq!(s.roles().unwrap().len(), 4);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_in_a_batch_leaves_the_others_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let cmds = vec![
+            create("52:54:00:00:00:01", None),
+            create("52:54:00:00:00:01", None), // duplicate: refused
+            create("52:54:00:00:00:02", Some("nosuchrole")), // unknown role: refused
+            create("52:54:00:00:00:03", Some("web")),
+        ];
+        let results = futures_join(&s, cmds).await;
+        assert!(results[0].is_ok());
+        assert!(matches!(
+            results[1],
+            Err(crate::store::StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            results[2],
+            Err(crate::store::StoreError::Invalid { field: "role", .. })
+        ));
+        assert!(results[3].is_ok());
+        let macs: Vec<String> = s
+            .machines(None, None)
+            .unwrap()
+            .iter()
+            .map(|m| m.mac.to_string())
+            .collect();
+        assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:03"]);
+        // The refused machine left no events behind.
+        assert!(s.events(mac("52:54:00:00:00:02"), 10).unwrap().is_empty());
+    }
+
+    async fn futures_join(
+        s: &Store,
+        cmds: Vec<Command>,
+    ) -> Vec<Result<Outcome, crate::store::StoreError>> {
+        let handles: Vec<_> = cmds
+            .into_iter()
+            .map(|c| {
+                let s = s.clone();
+                tokio::spawn(async move { s.apply(c).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn events_are_bounded_per_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let m = mac("52:54:00:00:00:07");
+        s.apply(create("52:54:00:00:00:07", None)).await.unwrap();
+        for i in 0..10 {
+            let role = if i % 2 == 0 {
+                Some("host".parse().unwrap())
+            } else {
+                None
+            };
+            s.apply(Command::now(Op::SetRole { mac: m, role }))
+                .await
+                .unwrap();
+        }
+        let evs = s.events(m, 100).unwrap();
+        assert_eq!(evs.len(), 5);
+        assert!(evs.windows(2).all(|w| w[0].seq < w[1].seq));
+        // The newest event is the last change: role cleared, ready → discovered.
+        assert_eq!(evs.last().unwrap().to_state, Some(MachineState::Discovered));
+    }
+
+    #[tokio::test]
+    async fn rules_apply_at_discovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.apply(Command::now(Op::CreateRule(RuleSpec {
+            role: "storage".parse().unwrap(),
+            priority: 10,
+            description: "lab storage".into(),
+            matches: cosm_wire::RuleMatch {
+                mac_prefix: Some("52:54:01".parse().unwrap()),
+                ..Default::default()
+            },
+        })))
+        .await
+        .unwrap();
+        let Outcome::Machine(hit) = s.apply(create("52:54:01:00:00:01", None)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (hit.state, hit.role.as_ref().map(|r| r.as_str())),
+            (MachineState::Ready, Some("storage"))
+        );
+        let Outcome::Machine(miss) = s.apply(create("52:54:02:00:00:01", None)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((miss.state, miss.role), (MachineState::Discovered, None));
+        let kinds: Vec<EventKind> = s
+            .events(hit.mac, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Created,
+                EventKind::RuleMatched,
+                EventKind::StateChanged
+            ]
+        );
+        // A role given by a rule cannot be deleted while the rule names it.
+        let err = s
+            .apply(Command::now(Op::DeleteRole("storage".parse().unwrap())))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, crate::store::StoreError::Conflict { .. }));
+    }
+
+    #[tokio::test]
+    async fn delete_needs_retire_for_installed_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let m = mac("52:54:00:00:00:09");
+        s.apply(create("52:54:00:00:00:09", Some("host")))
+            .await
+            .unwrap();
+        for to in [MachineState::Deploying, MachineState::Deployed] {
+            s.apply(Command::now(Op::SetState {
+                mac: m,
+                to,
+                reason: None,
+            }))
+            .await
+            .unwrap();
+        }
+        let err = s
+            .apply(Command::now(Op::DeleteMachine { mac: m }))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("retire it first"), "{err}");
+        s.apply(Command::now(Op::SetState {
+            mac: m,
+            to: MachineState::Retired,
+            reason: None,
+        }))
+        .await
+        .unwrap();
+        s.apply(Command::now(Op::DeleteMachine { mac: m }))
+            .await
+            .unwrap();
+        assert!(s.machine(m).unwrap().is_none());
+        assert!(s.events(m, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_change_feed_follows_the_writes_of_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let before = *s.changes().borrow();
+        // Enrolment creates a machine: the feed must say so (DHCP reloads its hosts from it).
+        let inventory = cosm_wire::Inventory::default();
+        s.apply(Command::now(Op::Enroll {
+            mac: mac("52:54:00:00:00:0e"),
+            inventory,
+            credential_hash: "0".repeat(64),
+        }))
+        .await
+        .unwrap();
+        let after = *s.changes().borrow();
+        assert_eq!(after.machines, before.machines + 1);
+        assert_eq!(after.tokens, before.tokens + 1);
+        // A lease touches no machine record.
+        s.apply(Command::now(Op::PutLease(cosm_wire::Lease {
+            ip: "192.0.2.10".parse().unwrap(),
+            mac: mac("52:54:00:00:00:0e"),
+            state: cosm_wire::LeaseState::Bound,
+            starts_at: cosm_wire::Timestamp::now(),
+            expires_at: cosm_wire::Timestamp::now(),
+            client_hostname: None,
+            relay: None,
+        })))
+        .await
+        .unwrap();
+        let leased = *s.changes().borrow();
+        assert_eq!(leased.machines, after.machines);
+        assert_eq!(leased.leases, after.leases + 1);
+    }
+
+    #[test]
+    fn commands_round_trip_through_json_with_their_time() {
+        let c = Command::now(Op::Redeploy {
+            mac: mac("52:54:00:00:00:0f"),
+            by: "ops".into(),
+            agent_alive: true,
+        });
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains("\"op\":\"redeploy\""), "{text}");
+        let back: Command = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.at, c.at);
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+}

@@ -1,0 +1,203 @@
+//! The application layer: every workflow of the appliance and its preconditions.
+//!
+//! A workflow that writes is one [`Command`] ([`command`]), applied by the store inside one
+//! transaction, so the checks it makes and the writes they guard are never apart. The
+//! workflows live by subject: [`machines`] (registration, role, state, lost and back),
+//! [`deploy`] (kickstart fetched, install report, redeploy), [`agents`] (enrolment,
+//! actions), [`catalog`] (roles, rules, tokens, images). [`lifecycle`] and [`rules`] are the
+//! pure decisions they call. Around them: [`liveness`] (heartbeats, in memory),
+//! [`timeline`] (boot steps onto timelines), [`boot`] (what a machine boots, its
+//! kickstart), [`images`] (the repository's files), [`tokens`] (secrets and hashes).
+//!
+//! [`App`] is what the HTTP layer calls: one method per workflow, so a handler parses,
+//! calls one method and renders. Multi-step work to come (migrate, evacuate, fence) gets
+//! its home here as steps recorded in the store, each step one command, resumable after a
+//! restart.
+//!
+//! This layer knows no HTTP: its errors are [`AppError`] values that the HTTP layer maps to
+//! statuses.
+
+mod agents;
+pub mod boot;
+mod catalog;
+pub mod command;
+mod deploy;
+pub mod images;
+pub mod lifecycle;
+pub mod liveness;
+mod machines;
+pub mod rules;
+pub mod timeline;
+pub mod tokens;
+
+pub use command::{Command, Op, Outcome};
+pub use deploy::installable;
+pub use machines::{effective_state, WATCHED};
+
+use crate::store::StoreError;
+use cosm_wire::{ActionKind, Enroll, Heartbeat, MacAddr, Machine, MachineState, Scope, TokenInfo};
+use std::sync::Arc;
+
+/// The store of this application's commands.
+pub type Store = crate::store::Store<Command>;
+
+/// Why a workflow did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A part of the appliance that is not configured here (network boot, images).
+    #[error("{message}")]
+    Off { code: &'static str, message: String },
+    /// Input the workflow cannot use (a kickstart that does not render, …).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    #[error(transparent)]
+    Upload(#[from] images::UploadError),
+    #[error("{message}")]
+    NotFound { message: String },
+}
+
+/// A machine the caller names, or a `NotFound` with a hint for the caller.
+fn known_machine(store: &Store, mac: MacAddr, hint: &str) -> Result<Machine, AppError> {
+    store.machine(mac)?.ok_or_else(|| AppError::NotFound {
+        message: format!("machine {mac} not found{hint}"),
+    })
+}
+
+impl Store {
+    /// Applies one operation, stamped now.
+    pub async fn run(&self, op: Op) -> Result<Outcome, StoreError> {
+        self.apply(Command::now(op)).await
+    }
+
+    /// Applies a machine operation and returns the machine.
+    pub async fn run_machine(&self, op: Op) -> Result<Machine, StoreError> {
+        self.run(op).await.map(Outcome::into_machine)
+    }
+}
+
+/// Everything the workflows need; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub store: Store,
+    pub liveness: Arc<liveness::Liveness>,
+    /// `None` when the appliance does not serve network boot.
+    pub boot: Option<Arc<boot::BootContext>>,
+    /// `None`: no image repository.
+    pub images: Option<images::ImageRepo>,
+}
+
+impl App {
+    pub fn boot(&self) -> Result<&Arc<boot::BootContext>, AppError> {
+        self.boot.as_ref().ok_or_else(|| AppError::Off {
+            code: "boot_off",
+            message: "network boot is not configured on this appliance".into(),
+        })
+    }
+
+    pub fn images(&self) -> Result<&images::ImageRepo, AppError> {
+        self.images.as_ref().ok_or_else(|| AppError::Off {
+            code: "images_off",
+            message: "this appliance has no image repository".into(),
+        })
+    }
+
+    /// An agent enrols: returns its machine and its new credential (shown only here).
+    pub async fn enroll(&self, body: Enroll) -> Result<(Machine, String), StoreError> {
+        let credential = tokens::generate_token();
+        let op = Op::Enroll {
+            mac: body.mac,
+            inventory: body.inventory,
+            credential_hash: tokens::hash_token(&credential),
+        };
+        let machine = self.store.run_machine(op).await?;
+        self.liveness.beat(machine.mac, Heartbeat::default());
+        Ok((machine, credential))
+    }
+
+    /// A heartbeat: recorded in memory; a lost machine returns to the state it was lost
+    /// from. Returns the machine as it is now.
+    pub async fn heartbeat(&self, mac: MacAddr, beat: Heartbeat) -> Result<Machine, AppError> {
+        self.liveness.beat(mac, beat);
+        let m = known_machine(&self.store, mac, "; enrol again")?;
+        if m.state != MachineState::Lost {
+            return Ok(m);
+        }
+        match self.store.run_machine(Op::Resume { mac }).await {
+            Ok(back) => {
+                tracing::info!(%mac, state = %back.state, "machine back: heartbeats resumed");
+                Ok(back)
+            }
+            Err(e) => {
+                tracing::warn!(%mac, error = %e, "a lost machine beats again but cannot return");
+                Ok(m)
+            }
+        }
+    }
+
+    /// Starts a machine's install over (see [`deploy`]).
+    pub async fn redeploy(&self, mac: MacAddr, by: &str) -> Result<Machine, StoreError> {
+        let agent_alive = self.liveness.is_alive(mac);
+        let op = Op::Redeploy {
+            mac,
+            by: by.to_string(),
+            agent_alive,
+        };
+        self.store.run_machine(op).await
+    }
+
+    /// The installer of `mac` fetches its kickstart: rendered, then the machine moves to
+    /// `deploying` (a refused move serves nothing).
+    pub async fn installer_kickstart(&self, mac: MacAddr) -> Result<String, AppError> {
+        let boot = self.boot()?;
+        let m = self.store.machine(mac)?.ok_or_else(|| AppError::NotFound {
+            message: format!("no machine {mac}"),
+        })?;
+        installable(&m)?;
+        let text = boot.render_kickstart(&m)?;
+        let release = boot.kickstart.release.name().to_string();
+        let m = self
+            .store
+            .run_machine(Op::StartInstall { mac, release })
+            .await?;
+        boot.timeline.note(
+            mac,
+            cosm_wire::EventKind::Boot,
+            format!(
+                "kickstart served ({}, role {})",
+                boot.kickstart.release.name(),
+                m.role.map(|r| r.to_string()).unwrap_or_default()
+            ),
+        );
+        Ok(text)
+    }
+
+    /// Queues an agent action.
+    pub async fn queue_action(
+        &self,
+        mac: MacAddr,
+        kind: ActionKind,
+    ) -> Result<Machine, StoreError> {
+        self.store.run_machine(Op::QueueAction { mac, kind }).await
+    }
+
+    /// Creates an API token of `scope`; returns its record and its secret (shown once).
+    pub async fn create_token(
+        &self,
+        name: &str,
+        scope: Scope,
+    ) -> Result<(TokenInfo, String), StoreError> {
+        tokens::create_token(&self.store, name, scope).await
+    }
+
+    /// The inventory-less view the agent gets of its machine's desired state.
+    pub fn desired(&self, mac: MacAddr) -> Result<cosm_wire::DesiredState, AppError> {
+        let m = known_machine(&self.store, mac, "; enrol again")?;
+        Ok(cosm_wire::DesiredState {
+            generation: m.desired_generation,
+            role: m.role,
+            actions: m.pending_actions,
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! The one place the appliance is put together from its configuration: the store, the
+//! first admin token, the boot directory, the image repository, liveness and its monitor,
+//! DHCP and TFTP when configured, and the metrics. `serve` runs what this builds, and the
+//! API tests build the same thing (without the network services) through [`Assembly::build`].
+
+use crate::app::boot::{BootContext, TftpTimeline};
+use crate::app::images::ImageRepo;
+use crate::app::liveness::{self, Liveness};
+use crate::app::timeline::Timeline;
+use crate::app::{tokens, App, Store};
+use crate::config::Config;
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::store::StoreOptions;
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Whether to start the services that own sockets besides the HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// DHCP and TFTP as the config says (the daemon).
+    AsConfigured,
+    /// Neither, whatever the config says (tests that drive the router directly).
+    Off,
+}
+
+/// A built appliance: the state the HTTP layer serves, and the background work.
+#[derive(Debug)]
+pub struct Assembly {
+    pub state: AppState,
+    /// The admin token made at the first start (shown once), and where it was saved.
+    pub first_admin: Option<(String, std::path::PathBuf)>,
+    stop: watch::Sender<bool>,
+    monitor: JoinHandle<()>,
+    dhcp: Option<JoinHandle<()>>,
+}
+
+/// Opens the store of a configuration, creating the data directory if needed.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("cosm.redb");
+    let options = StoreOptions {
+        events_per_machine: config.events_per_machine,
+    };
+    Store::open(&path, options).with_context(|| {
+        format!(
+            "cannot open the store {} (another cosm-appliance may be running on the same data_dir)",
+            path.display()
+        )
+    })
+}
+
+impl Assembly {
+    pub async fn build(config: &Config, network: Network) -> anyhow::Result<Assembly> {
+        let store = open_store(config)?;
+        tracing::info!(
+            config = %config.path.display(),
+            data_dir = %config.data_dir.display(),
+            schema = store.schema_version()?,
+            machines = store.machines(None, None)?.len(),
+            "store open"
+        );
+        let first_admin = tokens::bootstrap_admin(&store, &config.data_dir).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let timeline = Arc::new(Timeline::new(store.clone()));
+        let subnets = config
+            .dhcp
+            .as_ref()
+            .map(|d| d.core.subnets.clone())
+            .unwrap_or_default();
+        let boot = BootContext::prepare(
+            config.boot.clone(),
+            config.kickstart.clone(),
+            &config.data_dir,
+            subnets,
+            store.clone(),
+            timeline.clone(),
+        )
+        .await?;
+        let images = ImageRepo::open(config.images_dir.clone(), config.max_upload_bytes)
+            .with_context(|| {
+                format!(
+                    "cannot open the image repository {}",
+                    config.images_dir.display()
+                )
+            })?;
+        let mut tftp = None;
+        let mut dhcp_handle = None;
+        let mut dhcp = None;
+        if network == Network::AsConfigured {
+            if let Some(settings) = config.tftp.clone() {
+                let listen = settings.listen;
+                let observer = Arc::new(TftpTimeline(timeline.clone()));
+                let handle = cosm_netboot::tftp::start(settings, observer, stop_rx.clone())
+                    .with_context(|| format!("cannot serve TFTP on tftp.listen = {listen}"))?;
+                tracing::info!(addr = %handle.local_addr, root = %config.boot.dir.display(), "TFTP listening (read-only)");
+                tftp = Some(handle);
+            } else if config.dhcp.is_some() {
+                tracing::warn!("DHCP is on but TFTP is off (no [tftp] section): BIOS and UEFI PXE clients will not get their iPXE binary; iPXE and UEFI HTTP Boot clients still boot");
+            }
+            if let Some(settings) = config.dhcp.clone() {
+                let (handle, serve) =
+                    crate::dhcp_service::start(settings, store.clone(), timeline, stop_rx).await?;
+                dhcp_handle = Some(handle);
+                dhcp = Some(tokio::spawn(serve));
+            } else {
+                tracing::info!("DHCP is off (no [dhcp] section, or mode = \"off\")");
+            }
+        }
+        let metrics = Metrics::new(store.clone(), dhcp_handle, tftp);
+        let liveness = Arc::new(Liveness::new(
+            std::time::Duration::from_secs(config.heartbeat_secs.into()),
+            config.missed_beats,
+        ));
+        let monitor = tokio::spawn(liveness::monitor(liveness.clone(), store.clone()));
+        let app = App {
+            store,
+            liveness,
+            boot: Some(Arc::new(boot)),
+            images: Some(images),
+        };
+        Ok(Assembly {
+            state: AppState {
+                app,
+                metrics,
+                max_body_bytes: config.max_body_bytes,
+            },
+            first_admin,
+            stop,
+            monitor,
+            dhcp,
+        })
+    }
+
+    /// Stops the background work and waits for it; the store closes when the last handle
+    /// (this assembly's and the router's) is dropped.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.monitor.abort();
+        let _ = self.monitor.await;
+        if let Some(t) = self.dhcp {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The appliance configuration: a TOML file read once at start.
+//!
+//! [`file`] holds the file format (serde, unknown keys refused); [`Config`] is the checked
+//! runtime form, made from it with `TryFrom`. Every error names the file and the key.
+
+use cosm_kickstart::{Release, Templates};
+use cosm_netboot::dhcp::server::Listen;
+use cosm_netboot::dhcp::DhcpConfig;
+use cosm_netboot::tftp::TftpSettings;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {}{message}", key_prefix(.key))]
+    Invalid {
+        path: PathBuf,
+        /// Dotted key, e.g. `api.listen`; empty for a syntax error outside any key.
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("key `{key}`: ")
+    }
+}
+
+/// The file format, exactly as written on disk.
+pub mod file;
+mod install;
+mod network;
+
+/// The checked configuration the appliance runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub events_per_machine: u64,
+    /// `None` when DHCP is off.
+    pub dhcp: Option<DhcpSettings>,
+    pub heartbeat_secs: u32,
+    pub missed_beats: u32,
+    pub boot: BootSettings,
+    /// `None` when TFTP is off (no `[tftp]` section, or `enabled = false`).
+    pub tftp: Option<TftpSettings>,
+    pub kickstart: KickstartSettings,
+    /// Directory of the image repository's files.
+    pub images_dir: PathBuf,
+    pub max_upload_bytes: u64,
+}
+
+/// How machines are installed.
+#[derive(Debug, Clone)]
+pub struct KickstartSettings {
+    pub release: Release,
+    pub templates: std::sync::Arc<Templates>,
+    pub templates_dir: Option<PathBuf>,
+    pub root_password_hash: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub timezone: String,
+    pub selinux: String,
+    pub firewall: bool,
+    pub repo_url: Option<String>,
+    pub installer_kernel: String,
+    pub installer_initrd: String,
+    pub installer_args: String,
+    pub xen_roles: Vec<String>,
+    pub xen_repo_url: String,
+}
+
+/// Boot files and the iPXE scripts' settings.
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    pub dir: PathBuf,
+    pub ipxe_dir: PathBuf,
+    pub ramdisk_dir: PathBuf,
+    pub agent_dir: PathBuf,
+    pub kernel_args: String,
+    pub retries: u32,
+    /// No trailing slash.
+    pub appliance_url: String,
+}
+
+/// The DHCP service: what the core decides with and how the shell listens.
+#[derive(Debug, Clone)]
+pub struct DhcpSettings {
+    pub core: DhcpConfig,
+    pub listen: Listen,
+}
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses config text; `path` is only used to name the file in errors and to resolve a
+    /// relative `data_dir` against the file's directory.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let parsed: file::ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = field_path(&e.path().to_string(), e.inner().message());
+            let mut message = e.inner().message().to_string();
+            if let Some(span) = e.inner().span() {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                message = format!("{message} (line {line})");
+            }
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            }
+        })?;
+        Config::try_from((path, parsed))
+    }
+}
+
+impl TryFrom<(&Path, file::ConfigFile)> for Config {
+    type Error = ConfigError;
+
+    fn try_from((path, f): (&Path, file::ConfigFile)) -> Result<Self, Self::Error> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if f.data_dir.trim().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        let mut data_dir = PathBuf::from(&f.data_dir);
+        if data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            data_dir = base.join(data_dir);
+        }
+        let api_listen: SocketAddr = f.api.listen.parse().map_err(|_| {
+            invalid(
+                "api.listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080 or [::]:8080",
+                    f.api.listen
+                ),
+            )
+        })?;
+        if !(1024..=64 * 1024 * 1024).contains(&f.api.max_body_bytes) {
+            return Err(invalid(
+                "api.max_body_bytes",
+                format!("{} is outside 1024..=67108864", f.api.max_body_bytes),
+            ));
+        }
+        if !(10..=1_000_000).contains(&f.events.retain_per_machine) {
+            return Err(invalid(
+                "events.retain_per_machine",
+                format!("{} is outside 10..=1000000", f.events.retain_per_machine),
+            ));
+        }
+        let dhcp = match f.dhcp {
+            Some(d) => network::dhcp_settings(d, api_listen)
+                .map_err(|(key, message)| invalid(&key, message))?,
+            None => None,
+        };
+        if !(1..=3600).contains(&f.agents.heartbeat_secs) {
+            return Err(invalid(
+                "agents.heartbeat_secs",
+                format!("{} is outside 1..=3600", f.agents.heartbeat_secs),
+            ));
+        }
+        if !(1..=100).contains(&f.agents.missed_beats) {
+            return Err(invalid(
+                "agents.missed_beats",
+                format!("{} is outside 1..=100", f.agents.missed_beats),
+            ));
+        }
+        let rel = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_relative() {
+                data_dir.join(p)
+            } else {
+                p
+            }
+        };
+        let boot = install::boot_settings(&f.boot, dhcp.as_ref(), api_listen, &rel)
+            .map_err(|(key, message)| invalid(&key, message))?;
+        let tftp = match f.tftp {
+            Some(t) if t.enabled => Some(
+                network::tftp_settings(t, &boot.dir)
+                    .map_err(|(key, message)| invalid(&key, message))?,
+            ),
+            _ => None,
+        };
+        let kickstart = install::kickstart_settings(f.kickstart, &rel)
+            .map_err(|(key, message)| invalid(&key, message))?;
+        if !(1..=1 << 30).contains(&f.images.max_upload_mib) {
+            return Err(invalid(
+                "images.max_upload_mib",
+                format!("{} is outside 1..=1073741824", f.images.max_upload_mib),
+            ));
+        }
+        Ok(Config {
+            kickstart,
+            images_dir: data_dir.join("images"),
+            max_upload_bytes: f.images.max_upload_mib << 20,
+            boot,
+            tftp,
+            heartbeat_secs: f.agents.heartbeat_secs,
+            missed_beats: f.agents.missed_beats,
+            path: path.to_path_buf(),
+            data_dir,
+            api_listen,
+            max_body_bytes: f.api.max_body_bytes as usize,
+            events_per_machine: f.events.retain_per_machine,
+            dhcp,
+        })
+    }
+}
+
+/// The dotted path of the field a serde error is about. serde reports a missing or unknown
+/// field with the path of the object that holds it and the name only in the message, so
+/// the name is taken from there.
+pub fn field_path(path: &str, message: &str) -> String {
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let base = if path == "." { "" } else { path };
+    match named {
+        // serde_path_to_error already ends the path with an unknown field's name.
+        Some(name) if base == name || base.ends_with(&format!(".{name}")) => base.to_string(),
+        Some(name) if base.is_empty() => name.to_string(),
+        Some(name) => format!("{base}.{name}"),
+        None => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("/etc/cosm/appliance.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example configs found in {}", dir.display());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("data_dir = \"/x\"\n[api]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n");
+        assert!(
+            e.starts_with("/etc/cosm/appliance.toml: key `api.listne`: unknown field"),
+            "{e}"
+        );
+        let e = err("data_dir = \"/x\"\nbogus = 1\n");
+        assert!(e.contains("key `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = err("data_dir = \"/x\"\n[api]\nlisten = \"localhost\"\n");
+        assert!(e.contains("key `api.listen`"), "{e}");
+        let e = err("data_dir = \"/x\"\n[api]\nmax_body_bytes = \"big\"\n");
+        assert!(
+            e.contains("key `api.max_body_bytes`") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err("[api]\n");
+        assert!(e.contains("data_dir"), "{e}");
+        let e = err("data_dir = \"/x\"\n[events]\nretain_per_machine = 1\n");
+        assert!(e.contains("key `events.retain_per_machine`"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_errors_name_the_key() {
+        let base = "data_dir = \"/x\"\n[dhcp]\nserver_id = \"192.0.2.1\"\n";
+        let e = err(base);
+        assert!(e.contains("key `dhcp.subnets`"), "{e}");
+        let e = err(&format!(
+            "{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\npools = [\"192.0.2.10-192.0.3.5\"]\n"
+        ));
+        assert!(e.contains("key `dhcp.subnets[0].pools[0]`"), "{e}");
+        let e = err(&format!(
+            "{base}[[dhcp.subnets]]\ncidr = \"192.0.2.1/24\"\n"
+        ));
+        assert!(
+            e.contains("key `dhcp.subnets[0].cidr`") && e.contains("host bits"),
+            "{e}"
+        );
+        let e = err(&format!("{base}mode = \"maybe\"\n"));
+        assert!(e.contains("key `dhcp.mode`"), "{e}");
+        let e = err(&format!(
+            "{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\nrouter = \"192.0.2.1\"\n"
+        ));
+        assert!(e.contains("dhcp.subnets") && e.contains("router"), "{e}");
+        let ok = Config::parse(
+            Path::new("/x.toml"),
+            &format!("{base}[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\npools = [\"192.0.2.10-192.0.2.20\"]\n"),
+        )
+        .unwrap();
+        let d = ok.dhcp.unwrap();
+        assert_eq!(d.core.boot.http_base, "http://192.0.2.1:8080");
+        assert_eq!(d.listen.addr.to_string(), "0.0.0.0:67");
+    }
+
+    #[test]
+    fn relative_data_dir_is_beside_the_file() {
+        let c = Config::parse(
+            Path::new("/etc/cosm/appliance.toml"),
+            "data_dir = \"state\"",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/cosm/state"));
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:8080");
+    }
+}

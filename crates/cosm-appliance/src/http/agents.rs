@@ -1,0 +1,128 @@
+//! The node agents' side of the API (`/api/v1/agent/`): enrolment, heartbeats, desired
+//! state, reports on actions, and the installer's report. Agents call with their own
+//! credential (scope `agent`, bound to their MAC); enrolment and the install report with
+//! the enrol token that boot scripts and kickstarts carry.
+
+use super::auth::{agent_mac, allow, Access, Caller};
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::AppState;
+use crate::app::Op;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cosm_wire::{
+    DesiredState, Enroll, Enrolled, ErrorBody, Heartbeat, HeartbeatReply, MacAddr, Machine,
+    Observed,
+};
+
+pub(super) fn routes() -> Router<AppState> {
+    use Access::*;
+    Router::new()
+        .route("/api/v1/agent/enroll", allow(Enroll, post(agent_enroll)))
+        .route(
+            "/api/v1/agent/install-report",
+            allow(Enroll, post(agent_install_report)),
+        )
+        .route(
+            "/api/v1/agent/heartbeat",
+            allow(Agent, post(agent_heartbeat)),
+        )
+        .route("/api/v1/agent/desired", allow(Agent, get(agent_desired)))
+        .route("/api/v1/agent/observed", allow(Agent, post(agent_observed)))
+}
+
+/// An installer reports how the install ended (the kickstart's %post or %onerror).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InstallReport {
+    pub mac: MacAddr,
+    pub ok: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The installer's report: a deploying machine becomes `deployed` (ok) or `failed`, with
+/// the message (e.g. the installer's log tail) on its timeline. Needs an enrol token.
+#[utoipa::path(post, path = "/api/v1/agent/install-report", tag = "agents", request_body = InstallReport,
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn agent_install_report(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<InstallReport>,
+) -> Result<Json<Machine>, ApiError> {
+    let op = Op::ReportInstall {
+        mac: body.mac,
+        ok: body.ok,
+        message: body.message,
+    };
+    let m = state.app.store.run_machine(op).await?;
+    tracing::info!(mac = %body.mac, ok = body.ok, "install report");
+    Ok(Json(m))
+}
+
+/// An agent enrols with its inventory and receives its own credential.
+#[utoipa::path(post, path = "/api/v1/agent/enroll", tag = "agents", request_body = Enroll,
+    responses((status = 200, body = Enrolled), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn agent_enroll(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<Enroll>,
+) -> Result<Json<Enrolled>, ApiError> {
+    let (machine, credential) = state.app.enroll(body).await?;
+    tracing::info!(caller = %caller.name, mac = %machine.mac, state = %machine.state, "agent enrolled");
+    Ok(Json(Enrolled {
+        machine,
+        credential,
+        heartbeat_secs: state.app.liveness.heartbeat.as_secs().max(1) as u32,
+    }))
+}
+
+/// An agent's heartbeat; a machine that was `lost` comes back to the state it was lost from.
+#[utoipa::path(post, path = "/api/v1/agent/heartbeat", tag = "agents", request_body = Heartbeat,
+    responses((status = 200, body = HeartbeatReply), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn agent_heartbeat(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let mac = agent_mac(&caller)?;
+    let m = state.app.heartbeat(mac, body).await?;
+    Ok(Json(HeartbeatReply {
+        desired_generation: m.desired_generation,
+    }))
+}
+
+/// The calling agent's desired state.
+#[utoipa::path(get, path = "/api/v1/agent/desired", tag = "agents",
+    responses((status = 200, body = DesiredState), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn agent_desired(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+) -> Result<Json<DesiredState>, ApiError> {
+    let mac = agent_mac(&caller)?;
+    Ok(Json(state.app.desired(mac)?))
+}
+
+/// The calling agent reports what it did; finished actions leave the queue.
+#[utoipa::path(post, path = "/api/v1/agent/observed", tag = "agents", request_body = Observed,
+    responses((status = 204), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn agent_observed(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<Observed>,
+) -> Result<StatusCode, ApiError> {
+    let mac = agent_mac(&caller)?;
+    state
+        .app
+        .store
+        .run(Op::ReportObserved {
+            mac,
+            results: body.results,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,141 @@
+//! The image repository's routes: upload (streamed into `app::images`), list, show,
+//! delete, and downloads with Range (also for installers under `/boot/images/`).
+
+use super::auth::{allow, Access};
+use super::error::ApiError;
+use super::AppState;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use cosm_wire::Image;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+pub(super) fn routes() -> Router<AppState> {
+    use Access::*;
+    Router::new()
+        .route("/api/v1/images", allow(Read, get(list_images)))
+        .route(
+            "/api/v1/images/{name}",
+            allow(Read, get(show_image))
+                .merge(allow(Admin, put(upload_image).delete(delete_image)))
+                // Uploads are bounded by images.max_upload_mib instead.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/images/{name}/content",
+            allow(Read, get(download_image).head(download_image)),
+        )
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct UploadQuery {
+    sha256: Option<String>,
+}
+
+/// Upload an image: the body is the file; its sha256 must be declared.
+#[utoipa::path(put, path = "/api/v1/images/{name}", tag = "images",
+    params(("name" = String, Path, description = "image name"),
+           ("sha256" = Option<String>, Query, description = "sha256 of the body, lowercase hex (or the X-Checksum-Sha256 header)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Image), (status = 400), (status = 413), (status = 422, description = "the body's sha256 differs from the declared one; nothing was stored")))]
+pub(super) async fn upload_image(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<UploadQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let repo = state.app.images()?;
+    let declared = q.sha256.or_else(|| {
+        req.headers()
+            .get("x-checksum-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let mut upload = repo.begin(&name, declared.as_deref()).await?;
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Err(upload.interrupted(&e).into()),
+        };
+        if let Ok(data) = frame.into_data() {
+            upload.write(&data).await?;
+        }
+    }
+    let image = upload.finish(&state.app.store).await?;
+    Ok((StatusCode::CREATED, Json(image)).into_response())
+}
+
+/// Every image, by name.
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = [Image])))]
+pub(super) async fn list_images(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Image>>, ApiError> {
+    state.app.images()?;
+    Ok(Json(state.app.store.images()?))
+}
+
+/// One image's record.
+#[utoipa::path(get, path = "/api/v1/images/{name}", tag = "images",
+    params(("name" = String, Path, description = "image name")),
+    responses((status = 200, body = Image), (status = 404)))]
+pub(super) async fn show_image(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Image>, ApiError> {
+    state.app.images()?;
+    crate::app::images::check_name(&name)?;
+    let image = state.app.store.image(&name)?;
+    image
+        .map(Json)
+        .ok_or_else(|| crate::app::images::not_found(&name).into())
+}
+
+/// Deletes an image's record, then its file.
+#[utoipa::path(delete, path = "/api/v1/images/{name}", tag = "images",
+    params(("name" = String, Path, description = "image name")),
+    responses((status = 204), (status = 404)))]
+pub(super) async fn delete_image(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let repo = state.app.images()?;
+    repo.delete(&state.app.store, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Streams a recorded image (Range and HEAD supported). Used by the API download and by
+/// the open `/boot/images/<name>` path installers fetch from.
+pub(super) async fn serve_image(
+    state: &AppState,
+    name: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let path = state.app.images()?.recorded(&state.app.store, name)?;
+    let resp = ServeFile::new(path).oneshot(req).await.map_err(|e| {
+        tracing::error!(error = %e, image = name, "cannot read an image");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot read the image",
+        )
+    })?;
+    Ok(resp.map(Body::new))
+}
+
+/// Downloads an image (Range supported).
+#[utoipa::path(get, path = "/api/v1/images/{name}/content", tag = "images",
+    params(("name" = String, Path, description = "image name")),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 206), (status = 404)))]
+pub(super) async fn download_image(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    serve_image(&state, &name, req).await
+}

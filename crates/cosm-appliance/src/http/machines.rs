@@ -1,0 +1,290 @@
+//! Machines: the inventory by MAC, role and state changes, timelines, the kickstart
+//! preview, redeploy, and actions queued for a machine's agent.
+
+use super::auth::{allow, Access, Caller};
+use super::error::ApiError;
+use super::extract::{created, parse_mac, parse_role, query_params, ApiJson};
+use super::AppState;
+use crate::app::{Op, Store};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cosm_wire::{
+    CreateMachine, ErrorBody, Event, MacAddr, Machine, MachineState, QueueAction, SetRole,
+    SetState, UpdateMachine,
+};
+use std::collections::HashMap;
+
+pub(super) fn routes() -> Router<AppState> {
+    use Access::*;
+    Router::new()
+        .route(
+            "/api/v1/machines",
+            allow(Read, get(list_machines)).merge(allow(Admin, post(create_machine))),
+        )
+        .route(
+            "/api/v1/machines/{mac}",
+            allow(Read, get(show_machine)).merge(allow(
+                Admin,
+                axum::routing::patch(update_machine).delete(delete_machine),
+            )),
+        )
+        .route("/api/v1/machines/{mac}/role", allow(Admin, put(set_role)))
+        .route(
+            "/api/v1/machines/{mac}/state",
+            allow(Admin, post(set_state)),
+        )
+        .route(
+            "/api/v1/machines/{mac}/events",
+            allow(Read, get(machine_events)),
+        )
+        .route(
+            "/api/v1/machines/{mac}/actions",
+            allow(Admin, post(queue_action)),
+        )
+        .route(
+            "/api/v1/machines/{mac}/kickstart",
+            allow(Read, get(machine_kickstart)),
+        )
+        .route(
+            "/api/v1/machines/{mac}/redeploy",
+            allow(Admin, post(redeploy_machine)),
+        )
+}
+
+/// List machines, optionally filtered by role and/or state.
+#[utoipa::path(get, path = "/api/v1/machines", tag = "machines",
+    params(("role" = Option<String>, Query, description = "only machines with this role"),
+           ("state" = Option<MachineState>, Query, description = "only machines in this state")),
+    responses((status = 200, body = [Machine]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn list_machines(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<Machine>>, ApiError> {
+    query_params(&q, &["role", "state"])?;
+    let role = q.get("role").map(|r| parse_role(r)).transpose()?;
+    let st = q
+        .get("state")
+        .map(|s| {
+            s.parse::<MachineState>()
+                .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "state", e))
+        })
+        .transpose()?;
+    Ok(Json(state.app.store.machines(role.as_ref(), st)?))
+}
+
+/// Register a machine by MAC, optionally with its role. Without a role the role rules are
+/// tried; with no match it stays `discovered`.
+#[utoipa::path(post, path = "/api/v1/machines", tag = "machines", request_body = CreateMachine,
+    responses((status = 201, body = Machine), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn create_machine(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(spec): ApiJson<CreateMachine>,
+) -> Result<Response, ApiError> {
+    let m = state.app.store.run_machine(Op::CreateMachine(spec)).await?;
+    tracing::info!(caller = %caller.name, mac = %m.mac, state = %m.state, role = ?m.role.as_ref().map(|r| r.as_str()), "machine registered");
+    Ok(created(format!("/api/v1/machines/{}", m.mac), m))
+}
+
+/// One machine.
+#[utoipa::path(get, path = "/api/v1/machines/{mac}", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address, e.g. 52:54:00:aa:bb:01")),
+    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn show_machine(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    machine_or_404(&state.app.store, mac, "").map(Json)
+}
+
+/// The machine record, or a 404 naming the MAC (with a hint for the caller, if any).
+pub(super) fn machine_or_404(store: &Store, mac: MacAddr, hint: &str) -> Result<Machine, ApiError> {
+    store.machine(mac)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("machine {mac} not found{hint}"),
+        )
+    })
+}
+
+/// Change hostname, role or reserved address. Absent fields are kept; `null` clears.
+#[utoipa::path(patch, path = "/api/v1/machines/{mac}", tag = "machines", request_body = UpdateMachine,
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn update_machine(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+    ApiJson(update): ApiJson<UpdateMachine>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = state
+        .app
+        .store
+        .run_machine(Op::UpdateMachine { mac, update })
+        .await?;
+    tracing::info!(caller = %caller.name, mac = %mac, "machine updated");
+    Ok(Json(m))
+}
+
+/// Delete a machine record and its timeline. Installed machines must be retired first.
+#[utoipa::path(delete, path = "/api/v1/machines/{mac}", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn delete_machine(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mac = parse_mac(&mac)?;
+    state.app.store.run(Op::DeleteMachine { mac }).await?;
+    tracing::info!(caller = %caller.name, mac = %mac, "machine deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set or clear a machine's role. A discovered machine that gets a role becomes `ready`.
+#[utoipa::path(put, path = "/api/v1/machines/{mac}/role", tag = "machines", request_body = SetRole,
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn set_role(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+    ApiJson(body): ApiJson<SetRole>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = state
+        .app
+        .store
+        .run_machine(Op::SetRole {
+            mac,
+            role: body.role,
+        })
+        .await?;
+    tracing::info!(caller = %caller.name, mac = %mac, state = %m.state, "machine role set");
+    Ok(Json(m))
+}
+
+/// Move a machine to another lifecycle state. An illegal move is a 409 naming the current
+/// state and the allowed ones.
+#[utoipa::path(post, path = "/api/v1/machines/{mac}/state", tag = "machines", request_body = SetState,
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn set_state(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+    ApiJson(body): ApiJson<SetState>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let reason = body
+        .reason
+        .map(|r| format!("{r} (by {})", caller.name))
+        .or_else(|| Some(format!("requested by {}", caller.name)));
+    let m = state
+        .app
+        .store
+        .run_machine(Op::SetState {
+            mac,
+            to: body.state,
+            reason,
+        })
+        .await?;
+    tracing::info!(caller = %caller.name, mac = %mac, state = %m.state, "machine state changed");
+    Ok(Json(m))
+}
+
+/// The kickstart the machine's installer would get now (for `cosmctl kickstart render`).
+#[utoipa::path(get, path = "/api/v1/machines/{mac}/kickstart", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, content_type = "text/plain"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn machine_kickstart(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = machine_or_404(&state.app.store, mac, "")?;
+    let boot = state.app.boot()?;
+    let text = boot.render_kickstart(&m)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Start a machine's install over: it goes back to `ready` (from deployed, active or
+/// failed) and, when its agent is running, is told to reboot into the installer.
+#[utoipa::path(post, path = "/api/v1/machines/{mac}/redeploy", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn redeploy_machine(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = state.app.redeploy(mac, &caller.name).await?;
+    tracing::info!(caller = %caller.name, %mac, "redeploy requested");
+    Ok(Json(m))
+}
+
+/// A machine's timeline, oldest first: the newest `limit` events (default 100).
+#[utoipa::path(get, path = "/api/v1/machines/{mac}/events", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address"),
+           ("limit" = Option<usize>, Query, description = "at most this many of the newest events (1-10000, default 100)")),
+    responses((status = 200, body = [Event]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn machine_events(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    query_params(&q, &["limit"])?;
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "limit",
+                    format!("limit must be a number from 1 to 10000, not {l:?}"),
+                )
+            })?,
+    };
+    machine_or_404(&state.app.store, mac, "")?;
+    Ok(Json(state.app.store.events(mac, limit)?))
+}
+
+/// Queue an action (`reboot`, `power-off`, `re-register`) for a machine's agent.
+#[utoipa::path(post, path = "/api/v1/machines/{mac}/actions", tag = "agents", request_body = QueueAction,
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn queue_action(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+    ApiJson(body): ApiJson<QueueAction>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let kind = body.kind;
+    let m = state.app.queue_action(mac, kind.clone()).await?;
+    tracing::info!(caller = %caller.name, %mac, %kind, generation = m.desired_generation, "agent action queued");
+    Ok(Json(m))
+}

@@ -1,0 +1,50 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
+
+use super::{agents, catalog, images, machines, ops};
+use utoipa::OpenApi;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers above.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "COSM appliance API", description = "Bare-metal provisioning: machines, roles, role rules, timelines."),
+    paths(
+        ops::healthz, ops::metrics, ops::openapi_json,
+        machines::list_machines, machines::create_machine, machines::show_machine,
+        machines::update_machine, machines::delete_machine,
+        machines::set_role, machines::set_state, machines::machine_events,
+        catalog::list_roles, catalog::create_role, catalog::show_role, catalog::delete_role,
+        catalog::list_rules, catalog::create_rule, catalog::show_rule, catalog::delete_rule,
+        catalog::list_leases,
+        machines::queue_action, agents::agent_enroll, agents::agent_heartbeat,
+        agents::agent_desired, agents::agent_observed,
+        catalog::list_tokens, catalog::create_token, catalog::delete_token,
+        machines::machine_kickstart, machines::redeploy_machine, agents::agent_install_report,
+        images::list_images, images::show_image, images::upload_image,
+        images::delete_image, images::download_image,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "machines", description = "Machines by MAC: lifecycle, role, timeline"),
+        (name = "roles", description = "Roles machines can play"),
+        (name = "rules", description = "Rules that give discovered machines a role"),
+        (name = "dhcp", description = "DHCP leases"),
+        (name = "agents", description = "Node agents: enrolment, heartbeat, desired state"),
+        (name = "tokens", description = "API tokens (admin only)"),
+        (name = "images", description = "The image repository: installer kernels, initrds, ISOs"),
+        (name = "operations", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;

@@ -1,0 +1,47 @@
+//! Runs the appliance: builds it ([`crate::assembly`]), serves HTTP until SIGINT or
+//! SIGTERM, then lets in-flight requests finish and closes the store.
+
+use crate::assembly::{Assembly, Network};
+use crate::config::Config;
+use anyhow::Context;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let assembly = Assembly::build(&config, Network::AsConfigured).await?;
+    if let Some((token, path)) = &assembly.first_admin {
+        // Shown once, on stderr, outside the log format so it is not lost in JSON logs.
+        eprintln!(
+            "\nFirst start: created an admin API token. It is shown only this once and saved (mode 0600) in {}:\n\n    {token}\n\nUse it with: export COSM_TOKEN=$(cat {})\n",
+            path.display(),
+            path.display()
+        );
+        tracing::info!(path = %path.display(), "first admin API token created");
+    }
+    let router = crate::http::router(assembly.state.clone());
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen = {}", config.api_listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    crate::http::serve(listener, router, shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    assembly.shutdown().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

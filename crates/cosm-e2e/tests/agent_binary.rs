@@ -1,0 +1,332 @@
+//! The real `cosm-agent` against a real appliance on loopback: enrolment with the inventory
+//! of a fixture machine, the node credential (0600), heartbeats, the desired-state round
+//! trip (a known action done, an unknown one reported unsupported), lost when the agent is
+//! killed, and back when it restarts with its stored credential; and a 30-second action
+//! that runs while the heartbeats go on.
+
+use cosm_e2e::{bin, client, Appliance};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MAC: &str = "52:54:00:12:34:56";
+
+/// A running agent, killed by PID when dropped.
+struct AgentProc(Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cosm-agent/tests/fixtures/qemu-vm")
+}
+
+fn start_agent(app: &Appliance, token: Option<&str>, state: &Path, log: &Path) -> AgentProc {
+    start_agent_with(app, token, state, log, &[])
+}
+
+/// [`start_agent`] with more `cosm-agent run` flags.
+fn start_agent_with(
+    app: &Appliance,
+    token: Option<&str>,
+    state: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> AgentProc {
+    let mut cmd = Command::new(bin("cosm-agent"));
+    cmd.args([
+        "run",
+        "--appliance",
+        &app.url(),
+        "--cmdline",
+        "/dev/null",
+        "--dry-run-actions",
+        "--root",
+    ])
+    .arg(fixture())
+    .arg("--state-dir")
+    .arg(state)
+    .env_remove("COSM_TOKEN")
+    .env_remove("COSM_APPLIANCE")
+    .stdout(Stdio::null())
+    .stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    );
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    cmd.args(extra);
+    AgentProc(cmd.spawn().expect("cosm-agent starts"))
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn real_agent_enrols_beats_acts_and_is_lost_then_back() {
+    let app =
+        Appliance::start_with(None, "[agents]\nheartbeat_secs = 1\nmissed_beats = 2\n").unwrap();
+    let http = client(&app.token());
+    let base = app.url();
+    let enroll: serde_json::Value = http
+        .post(format!("{base}/api/v1/tokens"))
+        .json(&serde_json::json!({"name": "ramdisk", "scope": "enroll"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let enroll_token = enroll["token"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("agent.log");
+    let machine = || -> serde_json::Value {
+        http.get(format!("{base}/api/v1/machines/{MAC}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let events = || -> String {
+        http.get(format!("{base}/api/v1/machines/{MAC}/events"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+
+    let agent = start_agent(&app, Some(&enroll_token), &state, &log);
+    wait_until("enrolment", Duration::from_secs(20), || {
+        machine()["state"] == "discovered"
+    });
+
+    // The stored inventory is exactly what the agent reads from the fixture machine.
+    let out = Command::new(bin("cosm-agent"))
+        .args(["inventory", "--json", "--root"])
+        .arg(fixture())
+        .output()
+        .unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(machine()["inventory"], expected);
+    let mode = std::fs::metadata(state.join("credential"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Desired state: a known action is done (dry run), an unknown one is unsupported.
+    for kind in ["reboot", "flash-bios"] {
+        let r = http
+            .post(format!("{base}/api/v1/machines/{MAC}/actions"))
+            .json(&serde_json::json!({"kind": kind}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    wait_until(
+        "the agent's report on both actions",
+        Duration::from_secs(15),
+        || {
+            let e = events();
+            e.contains("(reboot) done: dry run: would run reboot -f")
+                && e.contains("(flash-bios) unsupported by the agent")
+        },
+    );
+    assert_eq!(
+        machine()["pending_actions"],
+        serde_json::Value::Null,
+        "the queue is empty again"
+    );
+
+    // Killed: lost after two missed beats. Restarted without a token: its stored credential
+    // brings it back to the state it was lost from.
+    drop(agent);
+    wait_until("lost", Duration::from_secs(15), || {
+        machine()["state"] == "lost"
+    });
+    let _agent = start_agent(&app, None, &state, &log);
+    wait_until("back", Duration::from_secs(15), || {
+        machine()["state"] == "discovered"
+    });
+    let e = events();
+    assert!(
+        e.contains("no heartbeat for") && e.contains("heartbeats resumed"),
+        "{e}"
+    );
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        agent_log.contains("enrolled as 52:54:00:12:34:56"),
+        "{agent_log}"
+    );
+}
+
+/// Heartbeats the appliance has answered with 200, from its `/metrics` request counter:
+/// counted outside the agent, by the party that would mark the machine lost.
+fn heartbeats_answered(http: &reqwest::blocking::Client, base: &str) -> u64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("cosm_http_requests_total{")
+                && l.contains("route=\"/api/v1/agent/heartbeat\"")
+                && l.contains("status=\"200\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A 30-second action runs in its controller while the heartbeat loop goes on: the machine
+/// is never lost, the appliance hears a beat every second throughout, and the action is
+/// reported done when it ends. When actions ran inside the heartbeat loop, its beats
+/// stopped for the whole 30 s: the machine went `lost` after two missed beats, and the
+/// appliance's counter stood still for 30 s.
+#[test]
+fn a_long_action_does_not_stop_the_heartbeats() {
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let app =
+        Appliance::start_with(None, "[agents]\nheartbeat_secs = 1\nmissed_beats = 2\n").unwrap();
+    let http = client(&app.token());
+    let base = app.url();
+    let enroll: serde_json::Value = http
+        .post(format!("{base}/api/v1/tokens"))
+        .json(&serde_json::json!({"name": "ramdisk", "scope": "enroll"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let enroll_token = enroll["token"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let machine = || -> serde_json::Value {
+        http.get(format!("{base}/api/v1/machines/{MAC}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let events = || -> String {
+        http.get(format!("{base}/api/v1/machines/{MAC}/events"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let _agent = start_agent_with(
+        &app,
+        Some(&enroll_token),
+        &dir.path().join("state"),
+        &log,
+        &["--dry-run-action-secs", "30"],
+    );
+    wait_until("enrolment", Duration::from_secs(20), || {
+        machine()["state"] == "discovered"
+    });
+
+    let r = http
+        .post(format!("{base}/api/v1/machines/{MAC}/actions"))
+        .json(&serde_json::json!({"kind": "reboot"}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap_or_default());
+    let queued = Instant::now();
+    // When the appliance's heartbeat count moved, and to what.
+    let mut beats: Vec<(Duration, u64)> = Vec::new();
+    let mut done_after: Option<Duration> = None;
+    // Watch for 35 s (longer only while the outcome is late, up to 40 s).
+    while queued.elapsed() < Duration::from_secs(35) || done_after.is_none() {
+        let now = queued.elapsed();
+        assert!(
+            now < Duration::from_secs(40),
+            "the reboot was not reported done within 40 s; timeline:\n{}\nagent log:\n{}",
+            events(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let m = machine();
+        assert_ne!(
+            m["state"], "lost",
+            "the machine was marked lost {now:?} after the action was queued"
+        );
+        let n = heartbeats_answered(&http, &base);
+        if beats.last().map(|b| b.1) != Some(n) {
+            beats.push((now, n));
+        }
+        if done_after.is_none() && events().contains("(reboot) done") {
+            done_after = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let done_after = done_after.unwrap();
+    assert!(
+        done_after >= Duration::from_secs(29) && done_after <= Duration::from_secs(36),
+        "the 30 s action was reported done after {done_after:?}"
+    );
+    let first = beats.first().unwrap();
+    let last = beats.last().unwrap();
+    assert!(
+        last.1 - first.1 >= 25,
+        "the appliance counted {} heartbeats in {:?} (its /metrics counter \
+         cosm_http_requests_total for POST /api/v1/agent/heartbeat, status 200)",
+        last.1 - first.1,
+        last.0 - first.0
+    );
+    let widest = beats
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0, w[0].0))
+        .max()
+        .unwrap();
+    assert!(
+        widest.0 <= 2 * INTERVAL,
+        "no heartbeat for {:?} from {:?} after the action was queued (interval {INTERVAL:?})",
+        widest.0,
+        widest.1
+    );
+    let e = events();
+    assert!(!e.contains("no heartbeat for"), "{e}");
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        agent_log.contains("(reboot): Done dry run: would run reboot -f"),
+        "{agent_log}"
+    );
+    assert_eq!(
+        machine()["pending_actions"],
+        serde_json::Value::Null,
+        "the queue is empty again"
+    );
+}
+
+#[test]
+fn agent_without_settings_says_what_to_do() {
+    let out = Command::new(bin("cosm-agent"))
+        .args(["run", "--cmdline", "/dev/null"])
+        .env_remove("COSM_APPLIANCE")
+        .env_remove("COSM_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no appliance URL") && err.contains("cosm.appliance=URL"),
+        "{err}"
+    );
+}

@@ -1,0 +1,156 @@
+//! The appliance and cosmctl as an operator uses them: real processes on loopback.
+
+use cosm_e2e::{bin, ok_stdout, Appliance};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+#[test]
+fn a_machine_added_with_cosmctl_survives_a_restart() {
+    let mut app = Appliance::start().unwrap();
+    assert!(app.log_text().contains("first admin API token created"));
+    let mode = std::fs::metadata(app.dir.path().join("data/admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.token must be private");
+
+    ok_stdout(&app.cosmctl(&["machines", "add", "52:54:00:aa:bb:01", "--role", "host"]));
+    let list = ok_stdout(&app.cosmctl(&["machines", "list"]));
+    assert!(
+        list.contains("52:54:00:aa:bb:01") && list.contains("host") && list.contains("ready"),
+        "{list}"
+    );
+
+    assert!(
+        app.stop().unwrap(),
+        "SIGTERM must give a clean exit; log:\n{}",
+        app.log_text()
+    );
+    app.restart().unwrap();
+    assert!(
+        !app.log_text().contains("first admin API token created"),
+        "the token is shown only on the first start"
+    );
+
+    let json = ok_stdout(&app.cosmctl(&["--json", "machines", "list"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["mac"], "52:54:00:aa:bb:01");
+    assert_eq!(v[0]["role"], "host");
+    assert_eq!(v[0]["state"], "ready");
+
+    let events = ok_stdout(&app.cosmctl(&["events", "52:54:00:aa:bb:01"]));
+    assert!(events.contains("ready"), "{events}");
+}
+
+#[test]
+fn cosmctl_reports_api_errors_and_exits_nonzero() {
+    let app = Appliance::start().unwrap();
+    ok_stdout(&app.cosmctl(&["machines", "add", "52:54:00:aa:bb:02"]));
+    let out = app.cosmctl(&["machines", "set-state", "52:54:00:aa:bb:02", "active"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot move from discovered to active") && err.contains("409"),
+        "{err}"
+    );
+
+    let out = app.cosmctl(&["machines", "add", "52:54:00:aa:bb:03", "--role", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown role") && err.contains("role"),
+        "{err}"
+    );
+
+    // A malformed MAC is refused before any request is made.
+    let out = app.cosmctl(&["machines", "show", "not-a-mac"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_config_names_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "data_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("cosm-appliance"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("api.lisen"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("d").exists(),
+        "a refused config must not create anything"
+    );
+
+    let out = Command::new(bin("cosm-appliance"))
+        .args(["serve", "--config", "/nonexistent/cosm.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cosm.toml"));
+}
+
+#[test]
+fn a_second_appliance_on_the_same_data_dir_is_refused() {
+    let app = Appliance::start().unwrap();
+    let out = Command::new(bin("cosm-appliance"))
+        .args(["serve", "--config"])
+        .arg(app.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another cosm-appliance may be running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_binary_answers_help() {
+    for (name, words) in [
+        (
+            "cosm-appliance",
+            &["serve", "check-config", "create-token"][..],
+        ),
+        ("cosmctl", &["machines", "roles", "rules", "events"][..]),
+        ("cosm-agent", &["Usage"][..]),
+    ] {
+        let out = Command::new(bin(name)).arg("--help").output().unwrap();
+        let text = ok_stdout(&out);
+        for w in words {
+            assert!(text.contains(w), "{name} --help lacks {w}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn the_example_config_is_accepted() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/appliance.toml");
+    let out = Command::new(bin("cosm-appliance"))
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    let text = ok_stdout(&out);
+    assert!(
+        text.contains("api.listen") && text.contains("127.0.0.1:8080"),
+        "{text}"
+    );
+}
