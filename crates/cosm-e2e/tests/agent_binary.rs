@@ -22,6 +22,45 @@ impl Drop for AgentProc {
     }
 }
 
+/// An appliance expecting a heartbeat every second (lost after two missed), its admin
+/// client, and an enrol token as the ramdisk gets one.
+struct Fixture {
+    app: Appliance,
+    http: reqwest::blocking::Client,
+    enroll_token: String,
+}
+
+impl Fixture {
+    fn start() -> Fixture {
+        let app = Appliance::start_with(None, "[agents]\nheartbeat_secs = 1\nmissed_beats = 2\n")
+            .unwrap();
+        let http = client(&app.token());
+        let enroll: serde_json::Value = http
+            .post(format!("{}/api/v1/tokens", app.url()))
+            .json(&serde_json::json!({"name": "ramdisk", "scope": "enroll"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let enroll_token = enroll["token"].as_str().unwrap().to_string();
+        Fixture {
+            app,
+            http,
+            enroll_token,
+        }
+    }
+
+    fn machine(&self) -> serde_json::Value {
+        let url = format!("{}/api/v1/machines/{MAC}", self.app.url());
+        self.http.get(url).send().unwrap().json().unwrap()
+    }
+
+    fn events(&self) -> String {
+        let url = format!("{}/api/v1/machines/{MAC}/events", self.app.url());
+        self.http.get(url).send().unwrap().text().unwrap()
+    }
+}
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cosm-agent/tests/fixtures/qemu-vm")
 }
@@ -81,37 +120,16 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn real_agent_enrols_beats_acts_and_is_lost_then_back() {
-    let app =
-        Appliance::start_with(None, "[agents]\nheartbeat_secs = 1\nmissed_beats = 2\n").unwrap();
-    let http = client(&app.token());
-    let base = app.url();
-    let enroll: serde_json::Value = http
-        .post(format!("{base}/api/v1/tokens"))
-        .json(&serde_json::json!({"name": "ramdisk", "scope": "enroll"}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let enroll_token = enroll["token"].as_str().unwrap().to_string();
+    let fx = Fixture::start();
+    let (app, http, base) = (&fx.app, &fx.http, fx.app.url());
+    let enroll_token = fx.enroll_token.clone();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let log = dir.path().join("agent.log");
-    let machine = || -> serde_json::Value {
-        http.get(format!("{base}/api/v1/machines/{MAC}"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
-    let events = || -> String {
-        http.get(format!("{base}/api/v1/machines/{MAC}/events"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    };
+    let machine = || fx.machine();
+    let events = || fx.events();
 
-    let agent = start_agent(&app, Some(&enroll_token), &state, &log);
+    let agent = start_agent(app, Some(&enroll_token), &state, &log);
     wait_until("enrolment", Duration::from_secs(20), || {
         machine()["state"] == "discovered"
     });
@@ -160,7 +178,7 @@ fn real_agent_enrols_beats_acts_and_is_lost_then_back() {
     wait_until("lost", Duration::from_secs(15), || {
         machine()["state"] == "lost"
     });
-    let _agent = start_agent(&app, None, &state, &log);
+    let _agent = start_agent(app, None, &state, &log);
     wait_until("back", Duration::from_secs(15), || {
         machine()["state"] == "discovered"
     });
@@ -203,36 +221,15 @@ fn heartbeats_answered(http: &reqwest::blocking::Client, base: &str) -> u64 {
 #[test]
 fn a_long_action_does_not_stop_the_heartbeats() {
     const INTERVAL: Duration = Duration::from_secs(1);
-    let app =
-        Appliance::start_with(None, "[agents]\nheartbeat_secs = 1\nmissed_beats = 2\n").unwrap();
-    let http = client(&app.token());
-    let base = app.url();
-    let enroll: serde_json::Value = http
-        .post(format!("{base}/api/v1/tokens"))
-        .json(&serde_json::json!({"name": "ramdisk", "scope": "enroll"}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let enroll_token = enroll["token"].as_str().unwrap().to_string();
+    let fx = Fixture::start();
+    let (app, http, base) = (&fx.app, &fx.http, fx.app.url());
+    let enroll_token = fx.enroll_token.clone();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("agent.log");
-    let machine = || -> serde_json::Value {
-        http.get(format!("{base}/api/v1/machines/{MAC}"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
-    let events = || -> String {
-        http.get(format!("{base}/api/v1/machines/{MAC}/events"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    };
+    let machine = || fx.machine();
+    let events = || fx.events();
     let _agent = start_agent_with(
-        &app,
+        app,
         Some(&enroll_token),
         &dir.path().join("state"),
         &log,
@@ -266,7 +263,7 @@ fn a_long_action_does_not_stop_the_heartbeats() {
             m["state"], "lost",
             "the machine was marked lost {now:?} after the action was queued"
         );
-        let n = heartbeats_answered(&http, &base);
+        let n = heartbeats_answered(http, &base);
         if beats.last().map(|b| b.1) != Some(n) {
             beats.push((now, n));
         }

@@ -22,6 +22,22 @@ async fn state_of(http: &reqwest::Client, app: &Appliance, mac: &str) -> String 
     m["state"].as_str().unwrap_or_default().to_string()
 }
 
+/// GETs an API path with the admin token and parses the JSON answer.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    token: &str,
+    url: String,
+) -> T {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_agents_stay_live_and_a_silent_one_is_lost_then_back() {
     let app =
@@ -70,29 +86,15 @@ async fn five_hundred_agents_stay_live_and_a_silent_one_is_lost_then_back() {
 
     // Eight intervals: more than twice the three missed beats that would make one lost.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let lost: Vec<serde_json::Value> = http
-        .get(format!("{base}/api/v1/machines?state=lost"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lost: Vec<serde_json::Value> =
+        get_json(&http, &token, format!("{base}/api/v1/machines?state=lost")).await;
     assert!(
         lost.is_empty(),
         "{} beating agents were marked lost",
         lost.len()
     );
-    let all: Vec<serde_json::Value> = http
-        .get(format!("{base}/api/v1/machines"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Vec<serde_json::Value> =
+        get_json(&http, &token, format!("{base}/api/v1/machines")).await;
     assert_eq!(all.len(), AGENTS as usize);
     assert!(all.iter().all(
         |m| m["state"] == "discovered" && m["inventory"]["cpu"]["threads"].as_u64() >= Some(2)
@@ -124,15 +126,8 @@ async fn five_hundred_agents_stay_live_and_a_silent_one_is_lost_then_back() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let others_lost: Vec<serde_json::Value> = http
-        .get(format!("{base}/api/v1/machines?state=lost"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let others_lost: Vec<serde_json::Value> =
+        get_json(&http, &token, format!("{base}/api/v1/machines?state=lost")).await;
     assert_eq!(others_lost.len(), 1, "only the silent agent is lost");
 
     let n: u32 = AGENTS - 1;
@@ -143,15 +138,12 @@ async fn five_hundred_agents_stay_live_and_a_silent_one_is_lost_then_back() {
         "discovered",
         "back to the state it was lost from"
     );
-    let events: serde_json::Value = http
-        .get(format!("{base}/api/v1/machines/{silent_mac}/events"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: serde_json::Value = get_json(
+        &http,
+        &token,
+        format!("{base}/api/v1/machines/{silent_mac}/events"),
+    )
+    .await;
     let text = events.to_string();
     assert!(
         text.contains("no heartbeat for") && text.contains("heartbeats resumed"),
@@ -234,15 +226,8 @@ async fn simulated_agents_carry_out_long_actions_and_stay_live() {
 
     let mut unsupported_after = None;
     loop {
-        let lost: Vec<serde_json::Value> = http
-            .get(format!("{base}/api/v1/machines?state=lost"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let lost: Vec<serde_json::Value> =
+            get_json(&http, &token, format!("{base}/api/v1/machines?state=lost")).await;
         assert!(lost.is_empty(), "lost while acting: {lost:?}");
         if unsupported_after.is_none()
             && events(6)
@@ -284,15 +269,8 @@ async fn simulated_agents_carry_out_long_actions_and_stay_live() {
         "the unknown kind waited for {unsupported_after:?}"
     );
     for n in 0..7 {
-        let m: serde_json::Value = http
-            .get(format!("{base}/api/v1/machines/{}", mac(n)))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: serde_json::Value =
+            get_json(&http, &token, format!("{base}/api/v1/machines/{}", mac(n))).await;
         assert_eq!(m["pending_actions"], serde_json::Value::Null, "{m}");
     }
     assert_eq!(stats.failures.load(Ordering::Relaxed), 0);

@@ -113,7 +113,20 @@ struct Client<'a> {
     dir: &'a Path,
 }
 
-impl Client<'_> {
+impl<'a> Client<'a> {
+    /// A client on `iface` of `ns`, with its hook script in `dir`; returns it and the
+    /// hook's log.
+    fn new(ns: &'a NetNs, iface: String, dir: &'a Path) -> (Client<'a>, std::path::PathBuf) {
+        let hook = write_hook(dir);
+        let client = Client {
+            ns,
+            iface,
+            hook,
+            dir,
+        };
+        (client, dir.join("hook.log"))
+    }
+
     /// Starts `dhclient -d` (foreground, so the namespace owns and reaps it).
     fn start(&self, lease_file: &str) -> u32 {
         let mut cmd = self.ns.command("dhclient");
@@ -160,14 +173,7 @@ fn dhclient_gets_renews_releases_and_keeps_its_address_across_sigkill() {
     ok_stdout(&app.cosmctl(&["machines", "add", &mac, "--hostname", "node1"]));
 
     let dir = tempfile::tempdir().unwrap();
-    let hook = write_hook(dir.path());
-    let log = dir.path().join("hook.log");
-    let client = Client {
-        ns: &cli,
-        iface: c_if.clone(),
-        hook,
-        dir: dir.path(),
-    };
+    let (client, log) = Client::new(&cli, c_if.clone(), dir.path());
 
     // DORA: an address from the pool with the configured options.
     let pid = client.start("a.leases");
@@ -269,14 +275,7 @@ fn an_address_that_answers_ping_is_quarantined_not_offered() {
     let app = Appliance::start_with(Some(srv.name()), &config).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let hook = write_hook(dir.path());
-    let log = dir.path().join("hook.log");
-    let client = Client {
-        ns: &cli,
-        iface: c_if,
-        hook,
-        dir: dir.path(),
-    };
+    let (client, log) = Client::new(&cli, c_if, dir.path());
     let pid = client.start("a.leases");
     let (bound, _) = wait_for(&log, "BOUND", 0, Duration::from_secs(40));
     let _ = cli.kill(pid);
@@ -326,14 +325,7 @@ fn a_machine_created_by_enrolment_is_served_at_once_when_unknown_macs_are_ignore
     let app = Appliance::start_with(Some(srv.name()), &config).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let hook = write_hook(dir.path());
-    let log = dir.path().join("hook.log");
-    let client = Client {
-        ns: &cli,
-        iface: c_if,
-        hook,
-        dir: dir.path(),
-    };
+    let (client, log) = Client::new(&cli, c_if, dir.path());
     // Unknown: ignored (dhclient sends DISCOVERs and gets nothing).
     let pid = client.start("unknown.leases");
     std::thread::sleep(Duration::from_secs(6));

@@ -107,14 +107,7 @@ pub(super) fn create_rule(tx: &mut Tx<'_>, spec: &RuleSpec) -> Result<Rule, Stor
 }
 
 pub(super) fn delete_rule(tx: &mut Tx<'_>, id: u64) -> Result<(), StoreError> {
-    if tx.remove_rule(id)? {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound {
-            what: "rule",
-            key: id.to_string(),
-        })
-    }
+    removed(tx.remove_rule(id)?, "rule", id.to_string())
 }
 
 pub(super) fn create_token(
@@ -138,23 +131,18 @@ pub(super) fn create_token(
 }
 
 pub(super) fn delete_token(tx: &mut Tx<'_>, id: u64) -> Result<(), StoreError> {
-    if tx.remove_token(id)? {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound {
-            what: "token",
-            key: id.to_string(),
-        })
-    }
+    removed(tx.remove_token(id)?, "token", id.to_string())
 }
 
 pub(super) fn delete_image(tx: &mut Tx<'_>, name: &str) -> Result<(), StoreError> {
-    if tx.remove_image(name)? {
+    removed(tx.remove_image(name)?, "image", name.to_string())
+}
+
+/// `NotFound` when a removal found nothing to remove.
+fn removed(found: bool, what: &'static str, key: String) -> Result<(), StoreError> {
+    if found {
         Ok(())
     } else {
-        Err(StoreError::NotFound {
-            what: "image",
-            key: name.to_string(),
-        })
+        Err(StoreError::NotFound { what, key })
     }
 }

@@ -233,9 +233,7 @@ impl<C: StoreCommand> Store<C> {
         key: impl std::borrow::Borrow<K::SelfType<'k>>,
     ) -> Result<Option<T>, StoreError> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(def)?;
-        let v = t.get(key)?;
-        v.map(|v| decode(def.name(), v.value())).transpose()
+        read_one(&r.open_table(def)?, def.name(), key)
     }
 
     /// Every record of a table, in key order.
@@ -244,14 +242,31 @@ impl<C: StoreCommand> Store<C> {
         def: TableDefinition<K, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(def)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode(def.name(), v.value())?);
-        }
-        Ok(out)
+        read_every(&r.open_table(def)?, def.name())
     }
+}
+
+/// One record of a table (read or write transaction alike).
+fn read_one<'k, K: redb::Key + 'static, T: DeserializeOwned>(
+    t: &impl ReadableTable<K, &'static [u8]>,
+    table: &str,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<Option<T>, StoreError> {
+    let v = t.get(key)?;
+    v.map(|v| decode(table, v.value())).transpose()
+}
+
+/// Every record of a table, in key order.
+fn read_every<K: redb::Key + 'static, T: DeserializeOwned>(
+    t: &impl ReadableTable<K, &'static [u8]>,
+    table: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (_, v) = row?;
+        out.push(decode(table, v.value())?);
+    }
+    Ok(out)
 }
 
 pub(super) fn decode<T: DeserializeOwned>(table: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -385,22 +400,14 @@ impl Tx<'_> {
         def: TableDefinition<K, &[u8]>,
         key: impl std::borrow::Borrow<K::SelfType<'k>>,
     ) -> Result<Option<T>, StoreError> {
-        let t = self.txn.open_table(def)?;
-        let v = t.get(key)?;
-        v.map(|v| decode(def.name(), v.value())).transpose()
+        read_one(&self.txn.open_table(def)?, def.name(), key)
     }
 
     pub(super) fn all<K: redb::Key + 'static, T: DeserializeOwned>(
         &self,
         def: TableDefinition<K, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
-        let t = self.txn.open_table(def)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode(def.name(), v.value())?);
-        }
-        Ok(out)
+        read_every(&self.txn.open_table(def)?, def.name())
     }
 }
 
