@@ -21,6 +21,11 @@ pub enum ParseError {
 /// Parses `n` octets separated by `:` or `-` (case-insensitive), or written as plain hex.
 fn parse_octets(s: &str, out: &mut [u8]) -> Option<usize> {
     let s = s.trim();
+    // Only ASCII can be hex digits; refusing the rest first also keeps the byte slicing
+    // below on character boundaries (a multi-byte character once panicked it).
+    if !s.is_ascii() {
+        return None;
+    }
     let parts: Vec<&str> = if s.contains(':') {
         s.split(':').collect()
     } else if s.contains('-') {
@@ -302,7 +307,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn mac_with_multibyte_characters_is_refused_not_a_panic() {
+        for s in ["aéaaaaaaaaa", "é", "52:54:00:aa:bb:é", "ééééééé", "5é-54"] {
+            assert!(s.parse::<MacAddr>().is_err(), "{s}");
+            assert!(s.parse::<MacPrefix>().is_err(), "{s}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn no_string_panics_the_identity_parsers(s in any::<String>()) {
+            let _ = s.parse::<MacAddr>();
+            let _ = s.parse::<MacPrefix>();
+            let _ = s.parse::<RoleName>();
+        }
+
         #[test]
         fn mac_display_parse_round_trip(o in any::<[u8; 6]>()) {
             let m = MacAddr::new(o);

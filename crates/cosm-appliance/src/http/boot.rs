@@ -11,6 +11,7 @@
 //! `app::boot`.
 
 use super::error::ApiError;
+use super::extract::single_range_only;
 use super::AppState;
 use crate::app::boot::BootContext;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -159,6 +160,19 @@ fn is_whole_get(req: &Request) -> bool {
     req.method() == Method::GET && !req.headers().contains_key(header::RANGE)
 }
 
+/// Whether `name` stays inside `dir` once links are followed, as TFTP's root jail checks:
+/// ServeDir refuses `..` but follows a symlink out of the directory. A name that does not
+/// exist is left to ServeDir (a 404).
+fn inside(dir: &std::path::Path, name: &str) -> bool {
+    let Ok(root) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    match std::fs::canonicalize(dir.join(name)) {
+        Ok(path) => path.starts_with(&root),
+        Err(_) => true,
+    }
+}
+
 async fn boot_file(
     State(state): State<AppState>,
     Query(q): Query<FileQuery>,
@@ -172,9 +186,18 @@ async fn boot_file(
         .map(|c| c.0);
     let whole = is_whole_get(&req);
     let dir = ctx.settings.dir.clone();
+    if !inside(&dir, &name) {
+        tracing::warn!(file = %name, peer = ?peer, "boot file refused: it resolves outside the boot directory");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no boot file {name:?}"),
+        ));
+    }
     // ServeDir refuses `..`, answers HEAD and Range, and sets Last-Modified/ETag-free
     // conditional headers; we only strip the /boot prefix.
     let (mut parts, body) = req.into_parts();
+    single_range_only(&mut parts.headers);
     parts.uri = format!("/{name}")
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", "bad file name"))?;

@@ -132,3 +132,16 @@ pub(super) fn created<T: serde::Serialize>(location: String, body: T) -> Respons
     }
     resp
 }
+
+/// Drops a `Range` header that asks for several ranges: tower-http answers those 416, and
+/// RFC 9110 (14.2) lets a server ignore Range and send the whole file (200), which every
+/// client handles.
+pub(super) fn single_range_only(headers: &mut axum::http::HeaderMap) {
+    let several = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(','));
+    if several {
+        headers.remove(header::RANGE);
+    }
+}

@@ -3,6 +3,7 @@
 
 use super::auth::{allow, Access};
 use super::error::ApiError;
+use super::extract::single_range_only;
 use super::AppState;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -117,6 +118,9 @@ pub(super) async fn serve_image(
     req: Request,
 ) -> Result<Response, ApiError> {
     let path = state.app.images()?.recorded(&state.app.store, name)?;
+    let (mut parts, body) = req.into_parts();
+    single_range_only(&mut parts.headers);
+    let req = Request::from_parts(parts, body);
     let resp = ServeFile::new(path).oneshot(req).await.map_err(|e| {
         tracing::error!(error = %e, image = name, "cannot read an image");
         ApiError::new(

@@ -46,7 +46,8 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route(
             "/api/v1/machines/{mac}/kickstart",
-            allow(Read, get(machine_kickstart)),
+            // A kickstart carries the enrol token, the root password hash and SSH keys.
+            allow(Admin, get(machine_kickstart)),
         )
         .route(
             "/api/v1/machines/{mac}/redeploy",

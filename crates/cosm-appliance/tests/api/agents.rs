@@ -159,3 +159,53 @@ async fn agent_enrolment_credentials_and_desired_state() {
         .await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// Hardening (issue 11, item 5, second half): deleting a machine revokes its agent
+/// credential, so a stale credential does not work again when the MAC is registered anew.
+#[tokio::test]
+async fn deleting_a_machine_revokes_its_agent_credential() {
+    let app = TestApp::new().await;
+    let mac = "52:54:00:00:a0:0d";
+    let inventory =
+        json!({"cpu": {"model": "x", "sockets": 1, "cores": 1, "threads": 1}, "memory_bytes": 1});
+    let (s, enrolled) = app
+        .call(
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": inventory})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{enrolled}");
+    let cred = enrolled["credential"].as_str().unwrap().to_string();
+    let beat = json!({"observed_generation": 0});
+    let (s, _) = app
+        .call_as(
+            Some(&cred),
+            "POST",
+            "/api/v1/agent/heartbeat",
+            Some(beat.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call("DELETE", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app
+        .call("POST", "/api/v1/machines", Some(json!({"mac": mac})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = app
+        .call_as(Some(&cred), "POST", "/api/v1/agent/heartbeat", Some(beat))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the deleted machine's credential still works: {v}"
+    );
+    let (_, tokens) = app.call("GET", "/api/v1/tokens", None).await;
+    assert!(
+        !tokens.as_array().unwrap().iter().any(|t| t["mac"] == mac),
+        "{tokens}"
+    );
+}

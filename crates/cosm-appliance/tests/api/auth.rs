@@ -156,3 +156,30 @@ async fn each_scope_reaches_only_the_routes_that_grant_it() {
         .await;
     assert!(denied(s), "an agent credential may not list machines");
 }
+
+/// Hardening (issue 11, item 8): a kickstart carries the enrol token, the root password
+/// hash and SSH keys, so reading one needs an admin token, not a read token.
+#[tokio::test]
+async fn a_read_token_cannot_fetch_a_kickstart() {
+    let app = TestApp::new().await;
+    let mac = "52:54:00:00:a0:0b";
+    let (s, _) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": mac, "role": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let path = format!("/api/v1/machines/{mac}/kickstart");
+    let read = app.read_token().await;
+    let (s, _) = app.call_as(Some(&read), "GET", &path, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, ks) = get_text(
+        &app,
+        &path,
+        &[("authorization", &format!("Bearer {}", app.admin))],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{ks}");
+}

@@ -177,3 +177,53 @@ async fn boot_files_support_range_and_head_and_land_on_the_timeline() {
     assert!(events[1].contains("the initrd step failed"), "{events:?}");
     assert_eq!(events.len(), 2, "{events:?}");
 }
+
+/// Hardening (issue 11, items 10 and 15): a link out of the boot directory is refused as
+/// TFTP refuses it; a request for several ranges gets the whole file (200), not 416.
+#[tokio::test]
+async fn boot_files_refuse_links_out_of_the_boot_dir_and_serve_several_ranges_whole() {
+    let app = TestApp::new().await;
+    let boot = app._dir.path().join("boot");
+    let secret = app._dir.path().join("secret.txt");
+    std::fs::write(&secret, "not for the provisioning network").unwrap();
+    std::os::unix::fs::symlink(&secret, boot.join("escape")).unwrap();
+    std::os::unix::fs::symlink("vmlinuz", boot.join("alias")).unwrap();
+    let (s, _, body) = get_text(&app, "/boot/escape", &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    assert!(!body.contains("not for the provisioning network"));
+    // A link that stays inside the directory is still served.
+    let (s, _, _) = get_text(&app, "/boot/alias", &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let req = Request::get("/boot/vmlinuz")
+        .header(header::RANGE, "bytes=0-9,20-29")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, body) = app.raw(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, (0..=255u8).collect::<Vec<u8>>());
+    // One range is still a 206.
+    let req = Request::get("/boot/vmlinuz")
+        .header(header::RANGE, "bytes=20-29")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, body) = app.raw(req).await;
+    assert_eq!(
+        (s, body),
+        (StatusCode::PARTIAL_CONTENT, (20..=29u8).collect())
+    );
+}
+
+/// Hardening (issue 11, item 9): a MAC with a multi-byte character is a 400 naming the
+/// field, on the open boot script and on the API, never a panic (500).
+#[tokio::test]
+async fn a_mac_with_multibyte_characters_is_a_400_not_a_panic() {
+    let app = TestApp::new().await;
+    let mac = "a%C3%A9aaaaaaaaa"; // "aéaaaaaaaaa", twelve bytes
+    let (s, _, body) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("mac"), "{body}");
+    let (s, v) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, Some("mac"));
+}
