@@ -45,12 +45,8 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     let options = StoreOptions {
         events_per_machine: config.events_per_machine,
     };
-    Store::open(&path, options).with_context(|| {
-        format!(
-            "cannot open the store {} (another cosm-appliance may be running on the same data_dir)",
-            path.display()
-        )
-    })
+    // The store's errors say what is wrong (locked by another process, empty, damaged).
+    Store::open(&path, options).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
 impl Assembly {

@@ -154,3 +154,46 @@ fn the_example_config_is_accepted() {
         "{text}"
     );
 }
+
+/// Hardening (issue 11, item 16): an emptied store is refused with a clear error, and the
+/// admin and enrol tokens of the store it replaced are not overwritten (before, an empty
+/// file was taken for a first start and both token files were replaced).
+#[test]
+fn an_empty_store_is_refused_and_the_token_files_are_kept() {
+    let mut app = Appliance::start().unwrap();
+    assert!(app.stop().unwrap(), "the appliance stops cleanly");
+    let data = app.dir.path().join("data");
+    let admin = std::fs::read(data.join("admin.token")).unwrap();
+    let enroll = std::fs::read(data.join("enroll.token")).unwrap();
+    std::fs::write(data.join("cosm.redb"), b"").unwrap();
+    let mut child = Command::new(bin("cosm-appliance"))
+        .args(["serve", "--config"])
+        .arg(app.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: an appliance that took the empty file for a new store would keep serving.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the appliance started on an empty store instead of refusing it");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("empty (0 bytes)") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(data.join("admin.token")).unwrap(), admin);
+    assert_eq!(std::fs::read(data.join("enroll.token")).unwrap(), enroll);
+    assert_eq!(std::fs::metadata(data.join("cosm.redb")).unwrap().len(), 0);
+}

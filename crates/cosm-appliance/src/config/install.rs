@@ -38,6 +38,26 @@ pub(super) fn boot_settings(
             format!("{appliance_url:?} is not an http:// URL"),
         ));
     }
+    // Boot scripts and kickstarts send machines to this URL: an unspecified address
+    // (api.listen = 0.0.0.0:8080 with nothing better) would send them nowhere.
+    let host = appliance_url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+        .unwrap_or("");
+    let unspecified = host
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(host)
+        .trim_matches(['[', ']']);
+    if matches!(unspecified, "0.0.0.0" | "::" | "") {
+        return Err(key_error(
+            "boot.appliance_url",
+            format!(
+                "{appliance_url:?} is not an address machines can reach (it comes from {}); set boot.appliance_url to the address machines reach this appliance at, e.g. http://192.0.2.1:8080",
+                if b.appliance_url.is_some() { "boot.appliance_url" } else { "api.listen" }
+            ),
+        ));
+    }
     if b.kernel_args.contains(['\n', '\r']) {
         return Err(key_error("boot.kernel_args", "must be one line".into()));
     }

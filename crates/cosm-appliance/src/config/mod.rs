@@ -298,6 +298,29 @@ mod tests {
         assert!(e.contains("key `events.retain_per_machine`"), "{e}");
     }
 
+    /// Hardening (issue 11, item 17): machines are never sent to `http://0.0.0.0:8080`.
+    #[test]
+    fn an_unreachable_appliance_url_is_refused() {
+        for text in [
+            "data_dir = \"/x\"\n[api]\nlisten = \"0.0.0.0:8080\"\n",
+            "data_dir = \"/x\"\n[api]\nlisten = \"[::]:8080\"\n",
+            "data_dir = \"/x\"\n[boot]\nappliance_url = \"http://0.0.0.0:8080/\"\n",
+        ] {
+            let e = err(text);
+            assert!(
+                e.contains("key `boot.appliance_url`") && e.contains("can reach"),
+                "{text}: {e}"
+            );
+        }
+        // With DHCP the URL comes from its server_id; an explicit URL is used as given.
+        let dhcp = "data_dir = \"/x\"\n[api]\nlisten = \"0.0.0.0:8080\"\n[dhcp]\nmode = \"proxy\"\nserver_id = \"192.0.2.1\"\n";
+        let c = Config::parse(Path::new("/x/a.toml"), dhcp).unwrap();
+        assert_eq!(c.boot.appliance_url, "http://192.0.2.1:8080");
+        let explicit = "data_dir = \"/x\"\n[api]\nlisten = \"0.0.0.0:8080\"\n[boot]\nappliance_url = \"http://192.0.2.1:8080\"\n";
+        let c = Config::parse(Path::new("/x/a.toml"), explicit).unwrap();
+        assert_eq!(c.boot.appliance_url, "http://192.0.2.1:8080");
+    }
+
     #[test]
     fn dhcp_errors_name_the_key() {
         let base = "data_dir = \"/x\"\n[dhcp]\nserver_id = \"192.0.2.1\"\n";

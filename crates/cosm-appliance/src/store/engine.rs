@@ -140,10 +140,7 @@ impl<C: StoreCommand> Drop for Writer<C> {
 impl<C: StoreCommand> Store<C> {
     /// Opens (or creates) the store file, migrates it, and starts the writer thread.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store<C>, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let db = open_file(path)?;
         schema::init(&db, |txn| super::roles::seed(txn, Timestamp::now()))?;
         let db = Arc::new(db);
         let stats = Arc::new(StoreStats::default());
@@ -267,6 +264,54 @@ fn read_every<K: redb::Key + 'static, T: DeserializeOwned>(
         out.push(decode(table, v.value())?);
     }
     Ok(out)
+}
+
+/// Opens the database file, creating it (mode 0600: it holds token hashes and the whole
+/// inventory) only when there is none. A file that exists but is empty or damaged is
+/// refused, never taken for a first start: that would make new tokens over the old ones.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let damaged = |why: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        why,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => return Err(damaged("it is empty (0 bytes)".into())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Db {
+                    message: format!("cannot create {}: {e}", path.display()),
+                })?;
+        }
+        Err(e) => return Err(damaged(e.to_string())),
+    }
+    // redb asserts on some damaged files instead of returning an error; a panic here is a
+    // damaged store, not a crash of the appliance.
+    let opened = std::panic::catch_unwind(|| Database::create(path));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(StoreError::Locked {
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(Err(redb::DatabaseError::Storage(e))) => return Err(damaged(e.to_string())),
+        Ok(Err(source)) => {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(_) => return Err(damaged("its structure is invalid".into())),
+    };
+    // A store made by an older version may have been created 0644.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(db)
 }
 
 pub(super) fn decode<T: DeserializeOwned>(table: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -455,5 +500,50 @@ mod tests {
         s.apply(Noop).await.unwrap();
         assert_eq!(*s.changes().borrow(), Changes::default());
         assert_eq!(s.stats().commits.load(Ordering::Relaxed), 1);
+    }
+
+    /// Hardening (issue 11, item 16).
+    #[test]
+    fn an_empty_or_damaged_store_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosm.redb");
+        std::fs::write(&path, b"").unwrap();
+        let err = Store::<Noop>::open(&path, StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "nothing written"
+        );
+        // A real store, truncated.
+        drop(Store::<Noop>::open(&dir.path().join("good.redb"), StoreOptions::default()).unwrap());
+        let good = std::fs::read(dir.path().join("good.redb")).unwrap();
+        for cut in [100, good.len() / 2, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            let err = Store::<Noop>::open(&path, StoreOptions::default()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Damaged { .. } | StoreError::Open { .. }),
+                "truncated at {cut}: {err}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                good[..cut],
+                "nothing written"
+            );
+        }
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        assert!(Store::<Noop>::open(&path, StoreOptions::default()).is_err());
+    }
+
+    #[test]
+    fn a_new_store_is_private_and_a_second_opener_is_told_it_is_locked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosm.redb");
+        let _first = Store::<Noop>::open(&path, StoreOptions::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = Store::<Noop>::open(&path, StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     }
 }

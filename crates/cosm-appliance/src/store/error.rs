@@ -16,6 +16,10 @@ pub enum StoreError {
         field: &'static str,
         message: String,
     },
+    #[error("the store {path} is locked: another cosm-appliance may be running on the same data_dir (or cosm-appliance create-token is using it)")]
+    Locked { path: PathBuf },
+    #[error("the store {path} exists but cannot be read ({why}); nothing was changed. Restore it from a backup, or move it away to start with an empty store (which makes new admin and enrol tokens)")]
+    Damaged { path: PathBuf, why: String },
     #[error("cannot open the store at {path}")]
     Open {
         path: PathBuf,
