@@ -51,10 +51,13 @@ pub enum DropReason {
     Unsupported,
     /// DECLINE and RELEASE are answered by silence on purpose.
     NoReplyExpected,
+    /// An INIT-REBOOT or renewal from a client this server has no lease record of: RFC
+    /// 2131 (4.3.2) says to stay silent.
+    NoLeaseRecord,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NotBootRequest,
         DropReason::NoMessageType,
         DropReason::NotEthernet,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::NoAddress,
         DropReason::Unsupported,
         DropReason::NoReplyExpected,
+        DropReason::NoLeaseRecord,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +86,7 @@ impl DropReason {
             DropReason::NoAddress => "no_address",
             DropReason::Unsupported => "unsupported",
             DropReason::NoReplyExpected => "no_reply_expected",
+            DropReason::NoLeaseRecord => "no_lease_record",
         }
     }
 }
@@ -429,6 +434,16 @@ fn request(
     if selecting.is_some() && !ours && reserved != Some(ip) {
         return nak(&format!("{ip} was not offered to {mac}"));
     }
+    // INIT-REBOOT and renewals only confirm the client's own lease (RFC 2131 4.3.2): a
+    // client holds one lease per network, so asking for any other address gets a NAK, and
+    // a client this server has no record of gets silence. (Before, a free pool address
+    // was ACKed, and one MAC could bind the whole pool this way.)
+    if selecting.is_none() && !ours && reserved != Some(ip) {
+        return match table.lease_of(&mac) {
+            Some(l) => nak(&format!("{mac} holds {}, not {ip}", l.ip)),
+            None => Decision::drop(Some(mac), t, DropReason::NoLeaseRecord),
+        };
+    }
     if !ours && reserved != Some(ip) && !subnet.in_pool(ip) {
         return nak(&format!("{ip} is outside the pools"));
     }
@@ -686,7 +701,9 @@ fn add_lease_options(r: &mut Message, s: &Subnet, hostname: Option<&str>, with_l
         let lt = s.lease_time_secs;
         o.insert(DhcpOption::AddressLeaseTime(lt));
         o.insert(DhcpOption::Renewal(lt / 2));
-        o.insert(DhcpOption::Rebinding(lt / 8 * 7));
+        // T2 = 7/8 of the lease (RFC 2131 4.4.5), multiplied first: `lt / 8 * 7` gave 14 s
+        // for a 20 s lease.
+        o.insert(DhcpOption::Rebinding((u64::from(lt) * 7 / 8) as u32));
     }
     o.insert(DhcpOption::SubnetMask(s.mask()));
     o.insert(DhcpOption::BroadcastAddr(s.broadcast()));

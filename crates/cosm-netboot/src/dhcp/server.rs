@@ -65,7 +65,7 @@ const SENT: [&str; 3] = ["offer", "ack", "nak"];
 pub struct DhcpStats {
     pub received: [AtomicU64; 6],
     pub sent: [AtomicU64; 3],
-    pub dropped: [AtomicU64; 12],
+    pub dropped: [AtomicU64; DropReason::ALL.len()],
     pub malformed: AtomicU64,
     pub rate_limited: AtomicU64,
     pub persist_failed: AtomicU64,

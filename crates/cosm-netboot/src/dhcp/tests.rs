@@ -208,6 +208,53 @@ fn renew_init_reboot_and_wrong_network() {
     );
 }
 
+/// Hardening (issue 11, item 1): one MAC sent 60 INIT-REBOOT requests for free addresses
+/// and held 60 leases. A client holds one lease per network: INIT-REBOOT confirms only it.
+#[test]
+fn init_reboot_for_an_address_the_client_does_not_hold_is_refused() {
+    let c = cfg();
+    let (mut t, h) = (LeaseTable::default(), Hosts::default());
+    let a = dora(mac(1), &mut t, &h, &c, at(0)).unwrap();
+    for n in 10..=14u8 {
+        let other = ip(&format!("192.0.2.{n}"));
+        if other == a {
+            continue;
+        }
+        let mut grab = msg(MessageType::Request, mac(1));
+        grab.opts_mut().insert(DhcpOption::RequestedIpAddress(other));
+        let d = run(&grab, &mut t, &h, &c, at(10));
+        assert_eq!(reply_type(&d), Some(MessageType::Nak), "{other}");
+        assert!(d.persist.is_none());
+    }
+    assert_eq!(t.lease_of(&mac(1)).map(|l| l.ip), Some(a));
+    // A MAC the server has no record of gets silence, not a lease.
+    let mut stranger = msg(MessageType::Request, mac(9));
+    stranger
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("192.0.2.13")));
+    let d = run(&stranger, &mut t, &h, &c, at(10));
+    assert!(d.reply.is_none());
+    assert_eq!(d.dropped, Some(DropReason::NoLeaseRecord));
+    assert!(t.lease_of(&mac(9)).is_none());
+}
+
+/// Hardening (issue 11, item 4): T2 is 7/8 of the lease, also for short leases.
+#[test]
+fn rebinding_time_is_seven_eighths_of_the_lease() {
+    let mut c = cfg();
+    for s in &mut c.subnets {
+        s.lease_time_secs = 20;
+    }
+    let (mut t, h) = (LeaseTable::default(), Hosts::default());
+    let offer = run(&msg(MessageType::Discover, mac(3)), &mut t, &h, &c, at(0));
+    let o = offer.reply.unwrap().msg;
+    assert_eq!(
+        o.opts().get(OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(17))
+    );
+    assert_eq!(o.opts().get(OptionCode::Renewal), Some(&DhcpOption::Renewal(10)));
+}
+
 #[test]
 fn reservations_win_over_the_pool_and_over_other_clients() {
     let c = cfg();
