@@ -117,6 +117,7 @@ impl Assembly {
             liveness,
             boot: Some(Arc::new(boot)),
             images: Some(images),
+            enroll_gate: Arc::new(crate::app::EnrollGate::new(config.enroll_limits)),
         };
         Ok(Assembly {
             state: AppState {

@@ -6,15 +6,46 @@ use super::machines;
 use crate::store::{StoreError, TokenRecord, Tx};
 use cosm_wire::{
     ActionKind, ActionResult, ActionStatus, AgentAction, CreateMachine, EventKind, Inventory,
-    MacAddr, Machine, Scope, TokenInfo,
+    MacAddr, Machine, MachineState, Scope, TokenInfo,
 };
+
+/// The largest inventory an agent may send, as JSON: real servers' inventories are a few
+/// KiB; without a bound each enrolment could grow the store by megabytes.
+const MAX_INVENTORY_BYTES: usize = 64 * 1024;
 
 pub(super) fn enroll(
     tx: &mut Tx<'_>,
     mac: MacAddr,
     inventory: &Inventory,
     credential_hash: &str,
+    max_discovered: usize,
 ) -> Result<Machine, StoreError> {
+    let size = serde_json::to_vec(inventory)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_INVENTORY_BYTES {
+        return Err(StoreError::Invalid {
+            field: "inventory",
+            message: format!(
+                "the inventory is {size} bytes of JSON; at most {MAX_INVENTORY_BYTES} are accepted"
+            ),
+        });
+    }
+    if tx.find_machine(mac)?.is_none() {
+        let discovered = tx
+            .all_machines()?
+            .iter()
+            .filter(|m| m.state == MachineState::Discovered)
+            .count();
+        if discovered >= max_discovered {
+            return Err(StoreError::Conflict {
+                code: "discovered_cap",
+                message: format!(
+                    "{discovered} machines are already discovered (agents.max_discovered = {max_discovered}): give them roles or delete them before more enrol"
+                ),
+            });
+        }
+    }
     let mut m = match tx.find_machine(mac)? {
         Some(mut m) => {
             m.inventory = Some(inventory.clone());
@@ -131,4 +162,56 @@ pub(super) fn report_observed(
     }
     tx.put_machine(&mut m)?;
     Ok(m)
+}
+
+/// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollLimits {
+    /// No machine is created by enrolment while this many are `discovered`.
+    pub max_discovered: usize,
+    /// Enrolments that create a machine: sustained rate and burst (a token bucket).
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Default for EnrollLimits {
+    fn default() -> Self {
+        EnrollLimits {
+            max_discovered: 4096,
+            per_sec: 50,
+            burst: 1000,
+        }
+    }
+}
+
+/// The token bucket of enrolments that create machines (in memory: a restart refills it).
+#[derive(Debug)]
+pub struct EnrollGate {
+    pub limits: EnrollLimits,
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl EnrollGate {
+    pub fn new(limits: EnrollLimits) -> EnrollGate {
+        EnrollGate {
+            limits,
+            bucket: std::sync::Mutex::new((f64::from(limits.burst), std::time::Instant::now())),
+        }
+    }
+
+    /// Takes one enrolment; `Err(seconds)` says when the next one is possible.
+    pub fn take(&self) -> Result<(), u64> {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let rate = f64::from(self.limits.per_sec);
+        b.0 =
+            (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(f64::from(self.limits.burst));
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.0) / rate).ceil().max(1.0) as u64)
+        }
+    }
 }

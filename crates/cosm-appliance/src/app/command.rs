@@ -98,6 +98,8 @@ pub enum Op {
         mac: MacAddr,
         inventory: Inventory,
         credential_hash: String,
+        /// Refused when it would create a machine while this many are `discovered`.
+        max_discovered: usize,
     },
     /// Queues an action for a machine's agent and bumps its desired generation.
     QueueAction {
@@ -181,7 +183,8 @@ impl StoreCommand for Command {
                 mac,
                 inventory,
                 credential_hash,
-            } => agents::enroll(tx, *mac, inventory, credential_hash).map(M),
+                max_discovered,
+            } => agents::enroll(tx, *mac, inventory, credential_hash, *max_discovered).map(M),
             Op::QueueAction { mac, kind } => agents::queue_action(tx, *mac, kind).map(M),
             Op::ReportObserved { mac, results } => {
                 agents::report_observed(tx, *mac, results).map(M)
@@ -422,6 +425,7 @@ mod tests {
             mac: mac("52:54:00:00:00:0e"),
             inventory,
             credential_hash: "0".repeat(64),
+            max_discovered: 10,
         }))
         .await
         .unwrap();

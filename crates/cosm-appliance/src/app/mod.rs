@@ -30,6 +30,7 @@ pub mod rules;
 pub mod timeline;
 pub mod tokens;
 
+pub use agents::{EnrollGate, EnrollLimits};
 pub use command::{Command, Op, Outcome};
 pub use deploy::installable;
 pub use machines::{effective_state, WATCHED};
@@ -56,6 +57,12 @@ pub enum AppError {
     Upload(#[from] images::UploadError),
     #[error("{message}")]
     NotFound { message: String },
+    /// Too many requests of this kind; try again after `retry_after_secs`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// A machine the caller names, or a `NotFound` with a hint for the caller.
@@ -86,6 +93,8 @@ pub struct App {
     pub boot: Option<Arc<boot::BootContext>>,
     /// `None`: no image repository.
     pub images: Option<images::ImageRepo>,
+    /// Bounds on enrolments that create machines.
+    pub enroll_gate: Arc<EnrollGate>,
 }
 
 impl App {
@@ -104,12 +113,25 @@ impl App {
     }
 
     /// An agent enrols: returns its machine and its new credential (shown only here).
-    pub async fn enroll(&self, body: Enroll) -> Result<(Machine, String), StoreError> {
+    pub async fn enroll(&self, body: Enroll) -> Result<(Machine, String), AppError> {
+        if self.store.machine(body.mac)?.is_none() {
+            if let Err(retry_after_secs) = self.enroll_gate.take() {
+                tracing::warn!(mac = %body.mac, "enrolment of a new machine refused: rate limit");
+                return Err(AppError::RateLimited {
+                    message: format!(
+                        "too many new machines are enrolling (agents.enroll_per_sec = {}, agents.enroll_burst = {}); try again in {retry_after_secs} s",
+                        self.enroll_gate.limits.per_sec, self.enroll_gate.limits.burst
+                    ),
+                    retry_after_secs,
+                });
+            }
+        }
         let credential = tokens::generate_token();
         let op = Op::Enroll {
             mac: body.mac,
             inventory: body.inventory,
             credential_hash: tokens::hash_token(&credential),
+            max_discovered: self.enroll_gate.limits.max_discovered,
         };
         let machine = self.store.run_machine(op).await?;
         self.liveness.beat(machine.mac, Heartbeat::default());

@@ -154,6 +154,11 @@ pub struct Agents {
     pub heartbeat_secs: u32,
     /// A machine is `lost` after this many intervals without a heartbeat.
     pub missed_beats: u32,
+    /// Enrolment refuses to create a machine while this many are `discovered`.
+    pub max_discovered: usize,
+    /// Enrolments that create a machine, per second (sustained), and in a burst.
+    pub enroll_per_sec: u32,
+    pub enroll_burst: u32,
 }
 
 impl Default for Agents {
@@ -161,6 +166,9 @@ impl Default for Agents {
         Agents {
             heartbeat_secs: 5,
             missed_beats: 3,
+            max_discovered: 4096,
+            enroll_per_sec: 50,
+            enroll_burst: 1000,
         }
     }
 }

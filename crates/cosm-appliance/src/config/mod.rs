@@ -53,6 +53,8 @@ pub struct Config {
     pub dhcp: Option<DhcpSettings>,
     pub heartbeat_secs: u32,
     pub missed_beats: u32,
+    /// Bounds on enrolment (see `app::agents`).
+    pub enroll_limits: crate::app::EnrollLimits,
     pub boot: BootSettings,
     /// `None` when TFTP is off (no `[tftp]` section, or `enabled = false`).
     pub tftp: Option<TftpSettings>,
@@ -187,6 +189,27 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 format!("{} is outside 1..=100", f.agents.missed_beats),
             ));
         }
+        for (key, value, max) in [
+            (
+                "agents.max_discovered",
+                f.agents.max_discovered as u64,
+                1_000_000,
+            ),
+            (
+                "agents.enroll_per_sec",
+                u64::from(f.agents.enroll_per_sec),
+                100_000,
+            ),
+            (
+                "agents.enroll_burst",
+                u64::from(f.agents.enroll_burst),
+                1_000_000,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(key, format!("{value} is outside 1..={max}")));
+            }
+        }
         let rel = |p: &str| {
             let p = PathBuf::from(p);
             if p.is_relative() {
@@ -220,6 +243,11 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             tftp,
             heartbeat_secs: f.agents.heartbeat_secs,
             missed_beats: f.agents.missed_beats,
+            enroll_limits: crate::app::EnrollLimits {
+                max_discovered: f.agents.max_discovered,
+                per_sec: f.agents.enroll_per_sec,
+                burst: f.agents.enroll_burst,
+            },
             path: path.to_path_buf(),
             data_dir,
             api_listen,

@@ -1,7 +1,8 @@
 //! Agents: enrolment, credentials, heartbeats, desired state and reports.
 
 use super::common::*;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
@@ -208,4 +209,114 @@ async fn deleting_a_machine_revokes_its_agent_credential() {
         !tokens.as_array().unwrap().iter().any(|t| t["mac"] == mac),
         "{tokens}"
     );
+}
+
+fn enroll_body(mac: &str) -> serde_json::Value {
+    json!({"mac": mac, "inventory": {"cpu": {"model": "x", "sockets": 1, "cores": 1, "threads": 1}, "memory_bytes": 1}})
+}
+
+/// Hardening (issue 11, item 7): enrolment is bounded in size, in the number of machines it
+/// may leave `discovered`, and in rate (10,000 random MACs were accepted, 1 MB inventories
+/// grew the store by 2 MB each).
+#[tokio::test]
+async fn enrolment_is_bounded_in_size_count_and_rate() {
+    let app = TestApp::with(
+        4 << 20,
+        "max_discovered = 3\nenroll_per_sec = 1\nenroll_burst = 100",
+    )
+    .await;
+    // Size: a 1 MiB inventory is refused and leaves no machine.
+    let mut big = enroll_body("52:54:00:00:b0:99");
+    big["inventory"]["cpu"]["model"] = json!("x".repeat(1 << 20));
+    let (s, v) = app.call("POST", "/api/v1/agent/enroll", Some(big)).await;
+    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, Some("inventory"));
+    let (s, _) = app
+        .call("GET", "/api/v1/machines/52:54:00:00:b0:99", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Count: three discovered machines, then no more.
+    for n in 1..=3 {
+        let (s, v) = app
+            .call(
+                "POST",
+                "/api/v1/agent/enroll",
+                Some(enroll_body(&format!("52:54:00:00:b0:0{n}"))),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(enroll_body("52:54:00:00:b0:04")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("discovered_cap")),
+        "{v}"
+    );
+    // A known machine still enrols again; giving one a role makes room for a new one.
+    let (s, _) = app
+        .call(
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(enroll_body("52:54:00:00:b0:01")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/api/v1/machines/52:54:00:00:b0:01/role",
+            Some(json!({"role": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(enroll_body("52:54:00:00:b0:04")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn enrolments_of_new_machines_are_rate_limited() {
+    let app = TestApp::with(64 * 1024, "enroll_per_sec = 1\nenroll_burst = 2").await;
+    for n in 1..=2 {
+        let (s, v) = app
+            .call(
+                "POST",
+                "/api/v1/agent/enroll",
+                Some(enroll_body(&format!("52:54:00:00:b1:0{n}"))),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let req = Request::post("/api/v1/agent/enroll")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.admin))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(enroll_body("52:54:00:00:b1:03").to_string()))
+        .unwrap();
+    let (s, h, body) = app.raw(req).await;
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(h.get(header::RETRY_AFTER).unwrap(), "1");
+    // A machine that is already known is not held back.
+    let (s, _) = app
+        .call(
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(enroll_body("52:54:00:00:b1:01")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -23,6 +23,11 @@ impl TestApp {
     }
 
     pub(crate) async fn with_limit(max_body_bytes: usize) -> TestApp {
+        Self::with(max_body_bytes, "").await
+    }
+
+    /// With more `[agents]` keys (e.g. `max_discovered = 3`).
+    pub(crate) async fn with(max_body_bytes: usize, agents: &str) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         // A boot directory staged from small stand-ins for iPXE and the ramdisk.
         let src = dir.path().join("src");
@@ -45,6 +50,7 @@ max_body_bytes = {max_body_bytes}
 [agents]
 heartbeat_secs = 5
 missed_beats = 3
+{agents}
 [boot]
 dir = "boot"
 ipxe_dir = "src"

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let bin = std::env::var("COSM_BIN").unwrap_or_else(|_| "target/release/cosm-appliance".into());
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("appliance.toml");
-    std::fs::write(&cfg, "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:18099\"\n[agents]\nheartbeat_secs = 1\nmissed_beats = 5\n")?;
+    std::fs::write(&cfg, "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:18099\"\n[agents]\nheartbeat_secs = 1\nmissed_beats = 5\nmax_discovered = 100000\nenroll_per_sec = 100000\nenroll_burst = 100000\n")?;
     let mut child = std::process::Command::new("taskset")
         .args(["-c", "0", &bin, "serve", "--config"])
         .arg(&cfg)

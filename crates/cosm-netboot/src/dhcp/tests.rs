@@ -221,7 +221,8 @@ fn init_reboot_for_an_address_the_client_does_not_hold_is_refused() {
             continue;
         }
         let mut grab = msg(MessageType::Request, mac(1));
-        grab.opts_mut().insert(DhcpOption::RequestedIpAddress(other));
+        grab.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(other));
         let d = run(&grab, &mut t, &h, &c, at(10));
         assert_eq!(reply_type(&d), Some(MessageType::Nak), "{other}");
         assert!(d.persist.is_none());
@@ -252,7 +253,10 @@ fn rebinding_time_is_seven_eighths_of_the_lease() {
         o.opts().get(OptionCode::Rebinding),
         Some(&DhcpOption::Rebinding(17))
     );
-    assert_eq!(o.opts().get(OptionCode::Renewal), Some(&DhcpOption::Renewal(10)));
+    assert_eq!(
+        o.opts().get(OptionCode::Renewal),
+        Some(&DhcpOption::Renewal(10))
+    );
 }
 
 #[test]
