@@ -6,6 +6,7 @@ use crate::config::Config;
 use anyhow::Context;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let limits = connection_limits(&config);
     let assembly = Assembly::build(&config, Network::AsConfigured).await?;
     if let Some((token, path)) = &assembly.first_admin {
         // Shown once, on stderr, outside the log format so it is not lost in JSON logs.
@@ -22,12 +23,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on api.listen = {}", config.api_listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP API listening");
-    crate::http::serve(listener, router, shutdown_signal())
+    crate::http::serve(listener, router, limits, shutdown_signal())
         .await
         .context("HTTP server failed")?;
     assembly.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Raises the open-file limit to its hard maximum (a default soft limit of 1024 was
+/// exhausted by ~1,000 idle connections) and keeps `api.max_connections` below what is
+/// left after a reserve for the store, TFTP transfers, DHCP and the boot files.
+fn connection_limits(config: &Config) -> crate::http::Limits {
+    const RESERVE: u64 = 512;
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
+        }
+    };
+    let mut limits = config.http_limits;
+    let room = nofile.saturating_sub(RESERVE).max(16) as usize;
+    if limits.max_connections > room {
+        tracing::warn!(
+            configured = limits.max_connections,
+            open_file_limit = nofile,
+            using = room,
+            "api.max_connections is above what the open-file limit leaves room for; raise LimitNOFILE (systemd) or ulimit -n"
+        );
+        limits.max_connections = room;
+    }
+    tracing::info!(
+        open_file_limit = nofile,
+        max_connections = limits.max_connections,
+        idle_timeout_secs = limits.idle_timeout.as_secs(),
+        "HTTP connection limits"
+    );
+    limits
 }
 
 async fn shutdown_signal() {

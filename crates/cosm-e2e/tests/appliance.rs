@@ -197,3 +197,70 @@ fn an_empty_store_is_refused_and_the_token_files_are_kept() {
     assert_eq!(std::fs::read(data.join("enroll.token")).unwrap(), enroll);
     assert_eq!(std::fs::metadata(data.join("cosm.redb")).unwrap().len(), 0);
 }
+
+/// Hardening (issue 11, item 11): ~1,000 idle connections used to exhaust the appliance's
+/// file descriptors (`/healthz` timed out, TFTP could not open sockets), and a connection
+/// that sent nothing stayed open for good. Now a silent connection is closed after
+/// `api.idle_timeout_secs`, at most `api.max_connections` are open at once, and the
+/// API keeps answering while more than that many idle connections are held against it.
+#[test]
+fn idle_connections_are_bounded_and_closed() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    // The extra lines land in the config's [api] section.
+    let app = Appliance::start_with(None, "max_connections = 40\nidle_timeout_secs = 2\n").unwrap();
+    let (pid, addr) = (
+        app.pid(),
+        app.url().trim_start_matches("http://").to_string(),
+    );
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+
+    // A connection that sends nothing is closed by the server.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let n = silent.read(&mut [0u8; 64]).unwrap_or(0);
+    assert_eq!(n, 0, "the server sent data to a silent connection");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "a silent connection was not closed within 8 s"
+    );
+
+    // 300 idle connections: the appliance holds at most 40 of them.
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let held = fds();
+    assert!(
+        held <= before + 45,
+        "{} descriptors open with 300 idle connections (was {before})",
+        held
+    );
+    // The API still answers (the idle ones time out and free their slots).
+    let http = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http.get(format!("http://{addr}/healthz")).send() {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz did not answer within 15 s while idle connections were held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(idle);
+}

@@ -276,6 +276,11 @@ fn default_lease_time() -> u32 {
 pub struct Api {
     pub listen: String,
     pub max_body_bytes: u64,
+    /// HTTP connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A connection with no traffic either way for this many seconds is closed (a silent
+    /// client, an idle keep-alive); so is one whose request headers take longer.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Api {
@@ -283,6 +288,8 @@ impl Default for Api {
         Api {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
+            max_connections: 4096,
+            idle_timeout_secs: 30,
         }
     }
 }

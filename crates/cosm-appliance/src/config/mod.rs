@@ -48,6 +48,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// HTTP connection bounds (`api.max_connections`, `api.idle_timeout_secs`).
+    pub http_limits: crate::http::Limits,
     pub events_per_machine: u64,
     /// `None` when DHCP is off.
     pub dhcp: Option<DhcpSettings>,
@@ -166,6 +168,18 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 format!("{} is outside 1024..=67108864", f.api.max_body_bytes),
             ));
         }
+        if !(16..=1_000_000).contains(&f.api.max_connections) {
+            return Err(invalid(
+                "api.max_connections",
+                format!("{} is outside 16..=1000000", f.api.max_connections),
+            ));
+        }
+        if !(1..=3600).contains(&f.api.idle_timeout_secs) {
+            return Err(invalid(
+                "api.idle_timeout_secs",
+                format!("{} is outside 1..=3600", f.api.idle_timeout_secs),
+            ));
+        }
         if !(10..=1_000_000).contains(&f.events.retain_per_machine) {
             return Err(invalid(
                 "events.retain_per_machine",
@@ -252,6 +266,10 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             data_dir,
             api_listen,
             max_body_bytes: f.api.max_body_bytes as usize,
+            http_limits: crate::http::Limits {
+                max_connections: f.api.max_connections,
+                idle_timeout: std::time::Duration::from_secs(f.api.idle_timeout_secs),
+            },
             events_per_machine: f.events.retain_per_machine,
             dhcp,
         })

@@ -19,10 +19,12 @@ mod images;
 mod machines;
 mod openapi;
 mod ops;
+mod serve;
 
 pub use auth::{grants, Access, Caller};
 pub use error::ApiError;
 pub use openapi::ApiDoc;
+pub use serve::{serve, Limits};
 
 use crate::app::App;
 use crate::metrics::{HttpLabels, Metrics};
@@ -116,19 +118,4 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
     )
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
