@@ -34,7 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Raises the open-file limit to its hard maximum (a default soft limit of 1024 was
 /// exhausted by ~1,000 idle connections) and keeps `api.max_connections` below what is
 /// left after a reserve for the store, TFTP transfers, DHCP and the boot files.
-fn connection_limits(config: &Config) -> crate::http::Limits {
+fn connection_limits(config: &Config) -> crate::config::HttpLimits {
     const RESERVE: u64 = 512;
     let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,

@@ -3,6 +3,7 @@
 //! and the agent's reports on them.
 
 use super::machines;
+use crate::config::EnrollLimits;
 use crate::store::{StoreError, TokenRecord, Tx};
 use cosm_wire::{
     ActionKind, ActionResult, ActionStatus, AgentAction, CreateMachine, EventKind, Inventory,
@@ -162,26 +163,6 @@ pub(super) fn report_observed(
     }
     tx.put_machine(&mut m)?;
     Ok(m)
-}
-
-/// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
-#[derive(Debug, Clone, Copy)]
-pub struct EnrollLimits {
-    /// No machine is created by enrolment while this many are `discovered`.
-    pub max_discovered: usize,
-    /// Enrolments that create a machine: sustained rate and burst (a token bucket).
-    pub per_sec: u32,
-    pub burst: u32,
-}
-
-impl Default for EnrollLimits {
-    fn default() -> Self {
-        EnrollLimits {
-            max_discovered: 4096,
-            per_sec: 50,
-            burst: 1000,
-        }
-    }
 }
 
 /// The token bucket of enrolments that create machines (in memory: a restart refills it).

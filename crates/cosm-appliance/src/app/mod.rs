@@ -30,7 +30,7 @@ pub mod rules;
 pub mod timeline;
 pub mod tokens;
 
-pub use agents::{EnrollGate, EnrollLimits};
+pub use agents::EnrollGate;
 pub use command::{Command, Op, Outcome};
 pub use deploy::installable;
 pub use machines::{effective_state, WATCHED};

@@ -49,14 +49,14 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub max_body_bytes: usize,
     /// HTTP connection bounds (`api.max_connections`, `api.idle_timeout_secs`).
-    pub http_limits: crate::http::Limits,
+    pub http_limits: HttpLimits,
     pub events_per_machine: u64,
     /// `None` when DHCP is off.
     pub dhcp: Option<DhcpSettings>,
     pub heartbeat_secs: u32,
     pub missed_beats: u32,
     /// Bounds on enrolment (see `app::agents`).
-    pub enroll_limits: crate::app::EnrollLimits,
+    pub enroll_limits: EnrollLimits,
     pub boot: BootSettings,
     /// `None` when TFTP is off (no `[tftp]` section, or `enabled = false`).
     pub tftp: Option<TftpSettings>,
@@ -64,6 +64,33 @@ pub struct Config {
     /// Directory of the image repository's files.
     pub images_dir: PathBuf,
     pub max_upload_bytes: u64,
+}
+
+/// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollLimits {
+    /// No machine is created by enrolment while this many are `discovered`.
+    pub max_discovered: usize,
+    /// Enrolments that create a machine: sustained rate and burst (a token bucket).
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Default for EnrollLimits {
+    fn default() -> Self {
+        EnrollLimits {
+            max_discovered: 4096,
+            per_sec: 50,
+            burst: 1000,
+        }
+    }
+}
+
+/// HTTP connection bounds (`api.max_connections`, `api.idle_timeout_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub idle_timeout: std::time::Duration,
 }
 
 /// How machines are installed.
@@ -257,7 +284,7 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             tftp,
             heartbeat_secs: f.agents.heartbeat_secs,
             missed_beats: f.agents.missed_beats,
-            enroll_limits: crate::app::EnrollLimits {
+            enroll_limits: EnrollLimits {
                 max_discovered: f.agents.max_discovered,
                 per_sec: f.agents.enroll_per_sec,
                 burst: f.agents.enroll_burst,
@@ -266,7 +293,7 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             data_dir,
             api_listen,
             max_body_bytes: f.api.max_body_bytes as usize,
-            http_limits: crate::http::Limits {
+            http_limits: HttpLimits {
                 max_connections: f.api.max_connections,
                 idle_timeout: std::time::Duration::from_secs(f.api.idle_timeout_secs),
             },

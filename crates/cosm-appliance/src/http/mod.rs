@@ -24,7 +24,7 @@ mod serve;
 pub use auth::{grants, Access, Caller};
 pub use error::ApiError;
 pub use openapi::ApiDoc;
-pub use serve::{serve, Limits};
+pub use serve::serve;
 
 use crate::app::App;
 use crate::metrics::{HttpLabels, Metrics};

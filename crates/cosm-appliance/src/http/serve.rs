@@ -20,13 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tower::Service;
 
-/// How many connections, and how long one may stay without traffic.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub idle_timeout: Duration,
-}
-
 /// A stream that fails with `TimedOut` once nothing was read or written for `idle`.
 struct Idle<S> {
     inner: S,
@@ -115,7 +108,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    limits: Limits,
+    limits: crate::config::HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
