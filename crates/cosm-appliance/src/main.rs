@@ -106,6 +106,19 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("  data_dir                  {}", c.data_dir.display());
             println!("  api.listen                {}", c.api_listen);
             println!("  api.max_body_bytes        {}", c.max_body_bytes);
+            println!(
+                "  api connections           at most {}, closed after {} s without traffic",
+                c.http_limits.max_connections,
+                c.http_limits.idle_timeout.as_secs()
+            );
+            println!(
+                "  agents                    heartbeat {} s, lost after {} missed; enrolment: at most {} discovered, {}/s (burst {})",
+                c.heartbeat_secs,
+                c.missed_beats,
+                c.enroll_limits.max_discovered,
+                c.enroll_limits.per_sec,
+                c.enroll_limits.burst
+            );
             println!("  events.retain_per_machine {}", c.events_per_machine);
             println!("  boot.dir                  {}", c.boot.dir.display());
             println!("  boot.ipxe_dir             {}", c.boot.ipxe_dir.display());
@@ -117,8 +130,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             match &c.tftp {
                 None => println!("  tftp                      off"),
                 Some(t) => println!(
-                    "  tftp                      {} (max {} transfers, blksize <= {}, windowsize <= {})",
-                    t.listen, t.max_transfers, t.block_size_limit, t.window_size_limit
+                    "  tftp                      {} (max {} transfers, blksize <= {}, windowsize <= {}, timeout {} ms, {} retries, cache {} MiB)",
+                    t.listen,
+                    t.max_transfers,
+                    t.block_size_limit,
+                    t.window_size_limit,
+                    t.timeout.as_millis(),
+                    t.max_send_retries,
+                    t.cache_bytes >> 20
                 ),
             }
             match &c.dhcp {
