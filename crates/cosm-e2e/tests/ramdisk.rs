@@ -127,7 +127,19 @@ routers = ["192.0.2.1"]
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    // The appliance records the machine before the agent has read the answer and written
+    // its "enrolled as" line to the serial console (it stores its credential first): under
+    // load the console lags the API by seconds, so wait for the line (bounded) before
+    // checking what the console says.
+    let wanted = format!("enrolled as {VM_MAC}");
+    let console_deadline = Instant::now() + Duration::from_secs(30);
+    let console = loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        if text.contains(&wanted) || Instant::now() > console_deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert!(
         console.contains("cosm ramdisk: eth0 has 192.0.2.1"),
         "no DHCP lease on the console:\n{console}"

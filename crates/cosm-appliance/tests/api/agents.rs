@@ -211,6 +211,12 @@ async fn deleting_a_machine_revokes_its_agent_credential() {
     );
 }
 
+/// Enrols `mac` with a small inventory and the admin token.
+async fn enroll(app: &TestApp, mac: &str) -> (StatusCode, serde_json::Value) {
+    app.call("POST", "/api/v1/agent/enroll", Some(enroll_body(mac)))
+        .await
+}
+
 fn enroll_body(mac: &str) -> serde_json::Value {
     json!({"mac": mac, "inventory": {"cpu": {"model": "x", "sockets": 1, "cores": 1, "threads": 1}, "memory_bytes": 1}})
 }
@@ -236,35 +242,17 @@ async fn enrolment_is_bounded_in_size_count_and_rate() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Count: three discovered machines, then no more.
     for n in 1..=3 {
-        let (s, v) = app
-            .call(
-                "POST",
-                "/api/v1/agent/enroll",
-                Some(enroll_body(&format!("52:54:00:00:b0:0{n}"))),
-            )
-            .await;
+        let (s, v) = enroll(&app, &format!("52:54:00:00:b0:0{n}")).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
-    let (s, v) = app
-        .call(
-            "POST",
-            "/api/v1/agent/enroll",
-            Some(enroll_body("52:54:00:00:b0:04")),
-        )
-        .await;
+    let (s, v) = enroll(&app, "52:54:00:00:b0:04").await;
     assert_eq!(
         (s, v["code"].as_str()),
         (StatusCode::CONFLICT, Some("discovered_cap")),
         "{v}"
     );
     // A known machine still enrols again; giving one a role makes room for a new one.
-    let (s, _) = app
-        .call(
-            "POST",
-            "/api/v1/agent/enroll",
-            Some(enroll_body("52:54:00:00:b0:01")),
-        )
-        .await;
+    let (s, _) = enroll(&app, "52:54:00:00:b0:01").await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = app
         .call(
@@ -274,13 +262,7 @@ async fn enrolment_is_bounded_in_size_count_and_rate() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = app
-        .call(
-            "POST",
-            "/api/v1/agent/enroll",
-            Some(enroll_body("52:54:00:00:b0:04")),
-        )
-        .await;
+    let (s, v) = enroll(&app, "52:54:00:00:b0:04").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 
@@ -288,13 +270,7 @@ async fn enrolment_is_bounded_in_size_count_and_rate() {
 async fn enrolments_of_new_machines_are_rate_limited() {
     let app = TestApp::with(64 * 1024, "enroll_per_sec = 1\nenroll_burst = 2").await;
     for n in 1..=2 {
-        let (s, v) = app
-            .call(
-                "POST",
-                "/api/v1/agent/enroll",
-                Some(enroll_body(&format!("52:54:00:00:b1:0{n}"))),
-            )
-            .await;
+        let (s, v) = enroll(&app, &format!("52:54:00:00:b1:0{n}")).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
     let req = Request::post("/api/v1/agent/enroll")
@@ -311,12 +287,6 @@ async fn enrolments_of_new_machines_are_rate_limited() {
     );
     assert_eq!(h.get(header::RETRY_AFTER).unwrap(), "1");
     // A machine that is already known is not held back.
-    let (s, _) = app
-        .call(
-            "POST",
-            "/api/v1/agent/enroll",
-            Some(enroll_body("52:54:00:00:b1:01")),
-        )
-        .await;
+    let (s, _) = enroll(&app, "52:54:00:00:b1:01").await;
     assert_eq!(s, StatusCode::OK);
 }
