@@ -7,4 +7,5 @@
 pub mod boot_arch;
 pub mod dhcp;
 pub mod ipxe;
+pub mod rate;
 pub mod tftp;

@@ -169,30 +169,28 @@ pub(super) fn report_observed(
 #[derive(Debug)]
 pub struct EnrollGate {
     pub limits: EnrollLimits,
-    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+    started: std::time::Instant,
+    bucket: std::sync::Mutex<cosm_netboot::rate::RateLimiter<()>>,
 }
 
 impl EnrollGate {
     pub fn new(limits: EnrollLimits) -> EnrollGate {
         EnrollGate {
             limits,
-            bucket: std::sync::Mutex::new((f64::from(limits.burst), std::time::Instant::now())),
+            started: std::time::Instant::now(),
+            bucket: std::sync::Mutex::new(cosm_netboot::rate::RateLimiter::with_burst(
+                limits.per_sec,
+                limits.burst,
+            )),
         }
     }
 
     /// Takes one enrolment; `Err(seconds)` says when the next one is possible.
     pub fn take(&self) -> Result<(), u64> {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let rate = f64::from(self.limits.per_sec);
-        b.0 =
-            (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(f64::from(self.limits.burst));
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - b.0) / rate).ceil().max(1.0) as u64)
-        }
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket
+            .take((), now_ms)
+            .map_err(|ms| ms.div_ceil(1000).max(1))
     }
 }

@@ -112,6 +112,11 @@ impl App {
         })
     }
 
+    /// A machine by MAC, or `NotFound` naming it.
+    pub fn machine(&self, mac: MacAddr) -> Result<Machine, AppError> {
+        known_machine(&self.store, mac, "")
+    }
+
     /// An agent enrols: returns its machine and its new credential (shown only here).
     pub async fn enroll(&self, body: Enroll) -> Result<(Machine, String), AppError> {
         if self.store.machine(body.mac)?.is_none() {

@@ -5,15 +5,15 @@ use super::auth::{allow, Access, Caller};
 use super::error::ApiError;
 use super::extract::{created, parse_mac, parse_role, query_params, ApiJson};
 use super::AppState;
-use crate::app::{Op, Store};
+use crate::app::Op;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cosm_wire::{
-    CreateMachine, ErrorBody, Event, MacAddr, Machine, MachineState, QueueAction, SetRole,
-    SetState, UpdateMachine,
+    CreateMachine, ErrorBody, Event, Machine, MachineState, QueueAction, SetRole, SetState,
+    UpdateMachine,
 };
 use std::collections::HashMap;
 
@@ -103,18 +103,7 @@ pub(super) async fn show_machine(
     Path(mac): Path<String>,
 ) -> Result<Json<Machine>, ApiError> {
     let mac = parse_mac(&mac)?;
-    machine_or_404(&state.app.store, mac, "").map(Json)
-}
-
-/// The machine record, or a 404 naming the MAC (with a hint for the caller, if any).
-pub(super) fn machine_or_404(store: &Store, mac: MacAddr, hint: &str) -> Result<Machine, ApiError> {
-    store.machine(mac)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("machine {mac} not found{hint}"),
-        )
-    })
+    Ok(Json(state.app.machine(mac)?))
 }
 
 /// Change hostname, role or reserved address. Absent fields are kept; `null` clears.
@@ -218,7 +207,7 @@ pub(super) async fn machine_kickstart(
     Path(mac): Path<String>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
-    let m = machine_or_404(&state.app.store, mac, "")?;
+    let m = state.app.machine(mac)?;
     let boot = state.app.boot()?;
     let text = boot.render_kickstart(&m)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
@@ -268,7 +257,7 @@ pub(super) async fn machine_events(
                 )
             })?,
     };
-    machine_or_404(&state.app.store, mac, "")?;
+    state.app.machine(mac)?;
     Ok(Json(state.app.store.events(mac, limit)?))
 }
 

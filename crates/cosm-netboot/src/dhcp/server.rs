@@ -8,10 +8,10 @@
 use super::config::{DhcpConfig, Mode, UnknownMacs};
 use super::core::{decide, BootClient, Decision, Destination, DropReason, Request, PXE_PORT};
 use super::leases::{Hosts, LeaseTable};
+pub use crate::rate::RateLimiter;
 use cosm_wire::{Lease, MacAddr, Timestamp};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Encodable};
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,46 +114,6 @@ impl DhcpStats {
     fn count_drop(&self, why: DropReason) {
         if let Some(i) = DropReason::ALL.iter().position(|r| *r == why) {
             self.dropped[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Token buckets per key: `rate` tokens per second, at most `2 × rate` saved up.
-#[derive(Debug)]
-pub struct RateLimiter<K> {
-    rate: u32,
-    buckets: HashMap<K, (f64, u64)>,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
-    pub fn new(rate: u32) -> Self {
-        RateLimiter {
-            rate,
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// Takes a token for `key` at `now_ms`; false when the key is over its rate.
-    pub fn allow(&mut self, key: K, now_ms: u64) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let cap = f64::from(self.rate) * 2.0;
-        let rate = f64::from(self.rate);
-        let (tokens, last) = self.buckets.entry(key).or_insert((cap, now_ms));
-        *tokens = (*tokens + (now_ms.saturating_sub(*last)) as f64 / 1000.0 * rate).min(cap);
-        *last = now_ms;
-        if self.buckets.len() > 100_000 {
-            // Forget idle keys so a flood of random MACs cannot grow the map without bound.
-            self.buckets
-                .retain(|_, (t, l)| *t < cap && now_ms.saturating_sub(*l) < 10_000);
-        }
-        let (tokens, _) = self.buckets.entry(key).or_insert((cap, now_ms));
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }
