@@ -137,20 +137,38 @@ impl Enroller {
     }
 
     fn enroll_locked(&self) -> anyhow::Result<()> {
-        let token = self.token.clone().context(
-            "the stored credential was refused and there is no enrolment token to enrol again",
-        )?;
+        // The node's own credential first: the appliance lets the enrol token (which every
+        // boot script carries) replace an agent only where the machine boots the ramdisk and
+        // that agent is silent; its own credential always may. A refused credential (401)
+        // falls back to the token.
+        let mut bearers: Vec<String> = self.credential().into_iter().collect();
+        bearers.extend(self.token.clone());
+        if bearers.is_empty() {
+            bail!(
+                "the stored credential was refused and there is no enrolment token to enrol again"
+            );
+        }
         let inventory = read_inventory(&self.root)?;
         let body = Enroll {
             mac: self.mac,
             inventory,
         };
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/agent/enroll", self.appliance))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()?;
+        let last = bearers.len() - 1;
+        let mut resp = None;
+        for (i, bearer) in bearers.iter().enumerate() {
+            let r = self
+                .http
+                .post(format!("{}/api/v1/agent/enroll", self.appliance))
+                .bearer_auth(bearer)
+                .json(&body)
+                .send()?;
+            if r.status() == reqwest::StatusCode::UNAUTHORIZED && i < last {
+                continue;
+            }
+            resp = Some(r);
+            break;
+        }
+        let resp = resp.context("no enrolment answer")?;
         if !resp.status().is_success() {
             bail!(
                 "enrolment refused: {} {}",

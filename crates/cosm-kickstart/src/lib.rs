@@ -114,8 +114,9 @@ pub struct Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Site {
     pub appliance_url: String,
-    /// Enrol-only token the installed agent enrols with and the install reports with.
-    pub enroll_token: String,
+    /// The machine's install token (single-use, bound to its MAC): the installed agent
+    /// enrols with it and the install report is made with it.
+    pub install_token: String,
     /// crypt(3) hash (`$6$…`) for root; `None`: root's password is locked (SSH keys only).
     pub root_password_hash: Option<String>,
     pub ssh_keys: Vec<String>,
@@ -226,7 +227,7 @@ impl Templates {
                 return Err(Error::Invalid("an SSH key line cannot be just KEYS".into()));
             }
         }
-        if site.enroll_token.contains('\'') || site.appliance_url.contains('\'') {
+        if site.install_token.contains('\'') || site.appliance_url.contains('\'') {
             return Err(Error::Invalid(
                 "the appliance URL and token must not contain single quotes".into(),
             ));
@@ -243,7 +244,7 @@ impl Templates {
             hypervisor => hypervisor,
             machine => machine,
             appliance_url => &site.appliance_url,
-            enroll_token => &site.enroll_token,
+            install_token => &site.install_token,
             root_password_hash => &site.root_password_hash,
             ssh_keys => &site.ssh_keys,
             timezone => &site.timezone,

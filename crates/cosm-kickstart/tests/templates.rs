@@ -27,7 +27,7 @@ fn tool(name: &str, install: &str) -> PathBuf {
 fn site() -> Site {
     Site {
         appliance_url: "http://192.0.2.1:8080".into(),
-        enroll_token: "cosm_0123456789abcdef0123456789abcdef01234567".into(),
+        install_token: "cosm_0123456789abcdef0123456789abcdef01234567".into(),
         root_password_hash: Some("$6$cosmsalt$3lZ2s2J1pHk0ZzJv9fJ7sWcF1mQzK8h9yXrN0aT5bU6cV7dW8eX9fY0gZ1hA2iB3jC4kD5lE6mF7nG8oH9pI0q".into()),
         ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq1Bw0Rz3cXv8Kq0vYf8vX9m2m4pL0yQ3T6J5k7s9Ab ops@example".into()],
         timezone: "Etc/UTC".into(),

@@ -104,6 +104,10 @@ pub struct Machine {
     /// Actions queued for its agent, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_actions: Vec<crate::AgentAction>,
+    /// Raised each time the machine becomes `ready`: its install token (in its boot script
+    /// and kickstart) is good for this round only, and only while it is ready or deploying.
+    #[serde(default)]
+    pub install_round: u32,
 }
 
 /// Body of `POST /api/v1/machines`: pre-register a MAC, optionally with its role.

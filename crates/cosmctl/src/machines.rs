@@ -115,6 +115,14 @@ pub(crate) enum MachinesCmd {
         /// MAC address of the machine.
         mac: MacAddr,
     },
+    /// Let a new agent enrol a machine (a replaced disk, a reinstalled OS, a lost
+    /// credential): its agent credentials are revoked, and the next agent that enrols with
+    /// the enrol token gets the machine. Without this, a machine that has an agent is
+    /// enrolled again only with that agent's credential or its install token.
+    Reregister {
+        /// MAC address of the machine.
+        mac: MacAddr,
+    },
     /// Take a machine out of service (the same as `set-state MAC retired`).
     Retire {
         /// MAC address of the machine.
@@ -254,6 +262,19 @@ pub(crate) fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
         }
         MachinesCmd::SetState { mac, state, reason } => set_state(ctx, mac, state.0, reason),
         MachinesCmd::Retire { mac, reason } => set_state(ctx, mac, MachineState::Retired, reason),
+        MachinesCmd::Reregister { mac } => {
+            let reply = ctx.api.post(
+                &format!("{}/reregister", machine_path(&mac)),
+                &serde_json::json!({}),
+            )?;
+            ctx.show(reply, |m: Machine| {
+                println!(
+                    "machine {mac} ({}): its agent credentials are revoked; the next agent to enrol with the enrol token gets it",
+                    m.state
+                );
+                Ok(())
+            })
+        }
         MachinesCmd::Redeploy { mac } => {
             let reply = ctx.api.post(
                 &format!("{}/redeploy", machine_path(&mac)),

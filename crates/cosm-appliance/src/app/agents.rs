@@ -2,7 +2,7 @@
 //! gets one credential), actions queued for an agent (each raises the desired generation),
 //! and the agent's reports on them.
 
-use super::machines;
+use super::machines::{self, effective_state};
 use crate::config::EnrollLimits;
 use crate::store::{StoreError, TokenRecord, Tx};
 use cosm_wire::{
@@ -14,12 +14,72 @@ use cosm_wire::{
 /// KiB; without a bound each enrolment could grow the store by megabytes.
 const MAX_INVENTORY_BYTES: usize = 64 * 1024;
 
+/// Who asks to enrol a machine, as the enrolment rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrolBy {
+    /// An operator's admin token.
+    Operator,
+    /// The machine itself: its agent's credential, or its install token (the agent its
+    /// installer puts on the disk).
+    Itself,
+    /// The enrol token every agent ramdisk boots with, which anyone on the provisioning
+    /// network can read.
+    EnrolToken,
+}
+
+/// Whether an enrolment may replace the agent credential a machine already has.
+///
+/// The machine itself and operators may. The enrol token is public, so with it alone a
+/// host could take over any machine's agent: it may replace an agent only where the
+/// appliance sends the machine to the ramdisk (which keeps its credential in memory and
+/// enrols at every boot) and only once that agent has been silent for the lost window. A
+/// machine on its local disk keeps its credential on the disk and never needs the enrol
+/// token again.
+pub(super) fn may_replace_agent(
+    m: &Machine,
+    by: EnrolBy,
+    agent_silent: bool,
+) -> Result<(), StoreError> {
+    let refuse = |why: String| {
+        Err(StoreError::Conflict {
+            code: "agent_enrolled",
+            message: format!(
+                "{} already has an agent and {why}: enrol with that agent's credential, or an operator runs `cosmctl machines reregister {}` to let a new agent enrol",
+                m.mac, m.mac
+            ),
+        })
+    };
+    match by {
+        EnrolBy::Operator | EnrolBy::Itself => Ok(()),
+        EnrolBy::EnrolToken => {
+            let state = effective_state(m);
+            if matches!(
+                state,
+                MachineState::Deployed
+                    | MachineState::Active
+                    | MachineState::Fenced
+                    | MachineState::Retired
+            ) {
+                refuse(format!(
+                    "is {state}: it boots from its disk, where its agent keeps its credential, so the enrol token cannot replace it"
+                ))
+            } else if !agent_silent {
+                refuse("that agent is heartbeating (a new one is let in with the enrol token only after the old one missed its heartbeats)".to_string())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
 pub(super) fn enroll(
     tx: &mut Tx<'_>,
     mac: MacAddr,
     inventory: &Inventory,
     credential_hash: &str,
     max_discovered: usize,
+    (by, agent_silent): (EnrolBy, bool),
 ) -> Result<Machine, StoreError> {
     let size = serde_json::to_vec(inventory)
         .map(|v| v.len())
@@ -32,7 +92,11 @@ pub(super) fn enroll(
             ),
         });
     }
-    if tx.find_machine(mac)?.is_none() {
+    if let Some(m) = tx.find_machine(mac)? {
+        if tx.has_agent_credential(mac)? {
+            may_replace_agent(&m, by, agent_silent)?;
+        }
+    } else {
         let discovered = tx
             .all_machines()?
             .iter()
@@ -87,6 +151,23 @@ pub(super) fn enroll(
             inventory.disks.len(),
             inventory.nics.len(),
             inventory.kernel.as_deref().unwrap_or("unknown")
+        ),
+        None,
+        None,
+    )?;
+    m.updated_at = tx.at;
+    Ok(m)
+}
+
+/// An operator lets a new agent enrol: the machine's agent credentials are revoked.
+pub(super) fn reregister(tx: &mut Tx<'_>, mac: MacAddr, by: &str) -> Result<Machine, StoreError> {
+    let mut m = tx.machine(mac)?;
+    let revoked = tx.remove_agent_credentials(mac)?;
+    tx.event(
+        mac,
+        EventKind::AgentRegistered,
+        format!(
+            "re-registration allowed by {by}: {revoked} agent credential(s) revoked; the next agent to enrol with the enrol token gets this machine"
         ),
         None,
         None,

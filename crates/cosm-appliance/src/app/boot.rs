@@ -29,6 +29,8 @@ pub struct BootContext {
     /// Subnets, to give a machine with a reserved address its netmask, router and DNS.
     pub subnets: Vec<cosm_netboot::dhcp::Subnet>,
     enroll_token: String,
+    /// Derives each machine's install token (boot script, kickstart, install report).
+    pub install_key: tokens::InstallKey,
     pub timeline: Arc<Timeline>,
 }
 
@@ -129,7 +131,9 @@ impl BootContext {
             tracing::warn!("kickstart.repo_url is not set: installers get no install source (inst.repo), so a real CentOS/Rocky/Alma install will stop at its source selection");
         }
         let enroll_token = boot_enroll_token(&store, data_dir).await?;
+        let install_key = tokens::InstallKey::load_or_create(&data_dir.join("install.key"))?;
         Ok(BootContext {
+            install_key,
             kickstart,
             images_dir: data_dir.join("images"),
             subnets,
@@ -153,7 +157,10 @@ impl BootContext {
             Some(MachineState::Retired) => Target::PowerOff {
                 reason: "the machine is retired".into(),
             },
-            Some(MachineState::Ready | MachineState::Deploying) => match self.installer(mac) {
+            Some(MachineState::Ready | MachineState::Deploying) => match machine
+                .ok_or_else(|| "no machine record".to_string())
+                .and_then(|m| self.installer(m))
+            {
                 Ok(t) => t,
                 Err(why) => {
                     self.timeline.note(
@@ -172,8 +179,9 @@ impl BootContext {
     }
 
     /// The installer of the configured release, from the image repository, pointed at the
-    /// machine's kickstart.
-    fn installer(&self, mac: MacAddr) -> Result<Target, String> {
+    /// machine's kickstart, whose URL carries the machine's install token.
+    fn installer(&self, m: &Machine) -> Result<Target, String> {
+        let mac = m.mac;
         let k = &self.kickstart;
         for name in [&k.installer_kernel, &k.installer_initrd] {
             if !super::images::has_image(&self.images_dir, name) {
@@ -200,7 +208,8 @@ impl BootContext {
             ),
             initrd_name: "initrd.img".into(),
             args: format!(
-                "inst.ks={base}/boot/ks/{mac}{repo} ip=dhcp {}",
+                "inst.ks={base}/boot/ks/{mac}?token={}{repo} ip=dhcp {}",
+                self.install_key.token(m),
                 k.installer_args
             )
             .trim_end()
@@ -258,7 +267,7 @@ impl BootContext {
         }
         let site = Site {
             appliance_url: self.settings.appliance_url.clone(),
-            enroll_token: self.enroll_token.clone(),
+            install_token: self.install_key.token(m),
             root_password_hash: k.root_password_hash.clone(),
             ssh_keys: k.ssh_keys.clone(),
             timezone: k.timezone.clone(),

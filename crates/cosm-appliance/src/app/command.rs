@@ -100,6 +100,16 @@ pub enum Op {
         credential_hash: String,
         /// Refused when it would create a machine while this many are `discovered`.
         max_discovered: usize,
+        /// Who asks; decides whether an agent credential the machine has may be replaced.
+        by: agents::EnrolBy,
+        /// The machine's current agent has been silent for the lost window.
+        agent_silent: bool,
+    },
+    /// An operator lets a new agent enrol a machine: its agent credentials are revoked,
+    /// so the next enrolment with the enrol token is accepted.
+    Reregister {
+        mac: MacAddr,
+        by: String,
     },
     /// Queues an action for a machine's agent and bumps its desired generation.
     QueueAction {
@@ -184,7 +194,18 @@ impl StoreCommand for Command {
                 inventory,
                 credential_hash,
                 max_discovered,
-            } => agents::enroll(tx, *mac, inventory, credential_hash, *max_discovered).map(M),
+                by,
+                agent_silent,
+            } => agents::enroll(
+                tx,
+                *mac,
+                inventory,
+                credential_hash,
+                *max_discovered,
+                (*by, *agent_silent),
+            )
+            .map(M),
+            Op::Reregister { mac, by } => agents::reregister(tx, *mac, by).map(M),
             Op::QueueAction { mac, kind } => agents::queue_action(tx, *mac, kind).map(M),
             Op::ReportObserved { mac, results } => {
                 agents::report_observed(tx, *mac, results).map(M)
@@ -426,6 +447,8 @@ mod tests {
             inventory,
             credential_hash: "0".repeat(64),
             max_discovered: 10,
+            by: agents::EnrolBy::EnrolToken,
+            agent_silent: true,
         }))
         .await
         .unwrap();

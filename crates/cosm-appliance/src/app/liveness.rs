@@ -21,6 +21,9 @@ pub struct Liveness {
     beats: Mutex<HashMap<MacAddr, Beat>>,
     pub heartbeat: Duration,
     pub missed_beats: u32,
+    /// When this appliance started watching (an agent unseen since counts as beating until
+    /// one lost window has passed: the appliance may just have restarted).
+    started: Instant,
 }
 
 impl Liveness {
@@ -29,6 +32,24 @@ impl Liveness {
             beats: Mutex::default(),
             heartbeat,
             missed_beats,
+            started: Instant::now(),
+        }
+    }
+
+    /// How long an agent may be silent before its machine is lost.
+    pub fn lost_window(&self) -> Duration {
+        self.heartbeat * self.missed_beats
+    }
+
+    /// Whether the machine's agent has been silent for the lost window (or was marked
+    /// lost). An agent not seen since the appliance started is silent only once a window
+    /// has passed since the start.
+    pub fn is_silent(&self, mac: MacAddr, now: Instant) -> bool {
+        let window = self.lost_window();
+        let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        match beats.get(&mac) {
+            Some(b) => b.lost || now.saturating_duration_since(b.last) > window,
+            None => now.saturating_duration_since(self.started) > window,
         }
     }
 
@@ -129,5 +150,26 @@ mod tests {
             "the next beat reports it was lost"
         );
         assert!(!l.beat(mac, Heartbeat::default()));
+    }
+
+    #[test]
+    fn silent_after_one_window_and_unseen_agents_only_after_one_since_start() {
+        let l = Liveness::new(Duration::from_millis(100), 3);
+        let (seen, unseen) = (
+            MacAddr::new([2, 0, 0, 0, 0, 1]),
+            MacAddr::new([2, 0, 0, 0, 0, 2]),
+        );
+        let start = Instant::now();
+        assert!(
+            !l.is_silent(unseen, start),
+            "just after a restart nobody is silent"
+        );
+        l.beat(seen, Heartbeat::default());
+        let now = Instant::now();
+        assert!(!l.is_silent(seen, now + Duration::from_millis(250)));
+        assert!(l.is_silent(seen, now + Duration::from_millis(350)));
+        assert!(l.is_silent(unseen, start + Duration::from_millis(350)));
+        l.beat(seen, Heartbeat::default());
+        assert!(!l.is_silent(seen, Instant::now()));
     }
 }

@@ -64,6 +64,10 @@ pub(super) fn transition(
     }
     m.state = to;
     m.state_since = tx.at;
+    if to == MachineState::Ready {
+        // A new install round: the install token of the last one stops working.
+        m.install_round += 1;
+    }
     tx.event(
         m.mac,
         EventKind::StateChanged,
@@ -117,6 +121,7 @@ pub(super) fn create(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, S
         updated_at: tx.at,
         state_since: tx.at,
         lost_from: None,
+        install_round: 0,
         desired_generation: 0,
         pending_actions: Vec::new(),
     };

@@ -30,7 +30,7 @@ pub mod rules;
 pub mod timeline;
 pub mod tokens;
 
-pub use agents::EnrollGate;
+pub use agents::{EnrolBy, EnrollGate};
 pub use command::{Command, Op, Outcome};
 pub use deploy::installable;
 pub use machines::{effective_state, WATCHED};
@@ -57,6 +57,9 @@ pub enum AppError {
     Upload(#[from] images::UploadError),
     #[error("{message}")]
     NotFound { message: String },
+    /// The caller's credential does not allow this.
+    #[error("{message}")]
+    Forbidden { message: String },
     /// Too many requests of this kind; try again after `retry_after_secs`.
     #[error("{message}")]
     RateLimited {
@@ -118,7 +121,9 @@ impl App {
     }
 
     /// An agent enrols: returns its machine and its new credential (shown only here).
-    pub async fn enroll(&self, body: Enroll) -> Result<(Machine, String), AppError> {
+    /// Whether it may replace the machine's current agent depends on `by` (see
+    /// [`agents::may_replace_agent`]).
+    pub async fn enroll(&self, body: Enroll, by: EnrolBy) -> Result<(Machine, String), AppError> {
         if self.store.machine(body.mac)?.is_none() {
             if let Err(retry_after_secs) = self.enroll_gate.take() {
                 tracing::warn!(mac = %body.mac, "enrolment of a new machine refused: rate limit");
@@ -137,6 +142,8 @@ impl App {
             inventory: body.inventory,
             credential_hash: tokens::hash_token(&credential),
             max_discovered: self.enroll_gate.limits.max_discovered,
+            by,
+            agent_silent: self.liveness.is_silent(body.mac, std::time::Instant::now()),
         };
         let machine = self.store.run_machine(op).await?;
         self.liveness.beat(machine.mac, Heartbeat::default());
@@ -174,14 +181,49 @@ impl App {
         self.store.run_machine(op).await
     }
 
-    /// The installer of `mac` fetches its kickstart: rendered, then the machine moves to
-    /// `deploying` (a refused move serves nothing).
-    pub async fn installer_kickstart(&self, mac: MacAddr) -> Result<String, AppError> {
+    /// The machine an install token is valid for now, if any (see [`tokens::InstallKey`]).
+    pub fn install_caller(&self, token: &str) -> Result<Option<MacAddr>, StoreError> {
+        let (Some(boot), Some(mac)) = (self.boot.as_ref(), tokens::install_token_mac(token)) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .machine(mac)?
+            .filter(|m| boot.install_key.accepts(m, token))
+            .map(|m| m.mac))
+    }
+
+    /// An operator lets a new agent enrol `mac` (its agent credentials are revoked).
+    pub async fn reregister(&self, mac: MacAddr, by: &str) -> Result<Machine, StoreError> {
+        let op = Op::Reregister {
+            mac,
+            by: by.to_string(),
+        };
+        self.store.run_machine(op).await
+    }
+
+    /// The installer of `mac` fetches its kickstart with the install token its boot script
+    /// gave it: rendered, then the machine moves to `deploying` (a refused move serves
+    /// nothing). Without that token nothing is served and nothing moves: the URL is open
+    /// to the whole provisioning network.
+    pub async fn installer_kickstart(
+        &self,
+        mac: MacAddr,
+        token: Option<&str>,
+    ) -> Result<String, AppError> {
         let boot = self.boot()?;
         let m = self.store.machine(mac)?.ok_or_else(|| AppError::NotFound {
             message: format!("no machine {mac}"),
         })?;
         installable(&m)?;
+        if !token.is_some_and(|t| boot.install_key.accepts(&m, t)) {
+            tracing::warn!(%mac, with_token = token.is_some(), "kickstart refused: no valid install token");
+            return Err(AppError::Forbidden {
+                message: format!(
+                    "the kickstart of {mac} needs its install token (?token=): the inst.ks= URL of its boot script carries it; a token of an earlier install round no longer works"
+                ),
+            });
+        }
         let text = boot.render_kickstart(&m)?;
         let release = boot.kickstart.release.name().to_string();
         let m = self

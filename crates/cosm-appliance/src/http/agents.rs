@@ -1,13 +1,14 @@
 //! The node agents' side of the API (`/api/v1/agent/`): enrolment, heartbeats, desired
 //! state, reports on actions, and the installer's report. Agents call with their own
-//! credential (scope `agent`, bound to their MAC); enrolment and the install report with
-//! the enrol token that boot scripts and kickstarts carry.
+//! credential (scope `agent`, bound to their MAC). Enrolment takes the enrol token (the
+//! ramdisk's kernel line), the machine's own credential, or its install token (the
+//! installed agent); the install report only the machine's install token.
 
-use super::auth::{agent_mac, allow, Access, Caller};
+use super::auth::{agent_mac, allow, allow_any, Access, Caller, Grant};
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::AppState;
-use crate::app::Op;
+use crate::app::{EnrolBy, Op};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -20,10 +21,13 @@ use cosm_wire::{
 pub(super) fn routes() -> Router<AppState> {
     use Access::*;
     Router::new()
-        .route("/api/v1/agent/enroll", allow(Enroll, post(agent_enroll)))
+        .route(
+            "/api/v1/agent/enroll",
+            allow_any(&[Enroll, Agent, Install], post(agent_enroll)),
+        )
         .route(
             "/api/v1/agent/install-report",
-            allow(Enroll, post(agent_install_report)),
+            allow(Install, post(agent_install_report)),
         )
         .route(
             "/api/v1/agent/heartbeat",
@@ -43,15 +47,30 @@ pub(super) struct InstallReport {
     pub message: String,
 }
 
+/// A credential bound to one machine (agent credential, install token) acts only for it.
+fn own_machine(caller: &Caller, mac: MacAddr) -> Result<(), ApiError> {
+    match caller.mac {
+        Some(own) if own != mac => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{} belongs to {own}, not {mac}", caller.name),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The installer's report: a deploying machine becomes `deployed` (ok) or `failed`, with
-/// the message (e.g. the installer's log tail) on its timeline. Needs an enrol token.
+/// the message (e.g. the installer's log tail) on its timeline. Needs the machine's
+/// install token (its kickstart carries it), which dies with the report.
 #[utoipa::path(post, path = "/api/v1/agent/install-report", tag = "agents", request_body = InstallReport,
     responses((status = 200, body = Machine), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn agent_install_report(
     State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
     ApiJson(body): ApiJson<InstallReport>,
 ) -> Result<Json<Machine>, ApiError> {
+    own_machine(&caller, body.mac)?;
     let op = Op::ReportInstall {
         mac: body.mac,
         ok: body.ok,
@@ -62,16 +81,27 @@ pub(super) async fn agent_install_report(
     Ok(Json(m))
 }
 
-/// An agent enrols with its inventory and receives its own credential.
+/// An agent enrols with its inventory and receives its own credential. A machine that
+/// already has an agent is enrolled again only with that agent's credential, its install
+/// token, an admin token, or — where it boots the ramdisk and its agent has missed its
+/// heartbeats — the enrol token; otherwise 409 `agent_enrolled`.
 #[utoipa::path(post, path = "/api/v1/agent/enroll", tag = "agents", request_body = Enroll,
-    responses((status = 200, body = Enrolled), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = Enrolled), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn agent_enroll(
     State(state): State<AppState>,
     caller: axum::Extension<Caller>,
     ApiJson(body): ApiJson<Enroll>,
 ) -> Result<Json<Enrolled>, ApiError> {
-    let (machine, credential) = state.app.enroll(body).await?;
+    let by = match caller.grant {
+        Grant::Token(cosm_wire::Scope::Admin) => EnrolBy::Operator,
+        Grant::Token(cosm_wire::Scope::Enroll) => EnrolBy::EnrolToken,
+        _ => {
+            own_machine(&caller, body.mac)?;
+            EnrolBy::Itself
+        }
+    };
+    let (machine, credential) = state.app.enroll(body, by).await?;
     tracing::info!(caller = %caller.name, mac = %machine.mac, state = %machine.state, "agent enrolled");
     Ok(Json(Enrolled {
         machine,

@@ -1,7 +1,8 @@
 //! Who may call what. The `authenticate` layer (on every `/api/v1` route but the OpenAPI
 //! document) finds the bearer token and puts the [`Caller`] into the request; each route
-//! declares the [`Access`] it needs where it is routed, with [`allow`], and a token's
-//! [`Scope`] grants some of them.
+//! declares the [`Access`] it needs where it is routed, with [`allow`] (or [`allow_any`]),
+//! and a token's [`Scope`] grants some of them. A machine's install token (derived, not
+//! stored: see `app::tokens`) is a caller too, with its own [`Grant`].
 
 use super::error::ApiError;
 use super::AppState;
@@ -20,11 +21,22 @@ pub enum Access {
     Read,
     /// Changing anything, and tokens (admin tokens).
     Admin,
-    /// Enrolling a machine and reporting an install (enrol tokens, which boot scripts and
-    /// kickstarts carry; admin tokens).
+    /// Enrolling a machine (enrol tokens, which the ramdisk's kernel line carries; admin
+    /// tokens).
     Enroll,
     /// A machine's agent about itself (its own credential; admin tokens).
     Agent,
+    /// A machine's installer: its kickstart's calls (its install token; admin tokens).
+    Install,
+}
+
+/// What a caller's credential is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// An API token or an agent credential, of this scope.
+    Token(Scope),
+    /// A machine's install token, good for that machine's install round only.
+    Install,
 }
 
 /// Whether a token of `scope` may call a route that needs `access`.
@@ -37,24 +49,44 @@ pub fn grants(scope: Scope, access: Access) -> bool {
     }
 }
 
+/// Whether a caller holding `grant` may call a route that needs `access`.
+pub(super) fn grant_allows(grant: Grant, access: Access) -> bool {
+    match grant {
+        Grant::Token(scope) => grants(scope, access),
+        Grant::Install => access == Access::Install,
+    }
+}
+
 /// Who made a request: put in the request by the auth layer, used in audit log lines.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The stored token's id; 0 for an install token (not stored).
     pub token_id: u64,
     pub name: String,
-    pub scope: Scope,
-    /// The machine an agent credential belongs to.
+    pub grant: Grant,
+    /// The machine an agent credential or install token belongs to.
     pub mac: Option<MacAddr>,
 }
 
 /// A route's methods, callable only by tokens that grant `access`.
 pub(super) fn allow(access: Access, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     route.route_layer(middleware::from_fn(move |req: Request, next: Next| {
-        check(access, req, next)
+        check(std::slice::from_ref(&access).to_vec(), req, next)
     }))
 }
 
-async fn check(access: Access, req: Request, next: Next) -> Response {
+/// A route's methods, callable by tokens that grant any of `accesses` (the handler then
+/// decides what each caller may do, e.g. only about its own machine).
+pub(super) fn allow_any(
+    accesses: &'static [Access],
+    route: MethodRouter<AppState>,
+) -> MethodRouter<AppState> {
+    route.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+        check(accesses.to_vec(), req, next)
+    }))
+}
+
+async fn check(accesses: Vec<Access>, req: Request, next: Next) -> Response {
     let Some(caller) = req.extensions().get::<Caller>() else {
         // `allow` is only used under the authenticate layer; a route outside it is a bug,
         // and refusing is the safe answer.
@@ -69,14 +101,17 @@ async fn check(access: Access, req: Request, next: Next) -> Response {
         )
         .into_response();
     };
-    if !grants(caller.scope, access) {
+    if !accesses.iter().any(|a| grant_allows(caller.grant, *a)) {
+        let what = match caller.grant {
+            Grant::Token(scope) => format!("scope {scope:?}"),
+            Grant::Install => "only the calls of its machine's installer".to_string(),
+        };
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "token {:?} has scope {:?}, which does not allow {} {}",
+                "token {:?} has {what}, which does not allow {} {}",
                 caller.name,
-                caller.scope,
                 req.method(),
                 req.uri().path()
             ),
@@ -106,6 +141,26 @@ pub(super) async fn authenticate(
         )
         .into_response();
     };
+    if token.starts_with(tokens::INSTALL_PREFIX) {
+        return match state.app.install_caller(token) {
+            Ok(Some(mac)) => {
+                req.extensions_mut().insert(Caller {
+                    token_id: 0,
+                    name: format!("install token of {mac}"),
+                    grant: Grant::Install,
+                    mac: Some(mac),
+                });
+                next.run(req).await
+            }
+            Ok(None) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this install token is not (or no longer) valid: an install token works while its machine is ready or deploying, for one install round; the machine's boot script carries the current one",
+            )
+            .into_response(),
+            Err(e) => ApiError::from(e).into_response(),
+        };
+    }
     let record = match state.app.store.token_by_hash(&tokens::hash_token(token)) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -121,13 +176,20 @@ pub(super) async fn authenticate(
     req.extensions_mut().insert(Caller {
         token_id: record.info.id,
         name: record.info.name,
-        scope: record.info.scope,
+        grant: Grant::Token(record.info.scope),
         mac: record.info.mac,
     });
     next.run(req).await
 }
 
 pub(super) fn agent_mac(caller: &Caller) -> Result<MacAddr, ApiError> {
+    if caller.grant == Grant::Install {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "an install token cannot call this endpoint: only a machine's agent credential can",
+        ));
+    }
     caller.mac.ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -159,5 +221,18 @@ mod tests {
             [Read, Admin, Enroll, Agent].map(|a| grants(Scope::Agent, a)),
             [false, false, false, true]
         );
+    }
+
+    #[test]
+    fn an_install_token_grants_only_the_installer_calls() {
+        use Access::*;
+        assert_eq!(
+            [Read, Admin, Enroll, Agent, Install].map(|a| grant_allows(Grant::Install, a)),
+            [false, false, false, false, true]
+        );
+        for scope in [Scope::Read, Scope::Enroll, Scope::Agent] {
+            assert!(!grant_allows(Grant::Token(scope), Install), "{scope:?}");
+        }
+        assert!(grant_allows(Grant::Token(Scope::Admin), Install));
     }
 }

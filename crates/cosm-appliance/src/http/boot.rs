@@ -3,7 +3,8 @@
 //!
 //! - `GET /boot/ipxe?mac=…&arch=bios|uefi`: the machine's script, from its state;
 //! - `GET /boot/report?mac=…&step=…`: a script reports the step it gave up at;
-//! - `GET /boot/ks/{mac}`: a ready machine's kickstart (→ deploying);
+//! - `GET /boot/ks/{mac}?token=…`: a ready machine's kickstart (→ deploying), only with
+//!   its install token;
 //! - `GET|HEAD /boot/images/<name>`: installer kernels and initrds from the repository;
 //! - `GET|HEAD /boot/<file>`: files of the boot directory, with Range support.
 //!
@@ -232,14 +233,24 @@ async fn boot_file(
     Ok(resp.map(axum::body::Body::new))
 }
 
-/// The kickstart of a `ready` or `deploying` machine, for its installer. Fetching it moves
-/// a `ready` machine to `deploying`.
+#[derive(Debug, Deserialize)]
+struct KickstartQuery {
+    token: Option<String>,
+}
+
+/// The kickstart of a `ready` or `deploying` machine, for its installer, with the install
+/// token its boot script put in the URL (403 without). Fetching it moves a `ready` machine
+/// to `deploying`.
 async fn boot_kickstart(
     State(state): State<AppState>,
     axum::extract::Path(mac): axum::extract::Path<String>,
+    Query(q): Query<KickstartQuery>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(Some(&mac))?;
-    let text = state.app.installer_kickstart(mac).await?;
+    let text = state
+        .app
+        .installer_kickstart(mac, q.token.as_deref())
+        .await?;
     tracing::info!(%mac, "kickstart served");
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

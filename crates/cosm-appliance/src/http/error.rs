@@ -95,6 +95,9 @@ impl From<AppError> for ApiError {
             AppError::NotFound { message } => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
             }
+            AppError::Forbidden { message } => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
             AppError::Unprocessable { code, message } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }

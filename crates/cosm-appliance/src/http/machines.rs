@@ -46,12 +46,16 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route(
             "/api/v1/machines/{mac}/kickstart",
-            // A kickstart carries the enrol token, the root password hash and SSH keys.
+            // A kickstart carries the install token, the root password hash and SSH keys.
             allow(Admin, get(machine_kickstart)),
         )
         .route(
             "/api/v1/machines/{mac}/redeploy",
             allow(Admin, post(redeploy_machine)),
+        )
+        .route(
+            "/api/v1/machines/{mac}/reregister",
+            allow(Admin, post(reregister_machine)),
         )
 }
 
@@ -227,6 +231,25 @@ pub(super) async fn redeploy_machine(
     let mac = parse_mac(&mac)?;
     let m = state.app.redeploy(mac, &caller.name).await?;
     tracing::info!(caller = %caller.name, %mac, "redeploy requested");
+    Ok(Json(m))
+}
+
+/// Let a new agent enrol the machine (a replaced disk, a reinstalled OS, a credential
+/// lost): its agent credentials are revoked, and the next enrolment with the enrol token
+/// gets the machine. Without this, a machine that has an agent is enrolled again only
+/// with that agent's credential or its install token.
+#[utoipa::path(post, path = "/api/v1/machines/{mac}/reregister", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn reregister_machine(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(mac): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let m = state.app.reregister(mac, &caller.name).await?;
+    tracing::info!(caller = %caller.name, %mac, "re-registration allowed: agent credentials revoked");
     Ok(Json(m))
 }
 

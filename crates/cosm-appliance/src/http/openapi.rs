@@ -31,7 +31,7 @@ impl utoipa::Modify for BearerAuth {
         machines::queue_action, agents::agent_enroll, agents::agent_heartbeat,
         agents::agent_desired, agents::agent_observed,
         catalog::list_tokens, catalog::create_token, catalog::delete_token,
-        machines::machine_kickstart, machines::redeploy_machine, agents::agent_install_report,
+        machines::machine_kickstart, machines::redeploy_machine, machines::reregister_machine, agents::agent_install_report,
         images::list_images, images::show_image, images::upload_image,
         images::delete_image, images::download_image,
     ),

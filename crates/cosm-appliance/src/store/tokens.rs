@@ -68,6 +68,13 @@ impl Tx<'_> {
         Ok(stale.len())
     }
 
+    /// Whether an agent credential is bound to this MAC.
+    pub fn has_agent_credential(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        Ok(!self
+            .tokens_where(|info| info.scope == Scope::Agent && info.mac == Some(mac))?
+            .is_empty())
+    }
+
     /// The hashes of the tokens whose info matches.
     fn tokens_where(&self, f: impl Fn(&TokenInfo) -> bool) -> Result<Vec<String>, StoreError> {
         let t = self.txn.open_table(TOKENS)?;

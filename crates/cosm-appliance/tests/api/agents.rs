@@ -132,10 +132,11 @@ async fn agent_enrolment_credentials_and_desired_state() {
         "{text}"
     );
 
-    // Enrolling again replaces the credential: the old one stops working.
+    // Enrolling again (with the agent's own credential: the public enrol token may not
+    // replace a heartbeating agent) replaces the credential: the old one stops working.
     let (_, again) = app
         .call_as(
-            Some(&enroll_tok),
+            Some(&cred),
             "POST",
             "/api/v1/agent/enroll",
             Some(json!({"mac": "52:54:00:00:00:42", "inventory": inventory})),
@@ -209,6 +210,127 @@ async fn deleting_a_machine_revokes_its_agent_credential() {
         !tokens.as_array().unwrap().iter().any(|t| t["mac"] == mac),
         "{tokens}"
     );
+}
+
+/// Hardening (issue 11, item 5, first half): the enrol token is on every ramdisk kernel
+/// line, so anyone on the provisioning network has it. With it alone they replaced any
+/// machine's agent: its inventory, and a credential that took the real agent's place.
+/// Now a machine that has an agent is enrolled again only by that agent's credential, an
+/// operator (reregister, or an admin token), or — where the machine boots the ramdisk and
+/// its agent missed its heartbeats — the enrol token.
+#[tokio::test]
+async fn the_enrol_token_cannot_take_over_a_machine_that_has_an_agent() {
+    // A lost window of one second, so a silent agent is seen as silent quickly.
+    let app = TestApp::with(64 * 1024, "heartbeat_secs = 1\nmissed_beats = 1").await;
+    let (_, t) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ramdisk", "scope": "enroll"})),
+        )
+        .await;
+    let enroll_tok = t["token"].as_str().unwrap().to_string();
+    let enrol = |token: String, mac: &'static str, cpus: u32| {
+        let app = &app;
+        async move {
+            let body = json!({"mac": mac, "inventory": {"cpu": {"model": "x", "sockets": 1, "cores": cpus, "threads": cpus}, "memory_bytes": 1}});
+            app.call_as(Some(&token), "POST", "/api/v1/agent/enroll", Some(body))
+                .await
+        }
+    };
+    let beat = |cred: String| {
+        let app = &app;
+        async move {
+            app.call_as(
+                Some(&cred),
+                "POST",
+                "/api/v1/agent/heartbeat",
+                Some(json!({})),
+            )
+            .await
+            .0
+        }
+    };
+    let mac = "52:54:00:00:a1:01";
+    let (s, first) = enrol(enroll_tok.clone(), mac, 2).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let cred = first["credential"].as_str().unwrap().to_string();
+    assert_eq!(beat(cred.clone()).await, StatusCode::OK);
+
+    // The attacker's enrolment: refused, the real agent keeps working, nothing replaced.
+    let (s, e) = enrol(enroll_tok.clone(), mac, 64).await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (StatusCode::CONFLICT, Some("agent_enrolled")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("reregister"), "{e}");
+    assert_eq!(beat(cred.clone()).await, StatusCode::OK);
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["inventory"]["cpu"]["cores"], 2, "{m}");
+
+    // The agent itself may enrol again (a fresh inventory), with its own credential.
+    let (s, again) = enrol(cred.clone(), mac, 4).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    let cred2 = again["credential"].as_str().unwrap().to_string();
+    assert_eq!(beat(cred.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(beat(cred2.clone()).await, StatusCode::OK);
+
+    // An operator lets a new agent in: the credential is revoked, the enrol token works.
+    let (s, v) = app
+        .call_as(
+            Some(&app.read_token().await),
+            "POST",
+            &format!("/api/v1/machines/{mac}/reregister"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app
+        .call("POST", &format!("/api/v1/machines/{mac}/reregister"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(beat(cred2.clone()).await, StatusCode::UNAUTHORIZED);
+    let (s, v) = enrol(enroll_tok.clone(), mac, 8).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // A discovered machine boots the ramdisk, which enrols at every boot with the enrol
+    // token: once its old agent has missed its heartbeats, the new one is let in.
+    let ramdisk = "52:54:00:00:a1:02";
+    let (s, v) = enrol(enroll_tok.clone(), ramdisk, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = enrol(enroll_tok.clone(), ramdisk, 1).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (s, v) = enrol(enroll_tok.clone(), ramdisk, 1).await;
+    assert_eq!(s, StatusCode::OK, "after the lost window: {v}");
+
+    // A deployed machine boots from its disk, where its agent keeps its credential: the
+    // enrol token never replaces that agent, silent or not; an admin still may.
+    let deployed = "52:54:00:00:a1:03";
+    let (s, v) = enrol(enroll_tok.clone(), deployed, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app
+        .call(
+            "PUT",
+            &format!("/api/v1/machines/{deployed}/role"),
+            Some(json!({"role": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    walk(&app, deployed, &["deploying", "deployed"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (s, e) = enrol(enroll_tok.clone(), deployed, 1).await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (StatusCode::CONFLICT, Some("agent_enrolled")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("deployed"), "{e}");
+    let (s, v) = enrol(app.admin.clone(), deployed, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }
 
 /// Enrols `mac` with a small inventory and the admin token.

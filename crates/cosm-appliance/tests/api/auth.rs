@@ -142,7 +142,21 @@ async fn each_scope_reaches_only_the_routes_that_grant_it() {
         .call_as(Some(&agent), "POST", "/api/v1/agent/heartbeat", Some(beat))
         .await;
     assert_eq!(s, StatusCode::OK, "an agent heartbeats: {v}");
+    // An agent credential enrols only its own machine again (issue 11, item 5: enrolling
+    // a machine that has an agent needs that agent's credential), never another one.
     let (s, _) = app
+        .call_as(
+            Some(&agent),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": "52:54:00:00:a0:09", "inventory": inventory})),
+        )
+        .await;
+    assert!(
+        denied(s),
+        "an agent credential may not enrol another machine"
+    );
+    let (s, v) = app
         .call_as(
             Some(&agent),
             "POST",
@@ -150,7 +164,12 @@ async fn each_scope_reaches_only_the_routes_that_grant_it() {
             Some(json!({"mac": mac, "inventory": inventory})),
         )
         .await;
-    assert!(denied(s), "an agent credential may not enrol");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "an agent enrols its own machine again: {v}"
+    );
+    let agent = v["credential"].as_str().unwrap().to_string();
     let (s, _) = app
         .call_as(Some(&agent), "GET", "/api/v1/machines", None)
         .await;

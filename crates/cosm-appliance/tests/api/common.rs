@@ -43,13 +43,18 @@ impl TestApp {
             std::fs::write(src.join(f), format!("contents of {f}")).unwrap();
         }
         std::fs::write(src.join("vmlinuz"), (0..=255u8).collect::<Vec<u8>>()).unwrap();
+        // The heartbeat keys, unless the caller sets them.
+        let beats = if agents.contains("heartbeat_secs") {
+            ""
+        } else {
+            "heartbeat_secs = 5\nmissed_beats = 3"
+        };
         let text = format!(
             r#"data_dir = "."
 [api]
 max_body_bytes = {max_body_bytes}
 [agents]
-heartbeat_secs = 5
-missed_beats = 3
+{beats}
 {agents}
 [boot]
 dir = "boot"
@@ -174,6 +179,19 @@ pub(crate) async fn walk(app: &TestApp, mac: &str, states: &[&str]) {
             .await;
         assert_eq!(s, StatusCode::OK, "{to}: {v}");
     }
+}
+
+/// Uploads a small stand-in for an image (e.g. the installer kernel).
+pub(crate) async fn upload_image(app: &TestApp, name: &str, data: &[u8]) {
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("/api/v1/images/{name}?sha256={}", sha256_hex(data)))
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.admin))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(data.to_vec()))
+        .unwrap();
+    let (s, _, body) = app.raw(req).await;
+    assert!(s.is_success(), "{s}: {}", String::from_utf8_lossy(&body));
 }
 
 pub(crate) async fn get_text(

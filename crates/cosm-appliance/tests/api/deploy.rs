@@ -30,20 +30,18 @@ async fn kickstart_and_install_reports_drive_ready_deploying_deployed() {
             && ks.contains("url --url=http://192.0.2.1:8080/repo/rocky-9/"),
         "{ks}"
     );
+    // The report needs the install token from the kickstart, which the kickstart URL
+    // carries too; without it the kickstart is not served and nothing moves.
+    let token = install_token(&ks);
+    let (s, _, _) = get_text(&app, &format!("/boot/ks/{mac}"), &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     // The installer's fetch moves it to deploying.
-    let (s, _, served) = get_text(&app, &format!("/boot/ks/{mac}"), &[]).await;
+    let (s, _, served) = get_text(&app, &format!("/boot/ks/{mac}?token={token}"), &[]).await;
     assert_eq!((s, served == ks), (StatusCode::OK, true));
     let (_, m) = app
         .call("GET", &format!("/api/v1/machines/{mac}"), None)
         .await;
     assert_eq!(m["state"], "deploying");
-    // The report needs the enrol token from the kickstart.
-    let token = ks
-        .lines()
-        .find_map(|l| l.strip_prefix("token='"))
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_string();
     let report =
         json!({"mac": mac, "ok": false, "message": "installer failed: no space left on device"});
     let (s, _) = app
@@ -87,7 +85,17 @@ async fn kickstart_and_install_reports_drive_ready_deploying_deployed() {
         (StatusCode::OK, Some("ready")),
         "{m}"
     );
-    let (s, _, _) = get_text(&app, &format!("/boot/ks/{mac}"), &[]).await;
+    // A new install round: a new token; the old one no longer fetches the kickstart.
+    let (_, _, ks) = get_text(
+        &app,
+        &format!("/api/v1/machines/{mac}/kickstart"),
+        &[("authorization", &format!("Bearer {}", app.admin))],
+    )
+    .await;
+    let (s, _, _) = get_text(&app, &format!("/boot/ks/{mac}?token={token}"), &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let token = install_token(&ks);
+    let (s, _, _) = get_text(&app, &format!("/boot/ks/{mac}?token={token}"), &[]).await;
     assert_eq!(s, StatusCode::OK);
     let ok = json!({"mac": mac, "ok": true, "message": "kickstart %post finished"});
     let (s, m) = app
@@ -103,14 +111,19 @@ async fn kickstart_and_install_reports_drive_ready_deploying_deployed() {
         (StatusCode::OK, Some("deployed")),
         "{m}"
     );
-    // A second report is refused: nothing is being installed.
+    // A second report is refused: the install token died with the first, and nothing is
+    // being installed.
     let (s, _) = app
         .call_as(
             Some(&token),
             "POST",
             "/api/v1/agent/install-report",
-            Some(ok),
+            Some(ok.clone()),
         )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = app
+        .call("POST", "/api/v1/agent/install-report", Some(ok))
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     // Without installer images in the repository a ready machine still boots (the ramdisk)
@@ -127,6 +140,207 @@ async fn kickstart_and_install_reports_drive_ready_deploying_deployed() {
     // Boot events are recorded in the background: wait for them, as boot_events does.
     let ev = boot_events(&app, other, 2).await;
     assert!(ev.iter().any(|m| m.contains("rocky-9-vmlinuz")), "{ev:?}");
+}
+
+/// The install token a kickstart carries (`token='…'` in its %post).
+fn install_token(ks: &str) -> String {
+    ks.lines()
+        .find_map(|l| l.strip_prefix("token='"))
+        .expect("the kickstart carries a token")
+        .trim_end_matches('\'')
+        .to_string()
+}
+
+/// The `inst.ks=` URL of a machine's boot script, as a path on the appliance.
+async fn kickstart_url(app: &TestApp, mac: &str) -> String {
+    let (s, _, script) = get_text(app, &format!("/boot/ipxe?mac={mac}&arch=uefi"), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{script}");
+    let url = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inst.ks="))
+        .unwrap_or_else(|| panic!("no inst.ks= in the script of {mac}: {script}"));
+    url.strip_prefix("http://192.0.2.1:8080")
+        .unwrap()
+        .to_string()
+}
+
+/// Hardening (issue 11, item 6): with the enrol token (public: on every kernel line)
+/// anyone could report the install of any deploying machine, and the tokenless
+/// `GET /boot/ks/MAC` moved any ready machine to deploying. Each install round now has a
+/// per-machine install token, only in that machine's boot script and kickstart; the
+/// kickstart, the report and the installed agent's enrolment need it, and it dies with the
+/// report.
+#[tokio::test]
+async fn each_install_needs_its_machines_single_use_install_token() {
+    let app = TestApp::new().await;
+    upload_image(&app, "rocky-9-vmlinuz", b"installer kernel").await;
+    upload_image(&app, "rocky-9-initrd.img", b"installer initrd").await;
+    let (a, b) = ("52:54:00:00:c6:0a", "52:54:00:00:c6:0b");
+    for mac in [a, b] {
+        let (s, v) = app
+            .call(
+                "POST",
+                "/api/v1/machines",
+                Some(json!({"mac": mac, "role": "web"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let (_, t) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ramdisk", "scope": "enroll"})),
+        )
+        .await;
+    let enroll_tok = t["token"].as_str().unwrap().to_string();
+    // Machine a's ramdisk agent enrolled and is heartbeating.
+    let inventory =
+        json!({"cpu": {"model": "x", "sockets": 1, "cores": 1, "threads": 1}, "memory_bytes": 1});
+    let (s, v) = app
+        .call_as(
+            Some(&enroll_tok),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": a, "inventory": inventory})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Nothing without a token, or with the enrol token: not served, not moved.
+    for q in ["".to_string(), format!("?token={enroll_tok}")] {
+        let (s, _, body) = get_text(&app, &format!("/boot/ks/{a}{q}"), &[]).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{q}: {body}");
+        assert!(body.contains("install token"), "{body}");
+    }
+    let url_a = kickstart_url(&app, a).await;
+    let url_b = kickstart_url(&app, b).await;
+    let token_a = url_a.split("token=").nth(1).unwrap().to_string();
+    let token_b = url_b.split("token=").nth(1).unwrap().to_string();
+    assert_ne!(token_a, token_b);
+    // b's token does not fetch a's kickstart.
+    let (s, _, _) = get_text(&app, &format!("/boot/ks/{a}?token={token_b}"), &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{a}"), None)
+        .await;
+    assert_eq!(m["state"], "ready", "nothing moved it");
+    // a's own URL: served (with the same token inside), and a is deploying.
+    let (s, _, ks) = get_text(&app, &url_a, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{ks}");
+    assert_eq!(install_token(&ks), token_a);
+    assert!(
+        !ks.contains(&enroll_tok),
+        "the kickstart carries the enrol token"
+    );
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{a}"), None)
+        .await;
+    assert_eq!(m["state"], "deploying");
+
+    // The install token is good for a's installer calls only.
+    for (token, path) in [
+        (&token_a, "/api/v1/machines"),
+        (&token_a, "/api/v1/agent/desired"),
+    ] {
+        let (s, v) = app.call_as(Some(token), "GET", path, None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {v}");
+    }
+    let report = |mac: &str, ok: bool| json!({"mac": mac, "ok": ok, "message": "forged"});
+    for (token, body) in [
+        (&enroll_tok, report(a, false)),
+        (&token_b, report(a, false)),
+        (&token_a, report(b, false)),
+    ] {
+        let (s, v) = app
+            .call_as(
+                Some(token),
+                "POST",
+                "/api/v1/agent/install-report",
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    }
+    // The installed agent enrols with it, replacing the ramdisk's agent (which the enrol
+    // token could not: it is heartbeating), and b's token cannot enrol a.
+    let enrol = json!({"mac": a, "inventory": inventory});
+    let (s, v) = app
+        .call_as(
+            Some(&enroll_tok),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(enrol.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = app
+        .call_as(
+            Some(&token_b),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(enrol.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app
+        .call_as(Some(&token_a), "POST", "/api/v1/agent/enroll", Some(enrol))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The report, once.
+    let ok = json!({"mac": a, "ok": true, "message": "kickstart %post finished"});
+    let (s, m) = app
+        .call_as(
+            Some(&token_a),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(ok.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str()),
+        (StatusCode::OK, Some("deployed")),
+        "{m}"
+    );
+    let (s, _) = app
+        .call_as(
+            Some(&token_a),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(ok),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Redeployed: a new round, a new token; the old one fetches nothing.
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/machines/{a}/redeploy"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = get_text(&app, &url_a, &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let new_url = kickstart_url(&app, a).await;
+    assert_ne!(new_url, url_a);
+    let (s, _, _) = get_text(&app, &new_url, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    // Deleted and registered anew: the token of its earlier life does not work.
+    let (s, _) = app
+        .call("DELETE", &format!("/api/v1/machines/{b}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": b, "role": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, _) = get_text(&app, &url_b, &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
 }
 
 /// A machine with a role, moved to `state` through the API.
