@@ -8,7 +8,7 @@ use crate::config::DhcpSettings;
 use crate::store::StoreError;
 use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink};
 use cosm_netboot::dhcp::{Host, Hosts};
-use cosm_wire::{CreateMachine, EventKind, Lease, MacAddr};
+use cosm_wire::{EventKind, Lease, MacAddr};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -18,8 +18,10 @@ struct StoreSink {
     store: Store,
     hosts: watch::Receiver<Arc<Hosts>>,
     timeline: Arc<Timeline>,
-    /// Machines this sink recorded, until the hosts list has them.
-    created: Mutex<HashSet<MacAddr>>,
+    /// Machines this sink is recording, until the hosts list has them.
+    created: Arc<Mutex<HashSet<MacAddr>>>,
+    /// At most this many machines known to DHCP alone (`dhcp.max_unknown_leases`).
+    max_dhcp_only: usize,
 }
 
 impl LeaseSink for StoreSink {
@@ -45,41 +47,42 @@ impl LeaseSink for StoreSink {
         }
         {
             let mut created = self.lock_created();
-            if !created.insert(mac) {
+            if created.contains(&mac) {
                 return false;
             }
-            if created.len() > 10_000 {
-                // Old entries are in the hosts list by now.
-                created.clear();
-                created.insert(mac);
+            // Machines DHCP alone recorded are capped like the addresses unknown MACs hold:
+            // otherwise random MACs that look like PXE firmware fill the store.
+            let held = self.hosts.borrow().dhcp_only() + created.len();
+            if held >= self.max_dhcp_only {
+                tracing::debug!(%mac, held, "new network-booting MAC not recorded: dhcp.max_unknown_leases machines are known to DHCP alone");
+                return false;
             }
+            created.insert(mac);
         }
         tracing::info!(%mac, how, "new machine network-booting; recorded as discovered");
         let store = self.store.clone();
-        let message = step.to_string();
+        let step = step.to_string();
+        let hosts = self.hosts.clone();
+        let created = self.created.clone();
         tokio::spawn(async move {
-            let op = Op::CreateMachine(CreateMachine {
-                mac,
-                hostname: None,
-                role: None,
-                reserved_ip: None,
-                inventory: None,
-            });
-            match store.run(op).await {
+            match store.run(Op::DhcpDiscovered { mac, step }).await {
                 Ok(_) | Err(StoreError::Conflict { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, %mac, "cannot record a new machine");
-                    return;
+                Err(e) => tracing::warn!(error = %e, %mac, "cannot record a new machine"),
+            }
+            // Pending until the hosts list has it (it is reloaded after the commit).
+            let mut hosts = hosts;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !hosts.borrow_and_update().is_known(&mac) {
+                    if hosts.changed().await.is_err() {
+                        break;
+                    }
                 }
-            }
-            let step = Op::RecordEvent {
-                mac,
-                kind: EventKind::Dhcp,
-                message,
-            };
-            if let Err(e) = store.run(step).await {
-                tracing::warn!(error = %e, %mac, "cannot record a DHCP event");
-            }
+            })
+            .await;
+            created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&mac);
         });
         true
     }
@@ -97,6 +100,7 @@ fn hosts_of(store: &Store) -> Hosts {
             (
                 m.mac,
                 Host {
+                    dhcp_only: crate::app::dhcp_only(&m),
                     reserved_ip: m.reserved_ip,
                     hostname: m.hostname,
                 },
@@ -105,6 +109,34 @@ fn hosts_of(store: &Store) -> Hosts {
         Err(e) => {
             tracing::error!(error = %e, "cannot read machines for DHCP; serving with none known");
             Hosts::default()
+        }
+    }
+}
+
+/// Deletes machines DHCP alone knows once they are `expiry` old, checking every
+/// `expiry / 4` (at least a second, at most a minute); runs until aborted.
+async fn expire_dhcp_only(store: Store, expiry: std::time::Duration) {
+    let tick = (expiry / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        interval.tick().await;
+        let cutoff = cosm_wire::Timestamp::from_millis(
+            cosm_wire::Timestamp::now()
+                .as_millis()
+                .saturating_sub(expiry.as_millis() as u64),
+        );
+        match store.run(Op::ExpireDhcpOnly { cutoff }).await {
+            Ok(crate::app::Outcome::Removed(0)) => {}
+            Ok(crate::app::Outcome::Removed(n)) => tracing::info!(
+                machines = n,
+                expiry_secs = expiry.as_secs(),
+                "expired machines DHCP alone had recorded (never registered or enrolled)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot expire machines DHCP alone recorded"),
         }
     }
 }
@@ -136,11 +168,15 @@ pub async fn start(
             }
         }
     });
+    if let Some(expiry) = settings.discovered_expiry {
+        tokio::spawn(expire_dhcp_only(store.clone(), expiry));
+    }
     let sink = Arc::new(StoreSink {
         store,
         hosts: hosts_rx.clone(),
         timeline,
-        created: Mutex::default(),
+        created: Arc::default(),
+        max_dhcp_only: settings.core.max_unknown_leases,
     });
     let n = leases.len();
     let mode = settings.core.mode;

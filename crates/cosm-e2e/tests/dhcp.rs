@@ -362,3 +362,108 @@ fn a_machine_created_by_enrolment_is_served_at_once_when_unknown_macs_are_ignore
     let leases = app.api(&format!("/api/v1/leases?mac={mac}")).unwrap();
     assert_eq!(leases[0]["ip"], bound["ip"].as_str(), "{leases}");
 }
+
+/// Sends `n` PXE DISCOVERs from random MACs (02:fe:…) out of `iface` of `ns`, as a host
+/// on the provisioning network can: the vendor class and architecture of BIOS PXE ROMs.
+fn forge_pxe_discovers(ns: &NetNs, iface: &str, n: usize) {
+    let script = r#"
+import random, socket, struct, sys, time
+iface, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, 25, iface.encode())  # SO_BINDTODEVICE
+s.bind(("0.0.0.0", 68))
+for _ in range(n):
+    mac = bytes([0x02, 0xFE]) + random.randbytes(4)
+    head = struct.pack("!BBBBIHH16s16s64s128s", 1, 1, 6, 0, random.getrandbits(32), 0, 0x8000,
+                       bytes(16), mac + bytes(10), bytes(64), bytes(128))
+    vendor = b"PXEClient:Arch:00000:UNDI:002001"
+    opts = b"\x63\x82\x53\x63\x35\x01\x01" + bytes([60, len(vendor)]) + vendor + b"\x5d\x02\x00\x00\xff"
+    s.sendto(head + opts, ("255.255.255.255", 67))
+    time.sleep(0.02)
+"#;
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", script, iface, &n.to_string()]);
+    ns.run_ok(cmd).unwrap();
+}
+
+/// The machines whose MAC starts with 02:fe (the forged ones).
+fn forged_machines(app: &Appliance) -> Vec<serde_json::Value> {
+    let all = app.api("/api/v1/machines").unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["mac"].as_str().unwrap().starts_with("02:fe:"))
+        .cloned()
+        .collect()
+}
+
+/// Hardening (issue 11, item 2): PXE DISCOVERs from 800 random MACs created 800
+/// `discovered` machines and took the whole pool, because a machine DHCP had recorded
+/// counted as known. Now such machines count against `max_unknown_leases`, only a client
+/// that is offered an address is recorded, the records expire, and a registered machine
+/// still gets its address.
+#[test]
+fn forged_pxe_discovers_are_capped_expire_and_leave_registered_machines_served() {
+    require_root_tools(&["ip", "dhclient", "curl", "python3"]);
+    let (srv, cli, s_if, c_if) = segment("dfs", "dfc");
+    let mut cat = cli.command("cat");
+    cat.arg(format!("/sys/class/net/{c_if}/address"));
+    let mac = cli.run_ok(cat).unwrap().trim().to_string();
+    let config = dhcp_config_with(&s_if, "max_unknown_leases = 5\ndiscovered_expiry_secs = 3");
+    let app = Appliance::start_with(Some(srv.name()), &config).unwrap();
+    post(&app, "/api/v1/machines", &serde_json::json!({"mac": mac}));
+
+    // The forger needs an address to send from; the real client starts without one.
+    let mut add = cli.command("ip");
+    add.args(["addr", "add", "192.0.2.77/24", "dev", &c_if]);
+    cli.run_ok(add).unwrap();
+    forge_pxe_discovers(&cli, &c_if, 60);
+    let mut flush = cli.command("ip");
+    flush.args(["addr", "flush", "dev", &c_if]);
+    cli.run_ok(flush).unwrap();
+    // Records are written in the background: wait until the count settles.
+    let mut recorded = Vec::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        recorded = forged_machines(&app);
+        if !recorded.is_empty() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let recorded_now = forged_machines(&app);
+    assert!(
+        !recorded.is_empty() && recorded_now.len() <= 5,
+        "60 forged DISCOVERs with max_unknown_leases = 5 recorded {} machines",
+        recorded_now.len()
+    );
+    assert!(
+        recorded_now
+            .iter()
+            .all(|m| m["discovered_by_dhcp"] == true && m["state"] == "discovered"),
+        "{recorded_now:?}"
+    );
+
+    // The registered machine is served.
+    let dir = tempfile::tempdir().unwrap();
+    let (client, log) = Client::new(&cli, c_if, dir.path());
+    let pid = client.start("registered.leases");
+    let (bound, _) = wait_for(&log, "BOUND", 0, Duration::from_secs(40));
+    let _ = cli.kill(pid);
+    assert!(bound["ip"].starts_with("192.0.2.1"), "{bound:?}");
+
+    // Three seconds after they were recorded the forged machines are gone; the
+    // registered one stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !forged_machines(&app).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "machines DHCP alone recorded did not expire: {:?}",
+            forged_machines(&app)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let m = app.api(&format!("/api/v1/machines/{mac}")).unwrap();
+    assert_eq!(m["mac"], mac.as_str(), "{m}");
+}

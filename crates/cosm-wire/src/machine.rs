@@ -108,6 +108,11 @@ pub struct Machine {
     /// and kickstart) is good for this round only, and only while it is ready or deploying.
     #[serde(default)]
     pub install_round: u32,
+    /// Recorded by the DHCP server when it first saw the machine network-boot (rather than
+    /// registered by an operator or enrolled by an agent). Until it is registered or
+    /// enrolled it counts against `dhcp.max_unknown_leases` and expires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovered_by_dhcp: bool,
 }
 
 /// Body of `POST /api/v1/machines`: pre-register a MAC, optionally with its role.

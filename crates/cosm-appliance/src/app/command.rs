@@ -122,6 +122,16 @@ pub enum Op {
         mac: MacAddr,
         results: Vec<ActionResult>,
     },
+    /// DHCP saw a new MAC network-boot and offered it an address: it is recorded as
+    /// `discovered`, marked as known to DHCP alone, with the DHCP step on its timeline.
+    DhcpDiscovered {
+        mac: MacAddr,
+        step: String,
+    },
+    /// Deletes the machines DHCP alone knows that were recorded before `cutoff`.
+    ExpireDhcpOnly {
+        cutoff: Timestamp,
+    },
     /// Records a DHCP lease change (bound, released, declined).
     PutLease(Lease),
     /// Appends an event to a machine's timeline; a MAC with no machine record is ignored.
@@ -146,6 +156,8 @@ pub enum Outcome {
     Deleted,
     /// Written (or, for an event of an unknown MAC, deliberately skipped).
     Done,
+    /// How many records the operation removed.
+    Removed(usize),
 }
 
 impl Outcome {
@@ -218,6 +230,10 @@ impl StoreCommand for Command {
                 catalog::create_token(tx, name, *scope, hash).map(Outcome::Token)
             }
             Op::DeleteToken(id) => catalog::delete_token(tx, *id).map(|_| Outcome::Deleted),
+            Op::DhcpDiscovered { mac, step } => machines::dhcp_discovered(tx, *mac, step).map(M),
+            Op::ExpireDhcpOnly { cutoff } => {
+                machines::expire_dhcp_only(tx, *cutoff).map(Outcome::Removed)
+            }
             Op::PutLease(lease) => tx.put_lease(lease).map(|_| Outcome::Done),
             Op::PutImage(image) => tx.put_image(image).map(|_| Outcome::Done),
             Op::DeleteImage(name) => catalog::delete_image(tx, name).map(|_| Outcome::Deleted),

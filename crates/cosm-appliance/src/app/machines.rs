@@ -5,7 +5,8 @@
 use super::{lifecycle, rules};
 use crate::store::{StoreError, Tx};
 use cosm_wire::{
-    CreateMachine, EventKind, MacAddr, Machine, MachineId, MachineState, RoleName, UpdateMachine,
+    CreateMachine, EventKind, MacAddr, Machine, MachineId, MachineState, RoleName, Timestamp,
+    UpdateMachine,
 };
 use std::net::Ipv4Addr;
 
@@ -19,6 +20,58 @@ pub const WATCHED: [MachineState; 4] = [
 
 /// The state a machine acts on: a lost machine is still what it was when it went silent
 /// (it boots, and comes back, as that).
+/// Whether DHCP alone knows this machine: it recorded it, and since then no operator gave
+/// it a role, name or address and no agent enrolled it.
+pub fn dhcp_only(m: &Machine) -> bool {
+    m.discovered_by_dhcp
+        && m.state == MachineState::Discovered
+        && m.inventory.is_none()
+        && m.role.is_none()
+        && m.hostname.is_none()
+        && m.reserved_ip.is_none()
+}
+
+/// A network-booting MAC DHCP has not seen before: recorded as `discovered`, with the
+/// DHCP step that showed it.
+pub(super) fn dhcp_discovered(
+    tx: &mut Tx<'_>,
+    mac: MacAddr,
+    step: &str,
+) -> Result<Machine, StoreError> {
+    let mut m = create(
+        tx,
+        &CreateMachine {
+            mac,
+            hostname: None,
+            role: None,
+            reserved_ip: None,
+            inventory: None,
+        },
+    )?;
+    if m.state == MachineState::Discovered && m.role.is_none() {
+        m.discovered_by_dhcp = true;
+        tx.put_machine(&mut m)?;
+    }
+    tx.event(mac, EventKind::Dhcp, step.to_string(), None, None)?;
+    Ok(m)
+}
+
+/// Deletes the machines DHCP alone knows that were recorded before `cutoff`; returns how
+/// many.
+pub(super) fn expire_dhcp_only(tx: &mut Tx<'_>, cutoff: Timestamp) -> Result<usize, StoreError> {
+    let stale: Vec<MacAddr> = tx
+        .all_machines()?
+        .into_iter()
+        .filter(|m| dhcp_only(m) && m.created_at < cutoff)
+        .map(|m| m.mac)
+        .collect();
+    for mac in &stale {
+        // Never enrolled, so there are no agent credentials to revoke.
+        tx.remove_machine(*mac)?;
+    }
+    Ok(stale.len())
+}
+
 pub fn effective_state(m: &Machine) -> MachineState {
     match (m.state, m.lost_from) {
         (MachineState::Lost, Some(from)) => from,
@@ -122,6 +175,7 @@ pub(super) fn create(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, S
         state_since: tx.at,
         lost_from: None,
         install_round: 0,
+        discovered_by_dhcp: false,
         desired_generation: 0,
         pending_actions: Vec::new(),
     };

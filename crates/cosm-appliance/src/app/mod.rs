@@ -33,7 +33,7 @@ pub mod tokens;
 pub use agents::{EnrolBy, EnrollGate};
 pub use command::{Command, Op, Outcome};
 pub use deploy::installable;
-pub use machines::{effective_state, WATCHED};
+pub use machines::{dhcp_only, effective_state, WATCHED};
 
 use crate::store::StoreError;
 use cosm_wire::{ActionKind, Enroll, Heartbeat, MacAddr, Machine, MachineState, Scope, TokenInfo};

@@ -188,6 +188,10 @@ pub struct Dhcp {
     pub unknown_macs: String,
     #[serde(default = "default_max_unknown")]
     pub max_unknown_leases: usize,
+    /// A machine DHCP alone recorded (never registered, never enrolled) is deleted after
+    /// this many seconds; 0 = never.
+    #[serde(default = "default_discovered_expiry")]
+    pub discovered_expiry_secs: u64,
     #[serde(default = "default_offer_hold")]
     pub offer_hold_secs: u32,
     #[serde(default = "default_quarantine")]
@@ -220,6 +224,9 @@ fn default_unknown() -> String {
 }
 fn default_max_unknown() -> usize {
     4096
+}
+fn default_discovered_expiry() -> u64 {
+    3600
 }
 fn default_offer_hold() -> u32 {
     30

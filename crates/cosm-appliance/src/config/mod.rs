@@ -130,6 +130,8 @@ pub struct BootSettings {
 pub struct DhcpSettings {
     pub core: DhcpConfig,
     pub listen: Listen,
+    /// Machines DHCP alone recorded are deleted after this long; `None`: kept.
+    pub discovered_expiry: Option<std::time::Duration>,
 }
 
 impl Config {

@@ -233,5 +233,11 @@ pub(super) fn dhcp_settings(
         per_relay_rate: d.per_relay_rate,
         probe_timeout_ms: d.probe_timeout_ms,
     };
-    Ok(Some(DhcpSettings { core, listen }))
+    let discovered_expiry = (d.discovered_expiry_secs > 0)
+        .then(|| std::time::Duration::from_secs(d.discovered_expiry_secs));
+    Ok(Some(DhcpSettings {
+        core,
+        listen,
+        discovered_expiry,
+    }))
 }

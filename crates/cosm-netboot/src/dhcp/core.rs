@@ -328,12 +328,15 @@ fn discover(
             .flatten()
             .find(|c| usable(*c, table, true));
         if ip.is_none() {
-            if host.is_none() && table.unknown_held_cached(now, hosts) >= cfg.max_unknown_leases {
+            // A machine DHCP alone recorded counts as unknown: otherwise every random MAC
+            // that looks like PXE firmware became "known" and the cap held nothing back.
+            let unknown = !hosts.is_registered(&mac);
+            if unknown && table.unknown_held_cached(now, hosts) >= cfg.max_unknown_leases {
                 return Decision::drop(Some(mac), t, DropReason::UnknownMacCap);
             }
             ip = table.find_free(idx, subnet, &mac, now, hosts);
             fresh = ip.is_some();
-            if host.is_none() && ip.is_some() {
+            if unknown && ip.is_some() {
                 table.note_unknown_allocation();
             }
         }

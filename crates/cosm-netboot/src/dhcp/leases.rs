@@ -12,6 +12,9 @@ use std::net::Ipv4Addr;
 pub struct Host {
     pub reserved_ip: Option<Ipv4Addr>,
     pub hostname: Option<String>,
+    /// Recorded only because DHCP saw it network-boot (no operator registered it, no agent
+    /// enrolled it): it counts against `max_unknown_leases` like a MAC never seen.
+    pub dhcp_only: bool,
 }
 
 /// Known machines by MAC, and reserved addresses by IP.
@@ -19,6 +22,7 @@ pub struct Host {
 pub struct Hosts {
     by_mac: HashMap<MacAddr, Host>,
     by_ip: HashMap<Ipv4Addr, MacAddr>,
+    dhcp_only: usize,
 }
 
 impl Hosts {
@@ -28,9 +32,23 @@ impl Hosts {
             if let Some(ip) = host.reserved_ip {
                 h.by_ip.insert(ip, mac);
             }
-            h.by_mac.insert(mac, host);
+            if host.dhcp_only {
+                h.dhcp_only += 1;
+            }
+            if let Some(old) = h.by_mac.insert(mac, host) {
+                h.dhcp_only -= usize::from(old.dhcp_only);
+            }
         }
         h
+    }
+    /// Whether an operator registered the MAC or an agent enrolled it: such a machine is
+    /// never held back by the cap on unknown MACs.
+    pub fn is_registered(&self, mac: &MacAddr) -> bool {
+        self.by_mac.get(mac).is_some_and(|h| !h.dhcp_only)
+    }
+    /// How many hosts DHCP alone recorded.
+    pub fn dhcp_only(&self) -> usize {
+        self.dhcp_only
     }
     pub fn get(&self, mac: &MacAddr) -> Option<&Host> {
         self.by_mac.get(mac)
@@ -234,13 +252,14 @@ impl LeaseTable {
         }
     }
 
-    /// Addresses held (bound or offered) by MACs the appliance does not know.
+    /// Addresses held (bound or offered) by MACs the appliance does not know, or knows only
+    /// because DHCP saw them (not registered, not enrolled).
     pub fn unknown_held(&self, now: Timestamp, hosts: &Hosts) -> usize {
         let bound = self
             .by_ip
             .values()
             .filter(|l| {
-                l.state == LeaseState::Bound && l.holds_address(now) && !hosts.is_known(&l.mac)
+                l.state == LeaseState::Bound && l.holds_address(now) && !hosts.is_registered(&l.mac)
             })
             .count();
         let offered = self
@@ -248,7 +267,7 @@ impl LeaseTable {
             .iter()
             .filter(|(mac, o)| {
                 o.until > now
-                    && !hosts.is_known(mac)
+                    && !hosts.is_registered(mac)
                     && self.lease_of(mac).is_none_or(|l| !l.holds_address(now))
             })
             .count();

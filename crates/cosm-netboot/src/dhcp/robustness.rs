@@ -50,6 +50,7 @@ pub fn packet_path(bytes: &[u8]) -> usize {
         Host {
             reserved_ip: Some(Ipv4Addr::new(192, 0, 2, 5)),
             hostname: Some("n1".into()),
+            dhcp_only: false,
         },
     )]);
     let mut replies = 0;

@@ -28,7 +28,8 @@ pub trait LeaseSink: Send + Sync + 'static {
     fn note(&self, mac: MacAddr, step: &str);
     /// A network-booting client (`how`: "PXE uefi", "iPXE bios", …) sent a DISCOVER and
     /// unknown MACs are to be discovered: the sink may record the machine now, so that its
-    /// whole boot lands on its timeline. Called for known MACs too. Returns true when the
+    /// whole boot lands on its timeline. Called for known MACs too, and only when the
+    /// client is offered an address. Returns true when the
     /// sink records `step` itself (after the machine), so it is not [`note`](Self::note)d.
     fn boot_client(&self, _mac: MacAddr, _how: &str, _step: &str) -> bool {
         false
@@ -410,7 +411,11 @@ fn handle_packet<S: LeaseSink>(
                 match how {
                     Some(h) => {
                         let step = format!("DISCOVER via {via} ({h})");
+                        // Only a client that is offered an address is recorded: a
+                        // DISCOVER the cap on unknown MACs dropped must not create a
+                        // machine either.
                         let recorded = shared.cfg.unknown_macs == UnknownMacs::Discover
+                            && reply.is_some()
                             && shared.sink.boot_client(mac, &h, &step);
                         (!recorded).then_some(step)
                     }

@@ -268,6 +268,7 @@ fn reservations_win_over_the_pool_and_over_other_clients() {
         Host {
             reserved_ip: Some(ip("192.0.2.200")),
             hostname: Some("hv7".into()),
+            dhcp_only: false,
         },
     )]);
     // Another client asking for the reserved address does not get it.
@@ -298,6 +299,7 @@ fn reservations_win_over_the_pool_and_over_other_clients() {
         Host {
             reserved_ip: Some(ip("192.0.2.201")),
             hostname: None,
+            dhcp_only: false,
         },
     )]);
     let mut renew = msg(MessageType::Request, mac(7));
@@ -626,8 +628,8 @@ proptest! {
         let c = cfg();
         // mac(10) and mac(11) have reservations, one inside the pool and one outside it.
         let hosts = Hosts::new([
-            (mac(10), Host { reserved_ip: Some(ip("192.0.2.12")), hostname: None }),
-            (mac(11), Host { reserved_ip: Some(ip("192.0.2.250")), hostname: None }),
+            (mac(10), Host { reserved_ip: Some(ip("192.0.2.12")), hostname: None, dhcp_only: false }),
+            (mac(11), Host { reserved_ip: Some(ip("192.0.2.250")), hostname: None, dhcp_only: false }),
         ]);
         let mut t = LeaseTable::default();
         let mut now = 0u64;
@@ -700,4 +702,46 @@ fn broadcast_flag_and_xid_are_kept() {
     let r = run(&m, &mut t, &h, &c, at(0)).reply.unwrap();
     assert!(r.msg.flags().broadcast());
     assert_eq!(r.msg.xid(), 0xdeadbeef);
+}
+
+/// Hardening (issue 11, item 2): a machine that DHCP alone recorded (a PXE DISCOVER from
+/// a new MAC) counts as unknown. Before, every random MAC that looked like PXE firmware
+/// became "known" and the cap on unknown MACs held nothing back.
+#[test]
+fn machines_dhcp_alone_recorded_count_against_the_unknown_cap() {
+    let mut c = cfg();
+    c.unknown_macs = UnknownMacs::Discover;
+    c.max_unknown_leases = 2;
+    let seen = |n: u8| {
+        (
+            mac(n),
+            Host {
+                dhcp_only: true,
+                ..Host::default()
+            },
+        )
+    };
+    let hosts = Hosts::new([
+        seen(1),
+        seen(2),
+        seen(3),
+        seen(4),
+        (mac(9), Host::default()),
+    ]);
+    assert_eq!(hosts.dhcp_only(), 4);
+    let mut t = LeaseTable::default();
+    assert!(dora(mac(1), &mut t, &hosts, &c, at(0)).is_some());
+    assert!(dora(mac(2), &mut t, &hosts, &c, at(0)).is_some());
+    for n in [3, 5] {
+        let d = run(
+            &msg(MessageType::Discover, mac(n)),
+            &mut t,
+            &hosts,
+            &c,
+            at(0),
+        );
+        assert_eq!(d.dropped, Some(DropReason::UnknownMacCap), "mac {n}");
+    }
+    // A registered machine always gets an address.
+    assert!(dora(mac(9), &mut t, &hosts, &c, at(0)).is_some());
 }
