@@ -647,4 +647,78 @@ mod tests {
         assert_eq!(ok("."), Err(PathError::Empty));
         assert_eq!(ok(""), Err(PathError::Empty));
     }
+
+    #[test]
+    fn requests_parse_and_malformed_ones_say_why() {
+        let req =
+            parse_request(b"\x00\x01pxelinux.0\x00OCTET\x00tsize\x000\x00blksize\x001432\x00")
+                .unwrap();
+        let Request::Read(rw) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(rw.filename, "pxelinux.0");
+        assert_eq!(rw.mode, Mode::Octet);
+        assert_eq!(rw.opts.transfer_size, Some(0));
+        assert_eq!(rw.opts.block_size, Some(1432));
+        // Trailing NUL padding after the options is tolerated.
+        assert!(parse_request(b"\x00\x01f\x00octet\x00\x00\x00").is_ok());
+        let err = |p: &[u8]| parse_request(p).unwrap_err();
+        assert_eq!(err(b"\x00"), RequestError::TooShort);
+        assert_eq!(
+            err(b"\x00\x09f\x00octet\x00"),
+            RequestError::UnknownOpcode(9)
+        );
+        assert_eq!(err(b"\x00\x04\x00\x01"), RequestError::NotARequest(4));
+        assert_eq!(err(b"\x00\x01f\x00"), RequestError::NoMode);
+        assert_eq!(
+            err(b"\x00\x01f\x00o\x00octet\x00"),
+            RequestError::UnknownMode("o".into())
+        );
+        assert_eq!(
+            err(b"\x00\x01f\x00octet\x00blksize\x00"),
+            RequestError::OptionWithoutValue("blksize".into())
+        );
+        assert!(!err(b"\x00\x05\x00\x00x\x00").is_answered());
+        assert!(err(b"\x00\x04\x00\x01").is_answered());
+    }
+
+    #[test]
+    fn client_timeouts_and_stalls_are_bounded_by_the_settings() {
+        let mut s = TftpSettings::new("127.0.0.1:0".parse().unwrap(), "/".into());
+        assert_eq!(s.client_timeout_limit(), CLIENT_TIMEOUT_FLOOR);
+        assert_eq!(s.max_stall(), Duration::from_secs(12));
+        s.timeout = Duration::from_secs(60);
+        assert_eq!(s.client_timeout_limit(), Duration::from_secs(60));
+    }
+
+    proptest::proptest! {
+        /// No byte string panics the parser the server runs on every packet.
+        #[test]
+        fn no_bytes_panic_the_request_parser(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse_request(&data);
+        }
+
+        /// Nor do requests that are nearly right: a real opcode, NUL-separated fields of
+        /// any bytes, in any number.
+        #[test]
+        fn no_near_requests_panic_the_request_parser(
+            opcode in 0u16..8,
+            fields in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..8),
+            trailing_nul in proptest::bool::ANY,
+        ) {
+            let mut p = opcode.to_be_bytes().to_vec();
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    p.push(0);
+                }
+                p.extend_from_slice(f);
+            }
+            if trailing_nul {
+                p.push(0);
+            }
+            if let Ok(Request::Read(r) | Request::Write(r)) = parse_request(&p) {
+                proptest::prop_assert!(!r.filename.contains('\0'));
+            }
+        }
+    }
 }
