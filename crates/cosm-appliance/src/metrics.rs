@@ -228,14 +228,19 @@ impl Collector for TftpCollector {
         ConstGauge::new(st.active.load(Ordering::Relaxed) as i64).encode(active)?;
         let counters = [
             ("tftp_started_transfers", "TFTP read requests accepted.", &st.started),
-            ("tftp_completed_transfers", "TFTP transfers that sent the whole file.", &st.completed),
+            ("tftp_completed_transfers", "TFTP transfers the client acknowledged to the end.", &st.completed),
+            (
+                "tftp_probe_transfers",
+                "TFTP size probes: the client took the OACK (tsize) and ended with an ERROR before any data, as PXE ROMs do.",
+                &st.probes,
+            ),
             (
                 "tftp_aborted_transfers",
-                "TFTP transfers that ended early (client ERROR, e.g. after a tsize probe, or timeout).",
+                "TFTP transfers that ended early otherwise (client ERROR after data, client silent, server failure).",
                 &st.aborted,
             ),
-            ("tftp_refused_requests", "TFTP requests answered with an ERROR (missing file, path outside the root, write, busy).", &st.refused),
-            ("tftp_sent_bytes", "File bytes handed to the network by TFTP.", &st.bytes_sent),
+            ("tftp_refused_requests", "TFTP requests answered with an ERROR (malformed, mode mail, missing file, path outside the root, write, busy).", &st.refused),
+            ("tftp_sent_bytes", "File bytes TFTP clients acknowledged.", &st.bytes_sent),
         ];
         for (name, help, c) in counters {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

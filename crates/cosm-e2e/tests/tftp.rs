@@ -127,13 +127,15 @@ sys.exit("the second transfer did not complete within 20 s (the aborted one is s
         stdout.contains(&format!("received {}", payload.len())),
         "{stdout}"
     );
-    // Both transfers have ended: the aborted one counted as aborted, nothing held.
+    // Both transfers have ended: the probe counted as a probe (not aborted, not
+    // completed), nothing held.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&app, "cosm_tftp_active_transfers") != 0 {
         assert!(Instant::now() < deadline, "a transfer is still held");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(metric(&app, "cosm_tftp_aborted_transfers_total"), 1);
+    assert_eq!(metric(&app, "cosm_tftp_probe_transfers_total"), 1);
+    assert_eq!(metric(&app, "cosm_tftp_aborted_transfers_total"), 0);
     assert_eq!(metric(&app, "cosm_tftp_completed_transfers_total"), 1);
 }
 

@@ -7,19 +7,26 @@
 //! - generated files (in memory) beside the files on disk;
 //! - write requests refused;
 //! - a limit on concurrent transfers;
-//! - a shared in-memory copy of each file, so a boot storm of fifty clients reads the disk
-//!   once;
-//! - an [`TftpObserver`] told of every request, refusal and finished transfer, which the
-//!   appliance puts on machines' timelines.
+//! - a shared in-memory copy of each file that fits `cache_bytes`, so a boot storm of fifty
+//!   clients reads the disk once; a larger file is streamed from disk by each transfer (on
+//!   the blocking pool), so it never costs its size in memory;
+//! - an [`TftpObserver`] told of every request, refusal and finished transfer (completed,
+//!   a PXE size probe, aborted, timed out), which the appliance puts on machines' timelines;
+//! - a bound on the `timeout` a client may ask for, and on how long a silent client holds
+//!   its transfer.
 //!
+//! The patched crate does the protocol: the request parser ([`parse_request`], which
+//! answers malformed requests with an ERROR), netascii, windows and retransmission.
 //! async-tftp runs its transfers on its own executor; [`start`] gives it a thread.
 
 use async_tftp::packet;
-use async_tftp::server::{Handler, TftpServerBuilder};
+use async_tftp::server::{Handler, ReadEnd, ReadOutcome, TftpServerBuilder};
+use blocking::Unblock;
 use bytes::Bytes;
 use futures_lite::io::Cursor;
 use futures_lite::AsyncRead;
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
@@ -29,6 +36,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
+
+/// The parser the server runs on every packet that reaches its port (fuzzed by
+/// `fuzz/fuzz_targets/tftp_request.rs`).
+pub use async_tftp::packet::{parse_request, Mode, Request, RequestError, RwReq};
+
+/// Largest `timeout` option granted when the configured timeout is shorter: a client may
+/// slow retransmissions down this far, no further (RFC 2349 lets the server refuse it).
+pub const CLIENT_TIMEOUT_FLOOR: Duration = Duration::from_secs(5);
+
+/// Read buffer of a transfer streamed from disk.
+const STREAM_BUFFER: usize = 64 << 10;
 
 /// Settings of the TFTP server.
 #[derive(Debug, Clone)]
@@ -47,7 +65,8 @@ pub struct TftpSettings {
     pub timeout: Duration,
     /// Retransmissions of one window before the transfer is given up.
     pub max_send_retries: u32,
-    /// Bytes of file contents kept in memory for reuse.
+    /// Bytes of file contents kept in memory for reuse. A file larger than this is
+    /// streamed from disk by each transfer.
     pub cache_bytes: u64,
 }
 
@@ -63,6 +82,21 @@ impl TftpSettings {
             max_send_retries: 5,
             cache_bytes: 512 << 20,
         }
+    }
+
+    /// Largest `timeout` option granted: the configured timeout, or
+    /// [`CLIENT_TIMEOUT_FLOOR`] if that is longer. A client asking more gets the configured
+    /// timeout instead (the option is left out of the OACK).
+    pub fn client_timeout_limit(&self) -> Duration {
+        self.timeout.max(CLIENT_TIMEOUT_FLOOR)
+    }
+
+    /// Longest a transfer waits for the client to acknowledge a window, all retries
+    /// together: what the operator's `timeout` and `max_send_retries` give, whatever
+    /// timeout the client negotiated.
+    pub fn max_stall(&self) -> Duration {
+        self.timeout
+            .saturating_mul(self.max_send_retries.saturating_add(1))
     }
 }
 
@@ -81,15 +115,60 @@ pub enum TftpEvent {
         path: String,
         reason: String,
     },
-    /// A transfer ended: `sent` is how much of the file was handed to the network (the
-    /// last window may still have been lost); `complete` means the whole file was.
+    /// A transfer ended: `sent` is how many bytes the client acknowledged (netascii
+    /// counts converted bytes); `end` says how it ended.
     Finished {
         peer: SocketAddr,
         path: String,
         size: u64,
         sent: u64,
-        complete: bool,
+        end: TransferEnd,
     },
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferEnd {
+    /// The client acknowledged the whole file.
+    Complete,
+    /// The client asked for options, got the OACK (with tsize) and ended with an ERROR
+    /// before acknowledging any data: what PXE ROMs do to learn a file's size.
+    SizeProbe,
+    /// The client ended the transfer with an ERROR after some data.
+    AbortedByClient,
+    /// The client stopped acknowledging.
+    TimedOut,
+    /// The server could not go on (reading the file, the socket).
+    Failed,
+}
+
+impl TransferEnd {
+    fn of(outcome: Option<&ReadOutcome>) -> TransferEnd {
+        let Some(o) = outcome else {
+            return TransferEnd::Failed;
+        };
+        match o.end {
+            ReadEnd::Complete => TransferEnd::Complete,
+            ReadEnd::AbortedByClient { .. } if o.sent_oack && o.acked_blocks == 0 => {
+                TransferEnd::SizeProbe
+            }
+            ReadEnd::AbortedByClient { .. } => TransferEnd::AbortedByClient,
+            ReadEnd::TimedOut => TransferEnd::TimedOut,
+            ReadEnd::Failed(_) => TransferEnd::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for TransferEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransferEnd::Complete => "complete",
+            TransferEnd::SizeProbe => "size probe",
+            TransferEnd::AbortedByClient => "aborted by the client",
+            TransferEnd::TimedOut => "the client stopped acknowledging",
+            TransferEnd::Failed => "failed on the server",
+        })
+    }
 }
 
 /// Told of every request; called on the TFTP thread, so it must not block.
@@ -103,8 +182,12 @@ pub struct TftpStats {
     pub active: AtomicUsize,
     pub started: AtomicU64,
     pub completed: AtomicU64,
+    /// Transfers that were a PXE size probe ([`TransferEnd::SizeProbe`]).
+    pub probes: AtomicU64,
+    /// Transfers that ended early otherwise (client ERROR after data, timeout, failure).
     pub aborted: AtomicU64,
     pub refused: AtomicU64,
+    /// Bytes clients acknowledged.
     pub bytes_sent: AtomicU64,
 }
 
@@ -163,19 +246,73 @@ pub fn clean_name(requested: &Path) -> Result<String, PathError> {
     Ok(parts.join("/"))
 }
 
+/// Files that fit the cache, shared by every transfer of them. An entry's contents are
+/// read once, by the first request; concurrent requests for the same file wait for that
+/// read instead of reading it again.
 #[derive(Debug, Default)]
 struct Cache {
-    files: HashMap<PathBuf, (u64, Option<SystemTime>, Bytes)>,
+    files: HashMap<PathBuf, Cached>,
     bytes: u64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    len: u64,
+    mtime: Option<SystemTime>,
+    data: Arc<async_lock::OnceCell<Bytes>>,
+}
+
+impl Cache {
+    /// The entry for this version of the file, new (empty) if there was none; when the
+    /// cache would grow past `limit`, it is emptied first (transfers in progress keep
+    /// their own reference; only the shared copy goes).
+    fn entry(
+        &mut self,
+        path: &Path,
+        len: u64,
+        mtime: Option<SystemTime>,
+        limit: u64,
+    ) -> Arc<async_lock::OnceCell<Bytes>> {
+        if let Some(c) = self.files.get(path) {
+            if c.len == len && c.mtime == mtime {
+                return c.data.clone();
+            }
+        }
+        if let Some(old) = self.files.remove(path) {
+            self.bytes -= old.len;
+        }
+        if self.bytes + len > limit {
+            self.files.clear();
+            self.bytes = 0;
+        }
+        let data = Arc::new(async_lock::OnceCell::new());
+        self.bytes += len;
+        self.files.insert(
+            path.to_path_buf(),
+            Cached {
+                len,
+                mtime,
+                data: data.clone(),
+            },
+        );
+        data
+    }
 }
 
 struct RootHandler {
     root: PathBuf,
     settings: TftpSettings,
     generated: Generated,
-    cache: Arc<Mutex<Cache>>,
+    cache: Mutex<Cache>,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TftpObserver>,
+}
+
+/// Where a transfer's bytes come from.
+enum Source {
+    Memory(Cursor<Bytes>),
+    /// A file larger than the cache, read as the transfer goes on the blocking pool.
+    Disk(Unblock<File>),
 }
 
 impl RootHandler {
@@ -196,69 +333,82 @@ impl RootHandler {
         err
     }
 
-    async fn contents(&self, name: &str) -> Result<Bytes, (String, packet::Error)> {
+    /// The file's contents and size. Nothing here holds a lock while the disk works:
+    /// opening runs on the blocking pool, a cached file is read once behind its own entry,
+    /// a larger one is streamed.
+    async fn contents(&self, name: &str) -> Result<(Source, u64), (String, packet::Error)> {
         if let Some(b) = self
             .generated
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
         {
-            return Ok(b.clone());
+            let len = b.len() as u64;
+            return Ok((Source::Memory(Cursor::new(b.clone())), len));
         }
         let joined = self.root.join(name);
-        let real = std::fs::canonicalize(&joined)
-            .map_err(|_| ("no such file".to_string(), packet::Error::FileNotFound))?;
-        if !real.starts_with(&self.root) {
-            return Err((
-                format!("resolves to {} outside the TFTP root", real.display()),
-                packet::Error::PermissionDenied,
+        let root = self.root.clone();
+        let (real, file, len, mtime) = blocking::unblock(move || {
+            let real = std::fs::canonicalize(&joined)
+                .map_err(|_| ("no such file".to_string(), packet::Error::FileNotFound))?;
+            if !real.starts_with(&root) {
+                return Err((
+                    format!("resolves to {} outside the TFTP root", real.display()),
+                    packet::Error::PermissionDenied,
+                ));
+            }
+            let file =
+                File::open(&real).map_err(|e| (e.to_string(), packet::Error::PermissionDenied))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| (e.to_string(), packet::Error::FileNotFound))?;
+            if !meta.is_file() {
+                return Err(("not a regular file".into(), packet::Error::FileNotFound));
+            }
+            Ok((real, file, meta.len(), meta.modified().ok()))
+        })
+        .await?;
+        if len > self.settings.cache_bytes {
+            tracing::debug!(path = %real.display(), len, cache_bytes = self.settings.cache_bytes,
+                "TFTP file larger than the cache: streamed from disk");
+            return Ok((
+                Source::Disk(Unblock::with_capacity(STREAM_BUFFER, file)),
+                len,
             ));
         }
-        let meta =
-            std::fs::metadata(&real).map_err(|e| (e.to_string(), packet::Error::FileNotFound))?;
-        if !meta.is_file() {
-            return Err(("not a regular file".into(), packet::Error::FileNotFound));
-        }
-        let (len, mtime) = (meta.len(), meta.modified().ok());
-        if let Some((l, m, b)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .files
-            .get(&real)
-        {
-            if *l == len && *m == mtime {
-                return Ok(b.clone());
-            }
-        }
-        let path = real.clone();
-        let data = blocking::unblock(move || std::fs::read(path))
+        let cell = self.cache.lock().unwrap_or_else(|e| e.into_inner()).entry(
+            &real,
+            len,
+            mtime,
+            self.settings.cache_bytes,
+        );
+        let data = cell
+            .get_or_try_init(|| async move {
+                blocking::unblock(move || {
+                    use std::io::Read;
+                    let mut data = Vec::with_capacity(len as usize);
+                    let mut file = file;
+                    file.read_to_end(&mut data)?;
+                    Ok::<_, io::Error>(Bytes::from(data))
+                })
+                .await
+            })
             .await
-            .map_err(|e| (e.to_string(), packet::Error::PermissionDenied))?;
-        let data = Bytes::from(data);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.bytes + len > self.settings.cache_bytes {
-            // Transfers in progress keep their own reference; only the shared copy goes.
-            cache.files.clear();
-            cache.bytes = 0;
-        }
-        if len <= self.settings.cache_bytes {
-            cache.bytes += len;
-            if let Some((old, _, _)) = cache.files.insert(real, (len, mtime, data.clone())) {
-                cache.bytes -= old;
-            }
-        }
-        Ok(data)
+            .map_err(|e| (e.to_string(), packet::Error::PermissionDenied))?
+            .clone();
+        let len = data.len() as u64;
+        Ok((Source::Memory(Cursor::new(data)), len))
     }
 }
 
-/// One transfer's view of its file: counts what the crate read, and on drop (the crate
-/// drops the reader when the transfer ends, however it ends) reports the outcome.
+/// One transfer's view of its file; on drop (after the crate reported how the transfer
+/// ended, or when it could not start) it reports the outcome.
 struct Transfer {
-    data: Cursor<Bytes>,
+    source: Source,
     peer: SocketAddr,
     path: String,
     size: u64,
+    outcome: Option<ReadOutcome>,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TftpObserver>,
 }
@@ -269,28 +419,56 @@ impl AsyncRead for Transfer {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.data).poll_read(cx, buf)
+        match &mut self.source {
+            Source::Memory(c) => Pin::new(c).poll_read(cx, buf),
+            Source::Disk(f) => Pin::new(f).poll_read(cx, buf),
+        }
     }
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        let sent = self.data.position();
-        let complete = sent >= self.size;
+        let end = TransferEnd::of(self.outcome.as_ref());
+        let sent = self.outcome.as_ref().map_or(0, |o| o.acked_bytes);
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
-        if complete {
-            self.stats.completed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+        let counter = match end {
+            TransferEnd::Complete => &self.stats.completed,
+            TransferEnd::SizeProbe => &self.stats.probes,
+            _ => &self.stats.aborted,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (peer, path, size) = (self.peer, &self.path, self.size);
+        match (end, &self.outcome) {
+            (TransferEnd::Complete | TransferEnd::SizeProbe, _) => {
+                tracing::debug!(%peer, path, size, sent, %end, "TFTP transfer ended")
+            }
+            (
+                _,
+                Some(ReadOutcome {
+                    end: ReadEnd::AbortedByClient { code, message },
+                    ..
+                }),
+            ) => {
+                tracing::info!(%peer, path, size, sent, code, message, "TFTP transfer aborted by the client")
+            }
+            (
+                _,
+                Some(ReadOutcome {
+                    end: ReadEnd::Failed(why),
+                    ..
+                }),
+            ) => {
+                tracing::warn!(%peer, path, size, sent, error = %why, "TFTP transfer failed")
+            }
+            _ => tracing::warn!(%peer, path, size, sent, %end, "TFTP transfer ended early"),
         }
-        tracing::debug!(peer = %self.peer, path = %self.path, sent, size = self.size, complete, "TFTP transfer ended");
         self.observer.event(TftpEvent::Finished {
             peer: self.peer,
             path: std::mem::take(&mut self.path),
             size: self.size,
             sent,
-            complete,
+            end,
         });
     }
 }
@@ -300,7 +478,7 @@ impl Handler for RootHandler {
     type Writer = futures_lite::io::Sink;
 
     async fn read_req_open(
-        &mut self,
+        &self,
         client: &SocketAddr,
         path: &Path,
     ) -> Result<(Transfer, Option<u64>), packet::Error> {
@@ -313,17 +491,20 @@ impl Handler for RootHandler {
                 packet::Error::PermissionDenied,
             )
         })?;
-        let active = self.stats.active.load(Ordering::Relaxed);
+        // Take a slot first (there is no lock around opening), give it back on refusal.
+        let active = self.stats.active.fetch_add(1, Ordering::Relaxed);
         if active >= self.settings.max_transfers {
+            self.stats.active.fetch_sub(1, Ordering::Relaxed);
             let reason = format!("server busy: {active} transfers in progress");
             return Err(self.refuse(*client, &name, reason.clone(), packet::Error::Msg(reason)));
         }
-        let data = match self.contents(&name).await {
-            Ok(d) => d,
-            Err((reason, err)) => return Err(self.refuse(*client, &name, reason, err)),
+        let (source, size) = match self.contents(&name).await {
+            Ok(c) => c,
+            Err((reason, err)) => {
+                self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                return Err(self.refuse(*client, &name, reason, err));
+            }
         };
-        let size = data.len() as u64;
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(peer = %client, path = %name, size, "TFTP read request");
         self.observer.event(TftpEvent::Started {
@@ -333,10 +514,11 @@ impl Handler for RootHandler {
         });
         Ok((
             Transfer {
-                data: Cursor::new(data),
+                source,
                 peer: *client,
                 path: name,
                 size,
+                outcome: None,
                 stats: self.stats.clone(),
                 observer: self.observer.clone(),
             },
@@ -345,7 +527,7 @@ impl Handler for RootHandler {
     }
 
     async fn write_req_open(
-        &mut self,
+        &self,
         client: &SocketAddr,
         path: &Path,
         _size: Option<u64>,
@@ -356,6 +538,20 @@ impl Handler for RootHandler {
             "write requests are refused: this TFTP server is read-only".into(),
             packet::Error::IllegalOperation,
         ))
+    }
+
+    fn read_req_finished(&self, _client: &SocketAddr, mut reader: Transfer, outcome: ReadOutcome) {
+        reader.outcome = Some(outcome);
+    }
+
+    fn request_refused(&self, client: &SocketAddr, reason: &str) {
+        tracing::warn!(peer = %client, reason, "TFTP packet refused: not a request this server serves");
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.observer.event(TftpEvent::Refused {
+            peer: *client,
+            path: String::new(),
+            reason: reason.to_string(),
+        });
     }
 }
 
@@ -380,7 +576,7 @@ pub fn start(
         root,
         settings: settings.clone(),
         generated: generated.clone(),
-        cache: Arc::default(),
+        cache: Mutex::default(),
         stats: stats.clone(),
         observer,
     };
@@ -390,7 +586,9 @@ pub fn start(
         .block_size_limit(settings.block_size_limit)
         .window_size_limit(settings.window_size_limit)
         .timeout(settings.timeout)
-        .max_send_retries(settings.max_send_retries);
+        .max_send_retries(settings.max_send_retries)
+        .client_timeout_limit(settings.client_timeout_limit())
+        .max_stall(settings.max_stall());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tftp".into())
@@ -448,5 +646,79 @@ mod tests {
         assert_eq!(ok("efi/.."), Err(PathError::LeavesRoot));
         assert_eq!(ok("."), Err(PathError::Empty));
         assert_eq!(ok(""), Err(PathError::Empty));
+    }
+
+    #[test]
+    fn requests_parse_and_malformed_ones_say_why() {
+        let req =
+            parse_request(b"\x00\x01pxelinux.0\x00OCTET\x00tsize\x000\x00blksize\x001432\x00")
+                .unwrap();
+        let Request::Read(rw) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(rw.filename, "pxelinux.0");
+        assert_eq!(rw.mode, Mode::Octet);
+        assert_eq!(rw.opts.transfer_size, Some(0));
+        assert_eq!(rw.opts.block_size, Some(1432));
+        // Trailing NUL padding after the options is tolerated.
+        assert!(parse_request(b"\x00\x01f\x00octet\x00\x00\x00").is_ok());
+        let err = |p: &[u8]| parse_request(p).unwrap_err();
+        assert_eq!(err(b"\x00"), RequestError::TooShort);
+        assert_eq!(
+            err(b"\x00\x09f\x00octet\x00"),
+            RequestError::UnknownOpcode(9)
+        );
+        assert_eq!(err(b"\x00\x04\x00\x01"), RequestError::NotARequest(4));
+        assert_eq!(err(b"\x00\x01f\x00"), RequestError::NoMode);
+        assert_eq!(
+            err(b"\x00\x01f\x00o\x00octet\x00"),
+            RequestError::UnknownMode("o".into())
+        );
+        assert_eq!(
+            err(b"\x00\x01f\x00octet\x00blksize\x00"),
+            RequestError::OptionWithoutValue("blksize".into())
+        );
+        assert!(!err(b"\x00\x05\x00\x00x\x00").is_answered());
+        assert!(err(b"\x00\x04\x00\x01").is_answered());
+    }
+
+    #[test]
+    fn client_timeouts_and_stalls_are_bounded_by_the_settings() {
+        let mut s = TftpSettings::new("127.0.0.1:0".parse().unwrap(), "/".into());
+        assert_eq!(s.client_timeout_limit(), CLIENT_TIMEOUT_FLOOR);
+        assert_eq!(s.max_stall(), Duration::from_secs(12));
+        s.timeout = Duration::from_secs(60);
+        assert_eq!(s.client_timeout_limit(), Duration::from_secs(60));
+    }
+
+    proptest::proptest! {
+        /// No byte string panics the parser the server runs on every packet.
+        #[test]
+        fn no_bytes_panic_the_request_parser(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse_request(&data);
+        }
+
+        /// Nor do requests that are nearly right: a real opcode, NUL-separated fields of
+        /// any bytes, in any number.
+        #[test]
+        fn no_near_requests_panic_the_request_parser(
+            opcode in 0u16..8,
+            fields in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..8),
+            trailing_nul in proptest::bool::ANY,
+        ) {
+            let mut p = opcode.to_be_bytes().to_vec();
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    p.push(0);
+                }
+                p.extend_from_slice(f);
+            }
+            if trailing_nul {
+                p.push(0);
+            }
+            if let Ok(Request::Read(r) | Request::Write(r)) = parse_request(&p) {
+                proptest::prop_assert!(!r.filename.contains('\0'));
+            }
+        }
     }
 }

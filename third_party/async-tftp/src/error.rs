@@ -21,6 +21,10 @@ pub enum Error {
     #[error("Path '{}' is not a directory", .0.display())]
     NotDir(std::path::PathBuf),
 
+    /// COSM patch: the peer sent an ERROR packet mid-transfer.
+    #[error("the client ended the transfer: {0:?}")]
+    Aborted(crate::packet::Error),
+
     #[error("Max send retries reached (peer: {0},  block id: {1})")]
     MaxSendRetriesReached(std::net::SocketAddr, u16),
 }

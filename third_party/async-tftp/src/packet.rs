@@ -7,6 +7,8 @@ use std::str;
 use crate::error::Result;
 use crate::parse::*;
 
+pub use crate::parse::parse_request;
+
 pub(crate) const PACKET_DATA_HEADER_LEN: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,22 +46,67 @@ pub(crate) enum Packet<'a> {
     OAck(Opts),
 }
 
-#[derive(Debug, PartialEq)]
-pub(crate) enum Mode {
+/// Transfer mode of a request (RFC 1350).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
     Netascii,
     Octet,
     Mail,
 }
 
-#[derive(Debug, PartialEq)]
-pub(crate) struct RwReq {
+/// A read or write request's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RwReq {
     pub filename: String,
     pub mode: Mode,
     pub opts: Opts,
 }
 
+/// A packet that arrived at the server's port and is a request (COSM patch: public, so
+/// the parser the server uses can be fuzzed and property-tested from outside).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Read(RwReq),
+    Write(RwReq),
+}
+
+/// Why a packet that arrived at the server's port is not a request (COSM patch). Each is
+/// answered with ERROR 4 "illegal TFTP operation", except an ERROR packet, which RFC 1350
+/// says is never answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("packet too short for an opcode")]
+    TooShort,
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(u16),
+    #[error("opcode {0} is not a request")]
+    NotARequest(u16),
+    #[error("file name not NUL-terminated")]
+    UnterminatedName,
+    #[error("file name not UTF-8")]
+    NameNotUtf8,
+    #[error("no transfer mode")]
+    NoMode,
+    #[error("unknown transfer mode {0:?}")]
+    UnknownMode(String),
+    #[error("option {0:?} has no value")]
+    OptionWithoutValue(String),
+    #[error("option not UTF-8")]
+    OptionNotUtf8,
+    #[error("empty option name")]
+    EmptyOptionName,
+}
+
+impl RequestError {
+    /// Whether the sender gets an ERROR back: never for an ERROR packet (RFC 1350).
+    pub fn is_answered(&self) -> bool {
+        *self != RequestError::NotARequest(PacketType::Error as u16)
+    }
+}
+
+/// Options of a request or OACK (RFC 2347-2349, 7440).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Opts {
+pub struct Opts {
     pub block_size: Option<u16>,
     pub timeout: Option<u8>,
     pub transfer_size: Option<u64>,
@@ -172,7 +219,7 @@ impl Opts {
 }
 
 impl Mode {
-    pub(crate) fn to_str(&self) -> &'static str {
+    pub fn to_str(&self) -> &'static str {
         match self {
             Mode::Netascii => "netascii",
             Mode::Octet => "octet",

@@ -3,7 +3,8 @@ use std::str::{self, FromStr};
 
 use crate::error::{Error, Result};
 use crate::packet::{
-    Error as PacketError, Mode, Opts, Packet, PacketType, RwReq,
+    Error as PacketError, Mode, Opts, Packet, PacketType, Request,
+    RequestError, RwReq,
 };
 
 pub(crate) fn parse_packet(input: &[u8]) -> Result<Packet<'_>> {
@@ -39,26 +40,54 @@ fn parse_packet_type(input: &[u8]) -> Option<(PacketType, &[u8])> {
 
 fn parse_mode(input: &[u8]) -> Option<(Mode, &[u8])> {
     let (s, rest) = parse_nul_str(input)?;
-
-    let mode = if s.eq_ignore_ascii_case("netascii") {
-        Mode::Netascii
-    } else if s.eq_ignore_ascii_case("octet") {
-        Mode::Octet
-    } else if s.eq_ignore_ascii_case("mail") {
-        Mode::Mail
-    } else {
-        return None;
-    };
-
-    Some((mode, rest))
+    Some((mode_from_str(s)?, rest))
 }
 
-pub(crate) fn parse_opts(mut input: &[u8]) -> Option<Opts> {
+fn mode_from_str(s: &str) -> Option<Mode> {
+    if s.eq_ignore_ascii_case("netascii") {
+        Some(Mode::Netascii)
+    } else if s.eq_ignore_ascii_case("octet") {
+        Some(Mode::Octet)
+    } else if s.eq_ignore_ascii_case("mail") {
+        Some(Mode::Mail)
+    } else {
+        None
+    }
+}
+
+pub(crate) fn parse_opts(input: &[u8]) -> Option<Opts> {
+    parse_opts_checked(input).ok()
+}
+
+/// Options after the mode. Unknown options and values out of range are ignored (RFC 2347
+/// lets the server leave them out of its OACK); an option without a value is an error.
+/// NUL bytes after the last option are padding some firmware sends, not an option.
+fn parse_opts_checked(mut input: &[u8]) -> Result<Opts, RequestError> {
     let mut opts = Opts::default();
 
     while !input.is_empty() {
-        let (name, rest) = parse_nul_str(input)?;
-        let (val, rest) = parse_nul_str(rest)?;
+        if input.iter().all(|b| *b == 0) {
+            break;
+        }
+        let (name, rest) = match parse_nul_str_checked(input) {
+            NulStr::Str(name, rest) => (name, rest),
+            NulStr::NotUtf8 => return Err(RequestError::OptionNotUtf8),
+            NulStr::Unterminated => {
+                return Err(RequestError::OptionWithoutValue(
+                    String::from_utf8_lossy(input).into_owned(),
+                ))
+            }
+        };
+        if name.is_empty() {
+            return Err(RequestError::EmptyOptionName);
+        }
+        let (val, rest) = match parse_nul_str_checked(rest) {
+            NulStr::Str(val, rest) => (val, rest),
+            NulStr::NotUtf8 => return Err(RequestError::OptionNotUtf8),
+            NulStr::Unterminated => {
+                return Err(RequestError::OptionWithoutValue(name.to_owned()))
+            }
+        };
 
         if name.eq_ignore_ascii_case("blksize") {
             if let Ok(val) = u16::from_str(val) {
@@ -87,7 +116,58 @@ pub(crate) fn parse_opts(mut input: &[u8]) -> Option<Opts> {
         input = rest;
     }
 
-    Some(opts)
+    Ok(opts)
+}
+
+enum NulStr<'a> {
+    Str(&'a str, &'a [u8]),
+    NotUtf8,
+    Unterminated,
+}
+
+fn parse_nul_str_checked(input: &[u8]) -> NulStr<'_> {
+    match input.iter().position(|c| *c == b'\0') {
+        None => NulStr::Unterminated,
+        Some(pos) => match str::from_utf8(&input[..pos]) {
+            Ok(s) => NulStr::Str(s, &input[pos + 1..]),
+            Err(_) => NulStr::NotUtf8,
+        },
+    }
+}
+
+/// Parses a packet that arrived at the server's port, saying what is wrong when it is not
+/// a well-formed RRQ or WRQ (COSM patch; the server answers those with an ERROR).
+pub fn parse_request(input: &[u8]) -> Result<Request, RequestError> {
+    let (opcode, body) = parse_u16_be(input).ok_or(RequestError::TooShort)?;
+    let kind = PacketType::from_u16(opcode).ok_or(RequestError::UnknownOpcode(opcode))?;
+    if !matches!(kind, PacketType::Rrq | PacketType::Wrq) {
+        return Err(RequestError::NotARequest(opcode));
+    }
+    let (filename, rest) = match parse_nul_str_checked(body) {
+        NulStr::Str(name, rest) => (name, rest),
+        NulStr::NotUtf8 => return Err(RequestError::NameNotUtf8),
+        NulStr::Unterminated => return Err(RequestError::UnterminatedName),
+    };
+    let (mode, rest) = match parse_nul_str_checked(rest) {
+        NulStr::Str("", _) | NulStr::Unterminated => return Err(RequestError::NoMode),
+        NulStr::NotUtf8 => {
+            return Err(RequestError::UnknownMode(String::from_utf8_lossy(rest).into_owned()))
+        }
+        NulStr::Str(mode, rest) => match mode_from_str(mode) {
+            Some(m) => (m, rest),
+            None => return Err(RequestError::UnknownMode(mode.to_owned())),
+        },
+    };
+    let opts = parse_opts_checked(rest)?;
+    let req = RwReq {
+        filename: filename.to_owned(),
+        mode,
+        opts,
+    };
+    Ok(match kind {
+        PacketType::Rrq => Request::Read(req),
+        _ => Request::Write(req),
+    })
 }
 
 fn parse_rrq(input: &[u8]) -> Option<Packet<'_>> {

@@ -307,25 +307,28 @@ pub struct TftpTimeline(pub Arc<Timeline>);
 
 impl cosm_netboot::tftp::TftpObserver for TftpTimeline {
     fn event(&self, event: cosm_netboot::tftp::TftpEvent) {
-        use cosm_netboot::tftp::TftpEvent;
+        use cosm_netboot::tftp::{TftpEvent, TransferEnd as TftpEnd};
         let (peer, message) = match event {
             TftpEvent::Started { peer, path, size } => {
                 (peer, format!("TFTP {path} requested ({size} bytes)"))
             }
+            TftpEvent::Refused { peer, path, reason } if path.is_empty() => {
+                (peer, format!("TFTP request refused: {reason}"))
+            }
             TftpEvent::Refused { peer, path, reason } => {
                 (peer, format!("TFTP {path} refused: {reason}"))
             }
-            // A PXE ROM's tsize probe ends after the first block by design; only a
-            // transfer that stopped later is worth a line.
+            // A completed transfer is the next step's business, and a PXE ROM's size
+            // probe ends early by design; only a transfer that stopped is worth a line.
             TftpEvent::Finished {
                 peer,
                 path,
                 size,
                 sent,
-                complete: false,
-            } if sent > 65464 => (
+                end: end @ (TftpEnd::AbortedByClient | TftpEnd::TimedOut | TftpEnd::Failed),
+            } => (
                 peer,
-                format!("TFTP {path} stopped after {sent} of {size} bytes"),
+                format!("TFTP {path} stopped after {sent} of {size} bytes: {end}"),
             ),
             TftpEvent::Finished { .. } => return,
         };

@@ -1,7 +1,5 @@
 use async_executor::Executor;
 use async_io::Async;
-use async_lock::Mutex;
-use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +21,8 @@ pub struct TftpServerBuilder<H: Handler> {
     ignore_client_timeout: bool,
     ignore_client_block_size: bool,
     ignore_client_window_size: bool,
+    client_timeout_limit: Option<Duration>,
+    max_stall: Option<Duration>,
 }
 
 impl TftpServerBuilder<DirHandler> {
@@ -70,6 +70,8 @@ impl<H: Handler> TftpServerBuilder<H> {
             ignore_client_timeout: false,
             ignore_client_block_size: false,
             ignore_client_window_size: false,
+            client_timeout_limit: None,
+            max_stall: None,
         }
     }
 
@@ -197,6 +199,30 @@ impl<H: Handler> TftpServerBuilder<H> {
         }
     }
 
+    /// Largest `timeout` option granted to a client (COSM patch). A larger one is
+    /// refused (left out of the OACK, as RFC 2349 wants the granted value to equal the
+    /// requested one) and the server's own timeout applies.
+    ///
+    /// Default: no limit (a client may ask 255 s).
+    pub fn client_timeout_limit(self, limit: Duration) -> Self {
+        TftpServerBuilder {
+            client_timeout_limit: Some(limit),
+            ..self
+        }
+    }
+
+    /// Longest a read transfer may wait for an acknowledgement of one window, all
+    /// retransmissions together (COSM patch): bounds how long a silent client holds its
+    /// transfer whatever timeout it negotiated.
+    ///
+    /// Default: no limit beyond `max_send_retries` timeouts.
+    pub fn max_stall(self, limit: Duration) -> Self {
+        TftpServerBuilder {
+            max_stall: Some(limit),
+            ..self
+        }
+    }
+
     /// Build [`TftpServer`].
     pub async fn build(mut self) -> Result<TftpServer<H>> {
         let socket = match self.socket.take() {
@@ -212,13 +238,15 @@ impl<H: Handler> TftpServerBuilder<H> {
             ignore_client_timeout: self.ignore_client_timeout,
             ignore_client_block_size: self.ignore_client_block_size,
             ignore_client_window_size: self.ignore_client_window_size,
+            client_timeout_limit: self.client_timeout_limit,
+            max_stall: self.max_stall,
         };
 
         let local_ip = socket.as_ref().local_addr()?.ip();
         Ok(TftpServer {
             socket,
-            handler: Arc::new(Mutex::new(self.handle)),
-            reqs_in_progress: Arc::new(Mutex::new(HashSet::new())),
+            handler: Arc::new(self.handle),
+            reqs_in_progress: Arc::default(),
             ex: Executor::new(),
             config,
             local_ip,

@@ -2,6 +2,7 @@
 
 mod builder;
 mod handler;
+mod netascii;
 mod read_req;
 #[allow(clippy::module_inception)]
 mod server;

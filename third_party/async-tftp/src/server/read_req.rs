@@ -7,11 +7,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::slice;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::packet::{Opts, Packet, RwReq, PACKET_DATA_HEADER_LEN};
-use crate::server::{ServerConfig, DEFAULT_BLOCK_SIZE};
+use crate::server::{ReadEnd, ReadOutcome, ServerConfig, DEFAULT_BLOCK_SIZE};
 use crate::utils::io_timeout;
 
 pub(crate) struct ReadRequest<'r, R>
@@ -26,6 +26,18 @@ where
     max_send_retries: u32,
     oack_opts: Option<Opts>,
     window_size: usize,
+    max_stall: Option<Duration>,
+    acked_blocks: u64,
+    acked_bytes: u64,
+}
+
+/// What the client said about a window.
+enum Ack {
+    /// It has this many blocks of the window (at least one).
+    Window(u16),
+    /// It has the block just before the window and nothing of the window.
+    BeforeWindow,
+    TimedOut,
 }
 
 impl<'r, R> ReadRequest<'r, R>
@@ -71,25 +83,45 @@ where
             max_send_retries: config.max_send_retries,
             oack_opts,
             window_size: negotiated_window_size,
+            max_stall: config.max_stall,
+            acked_blocks: 0,
+            acked_bytes: 0,
         })
     }
 
-    pub(crate) async fn handle(&mut self) {
-        if let Err(e) = self.try_handle().await {
-            trace!("RRQ request failed (peer: {}, error: {})", &self.peer, &e);
+    /// Runs the transfer to its end and says how it ended.
+    pub(crate) async fn handle(&mut self) -> ReadOutcome {
+        let end = match self.try_handle().await {
+            Ok(()) => ReadEnd::Complete,
             // COSM patch: the peer ended the transfer with an ERROR packet; RFC 1350
             // says an ERROR is never answered, so end quietly.
-            if let Error::Io(ref io_err) = e {
-                if io_err.kind() == io::ErrorKind::ConnectionAborted {
-                    return;
+            Err(Error::Aborted(err)) => {
+                trace!("RRQ aborted by the client (peer: {}, error: {:?})", &self.peer, &err);
+                ReadEnd::AbortedByClient {
+                    code: err.code(),
+                    message: err.msg().to_string(),
                 }
             }
-            let mut buffer = BytesMut::with_capacity(DEFAULT_BLOCK_SIZE);
-            Packet::Error(e.into()).encode(&mut buffer);
-            let buf = buffer.split().freeze();
-            // Errors are never retransmitted.
-            // We do not care if `send_to` resulted to an IO error.
-            let _ = self.socket.send_to(&buf[..], self.peer).await;
+            Err(e) => {
+                trace!("RRQ request failed (peer: {}, error: {})", &self.peer, &e);
+                let end = match e {
+                    Error::MaxSendRetriesReached(..) => ReadEnd::TimedOut,
+                    ref e => ReadEnd::Failed(e.to_string()),
+                };
+                let mut buffer = BytesMut::with_capacity(DEFAULT_BLOCK_SIZE);
+                Packet::Error(e.into()).encode(&mut buffer);
+                let buf = buffer.split().freeze();
+                // Errors are never retransmitted.
+                // We do not care if `send_to` resulted to an IO error.
+                let _ = self.socket.send_to(&buf[..], self.peer).await;
+                end
+            }
+        };
+        ReadOutcome {
+            end,
+            sent_oack: self.oack_opts.is_some(),
+            acked_blocks: self.acked_blocks,
+            acked_bytes: self.acked_bytes,
         }
     }
 
@@ -131,10 +163,9 @@ where
             window_base = window_base.wrapping_add(blocks_acked);
 
             // remove acked blocks from window
-            if blocks_acked == window.len() as u16 {
-                window.clear()
-            } else {
-                window.drain(..blocks_acked as usize);
+            for block in window.drain(..blocks_acked as usize) {
+                self.acked_blocks += 1;
+                self.acked_bytes += (block.len() - PACKET_DATA_HEADER_LEN) as u64;
             }
 
             if is_last_block && window.is_empty() {
@@ -171,19 +202,40 @@ where
 
     /// Sends packets contained in a window and waits for client to acknowledge them. Returns amount
     /// of packets acknowledged.
+    ///
+    /// COSM patch: the window is given up when `max_stall` has passed without an ACK,
+    /// however long the client's timeout; and an ACK of the block just before the window
+    /// (an RFC 7440 client saying "I have nothing of this window": its first block was
+    /// lost) resends the window at once instead of after a timeout, once per timeout
+    /// round, so duplicated ACKs cannot multiply windows.
     async fn send_window(
         &mut self,
         window: &VecDeque<Bytes>,
         window_base: u16,
     ) -> Result<u16> {
-        // Send packet until we receive an ack
-        for _ in 0..=self.max_send_retries {
+        let deadline = self.max_stall.map(|d| Instant::now() + d);
+        let mut timeouts = 0;
+        let mut fast_resend_allowed = true;
+        loop {
             for packet in window {
                 self.socket.send_to(&packet[..], self.peer).await?;
             }
 
-            match self.recv_ack(window_base, window.len() as u16).await {
-                Ok(blocks_acked) => {
+            let wait = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    cmp::min(self.timeout, left)
+                }
+                None => self.timeout,
+            };
+            match self
+                .recv_ack(window_base, window.len() as u16, fast_resend_allowed, wait)
+                .await?
+            {
+                Ack::Window(blocks_acked) => {
                     trace!(
                         "RRQ (peer: {}, window_base: {}, blocks_acked: {}, window_len: {}) - Received ACK",
                         &self.peer,
@@ -193,15 +245,26 @@ where
                     );
                     return Ok(blocks_acked);
                 }
-                Err(ref e) if e.kind() == io::ErrorKind::TimedOut => {
+                Ack::BeforeWindow => {
+                    trace!(
+                        "RRQ (peer: {}, window_base: {}) - the client misses the window's first block; resending",
+                        &self.peer,
+                        window_base
+                    );
+                    fast_resend_allowed = false;
+                }
+                Ack::TimedOut => {
                     trace!(
                         "RRQ (peer: {}, block_id: {}) - Timeout",
                         &self.peer,
                         window_base
                     );
-                    continue;
+                    fast_resend_allowed = true;
+                    timeouts += 1;
+                    if timeouts > self.max_send_retries {
+                        break;
+                    }
                 }
-                Err(e) => return Err(e.into()),
             }
         }
 
@@ -213,13 +276,15 @@ where
         &mut self,
         window_base: u16,
         window_len: u16,
-    ) -> io::Result<u16> {
+        accept_before_window: bool,
+        wait: Duration,
+    ) -> Result<Ack> {
         // We can not use `self` within `async_std::io::timeout` because not all
         // struct members implement `Sync`. So we borrow only what we need.
         let socket = &mut self.socket;
         let peer = self.peer;
 
-        io_timeout(self.timeout, async {
+        let received = io_timeout(wait, async {
             let mut buf = [0u8; 1024];
 
             loop {
@@ -230,44 +295,34 @@ where
                     continue;
                 }
 
-                // parse only valid Ack packets, the rest are ignored
-                // COSM patch: an ERROR from the peer (PXE ROMs send one after the
-                // tsize probe) ends the transfer now instead of after every retry.
-                if let Ok(Packet::Error(err)) = Packet::decode(&buf[..len]) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("the client ended the transfer: {err:?}"),
-                    ));
-                }
+                let recved_block_id = match Packet::decode(&buf[..len]) {
+                    // COSM patch: an ERROR from the peer (PXE ROMs send one after the
+                    // tsize probe) ends the transfer now instead of after every retry.
+                    Ok(Packet::Error(err)) => return Ok(Err(err)),
+                    Ok(Packet::Ack(id)) => id,
+                    // parse only valid Ack packets, the rest are ignored
+                    _ => continue,
+                };
 
-                if let Ok(Packet::Ack(recved_block_id)) =
-                    Packet::decode(&buf[..len])
-                {
-                    let window_end = window_base.wrapping_add(window_len);
-
-                    if window_end > window_base {
-                        // window_end did not wrap
-                        if recved_block_id >= window_base && recved_block_id < window_end {
-                            // number of blocks acked
-                            return Ok(recved_block_id-window_base+1u16);
-                        }
-                        else {
-                            trace!("Unexpected ack packet {recved_block_id}, window_base: {window_base}, window_len: {window_len}");
-                        }
-                    }else {
-                        // window_end wrapped
-                        if recved_block_id >= window_base {
-                            return Ok(1u16 + (recved_block_id - window_base));
-                        } else if recved_block_id < window_end {
-                            return Ok(1u16 + recved_block_id + (window_len - window_end));
-                        } else {
-                            trace!("Unexpected ack packet {recved_block_id}, window_base: {window_base}, window_len: {window_len}");
-                        }
-                    }
+                // Blocks acknowledged, counted modulo 2^16 from the window's base:
+                // 1..=window_len acknowledge part or all of the window.
+                let acked = recved_block_id.wrapping_sub(window_base).wrapping_add(1);
+                if acked >= 1 && acked <= window_len {
+                    return Ok(Ok(Ack::Window(acked)));
                 }
+                if acked == 0 && accept_before_window {
+                    return Ok(Ok(Ack::BeforeWindow));
+                }
+                trace!("Unexpected ack packet {recved_block_id}, window_base: {window_base}, window_len: {window_len}");
             }
         })
-        .await
+        .await;
+        match received {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(err)) => Err(Error::Aborted(err)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(Ack::TimedOut),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn read_block(&mut self, buf: &mut [u8]) -> Result<usize> {
@@ -300,7 +355,7 @@ fn build_oack_opts(
     }
 
     if !config.ignore_client_timeout {
-        opts.timeout = req.opts.timeout;
+        opts.timeout = granted_timeout(config, req.opts.timeout);
     }
 
     if let (Some(0), Some(file_size)) = (req.opts.transfer_size, file_size) {
@@ -320,5 +375,22 @@ fn build_oack_opts(
         None
     } else {
         Some(opts)
+    }
+}
+
+/// The client's `timeout` option if it is within `client_timeout_limit` (COSM patch).
+/// RFC 2349 has the OACK repeat the client's value exactly, so a larger one is not
+/// reduced but refused: left out of the OACK, and the server's own timeout applies.
+pub(crate) fn granted_timeout(
+    config: &ServerConfig,
+    requested: Option<u8>,
+) -> Option<u8> {
+    let requested = requested?;
+    match config.client_timeout_limit {
+        Some(limit) if Duration::from_secs(requested.into()) > limit => {
+            trace!("client timeout {requested} s refused (limit {limit:?})");
+            None
+        }
+        _ => Some(requested),
     }
 }

@@ -181,7 +181,7 @@ fn build_oack_opts(config: &ServerConfig, req: &RwReq) -> Option<Opts> {
     }
 
     if !config.ignore_client_timeout {
-        opts.timeout = req.opts.timeout;
+        opts.timeout = super::read_req::granted_timeout(config, req.opts.timeout);
     }
 
     opts.transfer_size = req.opts.transfer_size;

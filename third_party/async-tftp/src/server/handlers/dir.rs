@@ -64,7 +64,7 @@ impl crate::server::Handler for DirHandler {
     type Writer = Unblock<File>;
 
     async fn read_req_open(
-        &mut self,
+        &self,
         _client: &SocketAddr,
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
@@ -89,7 +89,7 @@ impl crate::server::Handler for DirHandler {
     }
 
     async fn write_req_open(
-        &mut self,
+        &self,
         _client: &SocketAddr,
         path: &Path,
         size: Option<u64>,
