@@ -25,7 +25,7 @@ help:
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
-	@echo "make fuzz   - fuzz the DHCP packet path and the TFTP request parser, FUZZ_SECONDS each (default 60)"
+	@echo "make fuzz   - fuzz DHCP packets, TFTP requests and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
 
 all: build
@@ -70,15 +70,16 @@ bench: toolchain deps image
 	./scripts/bench-tftp.sh
 	taskset -c 1 target/release/heartbeat-bench
 
-# Fuzz the DHCP packet path and the TFTP request parser for FUZZ_SECONDS each (default 60). cargo-fuzz needs nightly
-# features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
+# Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
+# through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz
+# needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
 FUZZ_SECONDS ?= 60
-# Each target runs for FUZZ_SECONDS, one after the other.
-FUZZ_TARGETS := dhcp_packet tftp_request
+# Each target (fuzz directory:target) runs for FUZZ_SECONDS, one after the other.
+FUZZ_TARGETS := cosm-netboot:dhcp_packet cosm-netboot:tftp_request cosm-appliance:http_request
 fuzz: toolchain
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd crates/cosm-netboot/fuzz && for t in $(FUZZ_TARGETS); do \
-	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; done
+	for t in $(FUZZ_TARGETS); do \
+	  (cd crates/$${t%%:*}/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $${t#*:} -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048) || exit 1; done
 
 clean:
 	$(CARGO) clean

@@ -473,3 +473,42 @@ fn forged_pxe_discovers_are_capped_expire_and_leave_registered_machines_served()
     let m = app.api(&format!("/api/v1/machines/{mac}")).unwrap();
     assert_eq!(m["mac"], mac.as_str(), "{m}");
 }
+
+/// Hardening (issue 11, item 3): without `dhcp.interface`, a broadcast reply left through
+/// the interface of the default route (or failed with "Network unreachable"), not the
+/// segment the client is on. The server now learns each request's arrival interface
+/// (IP_PKTINFO) and broadcasts its reply out of that one.
+#[test]
+fn without_an_interface_broadcast_replies_leave_by_the_interface_the_request_came_in_on() {
+    require_root_tools(&["ip", "dhclient", "curl"]);
+    let (srv, cli, _s_if, c_if) = segment("dis", "dic");
+    // A second segment on the server, holding its default route: where a broadcast went.
+    let decoy = NetNs::new("did").unwrap();
+    NetNs::link_pair(&srv, "198.51.100.1/24", &decoy, "198.51.100.2/24").unwrap();
+    let mut route = srv.command("ip");
+    route.args(["route", "add", "default", "via", "198.51.100.2"]);
+    srv.run_ok(route).unwrap();
+    let config = r#"
+[dhcp]
+server_id = "192.0.2.1"
+[[dhcp.subnets]]
+cidr = "192.0.2.0/24"
+pools = ["192.0.2.100-192.0.2.150"]
+routers = ["192.0.2.1"]
+lease_time_secs = 30
+"#;
+    let app = Appliance::start_with(Some(srv.name()), config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (client, log) = Client::new(&cli, c_if, dir.path());
+    let pid = client.start("any.leases");
+    let (bound, _) = wait_for(&log, "BOUND", 0, Duration::from_secs(40));
+    let _ = cli.kill(pid);
+    assert!(bound["ip"].starts_with("192.0.2.1"), "{bound:?}");
+    let text = app.metrics().unwrap();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("cosm_dhcp_sent_packets_total{type=\"ack\"} ") && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+}

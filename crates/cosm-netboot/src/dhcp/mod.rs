@@ -7,6 +7,7 @@
 pub mod config;
 pub mod core;
 pub mod leases;
+mod pktinfo;
 pub mod robustness;
 pub mod server;
 

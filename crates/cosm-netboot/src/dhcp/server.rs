@@ -156,6 +156,7 @@ fn bind(addr: SocketAddrV4, interface: Option<&str>) -> std::io::Result<UdpSocke
     if let Some(ifname) = interface {
         s.bind_device(Some(ifname.as_bytes()))?;
     }
+    super::pktinfo::enable(&s)?;
     s.set_nonblocking(true)?;
     // Large buffers absorb bursts (a rack powering on at once) instead of dropping.
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -324,14 +325,19 @@ async fn recv_loop<S: LeaseSink>(
 ) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
+        let received = sock
+            .async_io(tokio::io::Interest::READABLE, || {
+                super::pktinfo::recv(&*sock, &mut buf)
+            })
+            .await;
+        let (n, src, ifindex) = match received {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "DHCP receive failed");
                 continue;
             }
         };
-        let SocketAddr::V4(src) = src else { continue };
+        let origin = Origin { src, ifindex };
         let Some(msg) = parse(&buf[..n]) else {
             shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%src, bytes = n, "malformed DHCP packet dropped");
@@ -339,7 +345,7 @@ async fn recv_loop<S: LeaseSink>(
         };
         // A bug in the decision path must cost one packet, not the DHCP service.
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handle_packet(&shared, &sock, &out, msg, src, port, 0)
+            handle_packet(&shared, &sock, &out, msg, origin, port, 0)
         }));
         if handled.is_err() {
             shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -351,15 +357,23 @@ async fn recv_loop<S: LeaseSink>(
 /// How often one request may find its offered address taken by someone who answers pings.
 const MAX_PROBE_ATTEMPTS: u8 = 3;
 
+/// Where a request came from: the sender, and the interface it came in on.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    src: SocketAddrV4,
+    ifindex: Option<u32>,
+}
+
 fn handle_packet<S: LeaseSink>(
     shared: &Arc<Shared<S>>,
     sock: &Arc<UdpSocket>,
     out: &Arc<UdpSocket>,
     msg: Message,
-    src: SocketAddrV4,
+    origin: Origin,
     port: u16,
     attempt: u8,
 ) {
+    let src = origin.src;
     let now = Timestamp::now();
     if attempt == 0 {
         shared.stats.count_received(msg.opts().msg_type());
@@ -463,6 +477,12 @@ fn handle_packet<S: LeaseSink>(
         }
         Destination::Source => SocketAddr::V4(src),
     };
+    // A broadcast leaves through the interface the request came in on, unless the server
+    // is bound to one interface anyway (see `pktinfo`).
+    let via = match (reply.dest, &shared.listen.interface) {
+        (Destination::Broadcast, None) => origin.ifindex,
+        _ => None,
+    };
     if let (Some(ip), Some(pinger)) = (probe, &shared.pinger) {
         if persist.is_none() && attempt < MAX_PROBE_ATTEMPTS {
             let (shared, sock, out, pinger) =
@@ -475,7 +495,7 @@ fn handle_packet<S: LeaseSink>(
                         &out,
                         port,
                         &reply.msg,
-                        dest,
+                        (dest, via),
                         mac,
                         note.as_deref(),
                     );
@@ -503,7 +523,7 @@ fn handle_packet<S: LeaseSink>(
                     tracing::error!(error = %e, "cannot persist a conflict quarantine");
                 }
                 // Decide again: the squatted address is now held, so another one is chosen.
-                handle_packet(&shared, &sock, &out, msg, src, port, attempt + 1);
+                handle_packet(&shared, &sock, &out, msg, origin, port, attempt + 1);
             });
             return;
         }
@@ -528,7 +548,7 @@ fn handle_packet<S: LeaseSink>(
             if let (Some(mac), Some(n)) = (mac, &note) {
                 sink.note(mac, n);
             }
-            if let Err(e) = sock.try_send_to(&bytes, dest) {
+            if let Err(e) = send_via(&sock, &bytes, dest, via) {
                 tracing::warn!(error = %e, %dest, "DHCP send failed");
             }
         }
@@ -546,7 +566,7 @@ fn handle_packet<S: LeaseSink>(
                         if let (Some(mac), Some(n)) = (mac, &note) {
                             sink.note(mac, n);
                         }
-                        if let Err(e) = sock.send_to(&bytes, dest).await {
+                        if let Err(e) = send_via_async(&sock, &bytes, dest, via).await {
                             tracing::warn!(error = %e, %dest, "DHCP send failed");
                         }
                     }
@@ -568,7 +588,7 @@ fn send_now<S: LeaseSink>(
     out: &Arc<UdpSocket>,
     port: u16,
     msg: &Message,
-    dest: SocketAddr,
+    (dest, via): (SocketAddr, Option<u32>),
     mac: Option<MacAddr>,
     note: Option<&str>,
 ) {
@@ -584,8 +604,41 @@ fn send_now<S: LeaseSink>(
         shared.sink.note(mac, n);
     }
     let sock = if port == PXE_PORT { sock } else { out };
-    if let Err(e) = sock.try_send_to(&bytes, dest) {
+    if let Err(e) = send_via(sock, &bytes, dest, via) {
         tracing::warn!(error = %e, %dest, "DHCP send failed");
+    }
+}
+
+/// Sends now (or fails with `WouldBlock`), out of interface `via` when given.
+fn send_via(
+    sock: &UdpSocket,
+    bytes: &[u8],
+    dest: SocketAddr,
+    via: Option<u32>,
+) -> std::io::Result<usize> {
+    match (dest, via) {
+        (SocketAddr::V4(d), Some(_)) => sock.try_io(tokio::io::Interest::WRITABLE, || {
+            super::pktinfo::send(sock, bytes, d, via)
+        }),
+        _ => sock.try_send_to(bytes, dest),
+    }
+}
+
+/// [`send_via`], waiting for room in the socket's buffer.
+async fn send_via_async(
+    sock: &UdpSocket,
+    bytes: &[u8],
+    dest: SocketAddr,
+    via: Option<u32>,
+) -> std::io::Result<usize> {
+    match (dest, via) {
+        (SocketAddr::V4(d), Some(_)) => {
+            sock.async_io(tokio::io::Interest::WRITABLE, || {
+                super::pktinfo::send(sock, bytes, d, via)
+            })
+            .await
+        }
+        _ => sock.send_to(bytes, dest).await,
     }
 }
 
