@@ -194,7 +194,10 @@ where
         })
         .await??;
     let mut resp = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response();
@@ -220,11 +223,17 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_bad_ones_name_the_cursor() {
         let c = u64_cursor(0x5254_00aa_bb01);
-        assert_eq!(cursor_u64(&q(&[("cursor", &c)])).unwrap(), Some(0x5254_00aa_bb01));
+        assert_eq!(
+            cursor_u64(&q(&[("cursor", &c)])).unwrap(),
+            Some(0x5254_00aa_bb01)
+        );
         let c = rule_cursor(-5, 7);
         assert_eq!(cursor_rule(&q(&[("cursor", &c)])).unwrap(), Some((-5, 7)));
         let c = name_cursor("host");
-        assert_eq!(cursor_name(&q(&[("cursor", &c)])).unwrap().as_deref(), Some("host"));
+        assert_eq!(
+            cursor_name(&q(&[("cursor", &c)])).unwrap().as_deref(),
+            Some("host")
+        );
         assert_eq!(cursor_u32(&q(&[])).unwrap(), None);
         for bad in ["", "xyz", "abc", "00", &u64_cursor(1)] {
             let e = cursor_u32(&q(&[("cursor", bad)])).unwrap_err();
@@ -248,7 +257,12 @@ mod tests {
     fn the_next_link_keeps_the_filters_and_replaces_the_cursor() {
         let next = NextLink::new(
             "/api/v1/machines",
-            &q(&[("state", "ready"), ("cursor", "00"), ("limit", "2"), ("role", "a b")]),
+            &q(&[
+                ("state", "ready"),
+                ("cursor", "00"),
+                ("limit", "2"),
+                ("role", "a b"),
+            ]),
         );
         assert_eq!(
             next.header("0a"),

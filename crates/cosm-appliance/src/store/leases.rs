@@ -27,7 +27,11 @@ impl<C: StoreCommand> Store<C> {
     }
 
     /// One page of image records by name, after the name `after`.
-    pub fn images_page(&self, after: Option<&str>, limit: usize) -> Result<Page<Image>, StoreError> {
+    pub fn images_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Image>, StoreError> {
         self.page(IMAGES, after, limit, |_: &Image| true)
     }
 

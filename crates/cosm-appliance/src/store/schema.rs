@@ -104,7 +104,9 @@ fn build_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
         if let Some(h) = m.hostname.as_deref() {
             let held = hostnames.get(h)?.map(|v| v.value());
             match held {
-                Some(other) => tracing::warn!(mac = %m.mac, hostname = h, other, "migration: hostname held by two machines; the first keeps it"),
+                Some(other) => {
+                    tracing::warn!(mac = %m.mac, hostname = h, other, "migration: hostname held by two machines; the first keeps it")
+                }
                 None => {
                     hostnames.insert(h, k.value())?;
                 }
@@ -113,7 +115,9 @@ fn build_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
         if let Some(ip) = m.reserved_ip {
             let held = ips.get(u32::from(ip))?.map(|v| v.value());
             match held {
-                Some(other) => tracing::warn!(mac = %m.mac, %ip, other, "migration: address reserved for two machines; the first keeps it"),
+                Some(other) => {
+                    tracing::warn!(mac = %m.mac, %ip, other, "migration: address reserved for two machines; the first keeps it")
+                }
                 None => {
                     ips.insert(u32::from(ip), k.value())?;
                 }

@@ -29,7 +29,11 @@ impl<C: StoreCommand> Store<C> {
 
     /// One page of tokens by id, after the id `after`: a range of the id index, each
     /// record found by its hash.
-    pub fn tokens_page(&self, after: Option<u64>, limit: usize) -> Result<Page<TokenInfo>, StoreError> {
+    pub fn tokens_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<TokenInfo>, StoreError> {
         use std::ops::Bound;
         let r = self.db.begin_read()?;
         let ids = r.open_table(TOKEN_IDS)?;
@@ -91,7 +95,8 @@ impl Tx<'_> {
 
     /// Removes every agent credential bound to this MAC; returns how many.
     pub fn remove_agent_credentials(&mut self, mac: MacAddr) -> Result<usize, StoreError> {
-        let stale = self.tokens_where(|info| info.scope == Scope::Agent && info.mac == Some(mac))?;
+        let stale =
+            self.tokens_where(|info| info.scope == Scope::Agent && info.mac == Some(mac))?;
         let mut t = self.txn.open_table(TOKENS)?;
         let mut ids = self.txn.open_table(TOKEN_IDS)?;
         for (h, id) in &stale {
