@@ -140,3 +140,122 @@ fn build_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreCommand, StoreOptions, TokenRecord, Tx};
+    use cosm_wire::{MacAddr, Scope, Timestamp, TokenInfo};
+
+    #[derive(Debug)]
+    struct Noop;
+
+    impl StoreCommand for Noop {
+        type Outcome = ();
+        fn at(&self) -> Timestamp {
+            Timestamp::now()
+        }
+        fn apply(&self, _tx: &mut Tx<'_>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn machine(mac: &str, hostname: Option<&str>, ip: Option<&str>) -> Machine {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "mac": mac, "hostname": hostname, "role": null, "state": "discovered",
+            "reserved_ip": ip, "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:00Z", "state_since": "2024-01-01T00:00:00Z",
+            "desired_generation": 0, "pending_actions": []
+        }))
+        .unwrap()
+    }
+
+    /// Issue 11, item 12: a store written by schema 1 (no index tables) opens, is migrated
+    /// to schema 2, and gets its indexes built from its records.
+    #[test]
+    fn a_schema_1_store_opens_with_its_indexes_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosm.redb");
+        let (a, b, c) = (
+            "52:54:00:00:20:01",
+            "52:54:00:00:20:02",
+            "52:54:00:00:20:03",
+        );
+        {
+            // What schema 1 wrote: its tables and records only.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(META)
+                    .unwrap()
+                    .insert("schema_version", 1)
+                    .unwrap();
+                let mut ms = txn.open_table(MACHINES).unwrap();
+                for m in [
+                    machine(a, Some("web-1"), Some("10.1.0.5")),
+                    machine(b, Some("web-2"), None),
+                    machine(c, None, None),
+                ] {
+                    ms.insert(m.mac.to_u64(), serde_json::to_vec(&m).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut ts = txn.open_table(TOKENS).unwrap();
+                for id in [3u64, 1] {
+                    let rec = TokenRecord {
+                        info: TokenInfo {
+                            id,
+                            name: format!("t{id}"),
+                            scope: Scope::Read,
+                            created_at: Timestamp::now(),
+                            mac: None,
+                        },
+                        hash: format!("hash{id}"),
+                    };
+                    ts.insert(
+                        rec.hash.as_str(),
+                        serde_json::to_vec(&rec).unwrap().as_slice(),
+                    )
+                    .unwrap();
+                }
+                let mut rules = txn.open_table(RULES).unwrap();
+                for (id, priority) in [(1u64, 50), (2, -3)] {
+                    let rule = serde_json::json!({"id": id, "role": "host", "priority": priority, "description": "",
+                        "match": {}, "created_at": "2024-01-01T00:00:00Z"});
+                    rules
+                        .insert(id, serde_json::to_vec(&rule).unwrap().as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let s = Store::<Noop>::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let mac = |t: &str| -> MacAddr { t.parse().unwrap() };
+        assert_eq!(s.machine_with_hostname("web-1").unwrap(), Some(mac(a)));
+        assert_eq!(s.machine_with_hostname("web-2").unwrap(), Some(mac(b)));
+        assert_eq!(
+            s.machine_with_ip("10.1.0.5".parse().unwrap()).unwrap(),
+            Some(mac(a))
+        );
+        let ids: Vec<u64> = s
+            .tokens_page(None, 10)
+            .unwrap()
+            .items
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        let rules: Vec<u64> = s
+            .rules_page(None, 10)
+            .unwrap()
+            .items
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(rules, [2, 1]);
+        drop(s);
+        // Opening again runs no migration twice.
+        let s = Store::<Noop>::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.machine_with_hostname("web-1").unwrap(), Some(mac(a)));
+    }
+}
