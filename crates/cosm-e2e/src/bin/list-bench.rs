@@ -24,10 +24,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// One whole list, page by page; returns the pages read.
-async fn list_all(http: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<u64> {
+/// One whole list, page by page, counting each page answered.
+async fn list_all(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    pages: &AtomicU64,
+) -> anyhow::Result<()> {
     let mut path = "/api/v1/machines?limit=1000".to_string();
-    let mut pages = 0;
     for _ in 0..1000 {
         let resp = http
             .get(format!("{base}{path}"))
@@ -41,13 +45,13 @@ async fn list_all(http: &reqwest::Client, base: &str, token: &str) -> anyhow::Re
             .and_then(|v| v.to_str().ok())
             .and_then(cosm_e2e::next_link);
         resp.bytes().await?;
-        pages += 1;
+        pages.fetch_add(1, Ordering::Relaxed);
         match next {
             Some(n) => path = n,
             None => break,
         }
     }
-    Ok(pages)
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -74,13 +78,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let token = std::fs::read_to_string(&token_path)?.trim().to_string();
 
-    // Enrol every machine; the first BEATING keep beating.
+    // Enrol the beating agents first (enrolment counts the discovered machines, a read of
+    // every machine), then register the rest of the machines through the API.
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(FleetStats::default());
     let samples: Arc<Mutex<Vec<u32>>> = Arc::default();
     let mut enrolled = 0u32;
-    while enrolled < MACHINES {
-        let batch: Vec<_> = (enrolled..(enrolled + 200).min(MACHINES))
+    while enrolled < BEATING {
+        let batch: Vec<_> = (enrolled..(enrolled + 200).min(BEATING))
             .map(|i| {
                 let (http, base, token) = (http.clone(), base.clone(), token.clone());
                 tokio::spawn(async move { SimAgent::enroll(&http, &base, &token, i).await })
@@ -88,23 +93,44 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         for h in batch {
             let agent = h.await??;
-            if enrolled < BEATING {
-                let (stop, stats, samples) = (stop.clone(), stats.clone(), samples.clone());
-                let offset = Duration::from_micros(u64::from(enrolled) * 7919 % 1_000_000);
-                tokio::spawn(async move {
-                    tokio::time::sleep(offset).await;
-                    let mut tick = tokio::time::interval(Duration::from_secs(1));
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let t = Instant::now();
-                        if agent.beat(&stats).await.is_ok() {
-                            samples.lock().unwrap().push(t.elapsed().as_micros() as u32);
-                        }
+            let (stop, stats, samples) = (stop.clone(), stats.clone(), samples.clone());
+            let offset = Duration::from_micros(u64::from(enrolled) * 7919 % 1_000_000);
+            tokio::spawn(async move {
+                tokio::time::sleep(offset).await;
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let t = Instant::now();
+                    if agent.beat(&stats).await.is_ok() {
+                        samples.lock().unwrap().push(t.elapsed().as_micros() as u32);
                     }
-                });
-            }
+                }
+            });
             enrolled += 1;
         }
+    }
+    let mut created = BEATING;
+    while created < MACHINES {
+        let batch: Vec<_> = (created..(created + 200).min(MACHINES))
+            .map(|i| {
+                let (http, base, token) = (http.clone(), base.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mac = cosm_e2e::simagent::sim_mac(i);
+                    let inventory = cosm_e2e::simagent::sim_inventory(i);
+                    http.post(format!("{base}/api/v1/machines"))
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({"mac": mac, "hostname": format!("node-{i}"), "inventory": inventory}))
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for h in batch {
+            h.await??;
+        }
+        created = (created + 200).min(MACHINES);
     }
 
     println!(
@@ -132,9 +158,8 @@ async fn main() -> anyhow::Result<()> {
                 let (list_stop, lists, pages) = (list_stop.clone(), lists.clone(), pages.clone());
                 tokio::spawn(async move {
                     while !list_stop.load(Ordering::Relaxed) {
-                        if let Ok(p) = list_all(&http, &base, &token).await {
+                        if list_all(&http, &base, &token, &pages).await.is_ok() {
                             lists.fetch_add(1, Ordering::Relaxed);
-                            pages.fetch_add(p, Ordering::Relaxed);
                         }
                     }
                 })
