@@ -23,7 +23,7 @@ help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats (root)"
+	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz DHCP packets, TFTP requests and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
@@ -69,6 +69,7 @@ bench: toolchain deps image
 	./scripts/bench-dhcp.sh
 	./scripts/bench-tftp.sh
 	taskset -c 1 target/release/heartbeat-bench
+	taskset -c 1 target/release/list-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
 # through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz

@@ -118,6 +118,7 @@ impl Assembly {
             boot: Some(Arc::new(boot)),
             images: Some(images),
             enroll_gate: Arc::new(crate::app::EnrollGate::new(config.enroll_limits)),
+            bulk_reads: Arc::new(crate::app::BulkReads::per_cpu()),
         };
         Ok(Assembly {
             state: AppState {

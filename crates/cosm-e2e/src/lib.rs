@@ -98,23 +98,46 @@ impl Appliance {
     }
 
     /// GET an API path (e.g. `/api/v1/leases`) with the admin token, through curl in the
-    /// appliance's namespace, and parse the JSON answer.
+    /// appliance's namespace, and parse the JSON answer. A list is followed page by page
+    /// (its `Link` rel="next") and answered whole.
     pub fn api(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let out = self
-            .command(Path::new("curl"))
-            .args(["-sS", "--fail-with-body", "-m", "10", "-H"])
-            .arg(format!("Authorization: Bearer {}", self.token()))
-            .arg(format!("{}{path}", self.url()))
-            .output()
-            .context("cannot run curl (Debian package curl; `make deps` installs it)")?;
-        if !out.status.success() {
-            bail!(
-                "GET {path} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let mut path = path.to_string();
+        let mut all: Option<Vec<serde_json::Value>> = None;
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .command(Path::new("curl"))
+                .args(["-sS", "--fail-with-body", "-m", "10", "-D", "-", "-H"])
+                .arg(format!("Authorization: Bearer {}", self.token()))
+                .arg(format!("{}{path}", self.url()))
+                .output()
+                .context("cannot run curl (Debian package curl; `make deps` installs it)")?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or(("", &text));
+            if !out.status.success() {
+                bail!(
+                    "GET {path} failed: {body}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let v: serde_json::Value = serde_json::from_str(body)?;
+            let next = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("link")
+                    .then(|| next_link(v))
+                    .flatten()
+            });
+            match (v, next) {
+                (serde_json::Value::Array(page), next) => {
+                    all.get_or_insert_with(Vec::new).extend(page);
+                    match next {
+                        Some(n) => path = n,
+                        None => return Ok(serde_json::Value::Array(all.unwrap_or_default())),
+                    }
+                }
+                (v, _) => return Ok(v),
+            }
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        bail!("GET {path}: more than {MAX_PAGES} pages")
     }
 
     /// The `/metrics` text (open, no token), through curl in the appliance's namespace.
@@ -246,6 +269,78 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The most pages a list is followed for.
+const MAX_PAGES: usize = 10_000;
+
+/// The target of a `Link` header value's `rel="next"` entry (RFC 8288).
+pub fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|entry| {
+        let (target, params) = entry.trim().split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_string())
+    })
+}
+
+/// Every record of a list at `base` + `path`, following each page's `Link` rel="next".
+pub fn list_all(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    path: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut all = Vec::new();
+    let mut path = path.to_string();
+    for _ in 0..MAX_PAGES {
+        let resp = http
+            .get(format!("{base}{path}"))
+            .send()?
+            .error_for_status()?;
+        let next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        all.extend(resp.json::<Vec<serde_json::Value>>()?);
+        match next {
+            Some(n) => path = n,
+            None => return Ok(all),
+        }
+    }
+    bail!("{path}: more than {MAX_PAGES} pages")
+}
+
+/// [`list_all`] for async tests.
+pub async fn list_all_async(
+    http: &reqwest::Client,
+    token: &str,
+    base: &str,
+    path: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut all = Vec::new();
+    let mut path = path.to_string();
+    for _ in 0..MAX_PAGES {
+        let resp = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?;
+        let next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        all.extend(resp.json::<Vec<serde_json::Value>>().await?);
+        match next {
+            Some(n) => path = n,
+            None => return Ok(all),
+        }
+    }
+    bail!("{path}: more than {MAX_PAGES} pages")
 }
 
 /// A blocking HTTP client with the admin token set.

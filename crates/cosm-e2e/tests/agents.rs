@@ -86,15 +86,17 @@ async fn five_hundred_agents_stay_live_and_a_silent_one_is_lost_then_back() {
 
     // Eight intervals: more than twice the three missed beats that would make one lost.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let lost: Vec<serde_json::Value> =
-        get_json(&http, &token, format!("{base}/api/v1/machines?state=lost")).await;
+    let lost = cosm_e2e::list_all_async(&http, &token, &base, "/api/v1/machines?state=lost")
+        .await
+        .unwrap();
     assert!(
         lost.is_empty(),
         "{} beating agents were marked lost",
         lost.len()
     );
-    let all: Vec<serde_json::Value> =
-        get_json(&http, &token, format!("{base}/api/v1/machines")).await;
+    let all = cosm_e2e::list_all_async(&http, &token, &base, "/api/v1/machines")
+        .await
+        .unwrap();
     assert_eq!(all.len(), AGENTS as usize);
     assert!(all.iter().all(
         |m| m["state"] == "discovered" && m["inventory"]["cpu"]["threads"].as_u64() >= Some(2)

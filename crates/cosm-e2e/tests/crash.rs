@@ -87,12 +87,7 @@ fn sigkill_mid_stream_loses_no_acknowledged_write() {
 
     app.restart().unwrap();
     let http = client(&app.token());
-    let machines: Vec<serde_json::Value> = http
-        .get(format!("{}/api/v1/machines", app.url()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let machines = cosm_e2e::list_all(&http, &app.url(), "/api/v1/machines").unwrap();
     let stored: BTreeMap<String, String> = machines
         .iter()
         .map(|m| {

@@ -30,6 +30,24 @@ pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     /// The raw response body (empty for `204 No Content`).
     pub(crate) body: String,
+    /// The next page of a list (`Link: <path?…>; rel="next"`), when more follow.
+    pub(crate) next: Option<String>,
+}
+
+/// The most pages one list is followed for: far more than any rack holds at 1,000 records
+/// a page, and a bound if an appliance kept answering with a next page.
+const MAX_PAGES: usize = 100_000;
+
+/// The target of a `Link` header's `rel="next"` entry (RFC 8288).
+fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|entry| {
+        let (target, params) = entry.trim().split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_string())
+    })
 }
 
 impl Reply {
@@ -133,6 +151,37 @@ impl Api {
         self.send(self.api(Method::GET, path).query(query))
     }
 
+    /// Every record of a list: follows each page's `Link` rel="next" to the end and
+    /// answers one JSON array, as if the appliance had sent it in one page.
+    pub(crate) fn get_all(&self, path: &str, query: &[(&str, String)]) -> Result<Reply> {
+        let mut reply = self.get(path, query)?;
+        let mut all: Vec<serde_json::Value> = reply.parse()?;
+        let mut pages = 1;
+        while let Some(next) = reply.next.take() {
+            anyhow::ensure!(
+                pages < MAX_PAGES,
+                "the appliance answered more than {MAX_PAGES} pages for {path}; stopped"
+            );
+            // The link is a path on the same appliance (`/api/v1/…?cursor=…`).
+            let url = if next.starts_with('/') {
+                format!("{}{next}", self.base)
+            } else {
+                next
+            };
+            let rb = self.http.get(url);
+            let rb = match &self.token {
+                Some(t) => rb.bearer_auth(t),
+                None => rb,
+            };
+            reply = self.send(rb)?;
+            let page: Vec<serde_json::Value> = reply.parse()?;
+            all.extend(page);
+            pages += 1;
+        }
+        reply.body = serde_json::Value::Array(all).to_string();
+        Ok(reply)
+    }
+
     pub(crate) fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Reply> {
         self.send(self.api(Method::POST, path).json(body))
     }
@@ -180,9 +229,15 @@ impl Api {
         };
         let resp = rb.send().map_err(unreachable)?;
         let status = resp.status();
+        let next = resp
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link);
         let body = resp.text().map_err(unreachable)?;
         if status.is_success() {
-            Ok(Reply { status, body })
+            Ok(Reply { status, body, next })
         } else {
             Err(ApiError::from_response(status, &body).into())
         }
@@ -225,6 +280,20 @@ mod tests {
             err.ends_with("is it running? Set --url or COSM_URL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn finds_the_next_page_in_a_link_header() {
+        assert_eq!(
+            next_link(r#"</api/v1/machines?limit=2&cursor=0a>; rel="next""#).as_deref(),
+            Some("/api/v1/machines?limit=2&cursor=0a")
+        );
+        assert_eq!(
+            next_link(r#"<http://h/a>; rel="prev", <http://h/b>; rel=next"#).as_deref(),
+            Some("http://h/b")
+        );
+        assert_eq!(next_link(r#"</x>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

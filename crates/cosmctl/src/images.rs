@@ -147,7 +147,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
             })
         }
         ImagesCmd::List => {
-            let reply = ctx.api.get("/images", &[])?;
+            let reply = ctx.api.get_all("/images", &[])?;
             ctx.show(reply, |images: Vec<Image>| show_images(&images))
         }
         ImagesCmd::Show { name } => {

@@ -43,7 +43,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: LeasesCmd) -> Result<()> {
                 };
                 query.push(("state", s.to_string()));
             }
-            let reply = ctx.api.get("/leases", &query)?;
+            let reply = ctx.api.get_all("/leases", &query)?;
             ctx.show(reply, |leases: Vec<Lease>| {
                 let mut t = table(&["IP", "MAC", "STATE", "EXPIRES", "CLIENT HOSTNAME", "RELAY"]);
                 for l in &leases {

@@ -207,7 +207,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             if let Some(s) = state {
                 query.push(("state", s.0.to_string()));
             }
-            let reply = ctx.api.get("/machines", &query)?;
+            let reply = ctx.api.get_all("/machines", &query)?;
             ctx.show(reply, |ms: Vec<Machine>| print_list(&ms))
         }
         MachinesCmd::Show { mac } => {

@@ -34,7 +34,7 @@ pub(crate) enum RolesCmd {
 pub(crate) fn run(ctx: &Ctx, cmd: RolesCmd) -> Result<()> {
     match cmd {
         RolesCmd::List => {
-            let reply = ctx.api.get("/roles", &[])?;
+            let reply = ctx.api.get_all("/roles", &[])?;
             ctx.show(reply, |roles: Vec<Role>| {
                 let mut t = table(&["NAME", "BUILTIN", "DESCRIPTION", "CREATED"]);
                 for r in &roles {

@@ -188,7 +188,7 @@ pub(crate) fn summary(m: &RuleMatch) -> String {
 pub(crate) fn run(ctx: &Ctx, cmd: RulesCmd) -> Result<()> {
     match cmd {
         RulesCmd::List => {
-            let reply = ctx.api.get("/rules", &[])?;
+            let reply = ctx.api.get_all("/rules", &[])?;
             ctx.show(reply, |rules: Vec<Rule>| {
                 if rules.is_empty() {
                     eprintln!("no rules; add one with `cosmctl rules add`");

@@ -58,7 +58,7 @@ const SHOWN_ONCE: &str = "warning: store this token now; the appliance will not 
 pub(crate) fn run(ctx: &Ctx, cmd: TokensCmd) -> Result<()> {
     match cmd {
         TokensCmd::List => {
-            let reply = ctx.api.get("/tokens", &[])?;
+            let reply = ctx.api.get_all("/tokens", &[])?;
             ctx.show(reply, |tokens: Vec<TokenInfo>| {
                 let mut t = table(&["ID", "NAME", "SCOPE", "CREATED"]);
                 for tok in &tokens {

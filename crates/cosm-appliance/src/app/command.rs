@@ -501,4 +501,103 @@ mod tests {
         assert_eq!(back.at, c.at);
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
     }
+
+    /// Issue 11, item 12: the hostname and address indexes follow every create, update,
+    /// clear and delete, and a taken hostname or address is refused as before.
+    #[tokio::test]
+    async fn the_hostname_and_address_indexes_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let (a, b) = (mac("52:54:00:00:10:01"), mac("52:54:00:00:10:02"));
+        let ip = |t: &str| -> std::net::Ipv4Addr { t.parse().unwrap() };
+        let add = |m: MacAddr, host: &str, addr: &str| {
+            Command::now(Op::CreateMachine(CreateMachine {
+                mac: m,
+                hostname: Some(host.into()),
+                role: None,
+                reserved_ip: Some(addr.parse().unwrap()),
+                inventory: None,
+            }))
+        };
+        let update = |m: MacAddr, u: serde_json::Value| {
+            Command::now(Op::UpdateMachine {
+                mac: m,
+                update: serde_json::from_value(u).unwrap(),
+            })
+        };
+        s.apply(add(a, "Node-A", "10.0.0.1")).await.unwrap();
+        assert_eq!(s.machine_with_hostname("node-a").unwrap(), Some(a));
+        assert_eq!(s.machine_with_ip(ip("10.0.0.1")).unwrap(), Some(a));
+
+        // Taken by a: refused with the same messages as before the indexes.
+        let err = s.apply(add(b, "node-a", "10.0.0.2")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("hostname node-a is already used by machine {a}")
+        );
+        let err = s.apply(add(b, "node-b", "10.0.0.1")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("address 10.0.0.1 is already reserved for machine {a}")
+        );
+        assert_eq!(
+            s.machine_with_hostname("node-b").unwrap(),
+            None,
+            "a refusal writes nothing"
+        );
+
+        // Renaming frees the old name and takes the new one; keeping them is no conflict.
+        s.apply(update(
+            a,
+            serde_json::json!({"hostname": "node-a2", "reserved_ip": "10.0.0.1"}),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(s.machine_with_hostname("node-a").unwrap(), None);
+        assert_eq!(s.machine_with_hostname("node-a2").unwrap(), Some(a));
+        assert_eq!(s.machine_with_ip(ip("10.0.0.1")).unwrap(), Some(a));
+        s.apply(add(b, "node-a", "10.0.0.2")).await.unwrap();
+        assert_eq!(s.machine_with_hostname("node-a").unwrap(), Some(b));
+
+        // Clearing frees; another machine may then take it.
+        s.apply(update(a, serde_json::json!({"reserved_ip": null})))
+            .await
+            .unwrap();
+        assert_eq!(s.machine_with_ip(ip("10.0.0.1")).unwrap(), None);
+        assert_eq!(s.machine_with_hostname("node-a2").unwrap(), Some(a), "kept");
+        s.apply(update(b, serde_json::json!({"reserved_ip": "10.0.0.1"})))
+            .await
+            .unwrap();
+        assert_eq!(s.machine_with_ip(ip("10.0.0.1")).unwrap(), Some(b));
+        assert_eq!(s.machine_with_ip(ip("10.0.0.2")).unwrap(), None);
+
+        // Other writes of the record (a role, a state) leave the entries alone.
+        s.apply(Command::now(Op::SetRole {
+            mac: b,
+            role: Some("host".parse().unwrap()),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(s.machine_with_hostname("node-a").unwrap(), Some(b));
+
+        // Deleting frees both.
+        s.apply(Command::now(Op::DeleteMachine { mac: b }))
+            .await
+            .unwrap();
+        assert_eq!(s.machine_with_hostname("node-a").unwrap(), None);
+        assert_eq!(s.machine_with_ip(ip("10.0.0.1")).unwrap(), None);
+        s.apply(add(mac("52:54:00:00:10:03"), "node-a", "10.0.0.1"))
+            .await
+            .unwrap();
+
+        // The index and the records agree.
+        for m in s.machines(None, None).unwrap() {
+            if let Some(h) = &m.hostname {
+                assert_eq!(s.machine_with_hostname(h).unwrap(), Some(m.mac));
+            }
+            if let Some(i) = m.reserved_ip {
+                assert_eq!(s.machine_with_ip(i).unwrap(), Some(m.mac));
+            }
+        }
+    }
 }

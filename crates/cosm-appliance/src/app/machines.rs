@@ -420,30 +420,25 @@ fn validate_hostname(h: &str) -> Result<String, StoreError> {
     }
 }
 
-/// Refuses a hostname or reserved address that another machine already holds.
+/// Refuses a hostname or reserved address that another machine already holds (looked up
+/// in the store's indexes, so registering a machine does not read every machine).
 fn check_unique(
     tx: &Tx<'_>,
     mac: MacAddr,
     hostname: Option<&str>,
     ip: Option<Ipv4Addr>,
 ) -> Result<(), StoreError> {
-    if hostname.is_none() && ip.is_none() {
-        return Ok(());
-    }
-    for other in tx.all_machines()? {
-        if other.mac == mac {
-            continue;
-        }
-        if let Some(h) = hostname.filter(|h| other.hostname.as_deref() == Some(*h)) {
+    if let Some(h) = hostname {
+        if let Some(other) = tx.machine_with_hostname(h)?.filter(|o| *o != mac) {
             return Err(StoreError::conflict(format!(
-                "hostname {h} is already used by machine {}",
-                other.mac
+                "hostname {h} is already used by machine {other}"
             )));
         }
-        if let Some(ip) = ip.filter(|ip| other.reserved_ip == Some(*ip)) {
+    }
+    if let Some(ip) = ip {
+        if let Some(other) = tx.machine_with_ip(ip)?.filter(|o| *o != mac) {
             return Err(StoreError::conflict(format!(
-                "address {ip} is already reserved for machine {}",
-                other.mac
+                "address {ip} is already reserved for machine {other}"
             )));
         }
     }

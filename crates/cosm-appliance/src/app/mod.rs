@@ -98,6 +98,58 @@ pub struct App {
     pub images: Option<images::ImageRepo>,
     /// Bounds on enrolments that create machines.
     pub enroll_gate: Arc<EnrollGate>,
+    /// The reads whose cost grows with the store (lists), off the async workers.
+    pub bulk_reads: Arc<BulkReads>,
+}
+
+/// Reads whose cost grows with the store (a page of a list, the machine counts of
+/// `/metrics`) run on tokio's blocking threads, never on the async workers that answer
+/// `/healthz` and heartbeats, and at most `permits` of them at once: a burst of 2,000
+/// lists then waits in a fair queue for a few threads instead of filling the blocking pool
+/// (where point reads and the heartbeat path would queue behind it) or every core. Point
+/// reads (one key: a token, a machine) stay where they are: one B-tree lookup in cached
+/// pages costs less than the hop to another thread.
+#[derive(Debug)]
+pub struct BulkReads {
+    permits: tokio::sync::Semaphore,
+    size: usize,
+}
+
+impl BulkReads {
+    /// At most `size` bulk reads at once (at least one).
+    pub fn new(size: usize) -> BulkReads {
+        let size = size.max(1);
+        BulkReads {
+            permits: tokio::sync::Semaphore::new(size),
+            size,
+        }
+    }
+
+    /// One per CPU this process may run on: a list then never holds every core.
+    pub fn per_cpu() -> BulkReads {
+        BulkReads::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Runs `read` on a blocking thread once a permit is free, and returns what it made.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AppError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AppError::Store(StoreError::WriterGone))?;
+        tokio::task::spawn_blocking(read).await.map_err(|e| {
+            AppError::Store(StoreError::Db {
+                message: format!("a bulk read failed: {e}"),
+            })
+        })
+    }
 }
 
 impl App {

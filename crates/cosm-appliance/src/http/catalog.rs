@@ -3,6 +3,7 @@
 use super::auth::{allow, Access, Caller};
 use super::error::ApiError;
 use super::extract::{created, parse_id, parse_mac, parse_role, query_params, ApiJson};
+use super::paging::{self, NextLink};
 use super::AppState;
 use crate::app::{Op, Outcome};
 use axum::extract::{Path, Query, State};
@@ -43,11 +44,27 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/tokens/{id}", allow(Admin, delete(delete_token)))
 }
 
-/// All roles.
+/// All roles, by name, one page at a time (`Link` rel="next" while more follow).
 #[utoipa::path(get, path = "/api/v1/roles", tag = "roles",
-    responses((status = 200, body = [Role])), security(("bearer" = [])))]
-pub(super) async fn list_roles(State(state): State<AppState>) -> Result<Json<Vec<Role>>, ApiError> {
-    Ok(Json(state.app.store.roles()?))
+    params(
+           ("limit" = Option<usize>, Query, description = "records per page (1-1000, default 500)"),
+           ("cursor" = Option<String>, Query, description = "where the previous page ended (from its Link header)")),
+    responses((status = 200, body = [Role], headers(("link" = String, description = "`<URL>; rel=\"next\"` while more follow"))), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn list_roles(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    query_params(&q, &["limit", "cursor"])?;
+    let limit = paging::limit(&q, paging::DEFAULT_LIMIT, paging::MAX_LIMIT)?;
+    let after = paging::cursor_name(&q)?;
+    paging::answer(
+        &state,
+        NextLink::new("/api/v1/roles", &q),
+        move |store| store.roles_page(after.as_deref(), limit),
+        |rs: &[Role]| rs.last().map(|r| paging::name_cursor(r.name.as_str())),
+    )
+    .await
 }
 
 /// Define a role.
@@ -99,11 +116,28 @@ pub(super) async fn delete_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Role rules, in evaluation order.
+/// Role rules, in evaluation order, one page at a time (`Link` rel="next" while more
+/// follow).
 #[utoipa::path(get, path = "/api/v1/rules", tag = "rules",
-    responses((status = 200, body = [Rule])), security(("bearer" = [])))]
-pub(super) async fn list_rules(State(state): State<AppState>) -> Result<Json<Vec<Rule>>, ApiError> {
-    Ok(Json(state.app.store.rules()?))
+    params(
+           ("limit" = Option<usize>, Query, description = "records per page (1-1000, default 500)"),
+           ("cursor" = Option<String>, Query, description = "where the previous page ended (from its Link header)")),
+    responses((status = 200, body = [Rule], headers(("link" = String, description = "`<URL>; rel=\"next\"` while more follow"))), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn list_rules(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    query_params(&q, &["limit", "cursor"])?;
+    let limit = paging::limit(&q, paging::DEFAULT_LIMIT, paging::MAX_LIMIT)?;
+    let after = paging::cursor_rule(&q)?;
+    paging::answer(
+        &state,
+        NextLink::new("/api/v1/rules", &q),
+        move |store| store.rules_page(after, limit),
+        |rs: &[Rule]| rs.last().map(|r| paging::rule_cursor(r.priority, r.id)),
+    )
+    .await
 }
 
 /// Add a role rule.
@@ -154,16 +188,19 @@ pub(super) async fn delete_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// DHCP lease records (bound, released, declined), by address.
+/// DHCP lease records (bound, released, declined), by address, one page at a time
+/// (`Link` rel="next" while more follow).
 #[utoipa::path(get, path = "/api/v1/leases", tag = "dhcp",
     params(("mac" = Option<String>, Query, description = "only this MAC's lease"),
-           ("state" = Option<String>, Query, description = "bound, released or declined")),
-    responses((status = 200, body = [Lease]), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+           ("state" = Option<String>, Query, description = "bound, released or declined"),
+           ("limit" = Option<usize>, Query, description = "records per page (1-1000, default 500)"),
+           ("cursor" = Option<String>, Query, description = "where the previous page ended (from its Link header)")),
+    responses((status = 200, body = [Lease], headers(("link" = String, description = "`<URL>; rel=\"next\"` while more follow"))), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn list_leases(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<Lease>>, ApiError> {
-    query_params(&q, &["mac", "state"])?;
+) -> Result<Response, ApiError> {
+    query_params(&q, &["mac", "state", "limit", "cursor"])?;
     let mac = q.get("mac").map(|m| parse_mac(m)).transpose()?;
     let st = q
         .get("state")
@@ -179,23 +216,39 @@ pub(super) async fn list_leases(
             )
         })
         .transpose()?;
-    let leases = state
-        .app
-        .store
-        .leases()?
-        .into_iter()
-        .filter(|l| mac.is_none_or(|m| l.mac == m) && st.is_none_or(|s| l.state == s))
-        .collect();
-    Ok(Json(leases))
+    let limit = paging::limit(&q, paging::DEFAULT_LIMIT, paging::MAX_LIMIT)?;
+    let after = paging::cursor_u32(&q)?.map(std::net::Ipv4Addr::from);
+    paging::answer(
+        &state,
+        NextLink::new("/api/v1/leases", &q),
+        move |store| store.leases_page(mac, st, after, limit),
+        |ls: &[Lease]| ls.last().map(|l| paging::u32_cursor(u32::from(l.ip))),
+    )
+    .await
 }
 
-/// API tokens (admin only). Secrets are never listed.
+/// API tokens (admin only), by id, one page at a time (`Link` rel="next" while more
+/// follow). Secrets are never listed.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
-    responses((status = 200, body = [TokenInfo]), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+    params(
+           ("limit" = Option<usize>, Query, description = "records per page (1-1000, default 500)"),
+           ("cursor" = Option<String>, Query, description = "where the previous page ended (from its Link header)")),
+    responses((status = 200, body = [TokenInfo], headers(("link" = String, description = "`<URL>; rel=\"next\"` while more follow"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    Ok(Json(state.app.store.tokens()?))
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    query_params(&q, &["limit", "cursor"])?;
+    let limit = paging::limit(&q, paging::DEFAULT_LIMIT, paging::MAX_LIMIT)?;
+    let after = paging::cursor_u64(&q)?;
+    paging::answer(
+        &state,
+        NextLink::new("/api/v1/tokens", &q),
+        move |store| store.tokens_page(after, limit),
+        |ts: &[TokenInfo]| ts.last().map(|t| paging::u64_cursor(t.id)),
+    )
+    .await
 }
 
 /// Create an API token (admin only). The answer is the only time its secret is shown.

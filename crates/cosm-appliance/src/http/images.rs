@@ -3,7 +3,8 @@
 
 use super::auth::{allow, Access};
 use super::error::ApiError;
-use super::extract::single_range_only;
+use super::extract::{query_params, single_range_only};
+use super::paging::{self, NextLink};
 use super::AppState;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -13,6 +14,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use cosm_wire::Image;
 use http_body_util::BodyExt;
+use std::collections::HashMap;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
@@ -72,13 +74,27 @@ pub(super) async fn upload_image(
     Ok((StatusCode::CREATED, Json(image)).into_response())
 }
 
-/// Every image, by name.
-#[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = [Image])))]
+/// Every image, by name, one page at a time (`Link` rel="next" while more follow).
+#[utoipa::path(get, path = "/api/v1/images", tag = "images",
+    params(("limit" = Option<usize>, Query, description = "records per page (1-1000, default 500)"),
+           ("cursor" = Option<String>, Query, description = "where the previous page ended (from its Link header)")),
+    responses((status = 200, body = [Image], headers(("link" = String, description = "`<URL>; rel=\"next\"` while more follow"))),
+              (status = 400, body = cosm_wire::ErrorBody)))]
 pub(super) async fn list_images(
     State(state): State<AppState>,
-) -> Result<Json<Vec<Image>>, ApiError> {
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     state.app.images()?;
-    Ok(Json(state.app.store.images()?))
+    query_params(&q, &["limit", "cursor"])?;
+    let limit = paging::limit(&q, paging::DEFAULT_LIMIT, paging::MAX_LIMIT)?;
+    let after = paging::cursor_name(&q)?;
+    paging::answer(
+        &state,
+        NextLink::new("/api/v1/images", &q),
+        move |store| store.images_page(after.as_deref(), limit),
+        |is: &[Image]| is.last().map(|i| paging::name_cursor(&i.name)),
+    )
+    .await
 }
 
 /// One image's record.

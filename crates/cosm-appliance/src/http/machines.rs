@@ -4,6 +4,7 @@
 use super::auth::{allow, Access, Caller};
 use super::error::ApiError;
 use super::extract::{created, parse_mac, parse_role, query_params, ApiJson};
+use super::paging::{self, NextLink};
 use super::AppState;
 use crate::app::Op;
 use axum::extract::{Path, Query, State};
@@ -59,17 +60,21 @@ pub(super) fn routes() -> Router<AppState> {
         )
 }
 
-/// List machines, optionally filtered by role and/or state.
+/// List machines in MAC order, optionally filtered by role and/or state, one page at a
+/// time: while more follow, the `Link` header (rel="next") gives the next page.
 #[utoipa::path(get, path = "/api/v1/machines", tag = "machines",
     params(("role" = Option<String>, Query, description = "only machines with this role"),
-           ("state" = Option<MachineState>, Query, description = "only machines in this state")),
-    responses((status = 200, body = [Machine]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+           ("state" = Option<MachineState>, Query, description = "only machines in this state"),
+           ("limit" = Option<usize>, Query, description = "machines per page (1-1000, default 500)"),
+           ("cursor" = Option<String>, Query, description = "where the previous page ended (from its Link header)")),
+    responses((status = 200, body = [Machine], headers(("link" = String, description = "`<URL>; rel=\"next\"` while more machines follow"))),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn list_machines(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<Machine>>, ApiError> {
-    query_params(&q, &["role", "state"])?;
+) -> Result<Response, ApiError> {
+    query_params(&q, &["role", "state", "limit", "cursor"])?;
     let role = q.get("role").map(|r| parse_role(r)).transpose()?;
     let st = q
         .get("state")
@@ -78,7 +83,16 @@ pub(super) async fn list_machines(
                 .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "state", e))
         })
         .transpose()?;
-    Ok(Json(state.app.store.machines(role.as_ref(), st)?))
+    let limit = paging::limit(&q, paging::DEFAULT_LIMIT, paging::MAX_LIMIT)?;
+    let after = paging::cursor_u64(&q)?.map(cosm_wire::MacAddr::from_u64);
+    let next = NextLink::new("/api/v1/machines", &q);
+    paging::answer(
+        &state,
+        next,
+        move |store| store.machines_page(role.as_ref(), st, after, limit),
+        |ms: &[Machine]| ms.last().map(|m| paging::u64_cursor(m.mac.to_u64())),
+    )
+    .await
 }
 
 /// Register a machine by MAC, optionally with its role. Without a role the role rules are
@@ -253,35 +267,34 @@ pub(super) async fn reregister_machine(
     Ok(Json(m))
 }
 
-/// A machine's timeline, oldest first: the newest `limit` events (default 100).
+/// A machine's timeline, oldest first: the newest `limit` events (default 100). While
+/// older events exist, the `Link` header (rel="next") gives the page before this one.
 #[utoipa::path(get, path = "/api/v1/machines/{mac}/events", tag = "machines",
     params(("mac" = String, Path, description = "MAC address"),
-           ("limit" = Option<usize>, Query, description = "at most this many of the newest events (1-10000, default 100)")),
-    responses((status = 200, body = [Event]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+           ("limit" = Option<usize>, Query, description = "at most this many of the newest events (1-10000, default 100)"),
+           ("cursor" = Option<String>, Query, description = "only events older than where this cursor points (from the previous page's Link header)")),
+    responses((status = 200, body = [Event], headers(("link" = String, description = "`<URL>; rel=\"next\"` while older events exist"))),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn machine_events(
     State(state): State<AppState>,
-    Path(mac): Path<String>,
+    Path(mac_text): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<Event>>, ApiError> {
-    let mac = parse_mac(&mac)?;
-    query_params(&q, &["limit"])?;
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    StatusCode::BAD_REQUEST,
-                    "limit",
-                    format!("limit must be a number from 1 to 10000, not {l:?}"),
-                )
-            })?,
-    };
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac_text)?;
+    query_params(&q, &["limit", "cursor"])?;
+    let limit = paging::limit(&q, 100, 10_000)?;
+    let before = paging::cursor_u64(&q)?;
     state.app.machine(mac)?;
-    Ok(Json(state.app.store.events(mac, limit)?))
+    let next = NextLink::new(format!("/api/v1/machines/{mac}/events"), &q);
+    paging::answer(
+        &state,
+        next,
+        move |store| store.events_page(mac, before, limit),
+        // The page is oldest first; the next one ends before its oldest event.
+        |evs: &[Event]| evs.first().map(|e| paging::u64_cursor(e.seq)),
+    )
+    .await
 }
 
 /// Queue an action (`reboot`, `power-off`, `re-register`) for a machine's agent.

@@ -4,7 +4,8 @@
 //! listener. Below it, in layers that never import upwards: `error` (the one error type that
 //! becomes HTTP) and `extract` (bodies and parameters); `auth` (tokens, and the access each
 //! route declares); then one file per resource (`machines`, `catalog`, `agents`, `images`,
-//! `boot`, `ops`), each with its routes and handlers, and `openapi`. A handler parses,
+//! `boot`, `ops`), each with its routes and handlers, and `openapi`; `paging` answers
+//! every list one page at a time, read off the async workers. A handler parses,
 //! calls one application function, and renders. Every `/api/v1` route but the OpenAPI
 //! document needs a bearer token; every error is an [`ApiError`] answered as an
 //! `ErrorBody` JSON that names the field at fault; internal causes are logged, not sent.
@@ -19,6 +20,7 @@ mod images;
 mod machines;
 mod openapi;
 mod ops;
+mod paging;
 mod serve;
 
 pub use auth::{grants, Access, Caller};

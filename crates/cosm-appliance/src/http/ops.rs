@@ -32,9 +32,13 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Result<Json<Health
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Rendering counts the machines by state (a read of every machine): a bulk read.
+    let metrics = state.metrics.clone();
     let text = state
-        .metrics
-        .render()
+        .app
+        .bulk_reads
+        .run(move || metrics.render())
+        .await?
         .map_err(|e| ApiError::internal("cannot render metrics", &e))?;
     Ok((
         [(

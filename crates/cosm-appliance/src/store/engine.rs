@@ -241,6 +241,57 @@ impl<C: StoreCommand> Store<C> {
         let r = self.db.begin_read()?;
         read_every(&r.open_table(def)?, def.name())
     }
+
+    /// One page of a table in key order: the first `limit` records after the key `after`
+    /// (from the start without one) that `keep` accepts. Reads one range from the cursor
+    /// and stops one record past the page, never the whole table (unless `keep` refuses
+    /// most records, which a filter can).
+    pub(super) fn page<'k, K: redb::Key + 'static, T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+        after: Option<K::SelfType<'k>>,
+        limit: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Page<T>, StoreError> {
+        use std::ops::Bound;
+        let r = self.db.begin_read()?;
+        let t = r.open_table(def)?;
+        let rows = match after {
+            Some(a) => t.range::<K::SelfType<'k>>((Bound::Excluded(a), Bound::Unbounded))?,
+            None => t.iter()?,
+        };
+        let mut page = Page::default();
+        for row in rows {
+            let (_, v) = row?;
+            let item: T = decode(def.name(), v.value())?;
+            if !keep(&item) {
+                continue;
+            }
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.items.push(item);
+        }
+        Ok(page)
+    }
+}
+
+/// One page of a list: its records, and whether more follow the last one (the caller
+/// makes the next cursor from the last record's key).
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page {
+            items: Vec::new(),
+            more: false,
+        }
+    }
 }
 
 /// One record of a table (read or write transaction alike).

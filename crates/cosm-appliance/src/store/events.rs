@@ -1,6 +1,6 @@
 //! Machines' timelines: events keyed by (MAC, global sequence), bounded per machine.
 
-use super::engine::{decode, encode, Store, StoreCommand, Tx};
+use super::engine::{decode, encode, Page, Store, StoreCommand, Tx};
 use super::schema::{EVENTS, EVENT_COUNTS};
 use super::StoreError;
 use cosm_wire::{Event, EventKind, MacAddr, MachineState};
@@ -19,6 +19,32 @@ impl<C: StoreCommand> Store<C> {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// A page of a machine's timeline going back in time: the newest `limit` events older
+    /// than the event `before` (the newest of all without it), oldest first; `more` says
+    /// that older events exist.
+    pub fn events_page(
+        &self,
+        mac: MacAddr,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<Event>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(EVENTS)?;
+        let k = mac.to_u64();
+        let end = before.unwrap_or(u64::MAX);
+        let mut page = Page::default();
+        for row in t.range((k, 0)..(k, end))?.rev() {
+            let (_, v) = row?;
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.items.push(decode("events", v.value())?);
+        }
+        page.items.reverse();
+        Ok(page)
     }
 }
 

@@ -1,15 +1,38 @@
 //! DHCP lease records, keyed by IPv4 address, and image records, keyed by name.
 
-use super::engine::{encode, Store, StoreCommand, Tx};
+use super::engine::{encode, Page, Store, StoreCommand, Tx};
 use super::schema::{IMAGES, LEASES};
 use super::StoreError;
-use cosm_wire::{Image, Lease};
+use cosm_wire::{Image, Lease, LeaseState, MacAddr};
 use std::net::Ipv4Addr;
 
 impl<C: StoreCommand> Store<C> {
     /// Every lease record, by address.
     pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         self.all(LEASES)
+    }
+
+    /// One page of lease records by address, after `after`, optionally only this MAC's
+    /// and/or those in this state.
+    pub fn leases_page(
+        &self,
+        mac: Option<MacAddr>,
+        state: Option<LeaseState>,
+        after: Option<Ipv4Addr>,
+        limit: usize,
+    ) -> Result<Page<Lease>, StoreError> {
+        self.page(LEASES, after.map(u32::from), limit, |l: &Lease| {
+            mac.is_none_or(|m| l.mac == m) && state.is_none_or(|s| l.state == s)
+        })
+    }
+
+    /// One page of image records by name, after the name `after`.
+    pub fn images_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Image>, StoreError> {
+        self.page(IMAGES, after, limit, |_: &Image| true)
     }
 
     /// The lease record of one address, if any.

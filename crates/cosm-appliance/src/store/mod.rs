@@ -20,7 +20,7 @@ mod roles;
 mod schema;
 mod tokens;
 
-pub use engine::{Changes, Store, StoreCommand, StoreOptions, StoreStats, Tx};
+pub use engine::{Changes, Page, Store, StoreCommand, StoreOptions, StoreStats, Tx};
 pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
 pub use tokens::TokenRecord;

@@ -1,7 +1,7 @@
 //! Roles and role rules.
 
-use super::engine::{encode, Store, StoreCommand, Tx};
-use super::schema::{ROLES, RULES};
+use super::engine::{decode, encode, Page, Store, StoreCommand, Tx};
+use super::schema::{ROLES, RULES, RULE_ORDER};
 use super::StoreError;
 use cosm_wire::{Role, RoleName, Rule, Timestamp};
 use redb::{ReadableTable, WriteTransaction};
@@ -38,6 +38,40 @@ pub(super) fn seed(txn: &WriteTransaction, now: Timestamp) -> Result<(), StoreEr
 impl<C: StoreCommand> Store<C> {
     pub fn roles(&self) -> Result<Vec<Role>, StoreError> {
         self.all(ROLES)
+    }
+
+    /// One page of roles by name, after the name `after`.
+    pub fn roles_page(&self, after: Option<&str>, limit: usize) -> Result<Page<Role>, StoreError> {
+        self.page(ROLES, after, limit, |_: &Role| true)
+    }
+
+    /// One page of rules in evaluation order, after the rule at `after` (its priority and
+    /// id): a range of the order index, each record found by its id.
+    pub fn rules_page(
+        &self,
+        after: Option<(i32, u64)>,
+        limit: usize,
+    ) -> Result<Page<Rule>, StoreError> {
+        use std::ops::Bound;
+        let r = self.db.begin_read()?;
+        let order = r.open_table(RULE_ORDER)?;
+        let rules = r.open_table(RULES)?;
+        let rows = match after {
+            Some(a) => order.range::<(i32, u64)>((Bound::Excluded(a), Bound::Unbounded))?,
+            None => order.iter()?,
+        };
+        let mut page = Page::default();
+        for row in rows {
+            let (key, _) = row?;
+            let (_, id) = key.value();
+            let Some(v) = rules.get(id)? else { continue };
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.items.push(decode("rules", v.value())?);
+        }
+        Ok(page)
     }
 
     pub fn role(&self, name: &RoleName) -> Result<Option<Role>, StoreError> {
@@ -100,7 +134,14 @@ impl Tx<'_> {
         self.next_id("next_rule_id")
     }
 
+    /// Writes a rule and its place in the evaluation order.
     pub fn put_rule(&mut self, rule: &Rule) -> Result<(), StoreError> {
+        let old: Option<Rule> = self.get(RULES, rule.id)?;
+        let mut order = self.txn.open_table(RULE_ORDER)?;
+        if let Some(old) = old {
+            order.remove((old.priority, old.id))?;
+        }
+        order.insert((rule.priority, rule.id), ())?;
         self.txn
             .open_table(RULES)?
             .insert(rule.id, encode(rule).as_slice())?;
@@ -110,10 +151,13 @@ impl Tx<'_> {
 
     /// Removes a rule; false when there was none.
     pub fn remove_rule(&mut self, id: u64) -> Result<bool, StoreError> {
-        let found = self.txn.open_table(RULES)?.remove(id)?.is_some();
-        if found {
-            self.changed.rules += 1;
-        }
-        Ok(found)
+        let old: Option<Rule> = self.get(RULES, id)?;
+        let Some(old) = old else { return Ok(false) };
+        self.txn.open_table(RULES)?.remove(id)?;
+        self.txn
+            .open_table(RULE_ORDER)?
+            .remove((old.priority, old.id))?;
+        self.changed.rules += 1;
+        Ok(true)
     }
 }

@@ -1,17 +1,21 @@
 //! The tables, the schema version and its migrations. Records are JSON values; keys are
 //! chosen so that the reads the appliance makes are ranges (one machine's timeline is one
-//! range of `events`).
+//! range of `events`, a page of any list is one range from its cursor), and the index
+//! tables answer the lookups that would otherwise scan a whole table (which machine holds a
+//! hostname or an address).
 
+use super::engine::decode;
 use super::StoreError;
+use cosm_wire::Machine;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 /// The schema this binary writes. Bump it together with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// `MIGRATIONS[i]` upgrades a store from schema `i + 1` to `i + 2`, inside the same write
 /// transaction that records the new version, so a crash mid-migration leaves the old schema.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: &[Migration] = &[];
+const MIGRATIONS: &[Migration] = &[build_indexes];
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const MACHINES: TableDefinition<u64, &[u8]> = TableDefinition::new("machines");
@@ -25,6 +29,18 @@ pub(super) const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("lea
 pub(super) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Keyed by the SHA-256 of the token (hex); the token itself is never stored.
 pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+
+/// Index (schema 2): a machine's hostname → its MAC (as u64). Kept by `Tx::put_machine`
+/// and `Tx::remove_machine`, so a hostname is found without reading every machine.
+pub(super) const MACHINE_HOSTNAMES: TableDefinition<&str, u64> =
+    TableDefinition::new("machine_hostnames");
+/// Index (schema 2): a machine's reserved IPv4 address (as u32) → its MAC (as u64).
+pub(super) const MACHINE_IPS: TableDefinition<u32, u64> = TableDefinition::new("machine_ips");
+/// Index (schema 2): token id → the token's hash (its key in [`TOKENS`]), so tokens are
+/// listed by id one page at a time and removed by id without a scan.
+pub(super) const TOKEN_IDS: TableDefinition<u64, &str> = TableDefinition::new("token_ids");
+/// Index (schema 2): rules in evaluation order, (priority, id) → ().
+pub(super) const RULE_ORDER: TableDefinition<(i32, u64), ()> = TableDefinition::new("rule_order");
 
 /// Creates missing tables, seeds a new store (`seed` runs in the same transaction), and
 /// runs pending migrations.
@@ -43,6 +59,10 @@ pub(super) fn init(
         txn.open_table(TOKENS)?;
         txn.open_table(LEASES)?;
         txn.open_table(IMAGES)?;
+        txn.open_table(MACHINE_HOSTNAMES)?;
+        txn.open_table(MACHINE_IPS)?;
+        txn.open_table(TOKEN_IDS)?;
+        txn.open_table(RULE_ORDER)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -68,4 +88,174 @@ pub(super) fn init(
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Schema 1 → 2: builds the index tables from the records. Schema 1 already refused a
+/// second machine with the same hostname or address, so the records cannot disagree; if
+/// they do (a store edited by hand), the first machine in MAC order keeps the entry and the
+/// other is logged.
+fn build_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let machines = txn.open_table(MACHINES)?;
+    let mut hostnames = txn.open_table(MACHINE_HOSTNAMES)?;
+    let mut ips = txn.open_table(MACHINE_IPS)?;
+    for row in machines.iter()? {
+        let (k, v) = row?;
+        let m: Machine = decode("machines", v.value())?;
+        if let Some(h) = m.hostname.as_deref() {
+            let held = hostnames.get(h)?.map(|v| v.value());
+            match held {
+                Some(other) => {
+                    tracing::warn!(mac = %m.mac, hostname = h, other, "migration: hostname held by two machines; the first keeps it")
+                }
+                None => {
+                    hostnames.insert(h, k.value())?;
+                }
+            }
+        }
+        if let Some(ip) = m.reserved_ip {
+            let held = ips.get(u32::from(ip))?.map(|v| v.value());
+            match held {
+                Some(other) => {
+                    tracing::warn!(mac = %m.mac, %ip, other, "migration: address reserved for two machines; the first keeps it")
+                }
+                None => {
+                    ips.insert(u32::from(ip), k.value())?;
+                }
+            }
+        }
+    }
+    let tokens = txn.open_table(TOKENS)?;
+    let mut token_ids = txn.open_table(TOKEN_IDS)?;
+    for row in tokens.iter()? {
+        let (k, v) = row?;
+        let rec: super::TokenRecord = decode("tokens", v.value())?;
+        token_ids.insert(rec.info.id, k.value())?;
+    }
+    let rules = txn.open_table(RULES)?;
+    let mut order = txn.open_table(RULE_ORDER)?;
+    for row in rules.iter()? {
+        let (_, v) = row?;
+        let rule: cosm_wire::Rule = decode("rules", v.value())?;
+        order.insert((rule.priority, rule.id), ())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreCommand, StoreOptions, TokenRecord, Tx};
+    use cosm_wire::{MacAddr, Scope, Timestamp, TokenInfo};
+
+    #[derive(Debug)]
+    struct Noop;
+
+    impl StoreCommand for Noop {
+        type Outcome = ();
+        fn at(&self) -> Timestamp {
+            Timestamp::now()
+        }
+        fn apply(&self, _tx: &mut Tx<'_>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn machine(mac: &str, hostname: Option<&str>, ip: Option<&str>) -> Machine {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "mac": mac, "hostname": hostname, "role": null, "state": "discovered",
+            "reserved_ip": ip, "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:00Z", "state_since": "2024-01-01T00:00:00Z",
+            "desired_generation": 0, "pending_actions": []
+        }))
+        .unwrap()
+    }
+
+    /// Issue 11, item 12: a store written by schema 1 (no index tables) opens, is migrated
+    /// to schema 2, and gets its indexes built from its records.
+    #[test]
+    fn a_schema_1_store_opens_with_its_indexes_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosm.redb");
+        let (a, b, c) = (
+            "52:54:00:00:20:01",
+            "52:54:00:00:20:02",
+            "52:54:00:00:20:03",
+        );
+        {
+            // What schema 1 wrote: its tables and records only.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(META)
+                    .unwrap()
+                    .insert("schema_version", 1)
+                    .unwrap();
+                let mut ms = txn.open_table(MACHINES).unwrap();
+                for m in [
+                    machine(a, Some("web-1"), Some("10.1.0.5")),
+                    machine(b, Some("web-2"), None),
+                    machine(c, None, None),
+                ] {
+                    ms.insert(m.mac.to_u64(), serde_json::to_vec(&m).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut ts = txn.open_table(TOKENS).unwrap();
+                for id in [3u64, 1] {
+                    let rec = TokenRecord {
+                        info: TokenInfo {
+                            id,
+                            name: format!("t{id}"),
+                            scope: Scope::Read,
+                            created_at: Timestamp::now(),
+                            mac: None,
+                        },
+                        hash: format!("hash{id}"),
+                    };
+                    ts.insert(
+                        rec.hash.as_str(),
+                        serde_json::to_vec(&rec).unwrap().as_slice(),
+                    )
+                    .unwrap();
+                }
+                let mut rules = txn.open_table(RULES).unwrap();
+                for (id, priority) in [(1u64, 50), (2, -3)] {
+                    let rule = serde_json::json!({"id": id, "role": "host", "priority": priority, "description": "",
+                        "match": {}, "created_at": "2024-01-01T00:00:00Z"});
+                    rules
+                        .insert(id, serde_json::to_vec(&rule).unwrap().as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let s = Store::<Noop>::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let mac = |t: &str| -> MacAddr { t.parse().unwrap() };
+        assert_eq!(s.machine_with_hostname("web-1").unwrap(), Some(mac(a)));
+        assert_eq!(s.machine_with_hostname("web-2").unwrap(), Some(mac(b)));
+        assert_eq!(
+            s.machine_with_ip("10.1.0.5".parse().unwrap()).unwrap(),
+            Some(mac(a))
+        );
+        let ids: Vec<u64> = s
+            .tokens_page(None, 10)
+            .unwrap()
+            .items
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        let rules: Vec<u64> = s
+            .rules_page(None, 10)
+            .unwrap()
+            .items
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(rules, [2, 1]);
+        drop(s);
+        // Opening again runs no migration twice.
+        let s = Store::<Noop>::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.machine_with_hostname("web-1").unwrap(), Some(mac(a)));
+    }
 }

@@ -13,3 +13,4 @@ mod images;
 mod lifecycle;
 mod machines;
 mod ops;
+mod paging;
