@@ -17,6 +17,8 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
     router: axum::Router,
     admin: String,
+    /// Kept for the life of the process (its background tasks and store).
+    _assembly: std::sync::Mutex<Assembly>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,11 +49,11 @@ max_upload_mib = 1
             .unwrap();
         let admin = assembly.first_admin.clone().unwrap().0;
         let router = cosm_appliance::http::router(assembly.state.clone());
-        std::mem::forget(assembly);
         Fixture {
             runtime,
             router,
             admin,
+            _assembly: std::sync::Mutex::new(assembly),
             _dir: dir,
         }
     })
