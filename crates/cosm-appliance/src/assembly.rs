@@ -67,7 +67,7 @@ impl Assembly {
             .as_ref()
             .map(|d| d.core.subnets.clone())
             .unwrap_or_default();
-        let boot = BootContext::prepare(
+        let mut boot = BootContext::prepare(
             config.boot.clone(),
             config.kickstart.clone(),
             &config.data_dir,
@@ -76,6 +76,12 @@ impl Assembly {
             timeline.clone(),
         )
         .await?;
+        // This appliance leases the machines their addresses: an install token is then
+        // handed only to the address leased to its machine.
+        boot.install_needs_lease = config
+            .dhcp
+            .as_ref()
+            .is_some_and(|d| d.core.mode == cosm_netboot::dhcp::Mode::Authoritative);
         let images = ImageRepo::open(config.images_dir.clone(), config.max_upload_bytes)
             .with_context(|| {
                 format!(

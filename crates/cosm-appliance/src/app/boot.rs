@@ -31,6 +31,9 @@ pub struct BootContext {
     enroll_token: String,
     /// Derives each machine's install token (boot script, kickstart, install report).
     pub install_key: tokens::InstallKey,
+    /// The install token (the installer's script) goes only to the address this
+    /// appliance's DHCP leased to the machine: set when DHCP here is authoritative.
+    pub install_needs_lease: bool,
     pub timeline: Arc<Timeline>,
 }
 
@@ -134,6 +137,7 @@ impl BootContext {
         let install_key = tokens::InstallKey::load_or_create(&data_dir.join("install.key"))?;
         Ok(BootContext {
             install_key,
+            install_needs_lease: false,
             kickstart,
             images_dir: data_dir.join("images"),
             subnets,
@@ -143,8 +147,14 @@ impl BootContext {
         })
     }
 
-    /// What a machine in this state boots, and the state shown on its console.
-    pub fn target(&self, mac: MacAddr, machine: Option<&Machine>) -> (String, Target) {
+    /// What a machine in this state boots, and the state shown on its console; `peer` is
+    /// the address the script was asked from.
+    pub fn target(
+        &self,
+        mac: MacAddr,
+        machine: Option<&Machine>,
+        peer: Option<std::net::IpAddr>,
+    ) -> (String, Target) {
         let state = machine.map(super::effective_state);
         let shown = machine
             .map(|m| m.state.to_string())
@@ -159,7 +169,7 @@ impl BootContext {
             },
             Some(MachineState::Ready | MachineState::Deploying) => match machine
                 .ok_or_else(|| "no machine record".to_string())
-                .and_then(|m| self.installer(m))
+                .and_then(|m| self.installer(m, peer))
             {
                 Ok(t) => t,
                 Err(why) => {
@@ -180,8 +190,20 @@ impl BootContext {
 
     /// The installer of the configured release, from the image repository, pointed at the
     /// machine's kickstart, whose URL carries the machine's install token.
-    fn installer(&self, m: &Machine) -> Result<Target, String> {
+    fn installer(&self, m: &Machine, peer: Option<std::net::IpAddr>) -> Result<Target, String> {
         let mac = m.mac;
+        if self.install_needs_lease {
+            // Firmware has no secret: the address DHCP gave the machine is the best proof
+            // of who asks. Anyone else asking for this MAC's script gets no install token.
+            let holder = peer.and_then(|p| self.timeline.mac_of(p));
+            if holder != Some(mac) {
+                let from = peer.map_or("an unknown address".to_string(), |p| p.to_string());
+                let holder = holder.map_or("none".to_string(), |h| h.to_string());
+                return Err(format!(
+                    "its installer script (with the install token) is only given to the address DHCP leased to it; this request came from {from} (lease holder: {holder})"
+                ));
+            }
+        }
         let k = &self.kickstart;
         for name in [&k.installer_kernel, &k.installer_initrd] {
             if !super::images::has_image(&self.images_dir, name) {

@@ -57,6 +57,7 @@ struct ScriptQuery {
 
 async fn ipxe_script(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Query(q): Query<ScriptQuery>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&state)?;
@@ -72,7 +73,8 @@ async fn ipxe_script(
         })?,
     };
     let machine = state.app.store.machine(mac)?;
-    let (shown, target) = ctx.target(mac, machine.as_ref());
+    let peer = peer.map(|c| c.0 .0.ip());
+    let (shown, target) = ctx.target(mac, machine.as_ref(), peer);
     let what = match &target {
         Target::Linux { label, .. } => label.clone(),
         Target::LocalDisk => "local disk".into(),

@@ -28,6 +28,12 @@ impl TestApp {
 
     /// With more `[agents]` keys (e.g. `max_discovered = 3`).
     pub(crate) async fn with(max_body_bytes: usize, agents: &str) -> TestApp {
+        Self::with_sections(max_body_bytes, agents, "").await
+    }
+
+    /// With more `[agents]` keys and more sections at the end of the config (e.g. a
+    /// `[dhcp]` section: the DHCP server itself is not started).
+    pub(crate) async fn with_sections(max_body_bytes: usize, agents: &str, more: &str) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         // A boot directory staged from small stand-ins for iPXE and the ramdisk.
         let src = dir.path().join("src");
@@ -68,6 +74,7 @@ appliance_url = "http://192.0.2.1:8080"
 repo_url = "http://192.0.2.1:8080/repo/rocky-9/"
 [images]
 max_upload_mib = 64
+{more}
 "#
         );
         let config = Config::parse(&dir.path().join("appliance.toml"), &text).unwrap();

@@ -343,6 +343,85 @@ async fn each_install_needs_its_machines_single_use_install_token() {
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
 
+/// Hardening (issue 11, item 6, further): when this appliance's DHCP leases the
+/// addresses, a machine's installer script — the one place its install token is served —
+/// goes only to the address leased to that machine. Another host asking for the script of
+/// that MAC gets the ramdisk script (no install token), and the machine's timeline says so.
+#[tokio::test]
+async fn the_install_token_goes_only_to_the_address_leased_to_its_machine() {
+    let dhcp = r#"[dhcp]
+server_id = "192.0.2.1"
+[[dhcp.subnets]]
+cidr = "192.0.2.0/24"
+pools = ["192.0.2.100-192.0.2.150"]
+"#;
+    let app = TestApp::with_sections(64 * 1024, "", dhcp).await;
+    upload_image(&app, "rocky-9-vmlinuz", b"installer kernel").await;
+    upload_image(&app, "rocky-9-initrd.img", b"installer initrd").await;
+    let (mac, other) = ("52:54:00:00:c6:1a", "52:54:00:00:c6:1b");
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": mac, "role": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let store = app.assembly.state.app.store.clone();
+    let now = cosm_wire::Timestamp::now();
+    for (ip, holder) in [("192.0.2.120", mac), ("192.0.2.121", other)] {
+        let lease = cosm_wire::Lease {
+            ip: ip.parse().unwrap(),
+            mac: holder.parse().unwrap(),
+            state: cosm_wire::LeaseState::Bound,
+            starts_at: now,
+            expires_at: cosm_wire::Timestamp::from_millis(now.as_millis() + 3_600_000),
+            client_hostname: None,
+            relay: None,
+        };
+        store
+            .run(cosm_appliance::app::Op::PutLease(lease))
+            .await
+            .unwrap();
+    }
+    let script_from = |peer: Option<&str>| {
+        let mut req = axum::http::Request::builder()
+            .uri(format!("/boot/ipxe?mac={mac}&arch=uefi"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        if let Some(p) = peer {
+            let addr: std::net::SocketAddr = format!("{p}:40000").parse().unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(addr));
+        }
+        let app = &app;
+        async move {
+            let (s, _, body) = app.raw(req).await;
+            assert_eq!(s, StatusCode::OK);
+            String::from_utf8(body).unwrap()
+        }
+    };
+    for peer in [Some("192.0.2.121"), Some("192.0.2.77"), None] {
+        let script = script_from(peer).await;
+        assert!(
+            !script.contains("token=cosm_i_") && script.contains("agent ramdisk"),
+            "a request from {peer:?} got the install token: {script}"
+        );
+    }
+    let script = script_from(Some("192.0.2.120")).await;
+    assert!(
+        script.contains("/boot/ks/") && script.contains("token=cosm_i_"),
+        "{script}"
+    );
+    // The first request noted two steps, in this order: the refusal, then the script.
+    let ev = boot_events(&app, mac, 2).await;
+    assert!(
+        ev.iter()
+            .any(|m| m.contains("this request came from 192.0.2.121")),
+        "{ev:?}"
+    );
+}
+
 /// A machine with a role, moved to `state` through the API.
 async fn machine_in(app: &TestApp, mac: &str, states: &[&str]) {
     let (s, v) = app
