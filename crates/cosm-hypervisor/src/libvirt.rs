@@ -82,7 +82,9 @@ impl LibvirtHypervisor {
     }
 
     /// Turns libvirt's error codes into this crate's variants where one fits; an operation
-    /// the domain's state refuses becomes `WrongState` with the state it is in.
+    /// the domain's state refuses becomes `WrongState` with the state it is in. (Drivers
+    /// differ in the codes they use for this, the test driver says "internal error", so
+    /// each operation also checks the state itself first: `require`.)
     fn classify(&self, op: &'static str, name: &VmName, e: virt::error::Error) -> HypervisorError {
         if is_code(&e, ErrorNumber::NoDomain) {
             return HypervisorError::NotFound {
@@ -175,6 +177,7 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn start(&self, name: &VmName) -> Result<(), HypervisorError> {
         let dom = self.domain(name)?;
+        self.require(name, &dom, "start", |p| !p.is_active())?;
         dom.create()
             .map(drop)
             .map_err(|e| self.classify("start", name, e))
@@ -186,6 +189,7 @@ impl Hypervisor for LibvirtHypervisor {
         timeout: Duration,
     ) -> Result<ShutdownOutcome, HypervisorError> {
         let dom = self.domain(name)?;
+        self.require(name, &dom, "shut down", |p| p == VmPower::Running)?;
         dom.shutdown()
             .map_err(|e| self.classify("shut down", name, e))?;
         let deadline = Instant::now() + timeout;
@@ -208,11 +212,13 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn destroy(&self, name: &VmName) -> Result<(), HypervisorError> {
         let dom = self.domain(name)?;
+        self.require(name, &dom, "destroy", VmPower::is_active)?;
         dom.destroy().map_err(|e| self.classify("destroy", name, e))
     }
 
     fn reboot(&self, name: &VmName) -> Result<(), HypervisorError> {
         let dom = self.domain(name)?;
+        self.require(name, &dom, "reboot", |p| p == VmPower::Running)?;
         dom.reboot(sys::VIR_DOMAIN_REBOOT_DEFAULT)
             .map_err(|e| self.classify("reboot", name, e))
     }
