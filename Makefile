@@ -9,7 +9,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # kea-admin (perfdhcp), kea-dhcp4-server, dnsmasq-base: the DHCP benchmark (scripts/bench-dhcp.sh).
 # ipxe (undionly.kpxe, ipxe.efi, snponly.efi), ipxe-qemu (NIC option ROMs), ovmf (UEFI firmware),
 # atftp (TFTP client): the boot path and the virtual rack (crates/cosm-e2e/tests/boot_rack.rs, tftp.rs, make demo).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck
+# libvirt-dev, pkg-config: building cosm-hypervisor (the `virt` crate links libvirt). libvirt-clients
+# (virt-xml-validate, virsh) and qemu-utils (qemu-img makes VM disks):
+# crates/cosm-hypervisor/tests/domain_xml_schema.rs and hypervisor_contract.rs. libvirt-daemon-system
+# (libvirtd, started privately by the test, never as a service): crates/cosm-hypervisor/tests/tcg_guest.rs.
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa

@@ -12,7 +12,8 @@
 //!    appliance's `lifecycle` and `rules` do no I/O and read no clock: they are pure and
 //!    tested with plain unit tests; the shells own sockets, files and time.
 //! 5. Crate dependencies point one way: netboot, the agent and cosmctl never link the
-//!    appliance, and `cosm-wire` carries no server code.
+//!    appliance, `cosm-wire` carries no server code, and `cosm-hypervisor` links no COSM
+//!    crate but `cosm-wire`.
 //!
 //! The checks read source text, not a compiler's view: comments and string literals are
 //! blanked first, then every path (`a::b::c`, with `use` groups expanded) is matched. Each
@@ -479,6 +480,10 @@ fn crate_dependencies_point_one_way() {
             "crates/cosm-agent/Cargo.toml",
             "cosm-appliance cosm-netboot cosm-kickstart",
         ),
+        (
+            "crates/cosm-hypervisor/Cargo.toml",
+            "cosm-appliance cosm-agent cosm-netboot cosm-kickstart cosm-e2e cosmctl",
+        ),
     ];
     let mut found = Vec::new();
     for (path, forbidden) in rules {
@@ -487,7 +492,8 @@ fn crate_dependencies_point_one_way() {
         found.extend(forbidden_deps(path, &text, forbidden));
     }
     verdict(
-        "netboot, the agent and cosmctl never link the appliance; cosm-wire has no server code:",
+        "netboot, the agent and cosmctl never link the appliance; cosm-wire has no server code; \
+         cosm-hypervisor links only cosm-wire:",
         found,
         "share types through cosm-wire, and reach the appliance through its HTTP API or through a \
          trait the appliance implements (netboot's `LeaseSink`).",
