@@ -49,7 +49,7 @@ deps:
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PIP_PACKAGES); \
 	fi
 
-build: toolchain
+build: toolchain deps
 	$(CARGO) build --workspace --bins
 
 test: toolchain deps build image
@@ -60,7 +60,7 @@ image: toolchain deps
 	$(CARGO) build --release -p cosm-agent
 	./images/build.sh
 
-check: toolchain
+check: toolchain deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
