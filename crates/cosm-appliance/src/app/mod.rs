@@ -26,6 +26,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod liveness;
 mod machines;
+pub mod placement;
 pub mod rules;
 pub mod timeline;
 pub mod tokens;
