@@ -151,6 +151,13 @@ fn install_token(ks: &str) -> String {
         .to_string()
 }
 
+/// Stand-ins for the configured release's installer kernel and initrd, so ready machines
+/// boot the installer.
+async fn upload_installer(app: &TestApp) {
+    upload_image(app, "rocky-9-vmlinuz", b"installer kernel").await;
+    upload_image(app, "rocky-9-initrd.img", b"installer initrd").await;
+}
+
 /// The `inst.ks=` URL of a machine's boot script, as a path on the appliance.
 async fn kickstart_url(app: &TestApp, mac: &str) -> String {
     let (s, _, script) = get_text(app, &format!("/boot/ipxe?mac={mac}&arch=uefi"), &[]).await;
@@ -173,8 +180,7 @@ async fn kickstart_url(app: &TestApp, mac: &str) -> String {
 #[tokio::test]
 async fn each_install_needs_its_machines_single_use_install_token() {
     let app = TestApp::new().await;
-    upload_image(&app, "rocky-9-vmlinuz", b"installer kernel").await;
-    upload_image(&app, "rocky-9-initrd.img", b"installer initrd").await;
+    upload_installer(&app).await;
     let (a, b) = ("52:54:00:00:c6:0a", "52:54:00:00:c6:0b");
     for mac in [a, b] {
         let (s, v) = app
@@ -356,8 +362,7 @@ cidr = "192.0.2.0/24"
 pools = ["192.0.2.100-192.0.2.150"]
 "#;
     let app = TestApp::with_sections(64 * 1024, "", dhcp).await;
-    upload_image(&app, "rocky-9-vmlinuz", b"installer kernel").await;
-    upload_image(&app, "rocky-9-initrd.img", b"installer initrd").await;
+    upload_installer(&app).await;
     let (mac, other) = ("52:54:00:00:c6:1a", "52:54:00:00:c6:1b");
     let (s, v) = app
         .call(
