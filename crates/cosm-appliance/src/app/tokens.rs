@@ -83,8 +83,8 @@ impl InstallKey {
         }
     }
 
-    /// The install token of `m` in its current install round.
-    pub fn token(&self, m: &Machine) -> String {
+    /// The HMAC of `m`'s current install round, before its tag is read or checked.
+    fn round_mac(&self, m: &Machine) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
         mac.update(
             format!(
@@ -95,25 +95,32 @@ impl InstallKey {
             )
             .as_bytes(),
         );
-        let tag = mac.finalize().into_bytes();
-        format!(
-            "{INSTALL_PREFIX}{}_{}",
-            m.mac.to_string().replace(':', ""),
-            hex::encode(&tag[..20])
-        )
+        mac
+    }
+
+    fn prefix(m: &Machine) -> String {
+        format!("{INSTALL_PREFIX}{}_", m.mac.to_string().replace(':', ""))
+    }
+
+    /// The install token of `m` in its current install round.
+    pub fn token(&self, m: &Machine) -> String {
+        let tag = self.round_mac(m).finalize().into_bytes();
+        format!("{}{}", Self::prefix(m), hex::encode(&tag[..20]))
     }
 
     /// Whether `token` is `m`'s install token now: right round, and `m` ready or deploying.
+    /// The tag is checked in constant time (hmac's own comparison).
     pub fn accepts(&self, m: &Machine, token: &str) -> bool {
         use cosm_wire::MachineState::{Deploying, Ready};
-        let expected = self.token(m);
+        let Some(tag) = token
+            .strip_prefix(&Self::prefix(m))
+            .and_then(|t| hex::decode(t).ok())
+            .filter(|t| t.len() == 20)
+        else {
+            return false;
+        };
         matches!(super::effective_state(m), Ready | Deploying)
-            && expected.len() == token.len()
-            && expected
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+            && self.round_mac(m).verify_truncated_left(&tag).is_ok()
     }
 }
 

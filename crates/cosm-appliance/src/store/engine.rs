@@ -507,24 +507,26 @@ impl Tx<'_> {
     }
 }
 
+/// A command that writes nothing, for the store's own tests (engine, schema).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Noop;
+
+#[cfg(test)]
+impl StoreCommand for Noop {
+    type Outcome = ();
+    fn at(&self) -> Timestamp {
+        Timestamp::now()
+    }
+    fn apply(&self, _tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::schema::{META, SCHEMA_VERSION};
     use super::*;
-
-    /// A command that writes nothing, for tests of the engine itself.
-    #[derive(Debug)]
-    struct Noop;
-
-    impl StoreCommand for Noop {
-        type Outcome = ();
-        fn at(&self) -> Timestamp {
-            Timestamp::now()
-        }
-        fn apply(&self, _tx: &mut Tx<'_>) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
 
     #[tokio::test]
     async fn refuses_a_store_from_the_future() {

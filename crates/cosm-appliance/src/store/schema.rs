@@ -144,21 +144,9 @@ fn build_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreCommand, StoreOptions, TokenRecord, Tx};
+    use crate::store::engine::Noop;
+    use crate::store::{Store, StoreOptions, TokenRecord};
     use cosm_wire::{MacAddr, Scope, Timestamp, TokenInfo};
-
-    #[derive(Debug)]
-    struct Noop;
-
-    impl StoreCommand for Noop {
-        type Outcome = ();
-        fn at(&self) -> Timestamp {
-            Timestamp::now()
-        }
-        fn apply(&self, _tx: &mut Tx<'_>) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
 
     fn machine(mac: &str, hostname: Option<&str>, ip: Option<&str>) -> Machine {
         serde_json::from_value(serde_json::json!({

@@ -222,14 +222,7 @@ async fn deleting_a_machine_revokes_its_agent_credential() {
 async fn the_enrol_token_cannot_take_over_a_machine_that_has_an_agent() {
     // A lost window of one second, so a silent agent is seen as silent quickly.
     let app = TestApp::with(64 * 1024, "heartbeat_secs = 1\nmissed_beats = 1").await;
-    let (_, t) = app
-        .call(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "ramdisk", "scope": "enroll"})),
-        )
-        .await;
-    let enroll_tok = t["token"].as_str().unwrap().to_string();
+    let enroll_tok = app.enroll_token().await;
     let enrol = |token: String, mac: &'static str, cpus: u32| {
         let app = &app;
         async move {

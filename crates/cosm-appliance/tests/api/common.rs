@@ -147,11 +147,20 @@ max_upload_mib = 64
     }
 
     pub(crate) async fn read_token(&self) -> String {
+        self.new_token("viewer", "read").await
+    }
+
+    /// An enrol-only token, like the one the ramdisk's kernel line carries.
+    pub(crate) async fn enroll_token(&self) -> String {
+        self.new_token("ramdisk", "enroll").await
+    }
+
+    async fn new_token(&self, name: &str, scope: &str) -> String {
         let (s, v) = self
             .call(
                 "POST",
                 "/api/v1/tokens",
-                Some(json!({"name": "viewer", "scope": "read"})),
+                Some(json!({"name": name, "scope": scope})),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");

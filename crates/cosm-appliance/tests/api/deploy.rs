@@ -192,14 +192,7 @@ async fn each_install_needs_its_machines_single_use_install_token() {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
-    let (_, t) = app
-        .call(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "ramdisk", "scope": "enroll"})),
-        )
-        .await;
-    let enroll_tok = t["token"].as_str().unwrap().to_string();
+    let enroll_tok = app.enroll_token().await;
     // Machine a's ramdisk agent enrolled and is heartbeating.
     let inventory =
         json!({"cpu": {"model": "x", "sockets": 1, "cores": 1, "threads": 1}, "memory_bytes": 1});
