@@ -174,6 +174,10 @@ pub struct DesiredState {
     pub generation: u64,
     pub role: Option<RoleName>,
     pub actions: Vec<AgentAction>,
+    /// The VMs this machine should have, when it is a hypervisor host; a VM not listed is
+    /// not this host's business (a domain COSM does not know is never touched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<crate::DesiredVm>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

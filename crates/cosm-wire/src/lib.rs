@@ -12,6 +12,7 @@ mod inventory;
 mod machine;
 mod rule;
 mod time;
+mod vm;
 
 pub use agent::{
     ActionKind, ActionKindError, ActionResult, ActionStatus, AgentAction, DesiredState, Enroll,
@@ -25,6 +26,12 @@ pub use machine::{
 };
 pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec};
 pub use time::Timestamp;
+pub use vm::{
+    BootRequest, BridgeName, CreateSnapshot, CreateVm, DesiredVm, DiskRequest, DomainPower,
+    HostCapacity, ImageRef, MigrateVm, NameError, NicRequest, ObservedDomain, PowerWanted,
+    SnapshotName, StopVm, Vm, VmBoot, VmConsole, VmDisk, VmEvent, VmKind, VmName, VmNic, VmNote,
+    VmOp, VmOpKind, VmOpResult, VmReport, VmSnapshot, VmState,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

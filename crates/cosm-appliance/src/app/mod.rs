@@ -320,6 +320,7 @@ impl App {
             generation: m.desired_generation,
             role: m.role,
             actions: m.pending_actions,
+            vms: Vec::new(),
         })
     }
 }
