@@ -28,9 +28,9 @@ pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec};
 pub use time::Timestamp;
 pub use vm::{
     BootRequest, BridgeName, CreateSnapshot, CreateVm, DesiredVm, DiskRequest, DomainPower,
-    HostCapacity, ImageRef, MigrateVm, NameError, NicRequest, ObservedDomain, PowerWanted,
-    SnapshotName, StopVm, Vm, VmBoot, VmConsole, VmDisk, VmEvent, VmKind, VmName, VmNic, VmNote,
-    VmOp, VmOpKind, VmOpResult, VmReport, VmSnapshot, VmState,
+    HostCapacity, HostView, ImageRef, MigrateVm, NameError, NicRequest, ObservedDomain,
+    PowerWanted, SnapshotName, StopVm, Vm, VmBoot, VmConsole, VmDisk, VmEvent, VmKind, VmName,
+    VmNic, VmNote, VmOp, VmOpKind, VmOpResult, VmReport, VmSnapshot, VmState,
 };
 
 use serde::{Deserialize, Serialize};

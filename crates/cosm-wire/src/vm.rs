@@ -558,6 +558,26 @@ pub struct VmReport {
     pub notes: Vec<VmNote>,
 }
 
+/// A hypervisor host as `GET /api/v1/hosts` lists it: a machine with role `host` in
+/// `deployed` or `active`, what its agent last reported, and what its VMs take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostView {
+    pub mac: MacAddr,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub machine_state: crate::MachineState,
+    /// What its agent last reported; absent until it reports (VMs are not placed there).
+    #[serde(default)]
+    pub capacity: Option<HostCapacity>,
+    #[serde(default)]
+    pub reported_at: Option<Timestamp>,
+    pub vms: u32,
+    pub allocated_vcpus: u32,
+    pub allocated_memory_mib: u64,
+    /// Domains its agent reported that COSM does not manage (left alone).
+    pub unmanaged_domains: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
