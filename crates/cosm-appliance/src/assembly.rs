@@ -125,6 +125,8 @@ impl Assembly {
             images: Some(images),
             enroll_gate: Arc::new(crate::app::EnrollGate::new(config.enroll_limits)),
             bulk_reads: Arc::new(crate::app::BulkReads::per_cpu()),
+            hosts: Arc::new(crate::app::hosts::HostReports::default()),
+            overcommit: config.overcommit,
         };
         Ok(Assembly {
             state: AppState {

@@ -31,6 +31,7 @@ pub use vm::{
     HostCapacity, HostView, ImageRef, MigrateVm, NameError, NicRequest, ObservedDomain,
     PowerWanted, SnapshotName, StopVm, Vm, VmBoot, VmConsole, VmDisk, VmEvent, VmKind, VmName,
     VmNic, VmNote, VmOp, VmOpKind, VmOpResult, VmReport, VmSnapshot, VmState,
+    DEFAULT_STOP_TIMEOUT_SECS,
 };
 
 use serde::{Deserialize, Serialize};

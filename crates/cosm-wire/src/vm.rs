@@ -292,6 +292,13 @@ pub struct VmBoot {
     pub cmdline: String,
 }
 
+/// Seconds a stop waits for the guest to power off before forcing it, unless asked.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 60;
+
+fn default_stop_timeout() -> u32 {
+    DEFAULT_STOP_TIMEOUT_SECS
+}
+
 fn yes() -> bool {
     true
 }
@@ -390,6 +397,9 @@ pub struct Vm {
     pub anti_affinity: Option<String>,
     /// What the operator wants.
     pub power: PowerWanted,
+    /// How long its last stop gives the guest before forcing it off.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_secs: u32,
     pub state: VmState,
     /// The host (by MAC) it is placed on.
     #[serde(default)]

@@ -3,12 +3,14 @@
 //! owns it (machines, deploy, agents, catalog), inside one store transaction, so the checks a
 //! workflow makes and the writes they guard can never be separated by another write.
 
+use super::placement::Overcommit;
+use super::vms::{self, Candidate, NewVm};
 use super::{agents, catalog, deploy, machines};
 use crate::store::{StoreCommand, StoreError, Tx};
 use cosm_wire::{
     ActionKind, ActionResult, CreateMachine, EventKind, Image, Inventory, Lease, MacAddr, Machine,
-    MachineState, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope, Timestamp, TokenInfo,
-    UpdateMachine,
+    MachineState, ObservedDomain, PowerWanted, Role, RoleName, RoleSpec, Rule, RuleSpec, Scope,
+    Timestamp, TokenInfo, UpdateMachine, Vm, VmName, VmNote, VmOpKind, VmOpResult,
 };
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +146,44 @@ pub enum Op {
     /// any record of the same name.
     PutImage(Image),
     DeleteImage(String),
+    /// Records a VM on the best of `candidates` (or the one it asks for) where it fits.
+    CreateVm {
+        new: NewVm,
+        candidates: Vec<Candidate>,
+        overcommit: Overcommit,
+    },
+    /// Start or stop a VM.
+    SetVmPower {
+        name: VmName,
+        power: PowerWanted,
+        stop_timeout_secs: Option<u32>,
+        by: String,
+    },
+    /// Queues a reboot or a snapshot operation for the VM's host.
+    QueueVmOp {
+        name: VmName,
+        kind: VmOpKind,
+        by: String,
+    },
+    /// Chooses a live migration's destination and queues it on the source.
+    StartMigration {
+        name: VmName,
+        to: Option<MacAddr>,
+        candidates: Vec<Candidate>,
+        overcommit: Overcommit,
+        by: String,
+    },
+    DeleteVm {
+        name: VmName,
+        by: String,
+    },
+    /// A host's agent reported its domains, operation outcomes and notes.
+    ReportVms {
+        host: MacAddr,
+        domains: Vec<ObservedDomain>,
+        results: Vec<VmOpResult>,
+        notes: Vec<VmNote>,
+    },
 }
 
 /// What a command produced.
@@ -158,6 +198,8 @@ pub enum Outcome {
     Done,
     /// How many records the operation removed.
     Removed(usize),
+    /// A VM as the operation left it; `None`: it is gone.
+    Vm(Option<Box<Vm>>),
 }
 
 impl Outcome {
@@ -168,6 +210,18 @@ impl Outcome {
             other => unreachable!("a machine operation produced {other:?}"),
         }
     }
+
+    /// The VM a VM operation produced (`None`: deleted).
+    pub fn into_vm(self) -> Option<Vm> {
+        match self {
+            Outcome::Vm(v) => v.map(|b| *b),
+            other => unreachable!("a VM operation produced {other:?}"),
+        }
+    }
+}
+
+fn vm_outcome(vm: Vm) -> Outcome {
+    Outcome::Vm(Some(Box::new(vm)))
 }
 
 impl StoreCommand for Command {
@@ -237,6 +291,34 @@ impl StoreCommand for Command {
             Op::PutLease(lease) => tx.put_lease(lease).map(|_| Outcome::Done),
             Op::PutImage(image) => tx.put_image(image).map(|_| Outcome::Done),
             Op::DeleteImage(name) => catalog::delete_image(tx, name).map(|_| Outcome::Deleted),
+            Op::CreateVm {
+                new,
+                candidates,
+                overcommit,
+            } => vms::create(tx, new, candidates, overcommit).map(vm_outcome),
+            Op::SetVmPower {
+                name,
+                power,
+                stop_timeout_secs,
+                by,
+            } => vms::set_power(tx, name, *power, *stop_timeout_secs, by).map(vm_outcome),
+            Op::QueueVmOp { name, kind, by } => vms::queue_op(tx, name, kind, by).map(vm_outcome),
+            Op::StartMigration {
+                name,
+                to,
+                candidates,
+                overcommit,
+                by,
+            } => vms::start_migration(tx, name, *to, candidates, overcommit, by).map(vm_outcome),
+            Op::DeleteVm { name, by } => {
+                vms::delete(tx, name, by).map(|v| Outcome::Vm(v.map(Box::new)))
+            }
+            Op::ReportVms {
+                host,
+                domains,
+                results,
+                notes,
+            } => vms::apply_report(tx, *host, domains, results, notes).map(Outcome::Removed),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod boot;
 mod catalog;
 pub mod command;
 mod deploy;
+pub mod hosts;
 pub mod images;
 pub mod lifecycle;
 pub mod liveness;
@@ -30,6 +31,7 @@ pub mod placement;
 pub mod rules;
 pub mod timeline;
 pub mod tokens;
+pub mod vms;
 
 pub use agents::{EnrolBy, EnrollGate};
 pub use command::{Command, Op, Outcome};
@@ -101,6 +103,10 @@ pub struct App {
     pub enroll_gate: Arc<EnrollGate>,
     /// The reads whose cost grows with the store (lists), off the async workers.
     pub bulk_reads: Arc<BulkReads>,
+    /// What VM hosts' agents last reported (in memory).
+    pub hosts: Arc<hosts::HostReports>,
+    /// How far VM placement may exceed hosts' capacity.
+    pub overcommit: placement::Overcommit,
 }
 
 /// Reads whose cost grows with the store (a page of a list, the machine counts of
@@ -316,11 +322,17 @@ impl App {
     /// The inventory-less view the agent gets of its machine's desired state.
     pub fn desired(&self, mac: MacAddr) -> Result<cosm_wire::DesiredState, AppError> {
         let m = known_machine(&self.store, mac, "; enrol again")?;
+        let (vm_generation, vms) = self.desired_vms(mac)?;
         Ok(cosm_wire::DesiredState {
-            generation: m.desired_generation,
+            generation: m.desired_generation + vm_generation,
             role: m.role,
             actions: m.pending_actions,
-            vms: Vec::new(),
+            vms,
         })
+    }
+
+    /// The generation an agent's desired state is at: its machine's plus its VM set's.
+    pub fn desired_generation(&self, m: &Machine) -> Result<u64, AppError> {
+        Ok(m.desired_generation + self.store.vm_generation(m.mac)?)
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// How far allocation may exceed a host's physical capacity.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Overcommit {
     /// vCPUs per physical CPU thread (e.g. 4.0).
     pub cpu: f64,

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub kickstart: Kickstart,
     #[serde(default)]
     pub images: Images,
+    #[serde(default)]
+    pub vms: Vms,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +68,24 @@ impl Default for Kickstart {
             installer_args: "console=tty0 console=ttyS0,115200".into(),
             xen_roles: Vec::new(),
             xen_repo_url: "http://mirror.centos.org/centos/7/virt/x86_64/xen/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Vms {
+    /// vCPUs placed per physical CPU thread of a host.
+    pub cpu_overcommit: f64,
+    /// Memory placed per byte of a host's physical memory (1.0: no overcommit).
+    pub memory_overcommit: f64,
+}
+
+impl Default for Vms {
+    fn default() -> Self {
+        Vms {
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Config {
     /// Directory of the image repository's files.
     pub images_dir: PathBuf,
     pub max_upload_bytes: u64,
+    /// How far VM placement may exceed hosts' capacity (`[vms]`).
+    pub overcommit: crate::app::placement::Overcommit,
 }
 
 /// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
@@ -177,6 +179,21 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
         if f.data_dir.trim().is_empty() {
             return Err(invalid("data_dir", "must not be empty".into()));
         }
+        for (key, ratio) in [
+            ("vms.cpu_overcommit", f.vms.cpu_overcommit),
+            ("vms.memory_overcommit", f.vms.memory_overcommit),
+        ] {
+            if !(0.1..=64.0).contains(&ratio) {
+                return Err(invalid(
+                    key,
+                    format!("{ratio} is outside 0.1..=64 (1.0 places exactly the host's capacity)"),
+                ));
+            }
+        }
+        let overcommit = crate::app::placement::Overcommit {
+            cpu: f.vms.cpu_overcommit,
+            memory: f.vms.memory_overcommit,
+        };
         let mut data_dir = PathBuf::from(&f.data_dir);
         if data_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
@@ -282,6 +299,7 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             kickstart,
             images_dir: data_dir.join("images"),
             max_upload_bytes: f.images.max_upload_mib << 20,
+            overcommit,
             boot,
             tftp,
             heartbeat_secs: f.agents.heartbeat_secs,

@@ -122,7 +122,7 @@ pub(super) async fn agent_heartbeat(
     let mac = agent_mac(&caller)?;
     let m = state.app.heartbeat(mac, body).await?;
     Ok(Json(HeartbeatReply {
-        desired_generation: m.desired_generation,
+        desired_generation: state.app.desired_generation(&m)?,
     }))
 }
 

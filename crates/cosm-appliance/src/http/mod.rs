@@ -22,6 +22,7 @@ mod openapi;
 mod ops;
 mod paging;
 mod serve;
+mod vms;
 
 pub use auth::{grants, Access, Caller};
 pub use error::ApiError;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::routes())
         .merge(agents::routes())
         .merge(images::routes())
+        .merge(vms::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{agents, catalog, images, machines, ops};
+use super::{agents, catalog, images, machines, ops, vms};
 use utoipa::OpenApi;
 
 struct BearerAuth;
@@ -19,7 +19,7 @@ impl utoipa::Modify for BearerAuth {
 /// The OpenAPI document, generated from the handlers above.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "COSM appliance API", description = "Bare-metal provisioning: machines, roles, role rules, timelines."),
+    info(title = "COSM appliance API", description = "Bare-metal provisioning and the cloud on it: machines, roles, role rules, timelines, virtual machines."),
     paths(
         ops::healthz, ops::metrics, ops::openapi_json,
         machines::list_machines, machines::create_machine, machines::show_machine,
@@ -34,6 +34,10 @@ impl utoipa::Modify for BearerAuth {
         machines::machine_kickstart, machines::redeploy_machine, machines::reregister_machine, agents::agent_install_report,
         images::list_images, images::show_image, images::upload_image,
         images::delete_image, images::download_image,
+        vms::create_vm, vms::list_vms, vms::show_vm, vms::delete_vm, vms::start_vm, vms::stop_vm,
+        vms::reboot_vm, vms::migrate_vm, vms::list_snapshots, vms::create_snapshot,
+        vms::revert_snapshot, vms::delete_snapshot, vms::vm_console, vms::vm_events,
+        vms::list_hosts, vms::agent_vms, vms::agent_image,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -44,6 +48,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "agents", description = "Node agents: enrolment, heartbeat, desired state"),
         (name = "tokens", description = "API tokens (admin only)"),
         (name = "images", description = "The image repository: installer kernels, initrds, ISOs"),
+        (name = "vms", description = "Virtual machines on the hosts COSM provisioned: lifecycle, placement, snapshots, live migration"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

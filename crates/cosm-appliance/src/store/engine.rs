@@ -42,6 +42,7 @@ pub struct Changes {
     pub tokens: u64,
     pub leases: u64,
     pub images: u64,
+    pub vms: u64,
 }
 
 impl Changes {
@@ -53,6 +54,7 @@ impl Changes {
         self.tokens += other.tokens.min(1);
         self.leases += other.leases.min(1);
         self.images += other.images.min(1);
+        self.vms += other.vms.min(1);
     }
 
     fn any(&self) -> bool {

@@ -19,6 +19,7 @@ mod machines;
 mod roles;
 mod schema;
 mod tokens;
+mod vms;
 
 pub use engine::{Changes, Page, Store, StoreCommand, StoreOptions, StoreStats, Tx};
 pub use error::StoreError;

@@ -10,12 +10,12 @@ use cosm_wire::Machine;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 /// The schema this binary writes. Bump it together with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// `MIGRATIONS[i]` upgrades a store from schema `i + 1` to `i + 2`, inside the same write
 /// transaction that records the new version, so a crash mid-migration leaves the old schema.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: &[Migration] = &[build_indexes];
+const MIGRATIONS: &[Migration] = &[build_indexes, vm_tables];
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const MACHINES: TableDefinition<u64, &[u8]> = TableDefinition::new("machines");
@@ -40,6 +40,20 @@ pub(super) const MACHINE_IPS: TableDefinition<u32, u64> = TableDefinition::new("
 /// listed by id one page at a time and removed by id without a scan.
 pub(super) const TOKEN_IDS: TableDefinition<u64, &str> = TableDefinition::new("token_ids");
 /// Index (schema 2): rules in evaluation order, (priority, id) → ().
+/// VMs by name (schema 3).
+pub(super) const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
+/// (host MAC, VM name) for every placed VM: a host's VMs without a scan.
+pub(super) const VMS_BY_HOST: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("vms_by_host");
+/// NIC MAC → VM name: a MAC is used by one VM NIC at most.
+pub(super) const VM_MACS: TableDefinition<u64, &str> = TableDefinition::new("vm_macs");
+/// VMs' timelines: (VM id, event sequence) → event, and the count per VM.
+pub(super) const VM_EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("vm_events");
+/// Host MAC → the generation of its VM set, raised by every change its agent must act on;
+/// the agent's desired generation is the machine's plus this.
+pub(super) const VM_GENERATIONS: TableDefinition<u64, u64> = TableDefinition::new("vm_generations");
+pub(super) const VM_EVENT_COUNTS: TableDefinition<u64, u64> =
+    TableDefinition::new("vm_event_counts");
 pub(super) const RULE_ORDER: TableDefinition<(i32, u64), ()> = TableDefinition::new("rule_order");
 
 /// Creates missing tables, seeds a new store (`seed` runs in the same transaction), and
@@ -63,6 +77,12 @@ pub(super) fn init(
         txn.open_table(MACHINE_IPS)?;
         txn.open_table(TOKEN_IDS)?;
         txn.open_table(RULE_ORDER)?;
+        txn.open_table(VMS)?;
+        txn.open_table(VMS_BY_HOST)?;
+        txn.open_table(VM_MACS)?;
+        txn.open_table(VM_EVENTS)?;
+        txn.open_table(VM_EVENT_COUNTS)?;
+        txn.open_table(VM_GENERATIONS)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -87,6 +107,11 @@ pub(super) fn init(
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Schema 2 → 3: the VM tables, created empty by `init` before migrations run.
+fn vm_tables(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -1,0 +1,420 @@
+//! Hypervisor hosts and the VM workflows as [`App`] offers them (issue 12).
+//!
+//! What hosts' agents report (capacity, domains, console lines) is kept in memory
+//! ([`HostReports`]), like heartbeats: it is re-sent every few seconds, so an appliance
+//! restart loses nothing that does not come back at the next report. Only what a report
+//! changes about a VM's record (its state, host, snapshots, finished operations) is
+//! written, as one `ReportVms` command, and only when [`vms::observe`] says it changes.
+
+use super::placement::Overcommit;
+use super::vms::{self, Candidate, NewVm};
+use super::{App, AppError, Op};
+use crate::store::Page;
+use cosm_wire::{
+    BootRequest, CreateVm, DiskRequest, HostCapacity, HostView, ImageRef, MacAddr, MachineState,
+    ObservedDomain, PowerWanted, Timestamp, Vm, VmBoot, VmConsole, VmDisk, VmEvent, VmName,
+    VmOpKind, VmReport, VmState,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The most console lines kept per VM.
+pub const CONSOLE_LINES: usize = 200;
+
+/// What one host's agent last reported.
+#[derive(Debug, Clone)]
+struct HostEntry {
+    capacity: HostCapacity,
+    at: Timestamp,
+    domains: Vec<ObservedDomain>,
+    consoles: HashMap<String, (Timestamp, Vec<String>)>,
+}
+
+/// The latest report of every host, in memory.
+#[derive(Debug, Default)]
+pub struct HostReports {
+    hosts: Mutex<HashMap<MacAddr, HostEntry>>,
+}
+
+impl HostReports {
+    fn record(&self, host: MacAddr, report: &VmReport) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let at = Timestamp::now();
+        let entry = hosts.entry(host).or_insert_with(|| HostEntry {
+            capacity: report.capacity.clone(),
+            at,
+            domains: Vec::new(),
+            consoles: HashMap::new(),
+        });
+        entry.capacity = report.capacity.clone();
+        entry.at = at;
+        entry.domains = report.domains.clone();
+        for d in &report.domains {
+            if let Some(lines) = &d.console {
+                let start = lines.len().saturating_sub(CONSOLE_LINES);
+                entry
+                    .consoles
+                    .insert(d.name.clone(), (at, lines[start..].to_vec()));
+            }
+        }
+        entry
+            .consoles
+            .retain(|name, _| report.domains.iter().any(|d| &d.name == name));
+        // Console lines are not kept twice.
+        for d in &mut entry.domains {
+            d.console = None;
+        }
+    }
+
+    fn get(&self, host: MacAddr) -> Option<HostEntry> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts.get(&host).cloned()
+    }
+
+    fn all(&self) -> Vec<(MacAddr, HostEntry)> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = hosts.iter().map(|(m, e)| (*m, e.clone())).collect();
+        v.sort_by_key(|(m, _)| *m);
+        v
+    }
+}
+
+/// Whether a machine may hold VMs: role `host`, installed.
+fn is_host(m: &cosm_wire::Machine) -> bool {
+    m.role.as_ref().is_some_and(|r| r.as_str() == "host")
+        && matches!(m.state, MachineState::Deployed | MachineState::Active)
+}
+
+/// Checks the numbers of a create request the way a host's libvirt would refuse them.
+fn check_request(req: &CreateVm) -> Result<(), AppError> {
+    let bad = |field: &'static str, message: String| {
+        AppError::Store(crate::store::StoreError::Invalid { field, message })
+    };
+    if !(1..=256).contains(&req.vcpus) {
+        return Err(bad(
+            "vcpus",
+            format!("vcpus {} is outside 1..=256", req.vcpus),
+        ));
+    }
+    if !(16..=(4 << 20)).contains(&req.memory_mib) {
+        return Err(bad(
+            "memory_mib",
+            format!("memory_mib {} is outside 16..=4194304", req.memory_mib),
+        ));
+    }
+    if req.disks.len() > 16 || req.nics.len() > 16 {
+        return Err(bad("disks", "at most 16 disks and 16 NICs".into()));
+    }
+    for (i, d) in req.disks.iter().enumerate() {
+        if let DiskRequest::Blank { size_bytes } = d {
+            if *size_bytes < (1 << 20) || *size_bytes > (64 << 40) {
+                return Err(bad(
+                    "disks",
+                    format!("disks[{i}].size_bytes {size_bytes} is outside 1 MiB..=64 TiB"),
+                ));
+            }
+        }
+    }
+    if req.kind == cosm_wire::VmKind::XenPv && req.boot.is_none() {
+        return Err(bad(
+            "boot",
+            "a xen-pv VM needs a direct kernel boot (boot.kernel)".into(),
+        ));
+    }
+    if let Some(b) = &req.boot {
+        if b.cmdline.chars().any(|c| c.is_control()) || b.cmdline.len() > 4096 {
+            return Err(bad(
+                "boot.cmdline",
+                "the kernel command line holds a control character or is longer than 4096".into(),
+            ));
+        }
+    }
+    if let Some(g) = &req.anti_affinity {
+        if g.is_empty() || g.len() > 64 || g.chars().any(|c| c.is_control()) {
+            return Err(bad(
+                "anti_affinity",
+                "an anti-affinity group is 1-64 characters without control characters".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl App {
+    /// A file of the image repository, pinned by its sha256.
+    fn pin_image(&self, field: &'static str, name: &str) -> Result<ImageRef, AppError> {
+        match self.store.image(name)? {
+            Some(img) => Ok(ImageRef {
+                image: img.name,
+                sha256: img.sha256,
+            }),
+            None => Err(AppError::Store(crate::store::StoreError::Invalid {
+                field,
+                message: format!(
+                    "{field}: the image repository has no image {name:?} (cosmctl images list)"
+                ),
+            })),
+        }
+    }
+
+    /// The hosts VMs may go to now, with what their agents last reported.
+    pub fn vm_candidates(&self) -> Result<Vec<Candidate>, AppError> {
+        let mut out = Vec::new();
+        for (mac, e) in self.hosts.all() {
+            let Some(m) = self.store.machine(mac)? else {
+                continue;
+            };
+            if !is_host(&m) {
+                continue;
+            }
+            out.push(Candidate {
+                host: mac,
+                cpus: e.capacity.vcpus,
+                memory_mib: e.capacity.memory_mib,
+                storage_bytes: e.capacity.storage_bytes,
+                cpu_percent: self.liveness.last(&mac).map_or(0.0, |(_, b)| b.cpu_percent),
+                migration_uri: e.capacity.migration_uri.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn overcommit(&self) -> Overcommit {
+        self.overcommit
+    }
+
+    /// Records and places a VM; `Conflict { code: "no_host" }` with every host's reason
+    /// when it fits nowhere.
+    pub async fn create_vm(&self, req: CreateVm) -> Result<Vm, AppError> {
+        check_request(&req)?;
+        let mut disks = Vec::with_capacity(req.disks.len());
+        for d in &req.disks {
+            disks.push(match d {
+                DiskRequest::Blank { size_bytes } => VmDisk::Blank {
+                    size_bytes: *size_bytes,
+                },
+                DiskRequest::Image { image } => {
+                    let r = self.pin_image("disks", image)?;
+                    VmDisk::Image {
+                        image: r.image,
+                        sha256: r.sha256,
+                    }
+                }
+            });
+        }
+        let boot = match &req.boot {
+            None => None,
+            Some(BootRequest {
+                kernel,
+                initrd,
+                cmdline,
+            }) => Some(VmBoot {
+                kernel: self.pin_image("boot.kernel", kernel)?,
+                initrd: initrd
+                    .as_deref()
+                    .map(|i| self.pin_image("boot.initrd", i))
+                    .transpose()?,
+                cmdline: cmdline.clone(),
+            }),
+        };
+        let new = NewVm {
+            name: req.name,
+            kind: req.kind,
+            vcpus: req.vcpus,
+            memory_mib: req.memory_mib,
+            disks,
+            nics: req.nics,
+            boot,
+            ha: req.ha,
+            anti_affinity: req.anti_affinity,
+            host: req.host,
+            start: req.start,
+        };
+        let op = Op::CreateVm {
+            new,
+            candidates: self.vm_candidates()?,
+            overcommit: self.overcommit,
+        };
+        Ok(self.store.run(op).await?.into_vm().expect("a created VM"))
+    }
+
+    pub fn vm(&self, name: &VmName) -> Result<Vm, AppError> {
+        self.store.vm(name)?.ok_or_else(|| AppError::NotFound {
+            message: format!("VM {name} not found"),
+        })
+    }
+
+    pub async fn vms_page(
+        &self,
+        host: Option<MacAddr>,
+        state: Option<VmState>,
+        after: Option<VmName>,
+        limit: usize,
+    ) -> Result<Page<Vm>, AppError> {
+        let store = self.store.clone();
+        self.bulk_reads
+            .run(move || store.vms_page(host, state, after.as_ref(), limit))
+            .await?
+            .map_err(AppError::from)
+    }
+
+    pub async fn vm_events_page(
+        &self,
+        name: &VmName,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<VmEvent>, AppError> {
+        let vm = self.vm(name)?;
+        Ok(self.store.vm_events_page(&vm, before, limit)?)
+    }
+
+    pub async fn set_vm_power(
+        &self,
+        name: VmName,
+        power: PowerWanted,
+        stop_timeout_secs: Option<u32>,
+        by: &str,
+    ) -> Result<Vm, AppError> {
+        let op = Op::SetVmPower {
+            name,
+            power,
+            stop_timeout_secs,
+            by: by.to_string(),
+        };
+        Ok(self.store.run(op).await?.into_vm().expect("a VM"))
+    }
+
+    pub async fn queue_vm_op(
+        &self,
+        name: VmName,
+        kind: VmOpKind,
+        by: &str,
+    ) -> Result<Vm, AppError> {
+        let op = Op::QueueVmOp {
+            name,
+            kind,
+            by: by.to_string(),
+        };
+        Ok(self.store.run(op).await?.into_vm().expect("a VM"))
+    }
+
+    pub async fn migrate_vm(
+        &self,
+        name: VmName,
+        to: Option<MacAddr>,
+        by: &str,
+    ) -> Result<Vm, AppError> {
+        let op = Op::StartMigration {
+            name,
+            to,
+            candidates: self.vm_candidates()?,
+            overcommit: self.overcommit,
+            by: by.to_string(),
+        };
+        Ok(self.store.run(op).await?.into_vm().expect("a VM"))
+    }
+
+    /// Deletes a VM; `None` when it is gone at once, else the record, `deleting`.
+    pub async fn delete_vm(&self, name: VmName, by: &str) -> Result<Option<Vm>, AppError> {
+        let op = Op::DeleteVm {
+            name,
+            by: by.to_string(),
+        };
+        Ok(self.store.run(op).await?.into_vm())
+    }
+
+    /// The last `lines` lines of a VM's serial console, as its host last reported them.
+    pub fn vm_console(&self, name: &VmName, lines: usize) -> Result<VmConsole, AppError> {
+        let vm = self.vm(name)?;
+        let found = vm
+            .host
+            .and_then(|h| self.hosts.get(h))
+            .and_then(|e| e.consoles.get(name.as_str()).cloned());
+        let (read_at, all) = match found {
+            Some((at, l)) => (Some(at), l),
+            None => (None, Vec::new()),
+        };
+        let start = all.len().saturating_sub(lines);
+        Ok(VmConsole {
+            vm: vm.name,
+            host: vm.host,
+            read_at,
+            lines: all[start..].to_vec(),
+        })
+    }
+
+    /// Every VM host: machines of role `host` in `deployed`/`active` that reported, with
+    /// what their VMs take.
+    pub async fn hosts(&self) -> Result<Vec<HostView>, AppError> {
+        let mut out = Vec::new();
+        for (mac, e) in self.hosts.all() {
+            let Some(m) = self.store.machine(mac)? else {
+                continue;
+            };
+            let vms = self.store.vms_on(mac)?;
+            out.push(HostView {
+                mac,
+                hostname: m.hostname.clone(),
+                machine_state: m.state,
+                capacity: Some(e.capacity.clone()),
+                reported_at: Some(e.at),
+                vms: vms.len() as u32,
+                allocated_vcpus: vms.iter().map(|v| v.vcpus).sum(),
+                allocated_memory_mib: vms.iter().map(|v| v.memory_mib).sum(),
+                unmanaged_domains: e
+                    .domains
+                    .iter()
+                    .filter(|d| !d.managed)
+                    .map(|d| d.name.clone())
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A host's agent reports its domains. Kept in memory; what changes VM records is
+    /// written as one command, only when something changes.
+    pub async fn report_vms(&self, host: MacAddr, report: VmReport) -> Result<usize, AppError> {
+        let m = self.machine(host)?;
+        if !is_host(&m) {
+            tracing::debug!(%host, role = ?m.role, state = %m.state, "VM report from a machine that is not a VM host (yet)");
+        }
+        self.hosts.record(host, &report);
+        let now = Timestamp::now();
+        let mut changes = false;
+        for vm in self.store.vms_on(host)? {
+            let d = report.domains.iter().find(|d| d.name == vm.name.as_str());
+            if vms::observe(&vm, host, d, &report.results, &report.notes, now).is_some() {
+                changes = true;
+                break;
+            }
+        }
+        if !changes {
+            return Ok(0);
+        }
+        let op = Op::ReportVms {
+            host,
+            domains: report
+                .domains
+                .into_iter()
+                .map(|mut d| {
+                    d.console = None;
+                    d
+                })
+                .collect(),
+            results: report.results,
+            notes: report.notes,
+        };
+        match self.store.run(op).await? {
+            super::Outcome::Removed(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
+    /// What a host's agent is told about its VMs, and its VM generation.
+    pub fn desired_vms(&self, host: MacAddr) -> Result<(u64, Vec<cosm_wire::DesiredVm>), AppError> {
+        let generation = self.store.vm_generation(host)?;
+        let vms = self.store.vms_on(host)?;
+        Ok((generation, vms.iter().map(vms::desired).collect()))
+    }
+}

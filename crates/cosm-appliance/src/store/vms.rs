@@ -1,0 +1,263 @@
+//! VM records, keyed by name, with their indexes (by host, by NIC MAC) and timelines. What
+//! a VM may do is decided by the application layer's commands (`app::vms`); this file only
+//! reads and writes records.
+
+use super::engine::{decode, encode, Page, Store, StoreCommand, Tx};
+use super::schema::{VMS, VMS_BY_HOST, VM_EVENTS, VM_EVENT_COUNTS, VM_GENERATIONS, VM_MACS};
+use super::StoreError;
+use cosm_wire::{MacAddr, Vm, VmEvent, VmName, VmState};
+use redb::ReadableTable;
+
+impl<C: StoreCommand> Store<C> {
+    pub fn vm(&self, name: &VmName) -> Result<Option<Vm>, StoreError> {
+        self.get(VMS, name.as_str())
+    }
+
+    /// One page of VMs in name order after `after`, optionally only one host's or one
+    /// state's.
+    pub fn vms_page(
+        &self,
+        host: Option<MacAddr>,
+        state: Option<VmState>,
+        after: Option<&VmName>,
+        limit: usize,
+    ) -> Result<Page<Vm>, StoreError> {
+        self.page(VMS, after.map(|a| a.as_str()), limit, |v: &Vm| {
+            host.is_none_or(|h| v.host == Some(h)) && state.is_none_or(|s| v.state == s)
+        })
+    }
+
+    /// Every VM placed on `host` (from the index), in name order.
+    pub fn vms_on(&self, host: MacAddr) -> Result<Vec<Vm>, StoreError> {
+        let r = self.db.begin_read()?;
+        let idx = r.open_table(VMS_BY_HOST)?;
+        let vms = r.open_table(VMS)?;
+        let k = host.to_u64();
+        let mut out = Vec::new();
+        for row in idx.range((k, "")..(k + 1, ""))? {
+            let (key, _) = row?;
+            if let Some(v) = vms.get(key.value().1)? {
+                out.push(decode("vms", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The generation of `host`'s VM set (0 before its first VM).
+    pub fn vm_generation(&self, host: MacAddr) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(VM_GENERATIONS)?;
+        Ok(t.get(host.to_u64())?.map_or(0, |v| v.value()))
+    }
+
+    /// Every VM, in name order (placement and `/api/v1/hosts` sum them per host).
+    pub fn all_vms(&self) -> Result<Vec<Vm>, StoreError> {
+        self.all(VMS)
+    }
+
+    /// A page of a VM's timeline going back in time, like a machine's.
+    pub fn vm_events_page(
+        &self,
+        vm: &Vm,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<VmEvent>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(VM_EVENTS)?;
+        let end = before.unwrap_or(u64::MAX);
+        let mut page = Page::default();
+        for row in t.range((vm.id, 0)..(vm.id, end))?.rev() {
+            let (_, v) = row?;
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.items.push(decode("vm_events", v.value())?);
+        }
+        page.items.reverse();
+        Ok(page)
+    }
+
+    /// Number of VMs in each state (every state listed, zeros included).
+    pub fn vm_counts(&self) -> Result<Vec<(VmState, u64)>, StoreError> {
+        let mut counts: Vec<(VmState, u64)> = VmState::ALL.iter().map(|s| (*s, 0)).collect();
+        for v in self.all_vms()? {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == v.state) {
+                c.1 += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+impl Tx<'_> {
+    pub fn find_vm(&self, name: &VmName) -> Result<Option<Vm>, StoreError> {
+        self.get(VMS, name.as_str())
+    }
+
+    /// The VM, or `NotFound`.
+    pub fn vm(&self, name: &VmName) -> Result<Vm, StoreError> {
+        self.find_vm(name)?.ok_or_else(|| StoreError::NotFound {
+            what: "VM",
+            key: name.to_string(),
+        })
+    }
+
+    /// Every VM placed on `host`, from the index.
+    pub fn vms_on(&self, host: MacAddr) -> Result<Vec<Vm>, StoreError> {
+        let idx = self.txn.open_table(VMS_BY_HOST)?;
+        let vms = self.txn.open_table(VMS)?;
+        let k = host.to_u64();
+        let mut out = Vec::new();
+        for row in idx.range((k, "")..(k + 1, ""))? {
+            let (key, _) = row?;
+            if let Some(v) = vms.get(key.value().1)? {
+                out.push(decode("vms", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every VM, in name order.
+    pub fn all_vms(&self) -> Result<Vec<Vm>, StoreError> {
+        self.all(VMS)
+    }
+
+    /// The VM whose NIC has this MAC, if any.
+    pub fn vm_with_mac(&self, mac: MacAddr) -> Result<Option<String>, StoreError> {
+        let t = self.txn.open_table(VM_MACS)?;
+        let found = t.get(mac.to_u64())?.map(|v| v.value().to_string());
+        Ok(found)
+    }
+
+    /// Raises `host`'s VM generation: its agent fetches its desired state again.
+    pub fn bump_vm_generation(&mut self, host: MacAddr) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(VM_GENERATIONS)?;
+        let next = t.get(host.to_u64())?.map_or(0, |v| v.value()) + 1;
+        t.insert(host.to_u64(), next)?;
+        self.changed.vms += 1;
+        Ok(())
+    }
+
+    pub fn next_vm_id(&mut self) -> Result<u64, StoreError> {
+        self.next_id("next_vm_id")
+    }
+
+    /// The next number of the counter VM NIC MACs are made from.
+    pub fn next_vm_mac_number(&mut self) -> Result<u64, StoreError> {
+        self.next_id("next_vm_mac")
+    }
+
+    pub fn next_vm_op_id(&mut self) -> Result<u64, StoreError> {
+        self.next_id("next_vm_op_id")
+    }
+
+    /// Writes the record, stamped with the command's time, and moves its index entries
+    /// (host, NIC MACs). The caller has checked that its MACs are free.
+    pub fn put_vm(&mut self, vm: &mut Vm) -> Result<(), StoreError> {
+        vm.updated_at = self.at;
+        let old = self.find_vm(&vm.name)?;
+        let (old_host, old_macs) = old.map_or((None, Vec::new()), |o| {
+            (o.host, o.nics.iter().map(|n| n.mac).collect())
+        });
+        if old_host != vm.host {
+            let mut idx = self.txn.open_table(VMS_BY_HOST)?;
+            if let Some(h) = old_host {
+                idx.remove((h.to_u64(), vm.name.as_str()))?;
+            }
+            if let Some(h) = vm.host {
+                idx.insert((h.to_u64(), vm.name.as_str()), ())?;
+            }
+        }
+        let new_macs: Vec<MacAddr> = vm.nics.iter().map(|n| n.mac).collect();
+        if old_macs != new_macs {
+            let mut macs = self.txn.open_table(VM_MACS)?;
+            for m in &old_macs {
+                macs.remove(m.to_u64())?;
+            }
+            for m in &new_macs {
+                let held = macs.get(m.to_u64())?.map(|v| v.value().to_string());
+                if let Some(other) = held.filter(|o| o != vm.name.as_str()) {
+                    return Err(StoreError::Db {
+                        message: format!(
+                            "index broken: MAC {m} of VM {} is held by VM {other}; nothing was written",
+                            vm.name
+                        ),
+                    });
+                }
+                macs.insert(m.to_u64(), vm.name.as_str())?;
+            }
+        }
+        self.txn
+            .open_table(VMS)?
+            .insert(vm.name.as_str(), encode(vm).as_slice())?;
+        self.changed.vms += 1;
+        Ok(())
+    }
+
+    /// Removes the VM, its index entries and its timeline.
+    pub fn remove_vm(&mut self, vm: &Vm) -> Result<(), StoreError> {
+        self.txn.open_table(VMS)?.remove(vm.name.as_str())?;
+        if let Some(h) = vm.host {
+            self.txn
+                .open_table(VMS_BY_HOST)?
+                .remove((h.to_u64(), vm.name.as_str()))?;
+        }
+        let mut macs = self.txn.open_table(VM_MACS)?;
+        for n in &vm.nics {
+            macs.remove(n.mac.to_u64())?;
+        }
+        let mut events = self.txn.open_table(VM_EVENTS)?;
+        let keys: Vec<(u64, u64)> = events
+            .range((vm.id, 0)..=(vm.id, u64::MAX))?
+            .map(|r| r.map(|(key, _)| key.value()))
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            events.remove(key)?;
+        }
+        self.txn.open_table(VM_EVENT_COUNTS)?.remove(vm.id)?;
+        self.changed.vms += 1;
+        Ok(())
+    }
+
+    /// Appends an event to a VM's timeline, dropping its oldest beyond the store's limit.
+    pub fn vm_event(
+        &mut self,
+        vm: &Vm,
+        message: String,
+        from_state: Option<VmState>,
+        to_state: Option<VmState>,
+    ) -> Result<(), StoreError> {
+        let seq = self.next_id("next_vm_event_seq")?;
+        let ev = VmEvent {
+            seq,
+            at: self.at,
+            vm: vm.name.clone(),
+            message,
+            from_state,
+            to_state,
+            host: vm.host,
+        };
+        let mut events = self.txn.open_table(VM_EVENTS)?;
+        events.insert((vm.id, seq), encode(&ev).as_slice())?;
+        let mut counts = self.txn.open_table(VM_EVENT_COUNTS)?;
+        let mut count = counts.get(vm.id)?.map(|v| v.value()).unwrap_or(0) + 1;
+        while count > self.options.events_per_machine {
+            let oldest = events
+                .range((vm.id, 0)..=(vm.id, u64::MAX))?
+                .next()
+                .transpose()?
+                .map(|(key, _)| key.value());
+            match oldest {
+                Some(key) => {
+                    events.remove(key)?;
+                    count -= 1;
+                }
+                None => break,
+            }
+        }
+        counts.insert(vm.id, count)?;
+        self.changed.vms += 1;
+        Ok(())
+    }
+}
