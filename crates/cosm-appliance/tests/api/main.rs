@@ -14,3 +14,4 @@ mod lifecycle;
 mod machines;
 mod ops;
 mod paging;
+mod vms;
