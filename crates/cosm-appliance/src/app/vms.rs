@@ -804,7 +804,7 @@ mod tests {
             vm: moved,
             events,
             bump,
-        }) = observe(&v, mac(1), None, &[ok.clone()], &[], at())
+        }) = observe(&v, mac(1), None, std::slice::from_ref(&ok), &[], at())
         else {
             panic!("no change")
         };
