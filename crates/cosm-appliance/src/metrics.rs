@@ -97,21 +97,31 @@ impl Collector for StoreCollector {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(m)?;
         }
-        match self.store.machine_counts() {
-            Ok(counts) => {
-                let mut family = encoder.encode_descriptor(
-                    "machines",
-                    "Machines by lifecycle state.",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (state, n) in counts {
-                    let labels = vec![("state", state.as_str())];
-                    let m = family.encode_family(&labels)?;
-                    ConstGauge::new(n as i64).encode(m)?;
+        let machines = self
+            .store
+            .machine_counts()
+            .map(|c| c.into_iter().map(|(s, n)| (s.as_str(), n)).collect());
+        let vms = self
+            .store
+            .vm_counts()
+            .map(|c| c.into_iter().map(|(s, n)| (s.as_str(), n)).collect());
+        for (name, help, counts) in [
+            ("machines", "Machines by lifecycle state.", machines),
+            ("vms", "Virtual machines by state.", vms),
+        ] {
+            let counts: Vec<(&str, u64)> = match counts {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count {name} for /metrics");
+                    continue;
                 }
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (state, n) in counts {
+                let labels = vec![("state", state)];
+                let m = family.encode_family(&labels)?;
+                ConstGauge::new(n as i64).encode(m)?;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot count machines for /metrics"),
         }
         Ok(())
     }

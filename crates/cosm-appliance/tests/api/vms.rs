@@ -126,6 +126,8 @@ async fn placement_spreads_vms_refuses_with_each_hosts_reason_and_keeps_anti_aff
         let d = desired(&app, h).await;
         assert_eq!(d["vms"].as_array().unwrap().len(), 2, "{d}");
     }
+    let (_, _, metrics) = crate::common::get_text(&app, "/metrics", &[]).await;
+    assert!(metrics.contains("vms{state=\"scheduled\"} 6"), "{metrics}");
 
     // 2 GiB left on each host: 3 GiB fits nowhere, and the answer says why per host.
     let (s, v) = create(&app, json!({"name": "big", "vcpus": 1, "memory_mib": 3072})).await;
