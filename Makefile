@@ -55,10 +55,12 @@ build: toolchain deps
 test: toolchain deps build image
 	$(CARGO) test --workspace --no-fail-fast
 
-# The agent ramdisk: images/out/vmlinuz + initramfs.img from pinned Debian packages.
+# The agent ramdisk (images/out/vmlinuz + initramfs.img) and the test guest's initrd
+# (images/out/guest-initrd.img, booted with the same kernel), from pinned Debian packages.
 image: toolchain deps
 	$(CARGO) build --release -p cosm-agent
 	./images/build.sh
+	./images/guest.sh
 
 check: toolchain deps
 	$(CARGO) fmt --all -- --check
