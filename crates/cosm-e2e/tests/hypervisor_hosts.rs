@@ -194,3 +194,21 @@ fn a_running_guest_live_migrates_between_two_hosts_and_keeps_counting() {
     assert_eq!(hv_b.state(&name).unwrap(), VmPower::ShutOff);
     hv_b.undefine(&name).unwrap();
 }
+
+/// Hosts with their agents register and become active `host` machines, as `make demo
+/// DEMO_HOSTS=N` brings them up.
+#[test]
+#[ignore = "needs cosm-agent's --hypervisor and --migration-uri (branch agentvm); remove this line when they are on main"]
+fn rack_hosts_register_and_become_active_vm_hosts() {
+    let mut rack = Rack::start("hosts", "").unwrap();
+    rack.start_hosts(2, Duration::from_secs(60)).unwrap();
+    for h in &rack.hosts {
+        let m = rack
+            .app
+            .api(&format!("/api/v1/machines/{}", h.mac))
+            .unwrap();
+        assert_eq!(m["role"], "host", "{m}");
+        assert_eq!(m["state"], "active", "{m}");
+        assert!(h.tcp_uri().starts_with("qemu+tcp://192.0.2."));
+    }
+}
