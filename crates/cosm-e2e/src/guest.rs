@@ -124,7 +124,9 @@ pub fn wait_console(
         }
         if Instant::now() > deadline {
             let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-            bail!("{name}: {what} did not happen within {timeout:?}; its console ends with:\n{tail}");
+            bail!(
+                "{name}: {what} did not happen within {timeout:?}; its console ends with:\n{tail}"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -88,7 +88,10 @@ impl PrivateLibvirtd {
         for (private, public) in MOUNTS {
             std::fs::create_dir_all(root.join(private))?;
             std::fs::create_dir_all(public)?;
-            script += &format!("mount --bind '{}' '{public}'; ", root.join(private).display());
+            script += &format!(
+                "mount --bind '{}' '{public}'; ",
+                root.join(private).display()
+            );
         }
         daemon.write_config()?;
         std::fs::create_dir_all(daemon.guest_dir())?;
@@ -255,8 +258,11 @@ fn read_pid(path: &Path) -> Option<u32> {
 
 fn alive(pid: u32) -> bool {
     // A zombie is gone for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
 }
 
 fn signal(pid: u32, sig: &str) {

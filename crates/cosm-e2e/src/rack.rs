@@ -403,7 +403,10 @@ impl Rack {
         ip(&ns, &["link", "add", HOST_BRIDGE, "type", "bridge"])?;
         ip(&ns, &["link", "set", HOST_BRIDGE, "address", &mac])?;
         ip(&ns, &["link", "set", "eth0", "master", HOST_BRIDGE, "up"])?;
-        ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", HOST_BRIDGE])?;
+        ip(
+            &ns,
+            &["addr", "add", &format!("{addr}/24"), "dev", HOST_BRIDGE],
+        )?;
         ip(&ns, &["link", "set", HOST_BRIDGE, "up"])?;
         // No default route: nothing outside the rack is reachable, so name lookups
         // (libvirt resolves its own hostname during a migration) fail at once instead of
@@ -449,7 +452,13 @@ impl Rack {
         let log = std::fs::File::create(h.state_dir.path().join("agent.log"))?;
         let mut cmd = h.ns.command(&agent.to_string_lossy());
         cmd.args(["run", "--appliance", APPLIANCE_URL, "--token", &token])
-            .args(["--mac", &h.mac, "--cmdline", "/dev/null", "--dry-run-actions"])
+            .args([
+                "--mac",
+                &h.mac,
+                "--cmdline",
+                "/dev/null",
+                "--dry-run-actions",
+            ])
             .arg("--state-dir")
             .arg(h.state_dir.path())
             .args(["--hypervisor", &h.libvirtd.uri()])

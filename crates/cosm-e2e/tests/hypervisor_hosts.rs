@@ -84,7 +84,10 @@ fn a_guest_prints_its_marker_and_counter_and_powers_off() {
         .iter()
         .any(|l| l.contains("Run /bin/sleep as init process"))
     {
-        assert!(Instant::now() < deadline, "the deaf guest did not start init");
+        assert!(
+            Instant::now() < deadline,
+            "the deaf guest did not start init"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let asked = Instant::now();
@@ -148,13 +151,7 @@ fn a_running_guest_live_migrates_between_two_hosts_and_keeps_counting() {
     // storage, as migration without copying disks needs).
     let name = VmName::new("mover").unwrap();
     let mark = marker("migrate");
-    let spec = guest_spec(
-        &host_a.libvirtd.guest_dir(),
-        &name,
-        &mark,
-        Some(16 << 20),
-    )
-    .unwrap();
+    let spec = guest_spec(&host_a.libvirtd.guest_dir(), &name, &mark, Some(16 << 20)).unwrap();
     hv_a.define(&spec).unwrap();
     hv_a.start(&name).unwrap();
     let before = wait_console(&hv_a, &name, BOOT_TIMEOUT, "counter 3 on A", |c| {
@@ -176,9 +173,13 @@ fn a_running_guest_live_migrates_between_two_hosts_and_keeps_counting() {
         hv_a.list().unwrap()
     );
     assert_eq!(hv_b.state(&name).unwrap(), VmPower::Running);
-    let after = wait_console(&hv_b, &name, Duration::from_secs(60), "counting on B", |c| {
-        c.last_counter() >= Some(at_migration + 3)
-    })
+    let after = wait_console(
+        &hv_b,
+        &name,
+        Duration::from_secs(60),
+        "counting on B",
+        |c| c.last_counter() >= Some(at_migration + 3),
+    )
     .unwrap();
     // No reboot: one marker, and the counter never went back.
     assert_eq!(after.boots, vec![(mark, 1)], "the guest booted again on B");

@@ -283,8 +283,18 @@ fn main() -> anyhow::Result<()> {
             .vms
             .iter()
             .map(|v| v.pid.to_string())
-            .chain(rack.hosts.iter().filter_map(|h| h.agent).map(|p| p.to_string()))
-            .chain(rack.hosts.iter().filter_map(|h| h.libvirtd.pid()).map(|p| p.to_string()))
+            .chain(
+                rack.hosts
+                    .iter()
+                    .filter_map(|h| h.agent)
+                    .map(|p| p.to_string()),
+            )
+            .chain(
+                rack.hosts
+                    .iter()
+                    .filter_map(|h| h.libvirtd.pid())
+                    .map(|p| p.to_string()),
+            )
             .chain([rack.app.pid().to_string()])
             .collect();
         let host_ns: Vec<&str> = rack.hosts.iter().map(|h| h.ns.name()).collect();
