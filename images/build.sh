@@ -44,8 +44,8 @@ done
 ln -s bin "$R/sbin"
 
 # Modules in load order: each module after its dependencies (modules.dep lists them).
-order=$(modules_in_load_order "$WORK/k" $MODULES)
-mapfile -t ORDER <<< "$order"
+module_list=$(modules_in_load_order "$WORK/k" $MODULES)
+mapfile -t ORDER <<< "$module_list"
 : > "$R/etc/modules.load"
 for m in "${ORDER[@]}"; do
   cp "$WORK/k/lib/modules/$KREL/$m" "$R/lib/modules/$(basename "$m")"

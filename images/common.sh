@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # the pins are used by the scripts that source this
 # Shared by images/build.sh (the agent ramdisk) and images/guest.sh (the test guest's
 # initrd): the pinned Debian packages both are made from, their download into
 # images/cache (sha256-checked), and the kernel modules a list of names needs, in load

@@ -39,12 +39,12 @@ for applet in $("$R/bin/busybox" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$R/bin/$applet"
 done
 ln -s bin "$R/sbin"
-order=$(modules_in_load_order "$WORK/k" $MODULES)
+module_list=$(modules_in_load_order "$WORK/k" $MODULES)
 : > "$R/etc/modules.load"
 while read -r m; do
   cp "$WORK/k/lib/modules/$KREL/$m" "$R/lib/modules/$(basename "$m")"
   basename "$m" >> "$R/etc/modules.load"
-done <<< "$order"
+done <<< "$module_list"
 
 # busybox acpid runs CONFDIR/<event> for an event: the power button's is PWRF/00000080.
 cat > "$R/etc/acpi/PWRF/00000080" <<'EOF'
