@@ -12,7 +12,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # libvirt-dev, pkg-config: building cosm-hypervisor (the `virt` crate links libvirt). libvirt-clients
 # (virt-xml-validate, virsh) and qemu-utils (qemu-img makes VM disks):
 # crates/cosm-hypervisor/tests/domain_xml_schema.rs and hypervisor_contract.rs. libvirt-daemon-system
-# (libvirtd, started privately by the test, never as a service): crates/cosm-hypervisor/tests/tcg_guest.rs.
+# (libvirtd, started privately in network namespaces by the tests and the rack's hypervisor hosts, never
+# as a service): crates/cosm-e2e/tests/hypervisor_hosts.rs, make demo DEMO_HOSTS=N.
 APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
@@ -24,7 +25,7 @@ PIP_PACKAGES := openapi-spec-validator pykickstart
 .PHONY: all build test check demo bench deps clean help toolchain fuzz image
 
 help:
-	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed"
+	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load (root)"
@@ -55,10 +56,12 @@ build: toolchain deps
 test: toolchain deps build image
 	$(CARGO) test --workspace --no-fail-fast
 
-# The agent ramdisk: images/out/vmlinuz + initramfs.img from pinned Debian packages.
+# The agent ramdisk (images/out/vmlinuz + initramfs.img) and the test guest's initrd
+# (images/out/guest-initrd.img, booted with the same kernel), from pinned Debian packages.
 image: toolchain deps
 	$(CARGO) build --release -p cosm-agent
 	./images/build.sh
+	./images/guest.sh
 
 check: toolchain deps
 	$(CARGO) fmt --all -- --check

@@ -11,13 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KERNEL_PKG=linux-image-6.1.0-56-amd64
-KERNEL_VERSION=6.1.192-2
-KERNEL_SHA256=a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1
-KREL=6.1.0-56-amd64
-BUSYBOX_PKG=busybox-static
-BUSYBOX_VERSION=1:1.35.0-4+deb12u1+b1
-BUSYBOX_SHA256=3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744
+. images/common.sh
 # Network and disk drivers: VMs (virtio), Intel NICs, SATA and NVMe disks. Their
 # dependencies come from modules.dep.
 MODULES="virtio_pci virtio_net e1000 e1000e igb ixgbe virtio_blk virtio_scsi sd_mod ahci nvme"
@@ -25,27 +19,13 @@ BUDGET_BYTES=$((40 * 1024 * 1024))
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
 OUT=${IMAGE_OUT:-images/out}
-CACHE=images/cache
 AGENT=${AGENT_BIN:-target/release/cosm-agent}
 for tool in apt-get dpkg-deb depmod cpio gzip sha256sum strip ldd; do
   command -v "$tool" >/dev/null || { echo "make image needs $tool (Debian packages: apt, dpkg, kmod, cpio, gzip, coreutils, binutils, libc-bin; make deps installs them)" >&2; exit 1; }
 done
 [ -x "$AGENT" ] || { echo "$AGENT is missing: cargo build --release -p cosm-agent (make image does this)" >&2; exit 1; }
 
-mkdir -p "$CACHE" "$OUT"
-fetch() { # package version sha256
-  local pkg=$1 ver=$2 sum=$3 deb
-  deb=$(ls "$CACHE"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
-  if [ -z "$deb" ] || ! echo "$sum  $deb" | sha256sum -c --quiet 2>/dev/null; then
-    rm -f "$CACHE"/"${pkg}"_*.deb
-    echo "downloading $pkg=$ver" >&2
-    (cd "$CACHE" && apt-get download -q "$pkg=$ver" >/dev/null 2>&1) || {
-      echo "cannot download $pkg=$ver (apt-get update first; the pinned version may have left the mirror: see images/README.md)" >&2; exit 1; }
-    deb=$(ls "$CACHE"/"${pkg}"_*.deb | head -n1)
-  fi
-  echo "$sum  $deb" | sha256sum -c --quiet || { echo "checksum mismatch for $deb" >&2; exit 1; }
-  echo "$deb"
-}
+mkdir -p "$OUT"
 kdeb=$(fetch "$KERNEL_PKG" "$KERNEL_VERSION" "$KERNEL_SHA256")
 bdeb=$(fetch "$BUSYBOX_PKG" "$BUSYBOX_VERSION" "$BUSYBOX_SHA256")
 
@@ -64,21 +44,8 @@ done
 ln -s bin "$R/sbin"
 
 # Modules in load order: each module after its dependencies (modules.dep lists them).
-declare -A DEPS SEEN
-while IFS=: read -r mod deps; do DEPS[$mod]=$deps; done < "$WORK/k/lib/modules/$KREL/modules.dep"
-ORDER=()
-resolve() { # path-in-modules.dep
-  local m=$1 d
-  [ -n "${SEEN[$m]:-}" ] && return
-  SEEN[$m]=1
-  for d in ${DEPS[$m]}; do resolve "$d"; done
-  ORDER+=("$m")
-}
-for name in $MODULES; do
-  path=$(printf '%s\n' "${!DEPS[@]}" | grep -E "/${name//_/[_-]}\.ko$" | head -n1)
-  [ -n "$path" ] || { echo "module $name not found in $KERNEL_PKG" >&2; exit 1; }
-  resolve "$path"
-done
+module_list=$(modules_in_load_order "$WORK/k" $MODULES)
+mapfile -t ORDER <<< "$module_list"
 : > "$R/etc/modules.load"
 for m in "${ORDER[@]}"; do
   cp "$WORK/k/lib/modules/$KREL/$m" "$R/lib/modules/$(basename "$m")"

@@ -4,6 +4,8 @@
 //! stops its processes by PID when dropped. Binaries come from the same target directory
 //! as the test executable; `make test` builds them first.
 
+pub mod guest;
+pub mod libvirtd;
 pub mod netns;
 pub mod rack;
 pub mod simagent;
@@ -138,6 +140,38 @@ impl Appliance {
             }
         }
         bail!("GET {path}: more than {MAX_PAGES} pages")
+    }
+
+    /// Sends `body` as JSON with `method` (POST, PUT, …) to an API path with the admin
+    /// token, through curl in the appliance's namespace, and parses the JSON answer (null
+    /// for an empty one). An error status fails with the API's message.
+    pub fn api_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .command(Path::new("curl"))
+            .args(["-sS", "--fail-with-body", "-m", "10", "-X", method])
+            .args(["-H", "Content-Type: application/json", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token()))
+            .arg("--data-binary")
+            .arg(body.to_string())
+            .arg(format!("{}{path}", self.url()))
+            .output()
+            .context("cannot run curl (Debian package curl; `make deps` installs it)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "{method} {path} failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {path} answered {text}"))
     }
 
     /// The `/metrics` text (open, no token), through curl in the appliance's namespace.

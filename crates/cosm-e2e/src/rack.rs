@@ -1,12 +1,16 @@
 //! A virtual rack: a network namespace with a bridge (192.0.2.1/24, the appliance's
 //! provisioning network), the appliance inside it serving DHCP, TFTP and HTTP boot, and
 //! QEMU machines (`-accel tcg`) on tap devices, each booting from the network with one of
-//! the four firmware paths real servers use. Used by `tests/tests/boot_rack.rs` and by the
-//! `vrack` binary that `make demo` runs.
+//! the four firmware paths real servers use; and hypervisor hosts ([`Host`]): namespaces on
+//! the rack's bridge, each with its own libvirtd and a real `cosm-agent`. Used by
+//! `tests/boot_rack.rs`, `tests/hypervisor_hosts.rs` and by the `vrack` binary that
+//! `make demo` runs.
 
-use crate::netns::NetNs;
+use crate::libvirtd::PrivateLibvirtd;
+use crate::netns::{run_checked, NetNs, RUN_TIMEOUT};
 use crate::Appliance;
 use anyhow::{bail, Context};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -65,7 +69,9 @@ pub struct Vm {
 /// deleted on drop.
 #[derive(Debug)]
 pub struct Rack {
-    // Field order is drop order: the appliance stops before its namespace goes.
+    // Field order is drop order: the hosts (their agents, guests and libvirtd) stop
+    // first, then the appliance, then its namespace.
+    pub hosts: Vec<Host>,
     pub app: Appliance,
     pub ns: NetNs,
     dir: tempfile::TempDir,
@@ -143,6 +149,7 @@ routers = ["192.0.2.1"]
         );
         let app = Appliance::start_listening(Some(ns.name()), "192.0.2.1:8080", &config)?;
         Ok(Rack {
+            hosts: Vec::new(),
             app,
             ns,
             dir: tempfile::tempdir()?,
@@ -311,5 +318,231 @@ routers = ["192.0.2.1"]
     /// Powers a machine off (SIGKILL, by PID).
     pub fn power_off(&self, vm: usize) {
         let _ = self.ns.kill(self.vms[vm].pid);
+    }
+}
+
+/// The rack's appliance API as hosts' agents reach it.
+pub const APPLIANCE_URL: &str = "http://192.0.2.1:8080";
+
+/// A hypervisor host of the rack: a network namespace whose `eth0` is a veth on the rack's
+/// bridge, enslaved to a bridge `br0` of its own (the host's address, 192.0.2.(10+n), is on
+/// `br0`, where VM NICs go too, so guests sit on the rack's network as on a real bridged
+/// hypervisor), a [`PrivateLibvirtd`] listening on that address, and, once
+/// [`Rack::start_host_agent`] ran, a real `cosm-agent` in the namespace.
+#[derive(Debug)]
+pub struct Host {
+    /// Its number, 1..=80.
+    pub n: u8,
+    /// `52:54:00:c0:48:<n>`: `eth0`'s and `br0`'s MAC, what the agent enrols as.
+    pub mac: String,
+    pub addr: Ipv4Addr,
+    /// The agent's PID in the namespace, once started.
+    pub agent: Option<u32>,
+    // Field order is drop order: the agent is stopped in `Drop`, then libvirtd (with its
+    // guests), then the namespace, then the agent's state.
+    pub libvirtd: PrivateLibvirtd,
+    pub ns: NetNs,
+    state_dir: tempfile::TempDir,
+}
+
+/// The bridge inside each host for VM NICs.
+pub const HOST_BRIDGE: &str = "br0";
+
+impl Host {
+    /// `--hypervisor` for the agent, and what tests connect to: the libvirtd's unix socket.
+    pub fn uri(&self) -> String {
+        self.libvirtd.uri()
+    }
+
+    /// `--migration-uri`: what other hosts' libvirtd migrate to (`qemu+tcp://ADDR/system`).
+    pub fn tcp_uri(&self) -> String {
+        self.libvirtd.tcp_uri()
+    }
+
+    /// The agent's private state directory (credential, VM files).
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// The agent's stderr.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The agent first, so it does not restart guests while libvirtd takes them down.
+        if let Some(pid) = self.agent.take() {
+            let _ = self.ns.kill(pid);
+        }
+    }
+}
+
+impl Rack {
+    /// Adds hypervisor host number `n` (1..=80): its namespace on the rack's bridge at
+    /// 192.0.2.(10+n), its `br0`, and its libvirtd. No agent yet
+    /// ([`Rack::start_host_agent`]). Returns its index in `hosts`.
+    pub fn add_host(&mut self, n: u8) -> anyhow::Result<usize> {
+        if !(1..=80).contains(&n) {
+            bail!("host number {n} is out of 1..=80");
+        }
+        if self.hosts.iter().any(|h| h.n == n) {
+            bail!("host {n} already exists");
+        }
+        let mac = format!("52:54:00:c0:48:{n:02x}");
+        let addr = Ipv4Addr::new(192, 0, 2, 10 + n);
+        let ns = NetNs::new("h")?;
+        let outside = format!("hv{n}");
+        let mut link = std::process::Command::new("ip");
+        link.args(["link", "add", &outside, "netns", self.ns.name()])
+            .args(["type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+        run_checked(link, RUN_TIMEOUT)?;
+        ip(&self.ns, &["link", "set", &outside, "master", "br0", "up"])?;
+        ip(&ns, &["link", "set", "eth0", "address", &mac])?;
+        ip(&ns, &["link", "add", HOST_BRIDGE, "type", "bridge"])?;
+        ip(&ns, &["link", "set", HOST_BRIDGE, "address", &mac])?;
+        ip(&ns, &["link", "set", "eth0", "master", HOST_BRIDGE, "up"])?;
+        ip(
+            &ns,
+            &["addr", "add", &format!("{addr}/24"), "dev", HOST_BRIDGE],
+        )?;
+        ip(&ns, &["link", "set", HOST_BRIDGE, "up"])?;
+        // No default route: nothing outside the rack is reachable, so name lookups
+        // (libvirt resolves its own hostname during a migration) fail at once instead of
+        // waiting for a DNS server that never answers (a migration took 66 s with one).
+        let libvirtd = PrivateLibvirtd::start(&ns, addr)?;
+        self.hosts.push(Host {
+            n,
+            mac,
+            addr,
+            agent: None,
+            libvirtd,
+            ns,
+            state_dir: tempfile::Builder::new().prefix("cosm-host").tempdir()?,
+        });
+        Ok(self.hosts.len() - 1)
+    }
+
+    /// A fresh enrolment token (scope `enroll`), as an operator makes one.
+    pub fn enroll_token(&self, name: &str) -> anyhow::Result<String> {
+        let v = self.app.api_send(
+            "POST",
+            "/api/v1/tokens",
+            &serde_json::json!({"name": name, "scope": "enroll"}),
+        )?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no token in the answer: {v}"))
+    }
+
+    /// Starts the host's `cosm-agent` in its namespace: against the rack's appliance, as
+    /// its MAC, with a fresh enrolment token, its own state directory, `--hypervisor` its
+    /// libvirtd's unix URI and `--migration-uri` its TCP URI. Power actions are simulated
+    /// (`--dry-run-actions`): a reboot queued to a rack host must not reboot the machine
+    /// the tests run on.
+    pub fn start_host_agent(&mut self, host: usize) -> anyhow::Result<()> {
+        let token = self.enroll_token(&format!("host-{}", self.hosts[host].n))?;
+        let h = &mut self.hosts[host];
+        if h.agent.is_some() {
+            bail!("host {} already runs its agent", h.n);
+        }
+        let agent = crate::bin("cosm-agent");
+        let log = std::fs::File::create(h.state_dir.path().join("agent.log"))?;
+        let mut cmd = h.ns.command(&agent.to_string_lossy());
+        cmd.args(["run", "--appliance", APPLIANCE_URL, "--token", &token])
+            .args([
+                "--mac",
+                &h.mac,
+                "--cmdline",
+                "/dev/null",
+                "--dry-run-actions",
+            ])
+            .arg("--state-dir")
+            .arg(h.state_dir.path())
+            .args(["--hypervisor", &h.libvirtd.uri()])
+            .args(["--migration-uri", &h.libvirtd.tcp_uri()])
+            .env_remove("COSM_TOKEN")
+            .env_remove("COSM_APPLIANCE")
+            .stdout(Stdio::null())
+            .stderr(log);
+        h.agent = Some(h.ns.spawn(cmd)?);
+        Ok(())
+    }
+
+    /// Waits until the host's agent registered (its machine is known to the appliance and
+    /// has an `agent_registered` event); fails with the agent's log if it exits or time
+    /// runs out.
+    pub fn wait_host_registered(&self, host: usize, timeout: Duration) -> anyhow::Result<()> {
+        let h = &self.hosts[host];
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .timeline(&h.mac)
+                .iter()
+                .any(|(k, _)| k == "agent_registered")
+            {
+                return Ok(());
+            }
+            let exited = match h.agent {
+                Some(pid) => h.ns.try_wait(pid)?,
+                None => bail!("host {} has no agent: call start_host_agent first", h.n),
+            };
+            if let Some(status) = exited {
+                bail!(
+                    "the agent of host {} ({}) exited ({status}); its log:\n{}",
+                    h.n,
+                    h.mac,
+                    h.agent_log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of host {} ({}) did not register within {timeout:?}; its log:\n{}",
+                    h.n,
+                    h.mac,
+                    h.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Makes a registered machine a VM host as an operator would, with the admin token:
+    /// role `host` (discovered → ready), then deploying → deployed → active (no installer
+    /// runs: the host is already up). Returns the machine as the API shows it.
+    pub fn make_vm_host(&self, mac: &str) -> anyhow::Result<serde_json::Value> {
+        let path = format!("/api/v1/machines/{mac}");
+        self.app.api_send(
+            "PUT",
+            &format!("{path}/role"),
+            &serde_json::json!({"role": "host"}),
+        )?;
+        let mut m = serde_json::Value::Null;
+        for state in ["deploying", "deployed", "active"] {
+            m = self.app.api_send(
+                "POST",
+                &format!("{path}/state"),
+                &serde_json::json!({"state": state, "reason": "virtual rack hypervisor host"}),
+            )?;
+        }
+        Ok(m)
+    }
+
+    /// Brings up `count` hypervisor hosts (numbers 1..=count) with their agents, waits for
+    /// each to register and makes each an active VM host. The hosts are `self.hosts`.
+    pub fn start_hosts(&mut self, count: u8, timeout: Duration) -> anyhow::Result<()> {
+        let first = self.hosts.len();
+        for n in 1..=count {
+            let i = self.add_host(n)?;
+            self.start_host_agent(i)?;
+        }
+        for i in first..self.hosts.len() {
+            self.wait_host_registered(i, timeout)?;
+            let mac = self.hosts[i].mac.clone();
+            self.make_vm_host(&mac)?;
+        }
+        Ok(())
     }
 }

@@ -114,12 +114,14 @@ pub fn domain_xml(spec: &VmSpec) -> String {
             x.empty("target", &[("type", "xen"), ("port", "0")]);
             x.close("console");
         } else {
+            // Appended, not truncated: a guest migrated in (whose QEMU opens the file while
+            // the source's still writes to it) or started again continues the same log.
             x.open("serial", &[("type", "file")]);
-            x.empty("source", &[("path", &path)]);
+            x.empty("source", &[("path", &path), ("append", "on")]);
             x.empty("target", &[("port", "0")]);
             x.close("serial");
             x.open("console", &[("type", "file")]);
-            x.empty("source", &[("path", &path)]);
+            x.empty("source", &[("path", &path), ("append", "on")]);
             x.empty("target", &[("type", "serial"), ("port", "0")]);
             x.close("console");
         }

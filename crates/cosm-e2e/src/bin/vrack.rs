@@ -15,13 +15,21 @@ use std::time::{Duration, Instant};
 appliance on it (DHCP, TFTP, HTTP boot, API on 192.0.2.1:8080), and QEMU machines (-accel tcg) \
 with empty disks that boot from the network: SeaBIOS with the iPXE option ROM, OVMF's own PXE \
 (which TFTP-loads ipxe.efi) and OVMF's UEFI HTTP Boot. Each machine's boot steps are printed as \
-they reach the appliance's timeline; at the end a table shows the rack.\n\nNeeds root and the \
-packages `make deps` installs, and the agent ramdisk from `make image`."
+they reach the appliance's timeline; at the end a table shows the rack.\n\nWith --hosts N \
+(DEMO_HOSTS=N), N hypervisor hosts come up first: namespaces on the bridge at 192.0.2.11 and up, \
+each with its own libvirtd (qemu+tcp://ADDR/system for migrations) and a cosm-agent, made active \
+`host` machines.\n\nNeeds root and the packages `make deps` installs, and the agent ramdisk from \
+`make image`."
 )]
 struct Args {
     /// Leave the rack and the appliance running and print how to reach them with cosmctl.
     #[arg(long, env = "DEMO_KEEP", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     keep: bool,
+    /// Also bring up N hypervisor hosts (at most 80): namespaces on the rack's bridge, each with its
+    /// own libvirtd and a real cosm-agent (--hypervisor, --migration-uri), made active `host`
+    /// machines for VM placement.
+    #[arg(long, env = "DEMO_HOSTS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=80))]
+    hosts: u8,
     /// Seconds to wait for every machine's agent to register.
     #[arg(long, default_value_t = 420)]
     timeout: u64,
@@ -104,6 +112,28 @@ fn main() -> anyhow::Result<()> {
         rack.app.url(),
         rack.app.dir.path().join("data").display()
     );
+
+    if args.hosts > 0 {
+        step(&format!(
+            "{} hypervisor host(s): a namespace on the bridge each, with its own libvirtd and cosm-agent; made active `host` machines",
+            args.hosts
+        ));
+        rack.start_hosts(args.hosts, Duration::from_secs(60))?;
+        let mut table = comfy_table::Table::new();
+        table
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_header(["HOST", "MAC", "ADDRESS", "LIBVIRT (local)", "MIGRATION URI"]);
+        for h in &rack.hosts {
+            table.add_row([
+                h.ns.name().to_string(),
+                h.mac.clone(),
+                h.addr.to_string(),
+                h.uri(),
+                h.tcp_uri(),
+            ]);
+        }
+        println!("{table}");
+    }
 
     step("Powering on three machines with empty disks; each boots from the network");
     for (n, fw) in machines {
@@ -253,11 +283,25 @@ fn main() -> anyhow::Result<()> {
             .vms
             .iter()
             .map(|v| v.pid.to_string())
+            .chain(
+                rack.hosts
+                    .iter()
+                    .filter_map(|h| h.agent)
+                    .map(|p| p.to_string()),
+            )
+            .chain(
+                rack.hosts
+                    .iter()
+                    .filter_map(|h| h.libvirtd.pid())
+                    .map(|p| p.to_string()),
+            )
             .chain([rack.app.pid().to_string()])
             .collect();
+        let host_ns: Vec<&str> = rack.hosts.iter().map(|h| h.ns.name()).collect();
         println!(
-            "   stop everything with: kill {}; ip netns del {ns}",
-            pids.join(" ")
+            "   stop everything with: kill {}; for n in {ns} {}; do ip netns del $n; done",
+            pids.join(" "),
+            host_ns.join(" ")
         );
         std::mem::forget(rack);
         return Ok(());

@@ -1,0 +1,153 @@
+//! The tiny test guest (`images/guest.sh`): the agent ramdisk's kernel with
+//! `images/out/guest-initrd.img`, booted as a QEMU TCG domain. Its serial console says
+//!
+//! ```text
+//! COSM-GUEST <marker> boot=<N>
+//! counter 1
+//! counter 2
+//! ```
+//!
+//! with `<marker>` from `cosm.marker=` on the kernel command line and `N` the boot count
+//! kept in the first sector of its disk (`/dev/vda`; 0 without one), then a counter every
+//! second. The ACPI power button powers it off. [`guest_spec`] describes one;
+//! [`Console`] reads what it printed; [`wait_console`] waits for a condition on it.
+
+use anyhow::bail;
+use cosm_hypervisor::{BootSpec, DiskSource, DiskSpec, Hypervisor, VmKind, VmName, VmSpec};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The console lines [`wait_console`] reads each time.
+const TAIL_LINES: usize = 5_000;
+
+/// The kernel and initrd of the guest, or what to run to make them.
+pub fn guest_images() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = crate::rack::ramdisk_dir();
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("guest-initrd.img"));
+    for f in [&kernel, &initrd] {
+        if !f.exists() {
+            bail!(
+                "{} is missing: run `make image` (images/build.sh, then images/guest.sh)",
+                f.display()
+            );
+        }
+    }
+    Ok((kernel, initrd))
+}
+
+/// A TCG guest `name` (1 vCPU, 128 MiB) printing `marker`, with its files in `dir`
+/// (copies of the kernel and initrd, its console log `<name>.console`, and with
+/// `disk_bytes` a blank qcow2 disk `<name>.qcow2` as `vda`, made at `define`).
+pub fn guest_spec(
+    dir: &Path,
+    name: &VmName,
+    marker: &str,
+    disk_bytes: Option<u64>,
+) -> anyhow::Result<VmSpec> {
+    let (kernel, initrd) = guest_images()?;
+    std::fs::create_dir_all(dir)?;
+    let (k, i) = (dir.join("guest-vmlinuz"), dir.join("guest-initrd.img"));
+    // libvirt may take over what a guest uses; it only ever sees copies.
+    if !k.exists() {
+        std::fs::copy(&kernel, &k)?;
+        std::fs::copy(&initrd, &i)?;
+    }
+    let mut spec = VmSpec::new(name.clone(), VmKind::Tcg, 1, 128);
+    spec.boot = Some(BootSpec {
+        kernel: k,
+        initrd: Some(i),
+        cmdline: format!("console=ttyS0 quiet cosm.marker={marker}"),
+    });
+    spec.console_log = Some(dir.join(format!("{name}.console")));
+    if let Some(size_bytes) = disk_bytes {
+        spec.disks.push(DiskSpec {
+            source: DiskSource::Blank { size_bytes },
+            path: dir.join(format!("{name}.qcow2")),
+            target: "vda".into(),
+        });
+    }
+    Ok(spec)
+}
+
+/// What the guest printed, read from its console lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Console {
+    /// Each `COSM-GUEST` line: (marker, boot count), in order.
+    pub boots: Vec<(String, u64)>,
+    /// Each `counter` value, in order.
+    pub counters: Vec<u64>,
+}
+
+impl Console {
+    pub fn parse<S: AsRef<str>>(lines: &[S]) -> Console {
+        let mut c = Console::default();
+        for line in lines {
+            // The kernel's own lines may share a line with ours; ours are at its end.
+            let line = line.as_ref().trim_end();
+            if let Some(rest) = line.find("COSM-GUEST ").map(|at| &line[at + 11..]) {
+                if let Some((marker, boot)) = rest.split_once(" boot=") {
+                    if let Ok(n) = boot.trim().parse() {
+                        c.boots.push((marker.to_string(), n));
+                    }
+                }
+            } else if let Some(n) = line
+                .strip_prefix("counter ")
+                .and_then(|n| n.trim().parse().ok())
+            {
+                c.counters.push(n);
+            }
+        }
+        c
+    }
+
+    /// The last counter value printed.
+    pub fn last_counter(&self) -> Option<u64> {
+        self.counters.last().copied()
+    }
+}
+
+/// Polls `name`'s console until `done` holds (returns the console then), or fails after
+/// `timeout` showing its tail.
+pub fn wait_console(
+    hv: &dyn Hypervisor,
+    name: &VmName,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&Console) -> bool,
+) -> anyhow::Result<Console> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines = hv.console_tail(name, TAIL_LINES).unwrap_or_default();
+        let console = Console::parse(&lines);
+        if done(&console) {
+            return Ok(console);
+        }
+        if Instant::now() > deadline {
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            bail!(
+                "{name}: {what} did not happen within {timeout:?}; its console ends with:\n{tail}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_are_read() {
+        let lines = [
+            "[    1.0] random kernel line",
+            "COSM-GUEST m-1 boot=3",
+            "counter 1",
+            "counter 2\r",
+            "counterfeit 7",
+        ];
+        let c = Console::parse(&lines);
+        assert_eq!(c.boots, vec![("m-1".to_string(), 3)]);
+        assert_eq!(c.counters, vec![1, 2]);
+        assert_eq!(c.last_counter(), Some(2));
+    }
+}
