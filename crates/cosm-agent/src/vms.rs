@@ -1035,3 +1035,509 @@ impl Drop for VmControllerHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cosm_hypervisor::{SimCluster, SimHypervisor, SnapshotName};
+    use cosm_wire::{VmBoot, VmKind};
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// Keeps the reports it accepts; refuses them while `refuse` is set.
+    #[derive(Clone, Default)]
+    struct Keep {
+        reports: Arc<Mutex<Vec<VmReport>>>,
+        refuse: Arc<AtomicBool>,
+    }
+
+    impl ReportSink for Keep {
+        fn send(&mut self, report: &VmReport) -> anyhow::Result<()> {
+            if self.refuse.load(Ordering::SeqCst) {
+                bail!("the appliance is away");
+            }
+            self.reports.lock().unwrap().push(report.clone());
+            Ok(())
+        }
+    }
+
+    impl Keep {
+        fn count(&self) -> usize {
+            self.reports.lock().unwrap().len()
+        }
+        fn last(&self) -> VmReport {
+            self.reports.lock().unwrap().last().cloned().expect("a report")
+        }
+        fn notes(&self) -> Vec<VmNote> {
+            let r = self.reports.lock().unwrap();
+            r.iter().flat_map(|r| r.notes.clone()).collect()
+        }
+        fn results(&self) -> Vec<VmOpResult> {
+            let r = self.reports.lock().unwrap();
+            r.iter().flat_map(|r| r.results.clone()).collect()
+        }
+    }
+
+    /// A real HTTP server on loopback serving `files` under the agent's image route to the
+    /// right bearer credential; counts the requests.
+    struct ImageServer {
+        url: String,
+        requests: Arc<AtomicUsize>,
+    }
+
+    fn image_server(files: Vec<(&'static str, Vec<u8>)>) -> ImageServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        // The thread ends with the test process; it holds no files.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line);
+                }
+                let path = head[0].split_whitespace().nth(1).unwrap_or("").to_string();
+                let authorised = head
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case("authorization: Bearer cred-1\r\n"));
+                let body = files
+                    .iter()
+                    .find(|(name, _)| path == format!("/api/v1/agent/images/{name}"))
+                    .map(|(_, b)| b.clone());
+                let (status, body) = match (authorised, body) {
+                    (false, _) => ("401 Unauthorized", Vec::new()),
+                    (true, None) => ("404 Not Found", Vec::new()),
+                    (true, Some(b)) => ("200 OK", b),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        ImageServer { url, requests }
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn name(s: &str) -> VmName {
+        VmName::new(s).unwrap()
+    }
+
+    fn vm(n: &str, power: Option<PowerWanted>) -> DesiredVm {
+        DesiredVm {
+            name: name(n),
+            kind: VmKind::Kvm,
+            vcpus: 1,
+            memory_mib: 256,
+            disks: vec![VmDisk::Blank {
+                size_bytes: 1 << 30,
+            }],
+            nics: Vec::new(),
+            boot: None,
+            power,
+            stop_timeout_secs: 5,
+            ops: Vec::new(),
+        }
+    }
+
+    fn op(id: u64, kind: VmOpKind) -> VmOp {
+        VmOp {
+            id,
+            kind,
+            queued_at: "2026-01-01T00:00:00.000Z".parse().unwrap(),
+        }
+    }
+
+    struct Setup {
+        c: VmController,
+        sink: Keep,
+        hv: SimHypervisor,
+        dir: tempfile::TempDir,
+    }
+
+    fn setup_with(hv: SimHypervisor, appliance: &str, files: bool) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Keep::default();
+        let config = VmConfig {
+            state_dir: dir.path().to_path_buf(),
+            appliance: appliance.to_string(),
+            credential: Arc::new(|| Some("cred-1".to_string())),
+            interval: Duration::from_millis(10),
+            migration_uri: Some("qemu+tcp://host-a/system".into()),
+            files,
+        };
+        let c = VmController::new(Arc::new(hv.clone()), config, Box::new(sink.clone()));
+        Setup { c, sink, hv, dir }
+    }
+
+    fn setup() -> Setup {
+        setup_with(SimHypervisor::new("sim://a"), "http://127.0.0.1:9", true)
+    }
+
+    const SETTLE: Duration = Duration::from_secs(20);
+
+    fn power(hv: &SimHypervisor, n: &str) -> Option<VmPower> {
+        hv.list()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name == n)
+            .map(|d| d.power)
+    }
+
+    fn messages(notes: &[VmNote]) -> Vec<String> {
+        notes
+            .iter()
+            .map(|n| format!("{}: {}", n.vm, n.message))
+            .collect()
+    }
+
+    #[test]
+    fn decisions() {
+        use PowerWanted::{Running, Stopped};
+        use VmPower::{Crashed, Paused, ShutOff, ShuttingDown};
+        assert_eq!(
+            decide(Some(Running), None, None, false),
+            Step::Create { start: true }
+        );
+        assert_eq!(
+            decide(Some(Stopped), None, None, false),
+            Step::Create { start: false }
+        );
+        assert_eq!(decide(Some(Running), None, None, true), Step::Nothing);
+        assert_eq!(
+            decide(Some(Running), Some(Crashed), Some(Running), false),
+            Step::Start {
+                found: Crashed,
+                restart: true
+            }
+        );
+        assert_eq!(
+            decide(Some(Running), Some(ShutOff), Some(Stopped), false),
+            Step::Start {
+                found: ShutOff,
+                restart: false
+            }
+        );
+        assert_eq!(
+            decide(Some(Running), Some(VmPower::Running), None, false),
+            Step::Nothing
+        );
+        assert_eq!(
+            decide(Some(Stopped), Some(Paused), None, false),
+            Step::Stop { found: Paused }
+        );
+        assert_eq!(
+            decide(Some(Stopped), Some(ShuttingDown), None, false),
+            Step::Nothing
+        );
+        assert_eq!(
+            decide(None, Some(VmPower::Running), None, false),
+            Step::Delete {
+                found: Some(VmPower::Running)
+            }
+        );
+    }
+
+    #[test]
+    fn disk_targets_follow_the_kind() {
+        assert_eq!(disk_target(VmKind::Kvm, 0), "vda");
+        assert_eq!(disk_target(VmKind::Tcg, 25), "vdz");
+        assert_eq!(disk_target(VmKind::Kvm, 26), "vdaa");
+        assert_eq!(disk_target(VmKind::XenPv, 1), "xvdb");
+    }
+
+    #[test]
+    fn defines_and_starts_then_reports_without_repeating_itself() {
+        let mut s = setup();
+        assert!(s.c.settle(SETTLE));
+        let first = s.sink.last();
+        assert!(first.domains.is_empty(), "nothing yet");
+        assert_eq!(first.capacity.vcpus, SimHypervisor::DEFAULT_SIZE.vcpus);
+        assert_eq!(
+            first.capacity.migration_uri.as_deref(),
+            Some("qemu+tcp://host-a/system")
+        );
+        assert!(first.capacity.storage_bytes > 0);
+
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        assert_eq!(
+            messages(&s.sink.notes()),
+            ["vm1: defined on this host and started"]
+        );
+        let r = s.sink.last();
+        assert_eq!(r.domains.len(), 1);
+        let d = &r.domains[0];
+        assert!(d.managed && d.power == DomainPower::Running);
+        assert_eq!(
+            d.console.as_deref(),
+            Some(&["[sim] vm1: powered on".to_string()][..])
+        );
+        assert!(s.dir.path().join("vms/vm1").is_dir());
+
+        // Nothing changed: no report until REPORT_AT_LEAST_EVERY, and no new note.
+        let sent = s.sink.count();
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        s.c.pass();
+        assert_eq!(s.sink.count(), sent);
+        assert_eq!(s.sink.notes().len(), 1);
+    }
+
+    #[test]
+    fn a_vm_killed_outside_cosm_is_started_again_with_a_note() {
+        let mut s = setup();
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        s.hv.kill(&name("vm1"), VmPower::ShutOff).unwrap();
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        s.hv.kill(&name("vm1"), VmPower::Crashed).unwrap();
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        assert_eq!(
+            messages(&s.sink.notes()),
+            [
+                "vm1: defined on this host and started",
+                "vm1: found shut off; started again",
+                "vm1: found crashed; started again",
+            ]
+        );
+        // The console changed (killed, powered on): the report carries it again.
+        let console = s.sink.last().domains[0].console.clone().unwrap();
+        assert_eq!(console.last().unwrap(), "[sim] vm1: powered on");
+    }
+
+    #[test]
+    fn domains_cosm_did_not_ask_for_are_reported_and_never_touched() {
+        let mut s = setup();
+        for (n, on) in [("other-on", true), ("other-off", false)] {
+            s.hv.define(&VmSpec::new(name(n), VmKind::Kvm, 1, 128))
+                .unwrap();
+            if on {
+                s.hv.start(&name(n)).unwrap();
+            }
+        }
+        // Before any desired state, and with a set that lists neither.
+        assert!(s.c.settle(SETTLE));
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Stopped))]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "other-on"), Some(VmPower::Running));
+        assert_eq!(power(&s.hv, "other-off"), Some(VmPower::ShutOff));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        let r = s.sink.last();
+        let by = |n: &str| r.domains.iter().find(|d| d.name == n).unwrap().clone();
+        assert!(!by("other-on").managed && !by("other-off").managed);
+        assert!(by("other-on").console.is_none(), "not read for others");
+        assert!(by("vm1").managed);
+        assert_eq!(messages(&s.sink.notes()), ["vm1: defined on this host"]);
+    }
+
+    #[test]
+    fn stop_is_graceful_or_forced_and_says_which() {
+        let mut s = setup();
+        s.c.set_desired(vec![
+            vm("vm1", Some(PowerWanted::Running)),
+            vm("vm2", Some(PowerWanted::Running)),
+        ]);
+        assert!(s.c.settle(SETTLE));
+        s.hv.set_ignores_acpi(&name("vm2"), true).unwrap();
+        s.c.set_desired(vec![
+            vm("vm1", Some(PowerWanted::Stopped)),
+            vm("vm2", Some(PowerWanted::Stopped)),
+        ]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::ShutOff));
+        let notes = messages(&s.sink.notes());
+        assert!(notes.contains(&"vm1: stopped: the guest powered off".to_string()));
+        assert!(notes.contains(
+            &"vm2: forced off: the guest did not power off within 5 s".to_string()
+        ));
+        // Asked to run again: "started", not "found shut off".
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(messages(&s.sink.notes()).last().unwrap(), "vm1: started");
+    }
+
+    #[test]
+    fn a_deleted_vm_is_destroyed_undefined_and_its_files_removed() {
+        let mut s = setup();
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        s.hv.snapshot_create(&name("vm1"), &SnapshotName::new("s1").unwrap())
+            .unwrap();
+        let mut deleting = vm("vm1", None);
+        deleting.ops = vec![op(7, VmOpKind::Reboot)];
+        s.c.set_desired(vec![deleting]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), None);
+        assert!(!s.dir.path().join("vms/vm1").exists());
+        assert!(s.sink.last().domains.is_empty(), "the report no longer lists it");
+        let r = s.sink.results();
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].ok && r[0].message == "vm1 is being deleted");
+    }
+
+    #[test]
+    fn each_operation_runs_once_and_its_result_is_sent_until_accepted() {
+        let mut s = setup();
+        let snap = SnapshotName::new("before").unwrap();
+        let mut v = vm("vm1", Some(PowerWanted::Running));
+        v.ops = vec![
+            op(1, VmOpKind::SnapshotCreate {
+                snapshot: snap.clone(),
+            }),
+            op(2, VmOpKind::Reboot),
+            op(3, VmOpKind::SnapshotDelete {
+                snapshot: SnapshotName::new("nope").unwrap(),
+            }),
+        ];
+        s.sink.refuse.store(true, Ordering::SeqCst);
+        s.c.set_desired(vec![v.clone()]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(s.sink.count(), 0);
+        // The appliance is back; it still lists the ops (the results are not applied yet).
+        s.sink.refuse.store(false, Ordering::SeqCst);
+        s.c.set_desired(vec![v.clone()]);
+        assert!(s.c.settle(SETTLE));
+        s.c.set_desired(vec![v.clone()]);
+        assert!(s.c.settle(SETTLE));
+        let results = s.sink.results();
+        let got: Vec<(u64, bool, &str)> = results
+            .iter()
+            .map(|r| (r.id, r.ok, r.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, true, "snapshot before taken"),
+                (2, true, "reboot requested"),
+                (
+                    3,
+                    false,
+                    "delete snapshot nope: snapshot nope of VM vm1 not found"
+                ),
+            ]
+        );
+        assert_eq!(s.hv.snapshot_list(&name("vm1")).unwrap(), [snap.clone()]);
+        assert_eq!(s.sink.last().domains[0].snapshots, [snap]);
+    }
+
+    #[test]
+    fn live_migration_moves_the_vm_and_the_source_does_not_make_it_again() {
+        let cluster = SimCluster::new();
+        let b = cluster.host("sim://b");
+        let mut s = setup_with(cluster.host("sim://a"), "http://127.0.0.1:9", false);
+        let mut v = vm("vm1", Some(PowerWanted::Running));
+        s.c.set_desired(vec![v.clone()]);
+        assert!(s.c.settle(SETTLE));
+        v.ops = vec![op(
+            9,
+            VmOpKind::Migrate {
+                to: "52:54:00:00:00:0b".parse().unwrap(),
+                uri: "sim://b".into(),
+            },
+        )];
+        s.c.set_desired(vec![v.clone()]);
+        assert!(s.c.settle(SETTLE));
+        let r = s.sink.results();
+        assert!(r[0].ok, "{r:?}");
+        assert_eq!(r[0].message, "migrated to 52:54:00:00:00:0b (sim://b)");
+        // Still listed here until the appliance moves it: not defined again.
+        s.c.set_desired(vec![v]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), None);
+        assert_eq!(power(&b, "vm1"), Some(VmPower::Running));
+        assert!(s.sink.last().domains.is_empty());
+    }
+
+    #[test]
+    fn images_are_downloaded_once_and_a_sha256_mismatch_is_refused() {
+        let good = b"qcow2 base bytes".to_vec();
+        let server = image_server(vec![
+            ("base.qcow2", good.clone()),
+            ("kernel", b"not what was pinned".to_vec()),
+        ]);
+        let mut s = setup_with(SimHypervisor::new("sim://a"), &server.url, true);
+        let with_image = |n: &str| {
+            let mut v = vm(n, Some(PowerWanted::Running));
+            v.disks = vec![VmDisk::Image {
+                image: "base.qcow2".into(),
+                sha256: sha(&good),
+            }];
+            v
+        };
+        let mut bad = vm("bad", Some(PowerWanted::Running));
+        bad.boot = Some(VmBoot {
+            kernel: ImageRef {
+                image: "kernel".into(),
+                sha256: sha(b"the pinned kernel"),
+            },
+            initrd: None,
+            cmdline: String::new(),
+        });
+        s.c.set_desired(vec![with_image("vm1")]);
+        assert!(s.c.settle(SETTLE));
+        s.c.set_desired(vec![with_image("vm1"), with_image("vm2"), bad.clone()]);
+        assert!(s.c.settle(SETTLE));
+        let cached = s.dir.path().join("images").join(sha(&good));
+        assert_eq!(std::fs::read(&cached).unwrap(), good);
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::Running));
+        assert_eq!(power(&s.hv, "bad"), None);
+        // Tried again (a new set retries at once), the same failure is not noted again.
+        s.c.set_desired(vec![with_image("vm1"), with_image("vm2"), bad]);
+        assert!(s.c.settle(SETTLE));
+        // vm1's download, then two for `bad`; vm2 used the cache.
+        assert_eq!(server.requests.load(Ordering::SeqCst), 3);
+        let failed: Vec<VmNote> = s.sink.notes().into_iter().filter(|n| n.failed).collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].vm, name("bad"));
+        assert_eq!(
+            failed[0].message,
+            format!(
+                "image kernel: expected sha256 {}, got {}; the download was not kept",
+                sha(b"the pinned kernel"),
+                sha(b"not what was pinned")
+            )
+        );
+        let left: Vec<String> = std::fs::read_dir(s.dir.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [sha(&good)], "no partial or mismatched file kept");
+    }
+
+    #[test]
+    fn the_handle_runs_passes_on_its_own_thread() {
+        let s = setup();
+        let sink = s.sink.clone();
+        let hv = s.hv.clone();
+        let handle = VmControllerHandle::start(s.c).unwrap();
+        handle.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        let deadline = Instant::now() + SETTLE;
+        while power(&hv, "vm1") != Some(VmPower::Running)
+            || !sink.notes().iter().any(|n| n.vm == name("vm1"))
+        {
+            assert!(Instant::now() < deadline, "the controller never started vm1");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(handle);
+    }
+}
