@@ -31,6 +31,10 @@ use cosm_wire::{
     VmNote, VmOp, VmOpKind, VmOpResult, VmReport,
 };
 use sha2::{Digest, Sha256};
+
+/// The hypervisor API the controller drives, for callers that build one (the simulated
+/// agents of `cosm-e2e` run the controller on a `SimHypervisor`).
+pub use cosm_hypervisor::{HostInfo as HypervisorSize, SimCluster, SimHypervisor};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
