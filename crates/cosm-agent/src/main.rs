@@ -81,10 +81,20 @@ enum Cmd {
         #[arg(long, conflicts_with = "hypervisor")]
         simulate_vms: bool,
         /// With --simulate-vms: the logical CPUs the simulated host reports.
-        #[arg(long, value_name = "N", default_value_t = 64, requires = "simulate_vms")]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 64,
+            requires = "simulate_vms"
+        )]
         sim_host_vcpus: u32,
         /// With --simulate-vms: the memory (MiB) the simulated host reports.
-        #[arg(long, value_name = "MIB", default_value_t = 262_144, requires = "simulate_vms")]
+        #[arg(
+            long,
+            value_name = "MIB",
+            default_value_t = 262_144,
+            requires = "simulate_vms"
+        )]
         sim_host_memory_mib: u64,
         /// How often the VM controller compares the VMs with the desired state (it also
         /// does at once when a new desired state comes), e.g. 2s, 500ms.

@@ -160,7 +160,8 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
         Some(vm) => {
             let hv = hypervisor(&vm.driver)?;
             let source = enroller.clone();
-            let credential: crate::vms::CredentialSource = std::sync::Arc::new(move || source.credential());
+            let credential: crate::vms::CredentialSource =
+                std::sync::Arc::new(move || source.credential());
             let config = VmConfig {
                 state_dir: settings.state_dir.clone(),
                 appliance: settings.appliance.clone(),

@@ -160,14 +160,23 @@ impl std::fmt::Debug for VmConfig {
 pub enum Step {
     Nothing,
     /// Download its images, make its files, define it; start it if `start`.
-    Create { start: bool },
+    Create {
+        start: bool,
+    },
     /// It is off and should run. `restart`: it was meant to be running all along (found
     /// off: killed, crashed, host rebooted), not just asked to start.
-    Start { found: VmPower, restart: bool },
+    Start {
+        found: VmPower,
+        restart: bool,
+    },
     /// It is on and should be off: a graceful shutdown when running, else forced off.
-    Stop { found: VmPower },
+    Stop {
+        found: VmPower,
+    },
     /// Being deleted: force it off if on, undefine it, remove its files.
-    Delete { found: Option<VmPower> },
+    Delete {
+        found: Option<VmPower>,
+    },
 }
 
 /// The step for one VM. `found`: its power, if this host has it. `was_wanted`: the power
@@ -345,7 +354,10 @@ impl Shared {
                 VmDisk::Blank { size_bytes } => DiskSource::Blank {
                     size_bytes: *size_bytes,
                 },
-                VmDisk::Image { image: name, sha256 } => DiskSource::Overlay {
+                VmDisk::Image {
+                    image: name,
+                    sha256,
+                } => DiskSource::Overlay {
                     base: image(&ImageRef {
                         image: name.clone(),
                         sha256: sha256.clone(),
@@ -452,7 +464,8 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
                         true,
                     )
                 })?;
-                done.notes.push(note("defined on this host and started".into()));
+                done.notes
+                    .push(note("defined on this host and started".into()));
             } else {
                 done.notes.push(note("defined on this host".into()));
             }
@@ -460,7 +473,8 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
         })(),
         Step::Start { found, restart } => match hv.start(name) {
             Ok(()) if restart => {
-                done.notes.push(note(format!("found {found}; started again")));
+                done.notes
+                    .push(note(format!("found {found}; started again")));
                 Ok(())
             }
             Ok(()) => {
@@ -474,7 +488,8 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
             if found == VmPower::Running {
                 match hv.shutdown(name, timeout) {
                     Ok(ShutdownOutcome::Graceful) => {
-                        done.notes.push(note("stopped: the guest powered off".into()));
+                        done.notes
+                            .push(note("stopped: the guest powered off".into()));
                         Ok(())
                     }
                     Ok(ShutdownOutcome::Forced) => {
@@ -502,7 +517,9 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
                 if p.is_active() {
                     match hv.destroy(name) {
                         Ok(()) | Err(HypervisorError::WrongState { .. }) => {}
-                        Err(e) => return Err((format!("cannot force it off: {}", chain(e)), false)),
+                        Err(e) => {
+                            return Err((format!("cannot force it off: {}", chain(e)), false))
+                        }
                     }
                 }
                 // Snapshot metadata goes with it (both drivers undefine with it).
@@ -562,12 +579,10 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
             VmOpKind::SnapshotDelete { snapshot } => hv
                 .snapshot_delete(name, snapshot)
                 .map(|()| format!("snapshot {snapshot} deleted")),
-            VmOpKind::Migrate { to, uri } => {
-                hv.migrate(name, uri, true).map(|()| {
-                    done.migrated = true;
-                    format!("migrated to {to} ({uri})")
-                })
-            }
+            VmOpKind::Migrate { to, uri } => hv.migrate(name, uri, true).map(|()| {
+                done.migrated = true;
+                format!("migrated to {to} ({uri})")
+            }),
         };
         done.results.push(match outcome {
             Ok(message) => result(true, message),
@@ -669,7 +684,10 @@ impl VmController {
 
     /// Takes a new desired set: failing VMs are tried again at once.
     pub fn set_desired(&mut self, vms: Vec<DesiredVm>) {
-        let listed: HashSet<u64> = vms.iter().flat_map(|v| v.ops.iter().map(|o| o.id)).collect();
+        let listed: HashSet<u64> = vms
+            .iter()
+            .flat_map(|v| v.ops.iter().map(|o| o.id))
+            .collect();
         // An id the appliance no longer lists does not come back.
         self.ops_seen.retain(|id| listed.contains(id));
         self.migrated_away
@@ -762,7 +780,11 @@ impl VmController {
                 if self.busy.contains(&vm.name) {
                     continue;
                 }
-                if self.failures.get(&vm.name).is_some_and(|f| f.next_try > now) {
+                if self
+                    .failures
+                    .get(&vm.name)
+                    .is_some_and(|f| f.next_try > now)
+                {
                     continue;
                 }
                 let found = domains
@@ -773,12 +795,7 @@ impl VmController {
                     self.migrated_away.remove(&vm.name);
                 }
                 let was = self.was_wanted.get(&vm.name).copied().flatten();
-                let step = decide(
-                    vm.power,
-                    found,
-                    was,
-                    self.migrated_away.contains(&vm.name),
-                );
+                let step = decide(vm.power, found, was, self.migrated_away.contains(&vm.name));
                 self.was_wanted.insert(vm.name.clone(), vm.power);
                 let ops: Vec<VmOp> = vm
                     .ops
@@ -792,9 +809,7 @@ impl VmController {
                     Step::Nothing => true,
                     Step::Delete { found: None } => {
                         !self.config.files
-                            || !shared
-                                .as_ref()
-                                .is_some_and(|s| s.vm_dir(&vm.name).exists())
+                            || !shared.as_ref().is_some_and(|s| s.vm_dir(&vm.name).exists())
                     }
                     _ => false,
                 };
@@ -1072,7 +1087,12 @@ mod tests {
             self.reports.lock().unwrap().len()
         }
         fn last(&self) -> VmReport {
-            self.reports.lock().unwrap().last().cloned().expect("a report")
+            self.reports
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .expect("a report")
         }
         fn notes(&self) -> Vec<VmNote> {
             let r = self.reports.lock().unwrap();
@@ -1371,9 +1391,9 @@ mod tests {
         assert_eq!(power(&s.hv, "vm2"), Some(VmPower::ShutOff));
         let notes = messages(&s.sink.notes());
         assert!(notes.contains(&"vm1: stopped: the guest powered off".to_string()));
-        assert!(notes.contains(
-            &"vm2: forced off: the guest did not power off within 5 s".to_string()
-        ));
+        assert!(
+            notes.contains(&"vm2: forced off: the guest did not power off within 5 s".to_string())
+        );
         // Asked to run again: "started", not "found shut off".
         s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
         assert!(s.c.settle(SETTLE));
@@ -1393,7 +1413,10 @@ mod tests {
         assert!(s.c.settle(SETTLE));
         assert_eq!(power(&s.hv, "vm1"), None);
         assert!(!s.dir.path().join("vms/vm1").exists());
-        assert!(s.sink.last().domains.is_empty(), "the report no longer lists it");
+        assert!(
+            s.sink.last().domains.is_empty(),
+            "the report no longer lists it"
+        );
         let r = s.sink.results();
         assert_eq!(r.len(), 1);
         assert!(!r[0].ok && r[0].message == "vm1 is being deleted");
@@ -1405,13 +1428,19 @@ mod tests {
         let snap = SnapshotName::new("before").unwrap();
         let mut v = vm("vm1", Some(PowerWanted::Running));
         v.ops = vec![
-            op(1, VmOpKind::SnapshotCreate {
-                snapshot: snap.clone(),
-            }),
+            op(
+                1,
+                VmOpKind::SnapshotCreate {
+                    snapshot: snap.clone(),
+                },
+            ),
             op(2, VmOpKind::Reboot),
-            op(3, VmOpKind::SnapshotDelete {
-                snapshot: SnapshotName::new("nope").unwrap(),
-            }),
+            op(
+                3,
+                VmOpKind::SnapshotDelete {
+                    snapshot: SnapshotName::new("nope").unwrap(),
+                },
+            ),
         ];
         s.sink.refuse.store(true, Ordering::SeqCst);
         s.c.set_desired(vec![v.clone()]);
@@ -1539,7 +1568,10 @@ mod tests {
         while power(&hv, "vm1") != Some(VmPower::Running)
             || !sink.notes().iter().any(|n| n.vm == name("vm1"))
         {
-            assert!(Instant::now() < deadline, "the controller never started vm1");
+            assert!(
+                Instant::now() < deadline,
+                "the controller never started vm1"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         drop(handle);

@@ -16,9 +16,7 @@
 
 use anyhow::{bail, Context};
 use cosm_agent::controller::{simulated_controllers, Dispatcher};
-use cosm_agent::vms::{
-    HttpReportSink, SimHypervisor, VmConfig, VmController, VmControllerHandle,
-};
+use cosm_agent::vms::{HttpReportSink, SimHypervisor, VmConfig, VmController, VmControllerHandle};
 use cosm_wire::{
     Cpu, DesiredState, Disk, Enroll, Enrolled, Heartbeat, HeartbeatReply, Inventory, MacAddr, Nic,
     Observed,
