@@ -21,6 +21,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Enrol with the appliance and run: heartbeats, desired state, actions. Settings come

@@ -1469,7 +1469,10 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(s.hv.snapshot_list(&name("vm1")).unwrap(), [snap.clone()]);
+        assert_eq!(
+            s.hv.snapshot_list(&name("vm1")).unwrap(),
+            std::slice::from_ref(&snap)
+        );
         assert_eq!(s.sink.last().domains[0].snapshots, [snap]);
     }
 
