@@ -23,7 +23,12 @@ AGENT=${AGENT_BIN:-target/release/cosm-agent}
 for tool in apt-get dpkg-deb depmod cpio gzip sha256sum strip ldd; do
   command -v "$tool" >/dev/null || { echo "make image needs $tool (Debian packages: apt, dpkg, kmod, cpio, gzip, coreutils, binutils, libc-bin; make deps installs them)" >&2; exit 1; }
 done
-[ -x "$AGENT" ] || { echo "$AGENT is missing: cargo build --release -p cosm-agent (make image does this)" >&2; exit 1; }
+[ -x "$AGENT" ] || { echo "$AGENT is missing: cargo build --release -p cosm-agent --no-default-features (make image does this)" >&2; exit 1; }
+# The ramdisk carries no libvirt: its agent must be built without the `libvirt` feature.
+if ldd "$AGENT" | grep -q libvirt; then
+  echo "$AGENT links libvirt: build it with cargo build --release -p cosm-agent --no-default-features (make image does this)" >&2
+  exit 1
+fi
 
 mkdir -p "$OUT"
 kdeb=$(fetch "$KERNEL_PKG" "$KERNEL_VERSION" "$KERNEL_SHA256")

@@ -11,6 +11,11 @@
 //! work itself). A disruptive step (a reboot) waits until the appliance has recorded the
 //! outcome, see [`Controller::after_report`].
 //!
+//! The VM controller ([`crate::vms`]) is not one of these: it reconciles a set (the desired
+//! VMs) rather than carrying out actions, and it posts its own reports
+//! (`/api/v1/agent/vms`), so that a slow libvirt never holds a heartbeat or an `observed`
+//! report.
+//!
 //! Every controller has a simulated form that reports the action done, after an optional
 //! delay, without doing anything: `cosm-agent run --dry-run-actions`, and the simulated
 //! agents of the scale tests (`cosm-e2e`), which run the same controllers.

@@ -7,6 +7,8 @@
 //! - [`enrolment`] — enrols with the appliance and keeps the node credential.
 //! - [`controller`] — the controllers that carry out queued actions, each on its own
 //!   thread, and the dispatcher that feeds them; also their simulated forms.
+//! - [`vms`] — the VM controller: makes the host's hypervisor match the desired VMs and
+//!   reports the host's domains itself, on its own thread.
 //! - [`run`] — the heartbeat loop, which never waits for a controller.
 
 pub mod controller;
@@ -14,3 +16,4 @@ pub mod enrolment;
 pub mod inventory;
 pub mod run;
 pub mod settings;
+pub mod vms;

@@ -1,7 +1,8 @@
 //! `cosm-agent`: the COSM node agent.
 //!
 //! `run` enrols with the appliance, heartbeats and converges to its desired state (its
-//! controllers carry out the queued actions on their own threads);
+//! controllers carry out the queued actions on their own threads; with `--hypervisor` or
+//! `--simulate-vms`, the VM controller makes the host's VMs match);
 //! `inventory` prints what the agent reports about this machine's hardware.
 
 use anyhow::Context as _;
@@ -20,6 +21,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Enrol with the appliance and run: heartbeats, desired state, actions. Settings come
@@ -35,10 +38,12 @@ enum Cmd {
         /// The MAC to enrol as (default: first NIC with link).
         #[arg(long)]
         mac: Option<cosm_wire::MacAddr>,
-        /// Directory for the node credential (mode 0600). Default /var/lib/cosm-agent.
+        /// Directory for the node credential (mode 0600) and, on hypervisor hosts, the VM
+        /// controller's image cache and VM files. Default /var/lib/cosm-agent.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// A TOML config file with keys appliance, token, mac, state_dir.
+        /// A TOML config file with keys appliance, token, mac, state_dir, hypervisor,
+        /// migration_uri.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Kernel command line to read cosm.* settings from.
@@ -63,6 +68,46 @@ enum Cmd {
         /// the kickstart %post runs, so the installed system boots already enrolled).
         #[arg(long)]
         enroll_only: bool,
+        /// Make this machine a hypervisor host: run the VM controller against the libvirt
+        /// at this URI (e.g. qemu:///system). It defines, starts, stops and deletes the VMs
+        /// the appliance places here, keeps their files under the state directory
+        /// (images/, vms/<name>/), and reports every domain the host has; domains COSM did
+        /// not ask for are reported and never touched. Without it (or --simulate-vms)
+        /// there is no VM controller. Also `hypervisor` in the config file or
+        /// cosm.hypervisor= on the kernel command line.
+        #[arg(long, env = "COSM_HYPERVISOR", value_name = "URI")]
+        hypervisor: Option<String>,
+        /// Run the VM controller on a simulated hypervisor instead of libvirt: VMs are
+        /// defined and "run" in memory, no QEMU, no files. For scale tests and trying the
+        /// appliance out; the host reports --sim-host-vcpus and --sim-host-memory-mib.
+        #[arg(long, conflicts_with = "hypervisor")]
+        simulate_vms: bool,
+        /// With --simulate-vms: the logical CPUs the simulated host reports.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 64,
+            requires = "simulate_vms"
+        )]
+        sim_host_vcpus: u32,
+        /// With --simulate-vms: the memory (MiB) the simulated host reports.
+        #[arg(
+            long,
+            value_name = "MIB",
+            default_value_t = 262_144,
+            requires = "simulate_vms"
+        )]
+        sim_host_memory_mib: u64,
+        /// How often the VM controller compares the VMs with the desired state (it also
+        /// does at once when a new desired state comes), e.g. 2s, 500ms.
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        vm_interval: std::time::Duration,
+        /// The libvirt URI other hosts' libvirt reaches this host at for live migration
+        /// (e.g. qemu+tcp://10.0.0.5/system), reported to the appliance, which hands it to
+        /// the source host of a migration. Also `migration_uri` in the config file or
+        /// cosm.migration_uri= on the kernel command line.
+        #[arg(long, env = "COSM_MIGRATION_URI", value_name = "URI")]
+        migration_uri: Option<String>,
     },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
@@ -90,6 +135,12 @@ fn main() {
             dry_run_actions,
             dry_run_action_secs,
             enroll_only,
+            hypervisor,
+            simulate_vms,
+            sim_host_vcpus,
+            sim_host_memory_mib,
+            vm_interval,
+            migration_uri,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 use cosm_agent::settings::{from_cmdline, from_file, merge, FileSettings};
@@ -98,6 +149,8 @@ fn main() {
                     token,
                     mac,
                     state_dir,
+                    hypervisor,
+                    migration_uri,
                 };
                 let file = match &config {
                     Some(p) => from_file(p)?,
@@ -105,6 +158,24 @@ fn main() {
                 };
                 let kernel = from_cmdline(&std::fs::read_to_string(&cmdline).unwrap_or_default());
                 let settings = merge(&[flags, file, kernel])?;
+                use cosm_agent::run::{VmDriver, VmOptions};
+                let driver = match (&settings.hypervisor, simulate_vms) {
+                    (Some(uri), true) => anyhow::bail!(
+                        "--simulate-vms and a hypervisor URI ({uri}, from the config file or the \
+                         kernel command line) exclude each other"
+                    ),
+                    (Some(uri), false) => Some(VmDriver::Libvirt(uri.clone())),
+                    (None, true) => Some(VmDriver::Simulated(cosm_hypervisor::HostInfo {
+                        vcpus: sim_host_vcpus,
+                        memory_mib: sim_host_memory_mib,
+                    })),
+                    (None, false) => None,
+                };
+                let vms = driver.map(|driver| VmOptions {
+                    driver,
+                    interval: vm_interval,
+                    migration_uri: settings.migration_uri.clone(),
+                });
                 let actions = if dry_run_actions {
                     cosm_agent::run::ActionMode::Simulated {
                         delay: std::time::Duration::from_secs(dry_run_action_secs),
@@ -118,6 +189,7 @@ fn main() {
                         root,
                         actions,
                         enroll_only,
+                        vms,
                     },
                 )
             })();

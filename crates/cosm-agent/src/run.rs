@@ -5,12 +5,14 @@
 //!
 //! The loop carries out no action itself and never waits for a controller: it beats every
 //! interval however long an action takes, because a machine whose heartbeats stop is
-//! marked `lost`.
+//! marked `lost`. The VMs of each desired state go to the VM controller ([`crate::vms`]),
+//! which reports the host's domains itself.
 
 use crate::controller::{controllers, Dispatcher, Finished};
 use crate::enrolment::{credential_path, stored_credential, Enroller};
 use crate::inventory::read_inventory;
 use crate::settings::Settings;
+use crate::vms::{HttpReportSink, VmConfig, VmController, VmControllerHandle};
 use anyhow::{bail, Context};
 use cosm_wire::{DesiredState, Heartbeat, HeartbeatReply, Inventory, MacAddr, Observed, RoleName};
 use std::path::PathBuf;
@@ -27,6 +29,49 @@ pub struct RunOptions {
     /// Enrol once (storing the credential) and return: for installers, e.g. the kickstart
     /// `%post`, which enrols the installed system before its first boot.
     pub enroll_only: bool,
+    /// The VM controller, when this machine is a hypervisor host (or simulates one).
+    pub vms: Option<VmOptions>,
+}
+
+/// Which hypervisor the VM controller drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmDriver {
+    /// libvirt at this URI (needs the `libvirt` feature).
+    Libvirt(String),
+    /// An in-memory host of this size: VMs are defined and "run" without QEMU.
+    Simulated(cosm_hypervisor::HostInfo),
+}
+
+/// The VM controller's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmOptions {
+    pub driver: VmDriver,
+    /// Time between reconcile passes.
+    pub interval: Duration,
+    /// Reported as this host's libvirt URI for incoming live migrations.
+    pub migration_uri: Option<String>,
+}
+
+/// Connects to the hypervisor `driver` names.
+pub fn hypervisor(
+    driver: &VmDriver,
+) -> anyhow::Result<std::sync::Arc<dyn cosm_hypervisor::Hypervisor>> {
+    match driver {
+        VmDriver::Simulated(size) => Ok(std::sync::Arc::new(
+            cosm_hypervisor::SimHypervisor::new("sim:///local").with_size(*size),
+        )),
+        #[cfg(feature = "libvirt")]
+        VmDriver::Libvirt(uri) => Ok(std::sync::Arc::new(
+            cosm_hypervisor::LibvirtHypervisor::connect(uri)
+                .with_context(|| format!("--hypervisor {uri}"))?,
+        )),
+        #[cfg(not(feature = "libvirt"))]
+        VmDriver::Libvirt(uri) => bail!(
+            "--hypervisor {uri}: this cosm-agent was built without libvirt (the ramdisk's \
+             build, --no-default-features); use an agent built with the `libvirt` feature, \
+             or --simulate-vms"
+        ),
+    }
 }
 
 /// The loop must enrol before its next heartbeat, unless the credential is no longer
@@ -60,6 +105,8 @@ struct Agent {
     /// Kept between beats so CPU usage is measured over the interval; `None` where sysinfo
     /// cannot read this system (the heartbeat then carries zeros).
     system: Option<Option<sysinfo::System>>,
+    /// The VM controller's thread, on hypervisor hosts.
+    vms: Option<VmControllerHandle>,
 }
 
 /// The MAC to enrol as: the configured one, else the first NIC with link, else the first.
@@ -108,6 +155,29 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
     }
     let dispatcher = Dispatcher::start(controllers(opts.actions, enroller.clone()))
         .context("cannot start the controller threads")?;
+    let vms = match &opts.vms {
+        None => None,
+        Some(vm) => {
+            let hv = hypervisor(&vm.driver)?;
+            let source = enroller.clone();
+            let credential: crate::vms::CredentialSource =
+                std::sync::Arc::new(move || source.credential());
+            let config = VmConfig {
+                state_dir: settings.state_dir.clone(),
+                appliance: settings.appliance.clone(),
+                credential: credential.clone(),
+                interval: vm.interval,
+                migration_uri: vm.migration_uri.clone(),
+                files: matches!(vm.driver, VmDriver::Libvirt(_)),
+            };
+            let sink = HttpReportSink::new(&settings.appliance, credential);
+            let controller = VmController::new(hv, config, Box::new(sink));
+            Some(
+                VmControllerHandle::start(controller)
+                    .context("cannot start the VM controller's thread")?,
+            )
+        }
+    };
     let mut agent = Agent {
         appliance: settings.appliance,
         http,
@@ -118,6 +188,7 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
         report_due: false,
         observed_generation: 0,
         system: None,
+        vms,
     };
     agent.main_loop();
     Ok(())
@@ -203,6 +274,9 @@ impl Agent {
             .error_for_status()?
             .json()?;
         self.dispatcher.dispatch(&desired.actions);
+        if let Some(vms) = &self.vms {
+            vms.set_desired(desired.vms);
+        }
         self.fetched_generation = desired.generation;
         self.fetched_role = desired.role;
         self.report_due = true;

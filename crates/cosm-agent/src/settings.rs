@@ -1,6 +1,7 @@
 //! Where the agent's settings come from: flags and environment first, then a TOML config
 //! file (installed systems), then the kernel command line (`cosm.appliance=URL`,
-//! `cosm.token=…`, `cosm.mac=…`; the discovery ramdisk). One binary serves both.
+//! `cosm.token=…`, `cosm.mac=…`, `cosm.hypervisor=…`, `cosm.migration_uri=…`; the discovery
+//! ramdisk). One binary serves both.
 
 use cosm_wire::MacAddr;
 use serde::Deserialize;
@@ -14,6 +15,10 @@ pub struct FileSettings {
     pub token: Option<String>,
     pub mac: Option<MacAddr>,
     pub state_dir: Option<PathBuf>,
+    /// libvirt URI of this host's hypervisor (`qemu:///system`): runs the VM controller.
+    pub hypervisor: Option<String>,
+    /// The libvirt URI other hosts reach this one at for live migration.
+    pub migration_uri: Option<String>,
 }
 
 /// Settings after every source was consulted.
@@ -25,8 +30,12 @@ pub struct Settings {
     pub token: Option<String>,
     /// The MAC to enrol as; by default the first NIC with link, else the first NIC.
     pub mac: Option<MacAddr>,
-    /// Where the node credential is kept (0600).
+    /// Where the node credential is kept (0600), and the VM controller's images and VMs.
     pub state_dir: PathBuf,
+    /// libvirt URI of this host's hypervisor; without it there is no VM controller.
+    pub hypervisor: Option<String>,
+    /// The libvirt URI other hosts reach this one at for live migration (reported).
+    pub migration_uri: Option<String>,
 }
 
 /// `key=value` words of a kernel command line, for the `cosm.` keys.
@@ -41,6 +50,8 @@ pub fn from_cmdline(cmdline: &str) -> FileSettings {
             "cosm.token" => f.token = Some(v.to_string()),
             "cosm.mac" => f.mac = v.parse().ok(),
             "cosm.state_dir" => f.state_dir = Some(PathBuf::from(v)),
+            "cosm.hypervisor" => f.hypervisor = Some(v.to_string()),
+            "cosm.migration_uri" => f.migration_uri = Some(v.to_string()),
             _ => {}
         }
     }
@@ -74,6 +85,8 @@ pub fn merge(sources: &[FileSettings]) -> anyhow::Result<Settings> {
             .iter()
             .find_map(|s| s.state_dir.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/cosm-agent")),
+        hypervisor: pick(|s| s.hypervisor.clone()),
+        migration_uri: pick(|s| s.migration_uri.clone()),
     })
 }
 
@@ -87,6 +100,15 @@ mod tests {
         assert_eq!(f.appliance.as_deref(), Some("http://192.0.2.1:8080"));
         assert_eq!(f.token.as_deref(), Some("cosm_abc"));
         assert_eq!(f.mac, Some("52:54:00:12:34:56".parse().unwrap()));
+        assert_eq!(f.hypervisor, None);
+        let f = from_cmdline(
+            "cosm.hypervisor=qemu:///system cosm.migration_uri=qemu+tcp://10.0.0.5/system",
+        );
+        assert_eq!(f.hypervisor.as_deref(), Some("qemu:///system"));
+        assert_eq!(
+            f.migration_uri.as_deref(),
+            Some("qemu+tcp://10.0.0.5/system")
+        );
     }
 
     #[test]

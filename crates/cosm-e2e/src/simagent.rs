@@ -8,9 +8,15 @@
 //! task never waits for a controller: it hands actions over and picks up outcomes at each
 //! beat. Controller threads start only when an agent first sees an action, so a fleet that
 //! is only beating (the heartbeat benchmark) costs no threads.
+//!
+//! An agent given a simulated hypervisor ([`SimAgent::with_vm_host`]) also runs the real
+//! agent's VM controller ([`cosm_agent::vms`]) on it, in-process: the desired VMs are
+//! defined and "run" in memory, and the controller posts its own reports to
+//! `/api/v1/agent/vms`, as on a real host.
 
 use anyhow::{bail, Context};
 use cosm_agent::controller::{simulated_controllers, Dispatcher};
+use cosm_agent::vms::{HttpReportSink, SimHypervisor, VmConfig, VmController, VmControllerHandle};
 use cosm_wire::{
     Cpu, DesiredState, Disk, Enroll, Enrolled, Heartbeat, HeartbeatReply, Inventory, MacAddr, Nic,
     Observed,
@@ -51,6 +57,9 @@ pub fn sim_inventory(n: u32) -> Inventory {
     }
 }
 
+/// How often a simulated host's VM controller reconciles (the real agent's default).
+pub const SIM_VM_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Counters shared by a fleet of simulated agents.
 #[derive(Debug, Default)]
 pub struct FleetStats {
@@ -72,6 +81,8 @@ pub struct SimAgent {
     action_delay: Duration,
     /// What its heartbeats say it converged to (see [`Actions`]).
     observed_generation: AtomicU64,
+    /// The simulated hypervisor its VM controller drives, when it is a host.
+    vm_host: Option<SimHypervisor>,
 }
 
 /// An agent's actions between beats. Kept out of [`SimAgent`] (which heartbeats borrow
@@ -85,6 +96,8 @@ struct Actions {
     fetched_role: Option<cosm_wire::RoleName>,
     /// A desired state was fetched and not yet reported as seen.
     report_due: bool,
+    /// The VM controller's thread, when the agent is a host.
+    vms: Option<VmControllerHandle>,
 }
 
 impl SimAgent {
@@ -122,7 +135,34 @@ impl SimAgent {
             http: http.clone(),
             action_delay: Duration::ZERO,
             observed_generation: AtomicU64::new(0),
+            vm_host: None,
         })
+    }
+
+    /// Makes this agent a hypervisor host: its VM controller runs on `host` (one thread,
+    /// started when the agent runs), reconciling every `SIM_VM_INTERVAL`.
+    pub fn with_vm_host(mut self, host: SimHypervisor) -> SimAgent {
+        self.vm_host = Some(host);
+        self
+    }
+
+    /// Starts the VM controller's thread on the agent's simulated hypervisor.
+    fn start_vm_controller(&self, host: &SimHypervisor) -> anyhow::Result<VmControllerHandle> {
+        let credential = self.credential.clone();
+        let credential: cosm_agent::vms::CredentialSource =
+            Arc::new(move || Some(credential.clone()));
+        let config = VmConfig {
+            // Simulated hosts make no files; the directory is only measured for capacity.
+            state_dir: std::env::temp_dir(),
+            appliance: self.base.clone(),
+            credential: credential.clone(),
+            interval: SIM_VM_INTERVAL,
+            migration_uri: Some(host.uri().to_string()),
+            files: false,
+        };
+        let sink = HttpReportSink::new(&self.base, credential);
+        let controller = VmController::new(Arc::new(host.clone()), config, Box::new(sink));
+        VmControllerHandle::start(controller).context("cannot start the VM controller")
     }
 
     /// Each action this agent carries out takes `delay` (default: none).
@@ -187,6 +227,9 @@ impl SimAgent {
             if let Some(d) = &mut actions.dispatcher {
                 d.dispatch(&desired.actions);
             }
+            if let Some(vms) = &actions.vms {
+                vms.set_desired(desired.vms);
+            }
             actions.fetched_generation = desired.generation;
             actions.fetched_role = desired.role;
             actions.report_due = true;
@@ -241,6 +284,12 @@ impl SimAgent {
         tokio::time::sleep(offset).await;
         let mut tick = tokio::time::interval(interval);
         let mut actions = Actions::default();
+        if let Some(host) = &self.vm_host {
+            match self.start_vm_controller(host) {
+                Ok(handle) => actions.vms = Some(handle),
+                Err(e) => eprintln!("simulated agent {}: {e:#}", self.mac),
+            }
+        }
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
             if let Ok(generation) = self.beat(&stats).await {

@@ -26,6 +26,7 @@ pub enum HypervisorError {
     },
     #[error("VM {name} has no serial console log")]
     NoConsole { name: String },
+    #[cfg(feature = "libvirt")]
     #[error("cannot connect to hypervisor {uri}")]
     Connect {
         uri: String,
@@ -36,6 +37,7 @@ pub enum HypervisorError {
     MigrationRefused { name: String, reason: String },
     #[error("no simulated host at {uri}")]
     UnknownSimHost { uri: String },
+    #[cfg(feature = "libvirt")]
     #[error("libvirt refused to {op} VM {name}")]
     Libvirt {
         op: &'static str,
@@ -45,6 +47,13 @@ pub enum HypervisorError {
     },
     #[error("creating disk {path}: {detail}")]
     Disk { path: PathBuf, detail: String },
+    #[cfg(feature = "libvirt")]
+    #[error("cannot read the host's size from hypervisor {uri}")]
+    HostInfo {
+        uri: String,
+        #[source]
+        source: virt::error::Error,
+    },
     #[error("reading console log {path}")]
     Console {
         path: PathBuf,

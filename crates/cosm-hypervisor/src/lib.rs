@@ -6,8 +6,12 @@
 //! This crate drives one host's hypervisor. It does not know the appliance, its store or
 //! its API, nor where a VM should run: placement and reconciling desired state belong to
 //! the appliance and the agent, which call this trait.
+//!
+//! The libvirt driver is the cargo feature `libvirt` (on by default); without it the crate
+//! links no libvirt library and offers only the simulation (the agent ramdisk's build).
 
 mod error;
+#[cfg(feature = "libvirt")]
 mod libvirt;
 mod sim;
 pub mod spec;
@@ -17,6 +21,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use error::HypervisorError;
+#[cfg(feature = "libvirt")]
 pub use libvirt::LibvirtHypervisor;
 pub use sim::{SimCluster, SimHypervisor};
 pub use spec::{
@@ -71,6 +76,14 @@ pub struct DomainInfo {
     /// `VmName` refuses, and they are listed all the same.
     pub name: String,
     pub power: VmPower,
+}
+
+/// The host's size as its hypervisor reports it (what VMs are placed against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Logical CPUs.
+    pub vcpus: u32,
+    pub memory_mib: u64,
 }
 
 /// How `Hypervisor::shutdown` ended.
@@ -131,9 +144,12 @@ pub trait Hypervisor: Send + Sync {
     /// The last `lines` lines the guest wrote to its serial console (fewer if it wrote
     /// fewer; none before it wrote any).
     fn console_tail(&self, name: &VmName, lines: usize) -> Result<Vec<String>, HypervisorError>;
+    /// The host's logical CPUs and memory.
+    fn host_info(&self) -> Result<HostInfo, HypervisorError>;
 }
 
 /// How often `shutdown` looks at a guest that is powering off.
+#[cfg(feature = "libvirt")]
 pub(crate) const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// The most lines `console_tail` returns, whatever is asked.
 pub const MAX_CONSOLE_LINES: usize = 10_000;

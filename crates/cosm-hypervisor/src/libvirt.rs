@@ -18,7 +18,7 @@ use virt::sys;
 use crate::spec::{DiskSource, DiskSpec, SnapshotName, VmName, VmSpec};
 use crate::xml::{console_path, domain_xml, snapshot_xml};
 use crate::{
-    DomainInfo, Hypervisor, HypervisorError, ShutdownOutcome, VmPower, MAX_CONSOLE_LINES,
+    DomainInfo, HostInfo, Hypervisor, HypervisorError, ShutdownOutcome, VmPower, MAX_CONSOLE_LINES,
     SHUTDOWN_POLL,
 };
 
@@ -350,6 +350,21 @@ impl Hypervisor for LibvirtHypervisor {
             name: name.to_string(),
         })?;
         tail_lines(&path, lines)
+    }
+
+    fn host_info(&self) -> Result<HostInfo, HypervisorError> {
+        let info = self
+            .conn
+            .node_info()
+            .map_err(|source| HypervisorError::HostInfo {
+                uri: self.uri.clone(),
+                source,
+            })?;
+        Ok(HostInfo {
+            vcpus: info.cpus,
+            // libvirt reports KiB.
+            memory_mib: info.memory / 1024,
+        })
     }
 }
 

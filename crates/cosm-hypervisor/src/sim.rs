@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::spec::{SnapshotName, VmName, VmSpec};
-use crate::{DomainInfo, Hypervisor, HypervisorError, ShutdownOutcome, VmPower};
+use crate::{DomainInfo, HostInfo, Hypervisor, HypervisorError, ShutdownOutcome, VmPower};
 
 #[derive(Debug)]
 struct SimVm {
@@ -46,6 +46,7 @@ impl SimCluster {
         SimHypervisor {
             uri: uri.to_string(),
             cluster: self.clone(),
+            size: SimHypervisor::DEFAULT_SIZE,
         }
     }
 
@@ -60,6 +61,8 @@ impl SimCluster {
 pub struct SimHypervisor {
     uri: String,
     cluster: SimCluster,
+    /// What `host_info` reports.
+    size: HostInfo,
 }
 
 fn wrong(name: &VmName, op: &'static str, power: VmPower) -> HypervisorError {
@@ -76,8 +79,30 @@ impl SimHypervisor {
         SimCluster::new().host(uri)
     }
 
+    /// The size a simulated host reports unless told otherwise: 64 vCPUs, 256 GiB.
+    pub const DEFAULT_SIZE: HostInfo = HostInfo {
+        vcpus: 64,
+        memory_mib: 256 * 1024,
+    };
+
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The same host, reporting `size` from `host_info`.
+    pub fn with_size(mut self, size: HostInfo) -> SimHypervisor {
+        self.size = size;
+        self
+    }
+
+    /// Ends a running guest from outside the `Hypervisor` API, as when its QEMU process is
+    /// killed or the guest crashes: it is then reported `power` (shut off or crashed).
+    pub fn kill(&self, name: &VmName, power: VmPower) -> Result<(), HypervisorError> {
+        self.with_vm(name, |vm| {
+            vm.power = power;
+            vm.say(format!("[sim] {name}: killed"));
+            Ok(())
+        })
     }
 
     /// Makes the guest ignore ACPI, so `shutdown` has to force it off.
@@ -312,5 +337,9 @@ impl Hypervisor for SimHypervisor {
             let from = vm.console.len().saturating_sub(lines);
             Ok(vm.console[from..].to_vec())
         })
+    }
+
+    fn host_info(&self) -> Result<HostInfo, HypervisorError> {
+        Ok(self.size)
     }
 }

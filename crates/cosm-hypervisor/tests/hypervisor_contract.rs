@@ -80,6 +80,10 @@ fn contract(hv: &dyn Hypervisor, dir: &Path) {
     let vm = name("c1");
     assert_eq!(listed(hv, "c1"), None);
 
+    // The host's size: some CPUs and memory.
+    let size = hv.host_info().unwrap();
+    assert!(size.vcpus >= 1 && size.memory_mib >= 1, "{size:?}");
+
     // Define: refused when invalid or taken.
     let mut bad = spec("c1", dir);
     bad.vcpus = 0;
