@@ -108,6 +108,13 @@ enum Cmd {
         /// cosm.migration_uri= on the kernel command line.
         #[arg(long, env = "COSM_MIGRATION_URI", value_name = "URI")]
         migration_uri: Option<String>,
+        /// Where VM files live: images downloaded from the appliance in `images/<sha256>`,
+        /// each VM's disks and console log in `vms/<name>/`. Default: the state
+        /// directory. Live migration copies no disks, so hosts that migrate VMs to each
+        /// other need this on storage they share, at the same path (QEMU must be able to
+        /// enter it).
+        #[arg(long, env = "COSM_VM_DIR", value_name = "DIR")]
+        vm_dir: Option<PathBuf>,
     },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
@@ -141,6 +148,7 @@ fn main() {
             sim_host_memory_mib,
             vm_interval,
             migration_uri,
+            vm_dir,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 use cosm_agent::settings::{from_cmdline, from_file, merge, FileSettings};
@@ -175,6 +183,7 @@ fn main() {
                     driver,
                     interval: vm_interval,
                     migration_uri: settings.migration_uri.clone(),
+                    dir: vm_dir.unwrap_or_else(|| settings.state_dir.clone()),
                 });
                 let actions = if dry_run_actions {
                     cosm_agent::run::ActionMode::Simulated {

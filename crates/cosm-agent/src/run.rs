@@ -50,6 +50,8 @@ pub struct VmOptions {
     pub interval: Duration,
     /// Reported as this host's libvirt URI for incoming live migrations.
     pub migration_uri: Option<String>,
+    /// Where VM files live (`--vm-dir`; the state directory unless given).
+    pub dir: PathBuf,
 }
 
 /// Connects to the hypervisor `driver` names.
@@ -163,7 +165,7 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
             let credential: crate::vms::CredentialSource =
                 std::sync::Arc::new(move || source.credential());
             let config = VmConfig {
-                state_dir: settings.state_dir.clone(),
+                state_dir: vm.dir.clone(),
                 appliance: settings.appliance.clone(),
                 credential: credential.clone(),
                 interval: vm.interval,

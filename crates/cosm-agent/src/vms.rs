@@ -128,8 +128,8 @@ impl ReportSink for HttpReportSink {
 /// How the controller is set up.
 #[derive(Clone)]
 pub struct VmConfig {
-    /// The agent's state directory: images are cached in `images/<sha256>`, each VM's
-    /// files are in `vms/<name>/`.
+    /// Where VM files live (the agent's state directory unless `--vm-dir` says otherwise):
+    /// images are cached in `images/<sha256>`, each VM's files are in `vms/<name>/`.
     pub state_dir: PathBuf,
     /// Base URL of the appliance (images are downloaded from it).
     pub appliance: String,

@@ -213,6 +213,11 @@ impl PrivateLibvirtd {
             .with_context(|| format!("cannot connect to {}", self.uri()))
     }
 
+    /// The PID of a running guest's QEMU, from the pidfile libvirt keeps for it.
+    pub fn guest_pid(&self, name: &str) -> Option<u32> {
+        read_pid(&self.dir.path().join("run/qemu").join(format!("{name}.pid")))
+    }
+
     fn pidfile(&self) -> PathBuf {
         self.dir.path().join("libvirtd.pid")
     }

@@ -437,6 +437,13 @@ impl Rack {
             .with_context(|| format!("no token in the answer: {v}"))
     }
 
+    /// The rack's shared VM storage: every host's agent keeps its VM files here
+    /// (`--vm-dir`), as hosts that live-migrate to each other share storage at one path
+    /// (migration copies no disks).
+    pub fn vm_storage(&self) -> PathBuf {
+        self.dir.path().join("vm-storage")
+    }
+
     /// Starts the host's `cosm-agent` in its namespace: against the rack's appliance, as
     /// its MAC, with a fresh enrolment token, its own state directory, `--hypervisor` its
     /// libvirtd's unix URI and `--migration-uri` its TCP URI. Power actions are simulated
@@ -444,6 +451,8 @@ impl Rack {
     /// the tests run on.
     pub fn start_host_agent(&mut self, host: usize) -> anyhow::Result<()> {
         let token = self.enroll_token(&format!("host-{}", self.hosts[host].n))?;
+        let storage = self.vm_storage();
+        std::fs::create_dir_all(&storage)?;
         let h = &mut self.hosts[host];
         if h.agent.is_some() {
             bail!("host {} already runs its agent", h.n);
@@ -463,6 +472,8 @@ impl Rack {
             .arg(h.state_dir.path())
             .args(["--hypervisor", &h.libvirtd.uri()])
             .args(["--migration-uri", &h.libvirtd.tcp_uri()])
+            .arg("--vm-dir")
+            .arg(&storage)
             .env_remove("COSM_TOKEN")
             .env_remove("COSM_APPLIANCE")
             .stdout(Stdio::null())

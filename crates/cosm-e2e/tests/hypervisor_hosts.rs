@@ -199,7 +199,6 @@ fn a_running_guest_live_migrates_between_two_hosts_and_keeps_counting() {
 /// Hosts with their agents register and become active `host` machines, as `make demo
 /// DEMO_HOSTS=N` brings them up.
 #[test]
-#[ignore = "needs cosm-agent's --hypervisor and --migration-uri (branch agentvm); remove this line when they are on main"]
 fn rack_hosts_register_and_become_active_vm_hosts() {
     let mut rack = Rack::start("hosts", "").unwrap();
     rack.start_hosts(2, Duration::from_secs(60)).unwrap();

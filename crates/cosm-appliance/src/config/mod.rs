@@ -390,7 +390,10 @@ mod tests {
         let e = err("data_dir = \"/x\"\n[events]\nretain_per_machine = 1\n");
         assert!(e.contains("key `events.retain_per_machine`"), "{e}");
         let e = err("data_dir = \"/x\"\n[vms]\nmemory_overcommit = 0\n");
-        assert!(e.contains("key `vms.memory_overcommit`") && e.contains("0.1..=64"), "{e}");
+        assert!(
+            e.contains("key `vms.memory_overcommit`") && e.contains("0.1..=64"),
+            "{e}"
+        );
     }
 
     /// Hardening (issue 11, item 17): machines are never sent to `http://0.0.0.0:8080`.
