@@ -132,6 +132,79 @@ pub fn wait_console(
     }
 }
 
+/// Puts the guest into the rack's image repository with `cosmctl images upload`:
+/// `guest-vmlinuz`, `guest-initrd.img`, and `guest-base.qcow2`, an empty 64 MiB qcow2 that
+/// VM disks overlay (its first sector, zeros, is the boot counter).
+pub fn upload_guest(rack: &crate::rack::Rack) -> anyhow::Result<()> {
+    let (kernel, initrd) = guest_images()?;
+    let base = rack.vm_storage().with_file_name("guest-base.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run qemu-img ({e}): install the Debian package qemu-utils")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (path, name) in [
+        (kernel.as_path(), "guest-vmlinuz"),
+        (initrd.as_path(), "guest-initrd.img"),
+        (base.as_path(), "guest-base.qcow2"),
+    ] {
+        let out = rack
+            .app
+            .cosmctl(&["images", "upload", &path.to_string_lossy(), "--name", name]);
+        if !out.status.success() {
+            bail!("uploading {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
+/// The `POST /api/v1/vms` body of a test guest (TCG, 1 vCPU, `memory_mib`, an overlay of
+/// `guest-base.qcow2`, a NIC on the hosts' `br0`) printing `name` as its marker; the
+/// images must be in the repository ([`upload_guest`]).
+pub fn guest_vm_request(name: &str, memory_mib: u64) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "kind": "tcg", "vcpus": 1, "memory_mib": memory_mib,
+        "disks": [{"image": {"image": "guest-base.qcow2"}}],
+        "nics": [{"bridge": crate::rack::HOST_BRIDGE}],
+        "boot": {"kernel": "guest-vmlinuz", "initrd": "guest-initrd.img",
+                 "cmdline": format!("console=ttyS0 quiet cosm.marker={name}")},
+    })
+}
+
+/// Polls `GET /api/v1/vms/{name}` until `done` holds (returns the record then); fails
+/// after `timeout` with the record and its timeline.
+pub fn wait_vm(
+    app: &crate::Appliance,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = app.api(&format!("/api/v1/vms/{name}"))?;
+        if done(&v) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            let tl = app.api(&format!("/api/v1/vms/{name}/events"))?;
+            bail!(
+                "{name}: {what} did not happen within {timeout:?}.\nrecord: {v}\ntimeline: {tl:#}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@
 //! fails, never skips, naming what is missing.
 
 use anyhow::{bail, Context};
-use cosm_e2e::guest::{guest_images, Console};
+use cosm_e2e::guest::{guest_vm_request, upload_guest, Console};
 use cosm_e2e::rack::Rack;
 use cosm_hypervisor::{Hypervisor, VmName};
 use serde_json::{json, Value};
@@ -26,30 +26,6 @@ const BOOT: Duration = Duration::from_secs(150);
 
 fn vm(rack: &Rack, name: &str) -> anyhow::Result<Value> {
     rack.app.api(&format!("/api/v1/vms/{name}"))
-}
-
-/// Polls the VM until `done` holds; fails with its record and timeline.
-fn wait_vm(
-    rack: &Rack,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    mut done: impl FnMut(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = vm(rack, name)?;
-        if done(&v) {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            let tl = rack.app.api(&format!("/api/v1/vms/{name}/events"))?;
-            bail!(
-                "{name}: {what} did not happen within {timeout:?}.\nrecord: {v}\ntimeline: {tl:#}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 fn state_is(want: &'static str) -> impl FnMut(&Value) -> bool {
@@ -103,24 +79,28 @@ fn timeline(rack: &Rack, name: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn guest_body(name: &str, marker: &str, host: Option<&str>) -> Value {
-    let mut b = json!({
-        "name": name, "kind": "tcg", "vcpus": 1, "memory_mib": 128,
-        "disks": [{"image": {"image": "guest-base.qcow2"}}],
-        "nics": [{"bridge": "br0"}],
-        "boot": {"kernel": "guest-vmlinuz", "initrd": "guest-initrd.img",
-                 "cmdline": format!("console=ttyS0 quiet cosm.marker={marker}")},
-        "anti_affinity": "spread",
-    });
+fn guest_body(name: &str, host: Option<&str>) -> Value {
+    let mut b = guest_vm_request(name, 128);
+    b["anti_affinity"] = json!("spread");
     if let Some(h) = host {
         b["host"] = json!(h);
     }
     b
 }
 
+/// [`cosm_e2e::guest::wait_vm`] on the rack's appliance.
+fn wait_vm(
+    rack: &Rack,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl FnMut(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    cosm_e2e::guest::wait_vm(&rack.app, name, what, timeout, done)
+}
+
 #[test]
 fn vms_live_on_the_racks_hosts_through_their_agents() {
-    let (kernel, initrd) = guest_images().unwrap();
     let mut rack = Rack::start("vms", "").unwrap();
     rack.start_hosts(3, Duration::from_secs(120)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -136,25 +116,7 @@ fn vms_live_on_the_racks_hosts_through_their_agents() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // The repository: the guest's kernel and initrd, and a base disk (64 MiB of zeros).
-    let base = rack.vm_storage().with_file_name("guest-base.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img is missing: install the Debian package qemu-utils");
-    assert!(out.status.success(), "{out:?}");
-    for (path, name) in [
-        (kernel.as_path(), "guest-vmlinuz"),
-        (initrd.as_path(), "guest-initrd.img"),
-        (base.as_path(), "guest-base.qcow2"),
-    ] {
-        let out = rack
-            .app
-            .cosmctl(&["images", "upload", &path.to_string_lossy(), "--name", name]);
-        assert!(out.status.success(), "upload {name}: {out:?}");
-    }
+    upload_guest(&rack).unwrap();
 
     // Placement: three VMs of one anti-affinity group land on three hosts; a fourth has
     // nowhere to go, and nothing fits 4 TiB, with each host's reason.
@@ -167,11 +129,7 @@ fn vms_live_on_the_racks_hosts_through_their_agents() {
     ] {
         let v = rack
             .app
-            .api_send(
-                "POST",
-                "/api/v1/vms",
-                &guest_body(name, name, host.as_deref()),
-            )
+            .api_send("POST", "/api/v1/vms", &guest_body(name, host.as_deref()))
             .unwrap();
         assert_eq!(v["state"], "scheduled", "{v}");
         on.insert(name, v["host"].as_str().unwrap().to_string());
@@ -183,7 +141,7 @@ fn vms_live_on_the_racks_hosts_through_their_agents() {
     );
     let refused = rack
         .app
-        .api_send("POST", "/api/v1/vms", &guest_body("vm-d", "vm-d", None))
+        .api_send("POST", "/api/v1/vms", &guest_body("vm-d", None))
         .unwrap_err()
         .to_string();
     assert!(

@@ -28,11 +28,109 @@ struct Args {
     /// Also bring up N hypervisor hosts (at most 80): namespaces on the rack's bridge, each with its
     /// own libvirtd and a real cosm-agent (--hypervisor, --migration-uri), made active `host`
     /// machines for VM placement.
-    #[arg(long, env = "DEMO_HOSTS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=80))]
+    /// With two or more, the demo ends with a VM on each of two hosts and a live migration.
+    #[arg(long, env = "DEMO_HOSTS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=80))]
     hosts: u8,
     /// Seconds to wait for every machine's agent to register.
     #[arg(long, default_value_t = 420)]
     timeout: u64,
+}
+
+/// The VM part of the demo: two guests placed on two hosts, then a live migration.
+fn vms(rack: &Rack) -> anyhow::Result<()> {
+    use cosm_e2e::guest::{guest_vm_request, upload_guest, wait_vm};
+    step(
+        "Virtual machines: the test guest's kernel, initrd and base disk into the image repository",
+    );
+    upload_guest(rack)?;
+    step("Creating two VMs (POST /api/v1/vms, no host given): placed on the host with the most memory left; its agent downloads the images, checks their sha256, defines and starts the domain");
+    let started = Instant::now();
+    for name in ["demo-vm1", "demo-vm2"] {
+        let v = rack
+            .app
+            .api_send("POST", "/api/v1/vms", &guest_vm_request(name, 128))?;
+        println!(
+            "   {name}: {} on {}",
+            v["state"].as_str().unwrap_or("?"),
+            v["host"].as_str().unwrap_or("?")
+        );
+    }
+    for name in ["demo-vm1", "demo-vm2"] {
+        let v = wait_vm(&rack.app, name, "running", Duration::from_secs(180), |v| {
+            v["state"] == "running"
+        })?;
+        println!(
+            "   {name}: running on {} after {} s",
+            v["host"].as_str().unwrap_or("?"),
+            started.elapsed().as_secs()
+        );
+    }
+    // The console as the appliance shows it (the agent reports it every few seconds).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut console = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=4")?;
+        if console["lines"].to_string().contains("COSM-GUEST")
+            || console["lines"].to_string().contains("counter")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("   demo-vm1's serial console (GET /api/v1/vms/demo-vm1/console):");
+    for l in console["lines"].as_array().into_iter().flatten() {
+        println!("     | {}", l.as_str().unwrap_or(""));
+    }
+    let out = rack.app.cosmctl(&["hosts"]);
+    if out.status.success() {
+        step("The hosts (cosmctl hosts)");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    step("Live migration of demo-vm1 to the other host (POST /api/v1/vms/demo-vm1/migrate): the guest keeps running and counting");
+    let from = rack.app.api("/api/v1/vms/demo-vm1")?["host"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let asked = Instant::now();
+    rack.app.api_send(
+        "POST",
+        "/api/v1/vms/demo-vm1/migrate",
+        &serde_json::json!({}),
+    )?;
+    let v = wait_vm(
+        &rack.app,
+        "demo-vm1",
+        "the migration",
+        Duration::from_secs(120),
+        |v| v["state"] == "running" && v["host"] != from.as_str(),
+    )?;
+    println!(
+        "   demo-vm1: {from} → {} in {:.1} s",
+        v["host"].as_str().unwrap_or("?"),
+        asked.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=3")?;
+    println!("   its console on the new host:");
+    for l in console["lines"].as_array().into_iter().flatten() {
+        println!("     | {}", l.as_str().unwrap_or(""));
+    }
+    step("demo-vm1's timeline (GET /api/v1/vms/demo-vm1/events)");
+    for e in rack
+        .app
+        .api("/api/v1/vms/demo-vm1/events")?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "   {}  {}",
+            e["at"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn step(text: &str) {
@@ -266,6 +364,10 @@ fn main() -> anyhow::Result<()> {
     ));
     let out = rack.app.cosmctl(&["events", &first]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    if rack.hosts.len() >= 2 {
+        vms(&rack)?;
+    }
 
     if args.keep {
         step("DEMO_KEEP=1: the rack and the appliance keep running");
