@@ -126,7 +126,7 @@ pub(crate) enum Command {
     #[command(subcommand, alias = "image")]
     Images(crate::images::ImagesCmd),
     /// List, create, power, migrate, snapshot and delete virtual machines
-    #[command(subcommand, alias = "vm")]
+    #[command(subcommand, alias = "vm", long_about = crate::vms::VMS_ABOUT)]
     Vms(crate::vms::VmsCmd),
     /// List the VM hosts: capacity, what their VMs take, unmanaged domains
     #[command(alias = "host", long_about = HOSTS_ABOUT)]

@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 /// How often the VM is looked at while waiting.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Seconds `--wait` waits when given without a value.
-pub(crate) const DEFAULT_WAIT_SECS: u64 = 300;
-
 /// What a wait waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Goal {

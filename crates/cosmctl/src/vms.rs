@@ -16,7 +16,7 @@ use cosm_wire::{
 };
 use std::time::{Duration, Instant};
 
-const VMS_ABOUT: &str = "\
+pub(crate) const VMS_ABOUT: &str = "\
 Virtual machines on the VM hosts (machines of role `host` whose agents run libvirt).
 
 The appliance keeps what you ask for and places each VM on a host; that host's agent makes
@@ -43,7 +43,6 @@ Examples:
 
 /// Subcommands of `cosmctl vms`.
 #[derive(Debug, Subcommand)]
-#[command(about = "List, create, power, migrate, snapshot and delete virtual machines", long_about = VMS_ABOUT)]
 pub(crate) enum VmsCmd {
     /// List VMs (all pages), optionally only one host's or one state's.
     #[command(visible_alias = "ls")]
@@ -128,6 +127,9 @@ pub(crate) enum VmsCmd {
     },
 }
 
+/// Seconds `--wait` waits when given without a value.
+const DEFAULT_WAIT: &str = "300";
+
 /// `--wait[=SECS]`.
 #[derive(Debug, Clone, Copy, Args)]
 pub(crate) struct WaitArg {
@@ -138,7 +140,7 @@ pub(crate) struct WaitArg {
         value_name = "SECS",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = "300",
+        default_missing_value = DEFAULT_WAIT,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub(crate) wait: Option<u64>,
@@ -840,7 +842,7 @@ fn hosts_table(hosts: &[HostView], now: Timestamp) -> comfy_table::Table {
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use crate::vm_wait::DEFAULT_WAIT_SECS;
+    const DEFAULT_WAIT_SECS: u64 = 300;
     use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<VmsCmd, clap::Error> {
