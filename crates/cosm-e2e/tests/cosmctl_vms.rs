@@ -10,10 +10,11 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const HOST: &str = "52:54:00:00:c0:01";
+const HOST2: &str = "52:54:00:00:c0:02";
 
 /// A deployed machine of role `host` whose "agent" reports a hypervisor; answers its agent
 /// credential.
-fn make_host(app: &Appliance) -> String {
+fn make_host(app: &Appliance, mac: &str) -> String {
     let http = client(&app.token());
     let base = app.url();
     let post = |path: &str, body: Value| -> Value {
@@ -27,26 +28,36 @@ fn make_host(app: &Appliance) -> String {
         assert!(status.is_success(), "{path}: {status} {v}");
         v
     };
-    post("/machines", json!({"mac": HOST, "role": "host"}));
+    post("/machines", json!({"mac": mac, "role": "host"}));
     for to in ["deploying", "deployed"] {
-        post(&format!("/machines/{HOST}/state"), json!({"state": to}));
+        post(&format!("/machines/{mac}/state"), json!({"state": to}));
     }
     let enrolled = post(
         "/agent/enroll",
-        json!({"mac": HOST, "inventory": {"cpu": {"model": "x", "sockets": 1, "cores": 4, "threads": 8}, "memory_bytes": 8u64 << 30}}),
+        json!({"mac": mac, "inventory": {"cpu": {"model": "x", "sockets": 1, "cores": 4, "threads": 8}, "memory_bytes": 8u64 << 30}}),
     );
     let cred = enrolled["credential"].as_str().unwrap().to_string();
-    report(app, &cred, json!([]), json!([]));
+    report_results(app, &cred, json!([]), json!([]));
     cred
 }
 
 /// The host's agent reports every domain it has, and notes.
 fn report(app: &Appliance, cred: &str, domains: Value, notes: Value) {
+    send_report(app, cred, domains, notes, json!([]));
+}
+
+/// The host's agent reports every domain it has, and the outcomes of operations.
+fn report_results(app: &Appliance, cred: &str, domains: Value, results: Value) {
+    send_report(app, cred, domains, json!([]), results);
+}
+
+fn send_report(app: &Appliance, cred: &str, domains: Value, notes: Value, results: Value) {
     let body = json!({
         "capacity": {"vcpus": 8, "memory_mib": 8192, "storage_bytes": 100u64 << 30,
                      "migration_uri": "qemu+tcp://hv-1/system"},
         "domains": domains,
         "notes": notes,
+        "results": results,
     });
     let resp = client(cred)
         .post(format!("{}/api/v1/agent/vms", app.url()))
@@ -100,7 +111,8 @@ fn until_vm(app: &Appliance, name: &str, pred: impl Fn(&Value) -> bool) {
 
 #[test]
 fn cosmctl_vms_without_a_host_refuses_with_the_409_then_lists_shows_and_waits() {
-    let app = Appliance::start().unwrap();
+    // Heartbeats are not sent here: a long interval keeps the stand-in hosts from `lost`.
+    let app = Appliance::start_with(None, "[agents]\nheartbeat_secs = 600\n").unwrap();
 
     // No host at all: the 409 no_host message is printed and the exit status is 1.
     let out = app.cosmctl(&["vms", "create", "early", "--vcpus", "1", "--memory", "512M"]);
@@ -124,7 +136,7 @@ fn cosmctl_vms_without_a_host_refuses_with_the_409_then_lists_shows_and_waits() 
     assert_eq!(serde_json::from_str::<Value>(&list).unwrap(), json!([]));
 
     // With a host: created, scheduled there; listed and shown in tables and JSON.
-    let cred = make_host(&app);
+    let cred = make_host(&app, HOST);
     let out = ok_stdout(&app.cosmctl(&[
         "vms", "create", "web-01", "--kind", "tcg", "--vcpus", "2", "--memory", "1G", "--nic",
         "br0", "--disk", "blank=2G",
@@ -144,7 +156,7 @@ fn cosmctl_vms_without_a_host_refuses_with_the_409_then_lists_shows_and_waits() 
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         &row[..7],
-        ["web-01", "scheduled", "running", HOST, "2", "1.0", "GiB"],
+        ["web-01", "scheduled", "running", HOST, "2", "1", "GiB"],
         "{table}"
     );
     let json_list: Value =
@@ -177,13 +189,7 @@ fn cosmctl_vms_without_a_host_refuses_with_the_409_then_lists_shows_and_waits() 
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
 
     let hosts = ok_stdout(&app.cosmctl(&["hosts"]));
-    for want in [
-        HOST,
-        "1",
-        "2/8",
-        "1.0 GiB/8.0 GiB",
-        "qemu+tcp://hv-1/system",
-    ] {
+    for want in [HOST, "1", "2/8", "1 GiB/8 GiB", "qemu+tcp://hv-1/system"] {
         assert!(hosts.contains(want), "{want} missing:\n{hosts}");
     }
     let hosts: Value =
@@ -252,10 +258,37 @@ fn cosmctl_vms_without_a_host_refuses_with_the_409_then_lists_shows_and_waits() 
         stderr(&out)
     );
 
+    // Migrate --wait: done when the source reports the migration, with both hosts.
+    let cred2 = make_host(&app, HOST2);
+    ok_stdout(&app.cosmctl(&["vms", "start", "web-01"]));
+    report(
+        &app,
+        &cred,
+        json!([{"name": "web-01", "power": "running", "managed": true}]),
+        json!([]),
+    );
+    let waiting = spawn_cosmctl(&app, &["vms", "migrate", "web-01", "--wait=30"]);
+    until_vm(&app, "web-01", |v| v["state"] == "migrating");
+    let vm = app.api("/api/v1/vms/web-01").unwrap();
+    let op = vm["pending_ops"][0]["id"].as_u64().unwrap();
+    report_results(
+        &app,
+        &cred,
+        json!([]),
+        json!([{"vm": "web-01", "id": op, "ok": true}]),
+    );
+    let out = finish(waiting);
+    let said = ok_stdout(&out);
+    assert!(
+        said.starts_with(&format!("VM web-01 live-migrated: {HOST} → {HOST2} in ")),
+        "{said}{}",
+        stderr(&out)
+    );
+
     // Delete --wait: gone once its host no longer reports the domain.
     let waiting = spawn_cosmctl(&app, &["vms", "delete", "web-01", "--wait=30"]);
     until_vm(&app, "web-01", |v| v["state"] == "deleting");
-    report(&app, &cred, json!([]), json!([]));
+    report(&app, &cred2, json!([]), json!([]));
     let out = finish(waiting);
     assert!(
         ok_stdout(&out).starts_with("deleted VM web-01"),

@@ -613,9 +613,15 @@ fn state_change(from: Option<VmState>, to: Option<VmState>) -> String {
     }
 }
 
-/// `2.0 GiB`, `512.0 MiB`.
+/// `512 MiB`, `2 GiB`, `1.5 GiB`: whole units as written on the command line.
 fn memory(mib: u64) -> String {
-    human_bytes(mib.saturating_mul(1 << 20))
+    if mib < 1024 {
+        format!("{mib} MiB")
+    } else if mib % 1024 == 0 {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{:.1} GiB", mib as f64 / 1024.0)
+    }
 }
 
 fn print_list(vms: &[Vm]) -> Result<()> {
@@ -983,6 +989,13 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_shown_in_whole_units() {
+        assert_eq!(memory(512), "512 MiB");
+        assert_eq!(memory(2048), "2 GiB");
+        assert_eq!(memory(1536), "1.5 GiB");
+    }
+
+    #[test]
     fn console_follow_prints_only_new_lines() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
@@ -1020,7 +1033,7 @@ mod tests {
             "hv-1",
             "active",
             "3/8",
-            "3.0 GiB/16.0 GiB",
+            "3 GiB/16 GiB",
             "qemu+tcp://hv-1/system",
             "5s ago",
             "legacy",
