@@ -617,7 +617,7 @@ fn state_change(from: Option<VmState>, to: Option<VmState>) -> String {
 fn memory(mib: u64) -> String {
     if mib < 1024 {
         format!("{mib} MiB")
-    } else if mib % 1024 == 0 {
+    } else if mib.is_multiple_of(1024) {
         format!("{} GiB", mib / 1024)
     } else {
         format!("{:.1} GiB", mib as f64 / 1024.0)
