@@ -34,6 +34,11 @@ States:
   failed     its host could not make it (`vms show` says why); start it again or delete it
   deleting   its host is destroying it; the record goes when the host reports it gone
 
+Exit status: 0 when done; 1 when the appliance refuses (a 409 `no_host` from `vms create`
+means no host has room for the VM, and says why for each host: see `vms create --help`), when
+the VM fails while --wait waits, or when the wait times out (the operation goes on); 2 on a
+usage error.
+
 Examples:
   cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
   cosmctl vms list --state running
@@ -56,21 +61,25 @@ pub(crate) enum VmsCmd {
     },
     /// Show one VM in detail, with the last entries of its timeline.
     Show {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         /// How many of its latest timeline entries to show.
         #[arg(long, value_name = "N", default_value_t = 10)]
         events: u32,
     },
     /// Create a VM: the appliance places it and its host's agent makes it.
+    #[command(after_help = CREATE_AFTER)]
     Create(Box<CreateArgs>),
     /// Power a VM on; a `failed` VM is tried again.
     Start {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         #[command(flatten)]
         wait: WaitArg,
     },
     /// Power a VM off: an ACPI shutdown request, then forced off after --timeout.
     Stop {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         /// Seconds the guest gets to shut down before it is forced off [default: 60].
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(0..=3600))]
@@ -80,6 +89,7 @@ pub(crate) enum VmsCmd {
     },
     /// Reboot a running VM.
     Reboot {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         #[command(flatten)]
         wait: WaitArg,
@@ -88,6 +98,7 @@ pub(crate) enum VmsCmd {
     /// goes. A VM without a host is deleted at once.
     #[command(visible_alias = "rm")]
     Delete {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         #[command(flatten)]
         wait: WaitArg,
@@ -98,6 +109,7 @@ pub(crate) enum VmsCmd {
     /// host, or stays where it was with the reason in its message. With --wait, prints the
     /// old and new host and how long it took, and exits 1 if it did not move.
     Migrate {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         /// The host to move to (its MAC; see `cosmctl hosts`).
         #[arg(long, value_name = "MAC")]
@@ -110,6 +122,7 @@ pub(crate) enum VmsCmd {
     Snapshot(SnapshotCmd),
     /// Print the last lines of a VM's serial console, as its host last reported them.
     Console {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         /// How many of the last lines (1-200).
         #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=200))]
@@ -120,6 +133,7 @@ pub(crate) enum VmsCmd {
     },
     /// Show a VM's timeline, oldest first.
     Events {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
         /// Show at most this many of the newest entries.
         #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -167,7 +181,6 @@ Examples:
 
 /// Arguments of `cosmctl vms create`.
 #[derive(Debug, Args)]
-#[command(after_long_help = CREATE_AFTER)]
 pub(crate) struct CreateArgs {
     /// The VM's name (its libvirt domain name): letters, digits, '.', '_', '-'.
     pub(crate) name: VmName,
@@ -239,7 +252,9 @@ impl CreateArgs {
 pub(crate) enum SnapshotCmd {
     /// Take a snapshot of a VM (its disk, and its memory if it runs).
     Create {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
+        /// The snapshot's name: letters, digits, '.', '_', '-'.
         snapshot: SnapshotName,
         #[command(flatten)]
         wait: WaitArg,
@@ -249,7 +264,9 @@ pub(crate) enum SnapshotCmd {
     List { name: VmName },
     /// Return a VM to a snapshot (its disk, and its memory and power if taken running).
     Revert {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
+        /// The snapshot's name: letters, digits, '.', '_', '-'.
         snapshot: SnapshotName,
         #[command(flatten)]
         wait: WaitArg,
@@ -257,7 +274,9 @@ pub(crate) enum SnapshotCmd {
     /// Delete a snapshot.
     #[command(visible_alias = "rm")]
     Delete {
+        /// The VM's name (see `cosmctl vms list`).
         name: VmName,
+        /// The snapshot's name: letters, digits, '.', '_', '-'.
         snapshot: SnapshotName,
         #[command(flatten)]
         wait: WaitArg,
