@@ -176,8 +176,8 @@ see `cosmctl hosts`). Nothing is recorded then.
 
 Examples:
   cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
-  cosmctl vms create db-1 --vcpus 4 --memory 8G --disk blank=100G --nic br0,mac=52:54:00:12:34:56 --ha --anti-affinity db
-  cosmctl vms create pv1 --kind xen-pv --vcpus 1 --memory 512M --kernel vmlinuz --initrd initrd.img --cmdline 'console=hvc0'";
+  cosmctl vms create db-1 --vcpus 4 --memory 8G --disk blank=100G --nic br0 --ha --anti-affinity db
+  cosmctl vms create pv1 --kind xen-pv --vcpus 1 --memory 512M --kernel vmlinuz --cmdline console=hvc0";
 
 /// Arguments of `cosmctl vms create`.
 #[derive(Debug, Args)]
