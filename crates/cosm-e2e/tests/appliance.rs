@@ -128,7 +128,10 @@ fn every_binary_answers_help() {
             "cosm-appliance",
             &["serve", "check-config", "create-token"][..],
         ),
-        ("cosmctl", &["machines", "roles", "rules", "events"][..]),
+        (
+            "cosmctl",
+            &["machines", "roles", "rules", "events", "vms", "hosts"][..],
+        ),
         ("cosm-agent", &["Usage"][..]),
     ] {
         let out = Command::new(bin(name)).arg("--help").output().unwrap();

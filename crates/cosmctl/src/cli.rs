@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 const LONG_ABOUT: &str = "\
 Command-line client of the COSM bare-metal provisioning appliance: register machines, give
-them roles, follow their lifecycle, and manage role rules and API tokens.
+them roles, follow their lifecycle, manage role rules and API tokens, and run virtual
+machines on the VM hosts.
 
 Where the appliance is and how to authenticate, highest precedence first:
   1. the --url and --token flags;
@@ -32,6 +33,9 @@ Examples:
   cosmctl events 52:54:00:aa:bb:01 --limit 20
   cosmctl rules add --role host --mac-prefix 52:54:00 --min-cpus 16
   cosmctl tokens add ci --scope read > ci.token
+  cosmctl hosts
+  cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
+  cosmctl vms migrate web-01 --wait
   cosmctl --json machines list | jq -r '.[].mac'
 
 Config file example ($HOME/.config/cosm/cosmctl.toml):
@@ -40,6 +44,13 @@ Config file example ($HOME/.config/cosm/cosmctl.toml):
 
 Exit status: 0 on success, 1 when the appliance refuses a request or cannot be reached,
 2 on a usage error.";
+
+const HOSTS_ABOUT: &str = "\
+List the VM hosts: machines of role `host`, deployed or active, whose agents report their
+hypervisor. VCPUS and MEMORY are what its VMs are given / what the host has (the appliance
+may overcommit vCPUs, see its [vms] config); a host that has never REPORTED gets no VMs.
+MIGRATION-URI is where other hosts' libvirt reaches it for live migration. UNMANAGED lists
+domains its libvirt has that COSM did not make; the agent leaves them alone.";
 
 /// `cosmctl`: the command-line client of the COSM appliance.
 #[derive(Debug, Parser)]
@@ -114,6 +125,12 @@ pub(crate) enum Command {
     /// Upload, list and delete install media in the image repository
     #[command(subcommand, alias = "image")]
     Images(crate::images::ImagesCmd),
+    /// List, create, power, migrate, snapshot and delete virtual machines
+    #[command(subcommand, alias = "vm", long_about = crate::vms::VMS_ABOUT)]
+    Vms(crate::vms::VmsCmd),
+    /// List the VM hosts: capacity, what their VMs take, unmanaged domains
+    #[command(alias = "host", long_about = HOSTS_ABOUT)]
+    Hosts,
     /// Show the kickstart a machine's installer gets
     #[command(subcommand)]
     Kickstart(KickstartCmd),

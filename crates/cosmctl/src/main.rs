@@ -14,6 +14,9 @@ mod output;
 mod roles;
 mod rules;
 mod tokens;
+mod vm_spec;
+mod vm_wait;
+mod vms;
 
 use anyhow::Result;
 use clap::parser::ValueSource;
@@ -106,6 +109,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Tokens(cmd) => tokens::run(&ctx, cmd),
         Command::Leases(cmd) => leases::run(&ctx, cmd),
         Command::Images(cmd) => images::run(&ctx, cmd),
+        Command::Vms(cmd) => vms::run(&ctx, cmd),
+        Command::Hosts => vms::hosts(&ctx),
         Command::Kickstart(cli::KickstartCmd::Render { mac }) => {
             let reply = ctx.api.get(&format!("/machines/{mac}/kickstart"), &[])?;
             print!("{}", reply.body);
