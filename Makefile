@@ -1,6 +1,8 @@
 # COSM — top-level commands. `make demo` and `make test` work on a fresh Debian 12 (root).
 SHELL := /bin/bash
 CARGO ?= cargo
+# Where cargo puts its builds (CARGO_TARGET_DIR when set).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -59,10 +61,13 @@ test: toolchain deps build image
 # The agent ramdisk (images/out/vmlinuz + initramfs.img) and the test guest's initrd
 # (images/out/guest-initrd.img, booted with the same kernel), from pinned Debian packages.
 # The ramdisk's agent is built without the `libvirt` feature, so the ramdisk needs no
-# libvirt library (build.sh refuses an agent that links one).
+# libvirt library (build.sh refuses an agent that links one). Installed hypervisor hosts get
+# images/out/cosm-agent-libvirt instead: the same agent with its libvirt VM controller.
 image: toolchain deps
 	$(CARGO) build --release -p cosm-agent --no-default-features
-	./images/build.sh
+	AGENT_BIN=$(TARGET_DIR)/release/cosm-agent ./images/build.sh
+	$(CARGO) build --release -p cosm-agent
+	strip -o images/out/cosm-agent-libvirt $(TARGET_DIR)/release/cosm-agent
 	./images/guest.sh
 
 check: toolchain deps

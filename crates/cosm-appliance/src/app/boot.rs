@@ -38,7 +38,7 @@ pub struct BootContext {
 }
 
 /// The agent binary and its unit, served to installers' %post at /boot/<name>.
-pub const AGENT_FILES: [&str; 2] = ["cosm-agent", "cosm-agent.service"];
+pub const AGENT_FILES: [&str; 3] = ["cosm-agent", "cosm-agent-libvirt", "cosm-agent.service"];
 
 /// Copies `names` from `from` into `to` when missing or different (hard link when both
 /// are on one filesystem). A name missing from `from` but present in `to` is kept (an
@@ -128,7 +128,7 @@ impl BootContext {
             &settings.agent_dir,
             &settings.dir,
             &AGENT_FILES,
-            "set boot.agent_dir to where cosm-agent and cosm-agent.service are (installed systems get them from here)",
+            "set boot.agent_dir to where cosm-agent, cosm-agent-libvirt and cosm-agent.service are (`make image` puts them in images/out; installed systems get them from here)",
         )?;
         if kickstart.repo_url.is_none() {
             tracing::warn!("kickstart.repo_url is not set: installers get no install source (inst.repo), so a real CentOS/Rocky/Alma install will stop at its source selection");

@@ -44,6 +44,7 @@ impl TestApp {
             "snponly.efi",
             "initramfs.img",
             "cosm-agent",
+            "cosm-agent-libvirt",
             "cosm-agent.service",
         ] {
             std::fs::write(src.join(f), format!("contents of {f}")).unwrap();
