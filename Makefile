@@ -77,6 +77,7 @@ check: toolchain deps
 demo: toolchain deps build image
 	./scripts/demo.sh
 
+# vm-bench is not pinned to a CPU: its rack's QEMU guests need both cores.
 bench: toolchain deps image
 	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
@@ -84,6 +85,7 @@ bench: toolchain deps image
 	./scripts/bench-tftp.sh
 	taskset -c 1 target/release/heartbeat-bench
 	taskset -c 1 target/release/list-bench
+	target/release/vm-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
 # through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz
