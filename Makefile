@@ -83,9 +83,9 @@ bench: toolchain deps image
 	$(CARGO) build --release --bins
 	./scripts/bench-dhcp.sh
 	./scripts/bench-tftp.sh
-	taskset -c 1 target/release/heartbeat-bench
-	taskset -c 1 target/release/list-bench
-	target/release/vm-bench
+	taskset -c 1 $(TARGET_DIR)/release/heartbeat-bench
+	taskset -c 1 $(TARGET_DIR)/release/list-bench
+	$(TARGET_DIR)/release/vm-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
 # through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz
