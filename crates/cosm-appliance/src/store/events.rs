@@ -31,21 +31,84 @@ impl<C: StoreCommand> Store<C> {
         limit: usize,
     ) -> Result<Page<Event>, StoreError> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(EVENTS)?;
-        let k = mac.to_u64();
-        let end = before.unwrap_or(u64::MAX);
-        let mut page = Page::default();
-        for row in t.range((k, 0)..(k, end))?.rev() {
-            let (_, v) = row?;
-            if page.items.len() == limit {
-                page.more = true;
-                break;
-            }
-            page.items.push(decode("events", v.value())?);
-        }
-        page.items.reverse();
-        Ok(page)
+        timeline_page(
+            &r.open_table(EVENTS)?,
+            "events",
+            mac.to_u64(),
+            before,
+            limit,
+        )
     }
+}
+
+/// A page of one subject's timeline in a table keyed by (subject, sequence), going back in
+/// time: the newest `limit` entries older than `before` (the newest of all without it),
+/// oldest first; `more` says that older entries exist.
+pub(super) fn timeline_page<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    table: &str,
+    subject: u64,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Page<T>, StoreError> {
+    let end = before.unwrap_or(u64::MAX);
+    let mut page = Page::default();
+    for row in t.range((subject, 0)..(subject, end))?.rev() {
+        let (_, v) = row?;
+        if page.items.len() == limit {
+            page.more = true;
+            break;
+        }
+        page.items.push(decode(table, v.value())?);
+    }
+    page.items.reverse();
+    Ok(page)
+}
+
+/// Appends an entry to one subject's timeline and drops its oldest entries beyond `max`,
+/// keeping the subject's count in `counts`.
+pub(super) fn append_bounded(
+    events: &mut redb::Table<'_, (u64, u64), &'static [u8]>,
+    counts: &mut redb::Table<'_, u64, u64>,
+    (subject, seq): (u64, u64),
+    entry: &[u8],
+    max: u64,
+) -> Result<(), StoreError> {
+    events.insert((subject, seq), entry)?;
+    let mut count = counts.get(subject)?.map(|v| v.value()).unwrap_or(0) + 1;
+    while count > max {
+        let oldest = events
+            .range((subject, 0)..=(subject, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(key, _)| key.value());
+        match oldest {
+            Some(key) => {
+                events.remove(key)?;
+                count -= 1;
+            }
+            None => break,
+        }
+    }
+    counts.insert(subject, count)?;
+    Ok(())
+}
+
+/// Removes one subject's whole timeline and its count.
+pub(super) fn remove_timeline(
+    events: &mut redb::Table<'_, (u64, u64), &'static [u8]>,
+    counts: &mut redb::Table<'_, u64, u64>,
+    subject: u64,
+) -> Result<(), StoreError> {
+    let keys: Vec<(u64, u64)> = events
+        .range((subject, 0)..=(subject, u64::MAX))?
+        .map(|r| r.map(|(key, _)| key.value()))
+        .collect::<Result<_, _>>()?;
+    for key in keys {
+        events.remove(key)?;
+    }
+    counts.remove(subject)?;
+    Ok(())
 }
 
 impl Tx<'_> {
@@ -69,26 +132,13 @@ impl Tx<'_> {
             from_state,
             to_state,
         };
-        let k = mac.to_u64();
-        let mut events = self.txn.open_table(EVENTS)?;
-        events.insert((k, seq), encode(&ev).as_slice())?;
-        let mut counts = self.txn.open_table(EVENT_COUNTS)?;
-        let mut count = counts.get(k)?.map(|v| v.value()).unwrap_or(0) + 1;
-        while count > self.options.events_per_machine {
-            let oldest = events
-                .range((k, 0)..=(k, u64::MAX))?
-                .next()
-                .transpose()?
-                .map(|(key, _)| key.value());
-            match oldest {
-                Some(key) => {
-                    events.remove(key)?;
-                    count -= 1;
-                }
-                None => break,
-            }
-        }
-        counts.insert(k, count)?;
+        append_bounded(
+            &mut self.txn.open_table(EVENTS)?,
+            &mut self.txn.open_table(EVENT_COUNTS)?,
+            (mac.to_u64(), seq),
+            &encode(&ev),
+            self.options.events_per_machine,
+        )?;
         self.changed.events += 1;
         Ok(())
     }

@@ -159,15 +159,11 @@ impl Tx<'_> {
                 self.txn.open_table(MACHINE_IPS)?.remove(u32::from(ip))?;
             }
         }
-        let mut events = self.txn.open_table(EVENTS)?;
-        let keys: Vec<(u64, u64)> = events
-            .range((k, 0)..=(k, u64::MAX))?
-            .map(|r| r.map(|(key, _)| key.value()))
-            .collect::<Result<_, _>>()?;
-        for key in keys {
-            events.remove(key)?;
-        }
-        self.txn.open_table(EVENT_COUNTS)?.remove(k)?;
+        super::events::remove_timeline(
+            &mut self.txn.open_table(EVENTS)?,
+            &mut self.txn.open_table(EVENT_COUNTS)?,
+            k,
+        )?;
         self.changed.machines += 1;
         self.changed.events += 1;
         Ok(())

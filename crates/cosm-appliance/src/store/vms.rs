@@ -3,10 +3,28 @@
 //! reads and writes records.
 
 use super::engine::{decode, encode, Page, Store, StoreCommand, Tx};
+use super::events::{append_bounded, remove_timeline, timeline_page};
 use super::schema::{VMS, VMS_BY_HOST, VM_EVENTS, VM_EVENT_COUNTS, VM_GENERATIONS, VM_MACS};
 use super::StoreError;
 use cosm_wire::{MacAddr, Vm, VmEvent, VmName, VmState};
 use redb::ReadableTable;
+
+/// The VMs placed on `host`, through the host index, in name order.
+fn vms_of(
+    idx: &impl ReadableTable<(u64, &'static str), ()>,
+    vms: &impl ReadableTable<&'static str, &'static [u8]>,
+    host: MacAddr,
+) -> Result<Vec<Vm>, StoreError> {
+    let k = host.to_u64();
+    let mut out = Vec::new();
+    for row in idx.range((k, "")..(k + 1, ""))? {
+        let (key, _) = row?;
+        if let Some(v) = vms.get(key.value().1)? {
+            out.push(decode("vms", v.value())?);
+        }
+    }
+    Ok(out)
+}
 
 impl<C: StoreCommand> Store<C> {
     pub fn vm(&self, name: &VmName) -> Result<Option<Vm>, StoreError> {
@@ -30,17 +48,7 @@ impl<C: StoreCommand> Store<C> {
     /// Every VM placed on `host` (from the index), in name order.
     pub fn vms_on(&self, host: MacAddr) -> Result<Vec<Vm>, StoreError> {
         let r = self.db.begin_read()?;
-        let idx = r.open_table(VMS_BY_HOST)?;
-        let vms = r.open_table(VMS)?;
-        let k = host.to_u64();
-        let mut out = Vec::new();
-        for row in idx.range((k, "")..(k + 1, ""))? {
-            let (key, _) = row?;
-            if let Some(v) = vms.get(key.value().1)? {
-                out.push(decode("vms", v.value())?);
-            }
-        }
-        Ok(out)
+        vms_of(&r.open_table(VMS_BY_HOST)?, &r.open_table(VMS)?, host)
     }
 
     /// The generation of `host`'s VM set (0 before its first VM).
@@ -63,19 +71,7 @@ impl<C: StoreCommand> Store<C> {
         limit: usize,
     ) -> Result<Page<VmEvent>, StoreError> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(VM_EVENTS)?;
-        let end = before.unwrap_or(u64::MAX);
-        let mut page = Page::default();
-        for row in t.range((vm.id, 0)..(vm.id, end))?.rev() {
-            let (_, v) = row?;
-            if page.items.len() == limit {
-                page.more = true;
-                break;
-            }
-            page.items.push(decode("vm_events", v.value())?);
-        }
-        page.items.reverse();
-        Ok(page)
+        timeline_page(&r.open_table(VM_EVENTS)?, "vm_events", vm.id, before, limit)
     }
 
     /// Number of VMs in each state (every state listed, zeros included).
@@ -105,17 +101,11 @@ impl Tx<'_> {
 
     /// Every VM placed on `host`, from the index.
     pub fn vms_on(&self, host: MacAddr) -> Result<Vec<Vm>, StoreError> {
-        let idx = self.txn.open_table(VMS_BY_HOST)?;
-        let vms = self.txn.open_table(VMS)?;
-        let k = host.to_u64();
-        let mut out = Vec::new();
-        for row in idx.range((k, "")..(k + 1, ""))? {
-            let (key, _) = row?;
-            if let Some(v) = vms.get(key.value().1)? {
-                out.push(decode("vms", v.value())?);
-            }
-        }
-        Ok(out)
+        vms_of(
+            &self.txn.open_table(VMS_BY_HOST)?,
+            &self.txn.open_table(VMS)?,
+            host,
+        )
     }
 
     /// Every VM, in name order.
@@ -207,15 +197,11 @@ impl Tx<'_> {
         for n in &vm.nics {
             macs.remove(n.mac.to_u64())?;
         }
-        let mut events = self.txn.open_table(VM_EVENTS)?;
-        let keys: Vec<(u64, u64)> = events
-            .range((vm.id, 0)..=(vm.id, u64::MAX))?
-            .map(|r| r.map(|(key, _)| key.value()))
-            .collect::<Result<_, _>>()?;
-        for key in keys {
-            events.remove(key)?;
-        }
-        self.txn.open_table(VM_EVENT_COUNTS)?.remove(vm.id)?;
+        remove_timeline(
+            &mut self.txn.open_table(VM_EVENTS)?,
+            &mut self.txn.open_table(VM_EVENT_COUNTS)?,
+            vm.id,
+        )?;
         self.changed.vms += 1;
         Ok(())
     }
@@ -238,25 +224,13 @@ impl Tx<'_> {
             to_state,
             host: vm.host,
         };
-        let mut events = self.txn.open_table(VM_EVENTS)?;
-        events.insert((vm.id, seq), encode(&ev).as_slice())?;
-        let mut counts = self.txn.open_table(VM_EVENT_COUNTS)?;
-        let mut count = counts.get(vm.id)?.map(|v| v.value()).unwrap_or(0) + 1;
-        while count > self.options.events_per_machine {
-            let oldest = events
-                .range((vm.id, 0)..=(vm.id, u64::MAX))?
-                .next()
-                .transpose()?
-                .map(|(key, _)| key.value());
-            match oldest {
-                Some(key) => {
-                    events.remove(key)?;
-                    count -= 1;
-                }
-                None => break,
-            }
-        }
-        counts.insert(vm.id, count)?;
+        append_bounded(
+            &mut self.txn.open_table(VM_EVENTS)?,
+            &mut self.txn.open_table(VM_EVENT_COUNTS)?,
+            (vm.id, seq),
+            &encode(&ev),
+            self.options.events_per_machine,
+        )?;
         self.changed.vms += 1;
         Ok(())
     }
