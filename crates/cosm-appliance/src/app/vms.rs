@@ -231,13 +231,20 @@ pub(super) fn create(
         "the host with the most memory left"
     };
     tx.put_vm(&mut vm)?;
+    // Recorded and placed in one command: both moves are on the timeline.
     tx.vm_event(
         &vm,
         format!(
-            "created ({} vCPUs, {} MiB, {}); placed on {host}, {how}",
+            "recorded ({} vCPUs, {} MiB, {})",
             vm.vcpus, vm.memory_mib, vm.kind
         ),
         None,
+        Some(VmState::Pending),
+    )?;
+    tx.vm_event(
+        &vm,
+        format!("placed on {host}, {how}"),
+        Some(VmState::Pending),
         Some(VmState::Scheduled),
     )?;
     tx.bump_vm_generation(host)?;

@@ -389,6 +389,11 @@ async fn a_live_migration_moves_the_vm_only_when_its_source_reports_it_done() {
     assert!(desired(&app, &a).await.get("vms").is_none());
     let tl = timeline(&app, "mover").await;
     assert!(
+        tl[0].starts_with("recorded (1 vCPUs, 512 MiB")
+            && tl[1].starts_with(&format!("placed on {}", a.mac)),
+        "{tl:?}"
+    );
+    assert!(
         tl.iter()
             .any(|m| m.starts_with(&format!("live-migrated from {} to {}", a.mac, b.mac))),
         "{tl:?}"
