@@ -43,6 +43,12 @@ use std::time::{Duration, Instant};
 
 /// How many console lines a report carries for a domain.
 pub const CONSOLE_LINES: usize = 50;
+/// Console bytes one report carries at most, so a host with many chatty guests stays well
+/// under the appliance's body limit (`api.max_body_bytes`, 1 MiB by default); consoles
+/// that do not fit go in the next reports.
+const CONSOLE_BUDGET: usize = 256 * 1024;
+/// Longer console lines are cut to this many characters.
+const CONSOLE_LINE_CHARS: usize = 512;
 /// A report is sent when something changed, and at least this often.
 pub const REPORT_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
 /// The longest a failing VM waits before it is tried again.
@@ -890,6 +896,7 @@ impl VmController {
             .map(|v| v.name.as_str())
             .collect();
         let mut observed = Vec::new();
+        let mut budget = CONSOLE_BUDGET;
         for d in domains {
             let is_managed = managed.contains(d.name.as_str());
             let mut o = ObservedDomain {
@@ -902,8 +909,15 @@ impl VmController {
             if is_managed {
                 let name = VmName::new(&d.name).expect("a desired VM's name");
                 o.snapshots = self.hv.snapshot_list(&name).unwrap_or_default();
-                if let Ok(lines) = self.hv.console_tail(&name, CONSOLE_LINES) {
-                    if self.console_sent.get(&d.name) != Some(&lines) {
+                if let Ok(mut lines) = self.hv.console_tail(&name, CONSOLE_LINES) {
+                    for l in &mut lines {
+                        if let Some((cut, _)) = l.char_indices().nth(CONSOLE_LINE_CHARS) {
+                            l.truncate(cut);
+                        }
+                    }
+                    let size: usize = lines.iter().map(|l| l.len() + 4).sum();
+                    if self.console_sent.get(&d.name) != Some(&lines) && size <= budget {
+                        budget -= size;
                         o.console = Some(lines);
                     }
                 }
