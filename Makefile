@@ -62,12 +62,15 @@ test: toolchain deps build image
 # (images/out/guest-initrd.img, booted with the same kernel), from pinned Debian packages.
 # The ramdisk's agent is built without the `libvirt` feature, so the ramdisk needs no
 # libvirt library (build.sh refuses an agent that links one). Installed hypervisor hosts get
-# images/out/cosm-agent-libvirt instead: the same agent with its libvirt VM controller.
+# images/out/cosm-agent-libvirt instead: the same agent with its libvirt VM controller. It
+# is built first, so target/release/cosm-agent ends as the ramdisk's (the ramdisk test
+# rebuilds the image from it).
 image: toolchain deps
+	$(CARGO) build --release -p cosm-agent
+	mkdir -p images/out
+	strip -o images/out/cosm-agent-libvirt $(TARGET_DIR)/release/cosm-agent
 	$(CARGO) build --release -p cosm-agent --no-default-features
 	AGENT_BIN=$(TARGET_DIR)/release/cosm-agent ./images/build.sh
-	$(CARGO) build --release -p cosm-agent
-	strip -o images/out/cosm-agent-libvirt $(TARGET_DIR)/release/cosm-agent
 	./images/guest.sh
 
 check: toolchain deps

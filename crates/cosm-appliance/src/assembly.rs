@@ -126,7 +126,10 @@ impl Assembly {
             enroll_gate: Arc::new(crate::app::EnrollGate::new(config.enroll_limits)),
             bulk_reads: Arc::new(crate::app::BulkReads::per_cpu()),
             hosts: Arc::new(crate::app::hosts::HostReports::default()),
-            overcommit: config.overcommit,
+            overcommit: crate::app::placement::Overcommit {
+                cpu: config.cpu_overcommit,
+                memory: config.memory_overcommit,
+            },
         };
         Ok(Assembly {
             state: AppState {

@@ -64,8 +64,10 @@ pub struct Config {
     /// Directory of the image repository's files.
     pub images_dir: PathBuf,
     pub max_upload_bytes: u64,
-    /// How far VM placement may exceed hosts' capacity (`[vms]`).
-    pub overcommit: crate::app::placement::Overcommit,
+    /// How far VM placement may exceed hosts' capacity (`[vms]`): vCPUs per CPU thread,
+    /// memory per byte.
+    pub cpu_overcommit: f64,
+    pub memory_overcommit: f64,
 }
 
 /// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
@@ -190,10 +192,6 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 ));
             }
         }
-        let overcommit = crate::app::placement::Overcommit {
-            cpu: f.vms.cpu_overcommit,
-            memory: f.vms.memory_overcommit,
-        };
         let mut data_dir = PathBuf::from(&f.data_dir);
         if data_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
@@ -299,7 +297,8 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             kickstart,
             images_dir: data_dir.join("images"),
             max_upload_bytes: f.images.max_upload_mib << 20,
-            overcommit,
+            cpu_overcommit: f.vms.cpu_overcommit,
+            memory_overcommit: f.vms.memory_overcommit,
             boot,
             tftp,
             heartbeat_secs: f.agents.heartbeat_secs,
