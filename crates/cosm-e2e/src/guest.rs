@@ -205,6 +205,29 @@ pub fn wait_vm(
     }
 }
 
+/// A VM's console as the appliance shows it (what its host's agent last reported).
+pub fn api_console(app: &crate::Appliance, name: &str) -> anyhow::Result<Console> {
+    let c = app.api(&format!("/api/v1/vms/{name}/console?lines=200"))?;
+    let lines: Vec<String> = c["lines"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{name}'s console has no lines: {c}"))?
+        .iter()
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect();
+    Ok(Console::parse(&lines))
+}
+
+/// The messages of a VM's timeline, oldest first.
+pub fn vm_timeline(app: &crate::Appliance, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(app
+        .api(&format!("/api/v1/vms/{name}/events"))?
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{name}'s events are not a list"))?
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -541,6 +541,22 @@ impl Rack {
         Ok(m)
     }
 
+    /// Waits until `/api/v1/hosts` lists `count` hosts: their agents reported their
+    /// hypervisors, so VMs can be placed on them.
+    pub fn wait_hosts_reporting(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hosts = self.app.api("/api/v1/hosts")?;
+            if hosts.as_array().is_some_and(|h| h.len() >= count) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{count} hosts did not report within {timeout:?}: {hosts}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Brings up `count` hypervisor hosts (numbers 1..=count) with their agents, waits for
     /// each to register and makes each an active VM host. The hosts are `self.hosts`.
     pub fn start_hosts(&mut self, count: u8, timeout: Duration) -> anyhow::Result<()> {

@@ -14,8 +14,8 @@
 //! Needs root, libvirtd (libvirt-daemon-system), QEMU, qemu-img and `make image`'s files;
 //! fails, never skips, naming what is missing.
 
-use anyhow::{bail, Context};
-use cosm_e2e::guest::{guest_vm_request, upload_guest, Console};
+use anyhow::bail;
+use cosm_e2e::guest::{api_console, guest_vm_request, upload_guest, vm_timeline};
 use cosm_e2e::rack::Rack;
 use cosm_hypervisor::{Hypervisor, VmName};
 use serde_json::{json, Value};
@@ -32,25 +32,11 @@ fn state_is(want: &'static str) -> impl FnMut(&Value) -> bool {
     move |v| v["state"] == want
 }
 
-/// The guest's console as the appliance shows it (what its host's agent reported).
-fn api_console(rack: &Rack, name: &str) -> anyhow::Result<Console> {
-    let c = rack
-        .app
-        .api(&format!("/api/v1/vms/{name}/console?lines=200"))?;
-    let lines: Vec<String> = c["lines"]
-        .as_array()
-        .context("console without lines")?
-        .iter()
-        .filter_map(|l| l.as_str().map(String::from))
-        .collect();
-    Ok(Console::parse(&lines))
-}
-
 /// Waits until the console the appliance shows has a boot line with count `boot`.
 fn wait_boot(rack: &Rack, name: &str, marker: &str, boot: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + BOOT;
     loop {
-        let c = api_console(rack, name)?;
+        let c = api_console(&rack.app, name)?;
         if c.boots.iter().any(|(m, n)| m == marker && *n == boot) {
             return Ok(());
         }
@@ -69,14 +55,7 @@ fn host_index(rack: &Rack, mac: &str) -> usize {
 }
 
 fn timeline(rack: &Rack, name: &str) -> anyhow::Result<Vec<String>> {
-    Ok(rack
-        .app
-        .api(&format!("/api/v1/vms/{name}/events"))?
-        .as_array()
-        .context("events")?
-        .iter()
-        .filter_map(|e| e["message"].as_str().map(String::from))
-        .collect())
+    vm_timeline(&rack.app, name)
 }
 
 fn guest_body(name: &str, host: Option<&str>) -> Value {
@@ -103,18 +82,8 @@ fn wait_vm(
 fn vms_live_on_the_racks_hosts_through_their_agents() {
     let mut rack = Rack::start("vms", "").unwrap();
     rack.start_hosts(3, Duration::from_secs(120)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let hosts = rack.app.api("/api/v1/hosts").unwrap();
-        if hosts.as_array().is_some_and(|h| h.len() == 3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hosts did not report: {hosts}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    rack.wait_hosts_reporting(3, Duration::from_secs(60))
+        .unwrap();
 
     upload_guest(&rack).unwrap();
 

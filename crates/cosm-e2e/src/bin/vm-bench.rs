@@ -12,7 +12,7 @@
 //! both cores, and a pinned parent would pin its libvirtd and QEMU children too.
 
 use anyhow::{bail, Context};
-use cosm_e2e::guest::{guest_images, Console};
+use cosm_e2e::guest::{api_console, guest_vm_request, upload_guest, vm_timeline};
 use cosm_e2e::rack::Rack;
 use cosm_e2e::simagent::{FleetStats, SimAgent};
 use cosm_e2e::{list_all_async, Appliance};
@@ -395,16 +395,6 @@ fn list_running_from_cluster(
 // ---------------------------------------------------------------------------------------
 // 2 and 3. Real guests on the virtual rack.
 
-fn guest_body(name: &str, memory_mib: u32) -> Value {
-    json!({
-        "name": name, "kind": "tcg", "vcpus": 1, "memory_mib": memory_mib,
-        "disks": [{"image": {"image": "guest-base.qcow2"}}],
-        "nics": [{"bridge": "br0"}],
-        "boot": {"kernel": "guest-vmlinuz", "initrd": "guest-initrd.img",
-                 "cmdline": format!("console=ttyS0 quiet cosm.marker={name}")},
-    })
-}
-
 fn states(rack: &Rack) -> anyhow::Result<BTreeMap<String, Value>> {
     let vms = rack.app.api("/api/v1/vms")?;
     Ok(vms
@@ -416,32 +406,11 @@ fn states(rack: &Rack) -> anyhow::Result<BTreeMap<String, Value>> {
 }
 
 fn console_has_marker(rack: &Rack, name: &str) -> bool {
-    let Ok(c) = rack
-        .app
-        .api(&format!("/api/v1/vms/{name}/console?lines=200"))
-    else {
-        return false;
-    };
-    let lines: Vec<String> = c["lines"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|l| l.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    Console::parse(&lines).boots.iter().any(|(m, _)| m == name)
+    api_console(&rack.app, name).is_ok_and(|c| c.boots.iter().any(|(m, _)| m == name))
 }
 
 fn timeline(rack: &Rack, name: &str) -> Vec<String> {
-    rack.app
-        .api(&format!("/api/v1/vms/{name}/events"))
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| e["message"].as_str().map(String::from))
-        .collect()
+    vm_timeline(&rack.app, name).unwrap_or_default()
 }
 
 /// The processes this run started, by name and PID, checked to be gone at the end.
@@ -477,39 +446,11 @@ fn alive(pid: u32) -> bool {
 }
 
 fn start_rack(out: &mut Vec<Figure>) -> anyhow::Result<Rack> {
-    let (kernel, initrd) = guest_images()?;
     let t = Instant::now();
     let mut rack = Rack::start("vmb", "")?;
     rack.start_hosts(3, Duration::from_secs(180))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while rack
-        .app
-        .api("/api/v1/hosts")?
-        .as_array()
-        .map_or(0, Vec::len)
-        < 3
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the rack hosts did not report");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let base = rack.vm_storage().with_file_name("guest-base.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .status()
-        .context("qemu-img is missing: install the Debian package qemu-utils")?;
-    anyhow::ensure!(made.success(), "qemu-img create failed");
-    for (path, name) in [
-        (kernel.as_path(), "guest-vmlinuz"),
-        (initrd.as_path(), "guest-initrd.img"),
-        (base.as_path(), "guest-base.qcow2"),
-    ] {
-        let o = rack
-            .app
-            .cosmctl(&["images", "upload", &path.to_string_lossy(), "--name", name]);
-        anyhow::ensure!(o.status.success(), "upload {name}: {o:?}");
-    }
+    rack.wait_hosts_reporting(3, Duration::from_secs(60))?;
+    upload_guest(&rack)?;
     figure(
         out,
         "virtual rack: 3 hosts up, reporting, images uploaded",
@@ -531,7 +472,7 @@ fn create_to_running(
         let at = Instant::now();
         match rack
             .app
-            .api_send("POST", "/api/v1/vms", &guest_body(name, 128))
+            .api_send("POST", "/api/v1/vms", &guest_vm_request(name, 128))
         {
             Ok(_) => {
                 posted.insert(name.clone(), at);
@@ -620,7 +561,7 @@ fn migration(rack: &Rack, out: &mut Vec<Figure>) -> anyhow::Result<()> {
     eprintln!("3. live migration of a 256 MiB guest, {MIGRATIONS} times");
     let name = "mig-256";
     rack.app
-        .api_send("POST", "/api/v1/vms", &guest_body(name, 256))?;
+        .api_send("POST", "/api/v1/vms", &guest_vm_request(name, 256))?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while !(states(rack)?
         .get(name)

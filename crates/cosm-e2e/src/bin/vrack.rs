@@ -42,6 +42,7 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
     step(
         "Virtual machines: the test guest's kernel, initrd and base disk into the image repository",
     );
+    rack.wait_hosts_reporting(2, Duration::from_secs(60))?;
     upload_guest(rack)?;
     step("Creating two VMs (POST /api/v1/vms, no host given): placed on the host with the most memory left; its agent downloads the images, checks their sha256, defines and starts the domain");
     let started = Instant::now();
