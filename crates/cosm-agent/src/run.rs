@@ -242,6 +242,7 @@ impl Agent {
             disk_total_bytes: disk_total,
             uptime_secs: sysinfo::System::uptime().unwrap_or(0),
             observed_generation,
+            peers: Vec::new(),
         }
     }
 

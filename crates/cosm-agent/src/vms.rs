@@ -885,6 +885,7 @@ impl VmController {
             memory_mib: size.memory_mib,
             storage_bytes: storage,
             migration_uri: self.config.migration_uri.clone(),
+            probe: None,
         }
     }
 

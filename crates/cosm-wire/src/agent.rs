@@ -41,6 +41,10 @@ pub struct Heartbeat {
     pub uptime_secs: u64,
     /// The desired-state generation the agent has converged to.
     pub observed_generation: u64,
+    /// What this host's agent saw of its peers' probe responders (hypervisor hosts only):
+    /// the second of the three checks before a host is declared dead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<crate::PeerSeen>,
 }
 
 /// Answer to a heartbeat.
@@ -48,7 +52,16 @@ pub struct Heartbeat {
 pub struct HeartbeatReply {
     /// When this is above what the agent observed, it fetches its desired state.
     pub desired_generation: u64,
+    /// The hypervisor hosts this host's agent should probe (UDP) and report on in its
+    /// next heartbeats: its neighbours on a ring of the active hosts, at most
+    /// [`MAX_PEERS`]. Empty on machines that are not hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<crate::Peer>,
 }
+
+/// The most peers one host probes: each host is watched by this many others, however
+/// large the rack.
+pub const MAX_PEERS: usize = 8;
 
 /// What an agent is asked to do. On the wire it is the plain string (`"reboot"`,
 /// `"power-off"`, `"re-register"`); a kind this build does not name is kept as

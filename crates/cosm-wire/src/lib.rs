@@ -10,19 +10,24 @@ mod ident;
 mod image;
 mod inventory;
 mod machine;
+mod power;
 mod rule;
 mod time;
 mod vm;
 
 pub use agent::{
     ActionKind, ActionKindError, ActionResult, ActionStatus, AgentAction, DesiredState, Enroll,
-    Enrolled, Heartbeat, HeartbeatReply, Observed, QueueAction,
+    Enrolled, Heartbeat, HeartbeatReply, Observed, QueueAction, MAX_PEERS,
 };
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
 pub use image::{valid_image_name, Image};
 pub use inventory::{human_bytes, Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,
+};
+pub use power::{
+    Alarm, AlarmKind, Peer, PeerSeen, PowerAction, PowerRequest, PowerSettings, PowerSettingsView,
+    PowerState, PowerStatus, Severity,
 };
 pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec};
 pub use time::Timestamp;

@@ -223,6 +223,10 @@ pub enum EventKind {
     /// An HTTP boot step: iPXE script, kernel, initrd, a file, or a step its script
     /// reported as failed.
     Boot,
+    /// A power call through its BMC or fence command, and what came of it.
+    Power,
+    /// High availability: a check of a silent host, its fencing, its evacuation.
+    Ha,
 }
 
 /// One entry of a machine's timeline.

@@ -502,6 +502,9 @@ pub struct HostCapacity {
     /// The libvirt URI another host's libvirt reaches this one at, for live migration.
     #[serde(default)]
     pub migration_uri: Option<String>,
+    /// `ip:port` where this host's agent answers peer probes (UDP) on the data network.
+    #[serde(default)]
+    pub probe: Option<String>,
 }
 
 /// A domain's power as the hypervisor reports it.

@@ -1040,6 +1040,7 @@ mod tests {
                 memory_mib: 16384,
                 storage_bytes: 1 << 40,
                 migration_uri: Some("qemu+tcp://hv-1/system".into()),
+                probe: None,
             }),
             reported_at: Some(Timestamp::from_millis(10_000)),
             vms: 2,

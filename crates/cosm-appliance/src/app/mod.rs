@@ -331,6 +331,11 @@ impl App {
         })
     }
 
+    /// The hosts `mac`'s agent should probe (issue 13's second check).
+    pub fn peers_of(&self, _mac: MacAddr) -> Vec<cosm_wire::Peer> {
+        Vec::new()
+    }
+
     /// The generation an agent's desired state is at: its machine's plus its VM set's.
     pub fn desired_generation(&self, m: &Machine) -> Result<u64, AppError> {
         Ok(m.desired_generation + self.store.vm_generation(m.mac)?)

@@ -123,6 +123,7 @@ pub(super) async fn agent_heartbeat(
     let m = state.app.heartbeat(mac, body).await?;
     Ok(Json(HeartbeatReply {
         desired_generation: state.app.desired_generation(&m)?,
+        peers: state.app.peers_of(mac),
     }))
 }
 
