@@ -26,8 +26,8 @@ pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,
 };
 pub use power::{
-    Alarm, AlarmKind, Peer, PeerSeen, PowerAction, PowerRequest, PowerSettings, PowerSettingsView,
-    PowerState, PowerStatus, Severity,
+    Alarm, AlarmKind, EvacuatedVm, EvacuatedVmStatus, Evacuation, EvacuationPhase, Peer, PeerSeen,
+    PowerAction, PowerRequest, PowerSettings, PowerSettingsView, PowerState, PowerStatus, Severity,
 };
 pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec};
 pub use time::Timestamp;

@@ -359,6 +359,64 @@ pub struct Alarm {
     pub cleared_at: Option<Timestamp>,
 }
 
+/// Where a fenced host's evacuation is: `GET /api/v1/evacuations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EvacuationPhase {
+    /// The three checks agreed; the host is being powered off.
+    Fencing,
+    /// Power-off failed or was not confirmed: nothing is restarted; retried.
+    FenceFailed,
+    /// Powered off and confirmed: its HA VMs are being placed and started elsewhere.
+    Fenced,
+    /// Every HA VM runs elsewhere (or none was left to move).
+    Done,
+}
+
+/// What became of one VM of a fenced host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EvacuatedVmStatus {
+    /// Waiting to be placed (the host is not confirmed off yet, or no room yet).
+    Pending,
+    /// Placed on a survivor; its agent is starting it.
+    Placed,
+    /// Running on the survivor.
+    Running,
+    /// No survivor has room; retried, alarm raised.
+    NoCapacity,
+    /// Not an HA VM: it stays down, reported.
+    NotHa,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuatedVm {
+    pub name: crate::VmName,
+    pub status: EvacuatedVmStatus,
+    /// The survivor it was placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<MacAddr>,
+}
+
+/// One host's fencing and evacuation, recorded step by step so an appliance restart
+/// resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Evacuation {
+    pub host: MacAddr,
+    pub phase: EvacuationPhase,
+    /// What the three checks said when the host was declared dead.
+    pub checks: String,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// The last fence error, while `fence_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub vms: Vec<EvacuatedVm>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
