@@ -34,6 +34,7 @@ pub struct Assembly {
     pub first_admin: Option<(String, std::path::PathBuf)>,
     stop: watch::Sender<bool>,
     monitor: JoinHandle<()>,
+    ha: JoinHandle<()>,
     dhcp: Option<JoinHandle<()>>,
 }
 
@@ -130,7 +131,12 @@ impl Assembly {
                 cpu: config.cpu_overcommit,
                 memory: config.memory_overcommit,
             },
+            ha: Arc::new(crate::app::ha::Ha::new(crate::app::ha::HaSettings {
+                enabled: config.ha_enabled,
+                webhook: config.alarm_webhook.clone(),
+            })),
         };
+        let ha = tokio::spawn(crate::app::ha::run(app.clone()));
         Ok(Assembly {
             state: AppState {
                 app,
@@ -140,6 +146,7 @@ impl Assembly {
             first_admin,
             stop,
             monitor,
+            ha,
             dhcp,
         })
     }
@@ -150,6 +157,8 @@ impl Assembly {
         let _ = self.stop.send(true);
         self.monitor.abort();
         let _ = self.monitor.await;
+        self.ha.abort();
+        let _ = self.ha.await;
         if let Some(t) = self.dhcp {
             let _ = t.await;
         }

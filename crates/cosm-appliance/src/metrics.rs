@@ -123,6 +123,37 @@ impl Collector for StoreCollector {
                 ConstGauge::new(n as i64).encode(m)?;
             }
         }
+        // Active alarms by kind and severity: every kind listed (zeros included), so an
+        // alert rule on `cosm_alarms_active{kind="fence_failed"} > 0` always has a series.
+        match self.store.active_alarms() {
+            Err(e) => tracing::warn!(error = %e, "cannot count alarms for /metrics"),
+            Ok(active) => {
+                let mut family = encoder.encode_descriptor(
+                    "alarms_active",
+                    "Alarms raised and not cleared, by kind and severity.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for kind in cosm_wire::AlarmKind::ALL {
+                    for sev in [
+                        cosm_wire::Severity::Info,
+                        cosm_wire::Severity::Warning,
+                        cosm_wire::Severity::Critical,
+                    ] {
+                        let n = active
+                            .iter()
+                            .filter(|a| a.kind == kind && a.severity == sev)
+                            .count();
+                        if n == 0 && sev != cosm_wire::Severity::Critical {
+                            continue;
+                        }
+                        let labels = vec![("kind", kind.as_str()), ("severity", sev.as_str())];
+                        let m = family.encode_family(&labels)?;
+                        ConstGauge::new(n as i64).encode(m)?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }

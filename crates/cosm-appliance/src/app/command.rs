@@ -5,7 +5,7 @@
 
 use super::placement::Overcommit;
 use super::vms::{self, Candidate, NewVm};
-use super::{agents, catalog, deploy, machines};
+use super::{agents, catalog, deploy, ha, machines, power};
 use crate::store::{StoreCommand, StoreError, Tx};
 use cosm_wire::{
     ActionKind, ActionResult, CreateMachine, EventKind, Image, Inventory, Lease, MacAddr, Machine,
@@ -177,6 +177,43 @@ pub enum Op {
         name: VmName,
         by: String,
     },
+    /// Sets (or with `None` removes) a machine's power settings.
+    SetPowerSettings {
+        mac: MacAddr,
+        settings: Option<cosm_wire::PowerSettings>,
+        by: String,
+    },
+    RaiseAlarm {
+        kind: cosm_wire::AlarmKind,
+        severity: cosm_wire::Severity,
+        subject: String,
+        message: String,
+    },
+    ClearAlarm {
+        kind: cosm_wire::AlarmKind,
+        subject: String,
+    },
+    /// HA: the three checks agreed on a host; its evacuation starts (`fencing`).
+    BeginFence {
+        host: MacAddr,
+        checks: String,
+    },
+    /// HA: how the fence ended (`Ok`: how it was confirmed off; `Err`: why not).
+    FenceDone {
+        host: MacAddr,
+        result: Result<String, String>,
+    },
+    /// HA: one HA VM of a fenced host goes to a survivor.
+    EvacuateVm {
+        host: MacAddr,
+        name: VmName,
+        candidates: Vec<Candidate>,
+        overcommit: Overcommit,
+    },
+    /// HA: records which moved VMs run, and the end of the evacuation.
+    EvacuationProgress {
+        host: MacAddr,
+    },
     /// A host's agent reported its domains, operation outcomes and notes.
     ReportVms {
         host: MacAddr,
@@ -200,6 +237,9 @@ pub enum Outcome {
     Removed(usize),
     /// A VM as the operation left it; `None`: it is gone.
     Vm(Option<Box<Vm>>),
+    /// An alarm raised or cleared now (`None`: nothing changed).
+    Alarm(Option<Box<cosm_wire::Alarm>>),
+    Evacuation(Box<cosm_wire::Evacuation>),
 }
 
 impl Outcome {
@@ -312,6 +352,35 @@ impl StoreCommand for Command {
             } => vms::start_migration(tx, name, *to, candidates, overcommit, by).map(vm_outcome),
             Op::DeleteVm { name, by } => {
                 vms::delete(tx, name, by).map(|v| Outcome::Vm(v.map(Box::new)))
+            }
+            Op::SetPowerSettings { mac, settings, by } => {
+                power::set_settings(tx, *mac, settings.as_ref(), by).map(|_| Outcome::Done)
+            }
+            Op::RaiseAlarm {
+                kind,
+                severity,
+                subject,
+                message,
+            } => ha::raise_alarm(tx, *kind, *severity, subject, message)
+                .map(|a| Outcome::Alarm(a.map(Box::new))),
+            Op::ClearAlarm { kind, subject } => {
+                ha::clear_alarm(tx, *kind, subject).map(|a| Outcome::Alarm(a.map(Box::new)))
+            }
+            Op::BeginFence { host, checks } => {
+                ha::begin_fence(tx, *host, checks).map(|e| Outcome::Evacuation(Box::new(e)))
+            }
+            Op::FenceDone { host, result } => {
+                ha::fence_done(tx, *host, result).map(|e| Outcome::Evacuation(Box::new(e)))
+            }
+            Op::EvacuateVm {
+                host,
+                name,
+                candidates,
+                overcommit,
+            } => ha::evacuate_vm(tx, *host, name, candidates, overcommit)
+                .map(|e| Outcome::Evacuation(Box::new(e))),
+            Op::EvacuationProgress { host } => {
+                ha::evacuation_progress(tx, *host).map(|e| Outcome::Evacuation(Box::new(e)))
             }
             Op::ReportVms {
                 host,

@@ -34,10 +34,25 @@ struct HostEntry {
 #[derive(Debug, Default)]
 pub struct HostReports {
     hosts: Mutex<HashMap<MacAddr, HostEntry>>,
+    /// Where each host's agent answers peer probes, in MAC order: a host's peers are its
+    /// next [`cosm_wire::MAX_PEERS`] neighbours on this ring.
+    probes: Mutex<std::collections::BTreeMap<MacAddr, String>>,
 }
 
 impl HostReports {
     fn record(&self, host: MacAddr, report: &VmReport) {
+        {
+            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            match &report.capacity.probe {
+                Some(p) if probes.get(&host) != Some(p) => {
+                    probes.insert(host, p.clone());
+                }
+                Some(_) => {}
+                None => {
+                    probes.remove(&host);
+                }
+            }
+        }
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let at = Timestamp::now();
         let entry = hosts.entry(host).or_insert_with(|| HostEntry {
@@ -66,6 +81,38 @@ impl HostReports {
         }
     }
 
+    /// Drops what a host reported (it was fenced): it is no placement candidate and no
+    /// one's peer until it reports again.
+    pub fn forget(&self, host: MacAddr) {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host);
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host);
+    }
+
+    /// The hosts `host` probes: the next [`cosm_wire::MAX_PEERS`] hosts after it on the
+    /// ring of hosts that report a probe address (empty if `host` reports none).
+    pub fn peers_of(&self, host: MacAddr) -> Vec<cosm_wire::Peer> {
+        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        if !probes.contains_key(&host) {
+            return Vec::new();
+        }
+        use std::ops::Bound::{Excluded, Unbounded};
+        probes
+            .range((Excluded(host), Unbounded))
+            .chain(probes.range(..host))
+            .take(cosm_wire::MAX_PEERS)
+            .map(|(mac, probe)| cosm_wire::Peer {
+                mac: *mac,
+                probe: probe.clone(),
+            })
+            .collect()
+    }
+
     fn get(&self, host: MacAddr) -> Option<HostEntry> {
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         hosts.get(&host).cloned()
@@ -80,7 +127,7 @@ impl HostReports {
 }
 
 /// Whether a machine may hold VMs: role `host`, installed.
-fn is_host(m: &cosm_wire::Machine) -> bool {
+pub(super) fn is_host(m: &cosm_wire::Machine) -> bool {
     m.role.as_ref().is_some_and(|r| r.as_str() == "host")
         && matches!(m.state, MachineState::Deployed | MachineState::Active)
 }
@@ -376,6 +423,12 @@ impl App {
     /// written as one command, only when something changes.
     pub async fn report_vms(&self, host: MacAddr, report: VmReport) -> Result<usize, AppError> {
         let m = self.machine(host)?;
+        if m.state == MachineState::Fenced {
+            // Its VMs were moved or marked down when it was fenced; until an operator
+            // returns it to service, what it says changes nothing.
+            tracing::debug!(%host, "VM report from a fenced host ignored");
+            return Ok(0);
+        }
         if !is_host(&m) {
             tracing::debug!(%host, role = ?m.role, state = %m.state, "VM report from a machine that is not a VM host (yet)");
         }

@@ -25,7 +25,7 @@ pub fn allowed_from(from: MachineState) -> &'static [MachineState] {
         // it, or it is retired.
         Lost => &[Discovered, Ready, Active, Deployed, Fenced, Retired],
         // A fenced machine is redeployed or retired, never silently resumed.
-        Fenced => &[Ready, Retired],
+        Fenced => &[Ready, Active, Retired],
         // Recommissioning starts from scratch.
         Retired => &[Discovered],
     }

@@ -22,8 +22,11 @@ pub struct Liveness {
     pub heartbeat: Duration,
     pub missed_beats: u32,
     /// When this appliance started watching (an agent unseen since counts as beating until
-    /// one lost window has passed: the appliance may just have restarted).
-    started: Instant,
+    /// one lost window has passed: the appliance may just have restarted). Moved forward
+    /// by a stall, like every beat.
+    started: Mutex<Instant>,
+    /// When a watcher last looked ([`Liveness::watch`]).
+    last_watch: Mutex<Instant>,
 }
 
 impl Liveness {
@@ -32,8 +35,36 @@ impl Liveness {
             beats: Mutex::default(),
             heartbeat,
             missed_beats,
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
+            last_watch: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Called by every watcher at each tick. When the appliance itself did not run for a
+    /// while (a paused process, a starved host: the gap since the last watch is longer than
+    /// a heartbeat interval and 2 s), that time is forgiven: every beat moves forward by
+    /// the gap, so a stall of the appliance is never taken for silence of its hosts.
+    /// Returns the forgiven gap.
+    pub fn watch(&self, now: Instant) -> Option<Duration> {
+        let gap = {
+            let mut last = self.last_watch.lock().unwrap_or_else(|e| e.into_inner());
+            let gap = now.saturating_duration_since(*last);
+            *last = now.max(*last);
+            gap
+        };
+        if gap <= self.heartbeat.max(Duration::from_secs(2)) {
+            return None;
+        }
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        for b in beats.values_mut() {
+            b.last += gap;
+        }
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) += gap;
+        tracing::warn!(
+            gap_secs = gap.as_secs_f64(),
+            "the appliance did not run for a while: that time does not count as silence of any agent"
+        );
+        Some(gap)
     }
 
     /// How long an agent may be silent before its machine is lost.
@@ -49,7 +80,10 @@ impl Liveness {
         let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
         match beats.get(&mac) {
             Some(b) => b.lost || now.saturating_duration_since(b.last) > window,
-            None => now.saturating_duration_since(self.started) > window,
+            None => {
+                let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+                now.saturating_duration_since(started) > window
+            }
         }
     }
 
@@ -113,6 +147,7 @@ pub async fn monitor(liveness: std::sync::Arc<Liveness>, store: Store) {
     let mut interval = tokio::time::interval(tick);
     loop {
         interval.tick().await;
+        liveness.watch(Instant::now());
         for (mac, silent) in liveness.overdue(Instant::now()) {
             let reason = format!(
                 "no heartbeat for {:.1} s ({} missed)",
@@ -171,5 +206,24 @@ mod tests {
         assert!(l.is_silent(unseen, start + Duration::from_millis(350)));
         l.beat(seen, Heartbeat::default());
         assert!(!l.is_silent(seen, Instant::now()));
+    }
+
+    #[test]
+    fn a_stall_of_the_appliance_is_not_silence() {
+        let l = Liveness::new(Duration::from_millis(500), 3);
+        let mac = MacAddr::new([2, 0, 0, 0, 0, 1]);
+        l.beat(mac, Heartbeat::default());
+        let t0 = Instant::now();
+        assert_eq!(l.watch(t0 + Duration::from_millis(200)), None);
+        // The appliance did not run for 20 s: the beat is 20 s old, but so is the watch.
+        let after = t0 + Duration::from_secs(20);
+        assert!(l.watch(after).is_some());
+        assert!(
+            !l.is_silent(mac, after),
+            "silence during a stall is forgiven"
+        );
+        assert!(l.overdue(after).is_empty());
+        // Silence after the stall counts again.
+        assert!(l.is_silent(mac, after + Duration::from_secs(2)));
     }
 }

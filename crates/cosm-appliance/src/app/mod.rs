@@ -22,12 +22,14 @@ pub mod boot;
 mod catalog;
 pub mod command;
 mod deploy;
+pub mod ha;
 pub mod hosts;
 pub mod images;
 pub mod lifecycle;
 pub mod liveness;
 mod machines;
 pub mod placement;
+pub mod power;
 pub mod rules;
 pub mod timeline;
 pub mod tokens;
@@ -60,6 +62,9 @@ pub enum AppError {
     Upload(#[from] images::UploadError),
     #[error("{message}")]
     NotFound { message: String },
+    /// A machine's BMC (or fence command) failed the call.
+    #[error("{message}")]
+    Bmc { code: &'static str, message: String },
     /// The caller's credential does not allow this.
     #[error("{message}")]
     Forbidden { message: String },
@@ -107,6 +112,8 @@ pub struct App {
     pub hosts: Arc<hosts::HostReports>,
     /// How far VM placement may exceed hosts' capacity.
     pub overcommit: placement::Overcommit,
+    /// Host HA: settings and what the engine has under way (in memory).
+    pub ha: Arc<ha::Ha>,
 }
 
 /// Reads whose cost grows with the store (a page of a list, the machine counts of
@@ -230,14 +237,30 @@ impl App {
     }
 
     /// Starts a machine's install over (see [`deploy`]).
-    pub async fn redeploy(&self, mac: MacAddr, by: &str) -> Result<Machine, StoreError> {
+    /// Without a live agent to reboot it, a machine with power settings is set to boot
+    /// from the network once and power-cycled through its BMC (issue 13).
+    pub async fn redeploy(&self, mac: MacAddr, by: &str) -> Result<Machine, AppError> {
         let agent_alive = self.liveness.is_alive(mac);
         let op = Op::Redeploy {
             mac,
             by: by.to_string(),
             agent_alive,
         };
-        self.store.run_machine(op).await
+        let m = self.store.run_machine(op).await?;
+        if !agent_alive && self.store.power_settings(mac)?.is_some() {
+            if let Err(e) = self.pxe_boot(mac, by).await {
+                return Err(match e {
+                    AppError::Bmc { code, message } => AppError::Bmc {
+                        code,
+                        message: format!(
+                            "machine {mac} is ready for its install, but booting it from the network through its BMC failed: {message}"
+                        ),
+                    },
+                    other => other,
+                });
+            }
+        }
+        Ok(m)
     }
 
     /// The machine an install token is valid for now, if any (see [`tokens::InstallKey`]).
@@ -322,7 +345,11 @@ impl App {
     /// The inventory-less view the agent gets of its machine's desired state.
     pub fn desired(&self, mac: MacAddr) -> Result<cosm_wire::DesiredState, AppError> {
         let m = known_machine(&self.store, mac, "; enrol again")?;
-        let (vm_generation, vms) = self.desired_vms(mac)?;
+        let (vm_generation, mut vms) = self.desired_vms(mac)?;
+        if !App::runs_vms(&m) {
+            // A fenced host runs nothing until an operator returns it to service.
+            vms.clear();
+        }
         Ok(cosm_wire::DesiredState {
             generation: m.desired_generation + vm_generation,
             role: m.role,
@@ -332,8 +359,8 @@ impl App {
     }
 
     /// The hosts `mac`'s agent should probe (issue 13's second check).
-    pub fn peers_of(&self, _mac: MacAddr) -> Vec<cosm_wire::Peer> {
-        Vec::new()
+    pub fn peers_of(&self, mac: MacAddr) -> Vec<cosm_wire::Peer> {
+        self.hosts.peers_of(mac)
     }
 
     /// The generation an agent's desired state is at: its machine's plus its VM set's.

@@ -471,6 +471,64 @@ pub(super) fn delete(tx: &mut Tx<'_>, name: &VmName, by: &str) -> Result<Option<
     Ok(Some(vm))
 }
 
+/// HA evacuation (issue 13): a VM of `from_host`, which is fenced (confirmed off), is
+/// placed on the best survivor among `candidates` and started there from its disks on
+/// shared storage. `Ok(None)`: it is no longer on `from_host` (already moved: a resumed
+/// evacuation does nothing twice). A VM that fits nowhere is left where it is (`no_host`).
+pub(super) fn evacuate(
+    tx: &mut Tx<'_>,
+    name: &VmName,
+    from_host: MacAddr,
+    candidates: &[Candidate],
+    oc: &Overcommit,
+) -> Result<Option<MacAddr>, StoreError> {
+    let mut vm = tx.vm(name)?;
+    if vm.host != Some(from_host) {
+        return Ok(None);
+    }
+    let survivors: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.host != from_host)
+        .cloned()
+        .collect();
+    let req = Request {
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        storage_gib: storage_gib(&vm.disks),
+        anti_affinity: vm.anti_affinity.clone(),
+    };
+    let dest = choose(&loads(tx, &survivors, Some(&vm.name))?, &req, oc, None)?;
+    vm.host = Some(dest);
+    // Whatever was queued was for the dead host's agent.
+    vm.pending_ops.clear();
+    vm.message = None;
+    let from = move_state(&mut vm, VmState::Scheduled, tx.at);
+    save(
+        tx,
+        &mut vm,
+        format!("HA: its host {from_host} was fenced (confirmed off); restarting on {dest} from its disks"),
+        from,
+    )?;
+    Ok(Some(dest))
+}
+
+/// A VM that went down with its fenced host and is not HA: `failed`, saying so; it stays
+/// on the host's record (that host's agent is told nothing while it is fenced).
+pub(super) fn mark_down(tx: &mut Tx<'_>, name: &VmName, host: MacAddr) -> Result<(), StoreError> {
+    let mut vm = tx.vm(name)?;
+    if vm.host != Some(host) || vm.state == VmState::Failed {
+        return Ok(());
+    }
+    let why = format!(
+        "its host {host} was fenced and it is not HA: it stays down (start it once the host is back, or recreate it)"
+    );
+    vm.message = Some(why.clone());
+    let from = move_state(&mut vm, VmState::Failed, tx.at);
+    tx.put_vm(&mut vm)?;
+    tx.vm_event(&vm, why, from, from.map(|_| VmState::Failed))?;
+    Ok(())
+}
+
 /// What a host's agent is told about one of its VMs.
 pub fn desired(vm: &Vm) -> DesiredVm {
     DesiredVm {

@@ -26,6 +26,26 @@ pub struct ConfigFile {
     pub images: Images,
     #[serde(default)]
     pub vms: Vms,
+    #[serde(default)]
+    pub ha: Ha,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ha {
+    /// Fence dead hypervisor hosts and restart their HA VMs elsewhere (default true).
+    pub enabled: bool,
+    /// Alarms raised and cleared are POSTed here as JSON (`{"event": "raised", "alarm": …}`).
+    pub alarm_webhook: Option<String>,
+}
+
+impl Default for Ha {
+    fn default() -> Self {
+        Ha {
+            enabled: true,
+            alarm_webhook: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

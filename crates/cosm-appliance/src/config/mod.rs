@@ -68,6 +68,10 @@ pub struct Config {
     /// memory per byte.
     pub cpu_overcommit: f64,
     pub memory_overcommit: f64,
+    /// `[ha] enabled`: fence dead hosts and restart their HA VMs.
+    pub ha_enabled: bool,
+    /// `[ha] alarm_webhook`: where alarm changes are POSTed.
+    pub alarm_webhook: Option<String>,
 }
 
 /// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
@@ -293,7 +297,17 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 format!("{} is outside 1..=1073741824", f.images.max_upload_mib),
             ));
         }
+        if let Some(url) = &f.ha.alarm_webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "ha.alarm_webhook",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
         Ok(Config {
+            ha_enabled: f.ha.enabled,
+            alarm_webhook: f.ha.alarm_webhook.clone(),
             kickstart,
             images_dir: data_dir.join("images"),
             max_upload_bytes: f.images.max_upload_mib << 20,

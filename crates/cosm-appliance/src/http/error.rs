@@ -92,6 +92,9 @@ impl From<AppError> for ApiError {
         match e {
             AppError::Store(e) => e.into(),
             AppError::Off { code, message } => ApiError::new(StatusCode::NOT_FOUND, code, message),
+            AppError::Bmc { code, message } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, code, message)
+            }
             AppError::NotFound { message } => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
             }

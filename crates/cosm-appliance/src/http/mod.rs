@@ -21,6 +21,7 @@ mod machines;
 mod openapi;
 mod ops;
 mod paging;
+mod power;
 mod serve;
 mod vms;
 
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::routes())
         .merge(images::routes())
         .merge(vms::routes())
+        .merge(power::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{agents, catalog, images, machines, ops, vms};
+use super::{agents, catalog, images, machines, ops, power, vms};
 use utoipa::OpenApi;
 
 struct BearerAuth;
@@ -38,6 +38,8 @@ impl utoipa::Modify for BearerAuth {
         vms::reboot_vm, vms::migrate_vm, vms::list_snapshots, vms::create_snapshot,
         vms::revert_snapshot, vms::delete_snapshot, vms::vm_console, vms::vm_events,
         vms::list_hosts, vms::agent_vms, vms::agent_image,
+        power::show_power_settings, power::set_power_settings, power::clear_power_settings,
+        power::power_status, power::power_action, power::list_alarms, power::list_evacuations,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -49,6 +51,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "tokens", description = "API tokens (admin only)"),
         (name = "images", description = "The image repository: installer kernels, initrds, ISOs"),
         (name = "vms", description = "Virtual machines on the hosts COSM provisioned: lifecycle, placement, snapshots, live migration"),
+        (name = "power", description = "Power control through BMCs, host HA: alarms and evacuations"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

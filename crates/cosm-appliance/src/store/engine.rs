@@ -43,6 +43,8 @@ pub struct Changes {
     pub leases: u64,
     pub images: u64,
     pub vms: u64,
+    /// Power settings, alarms and evacuations.
+    pub ha: u64,
 }
 
 impl Changes {
@@ -55,6 +57,7 @@ impl Changes {
         self.leases += other.leases.min(1);
         self.images += other.images.min(1);
         self.vms += other.vms.min(1);
+        self.ha += other.ha.min(1);
     }
 
     fn any(&self) -> bool {

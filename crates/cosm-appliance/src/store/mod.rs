@@ -14,6 +14,7 @@
 mod engine;
 mod error;
 mod events;
+mod ha;
 mod leases;
 mod machines;
 mod roles;

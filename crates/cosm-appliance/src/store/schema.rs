@@ -10,12 +10,12 @@ use cosm_wire::Machine;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 /// The schema this binary writes. Bump it together with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// `MIGRATIONS[i]` upgrades a store from schema `i + 1` to `i + 2`, inside the same write
 /// transaction that records the new version, so a crash mid-migration leaves the old schema.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: &[Migration] = &[build_indexes, vm_tables];
+const MIGRATIONS: &[Migration] = &[build_indexes, vm_tables, ha_tables];
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const MACHINES: TableDefinition<u64, &[u8]> = TableDefinition::new("machines");
@@ -54,6 +54,16 @@ pub(super) const VM_EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition
 pub(super) const VM_GENERATIONS: TableDefinition<u64, u64> = TableDefinition::new("vm_generations");
 pub(super) const VM_EVENT_COUNTS: TableDefinition<u64, u64> =
     TableDefinition::new("vm_event_counts");
+/// Machine MAC → its power settings (schema 4). Holds BMC passwords: never listed by the
+/// API, only written and used.
+pub(super) const POWER: TableDefinition<u64, &[u8]> = TableDefinition::new("power");
+/// Alarms by id (schema 4), raised and cleared.
+pub(super) const ALARMS: TableDefinition<u64, &[u8]> = TableDefinition::new("alarms");
+/// (kind, subject) → id of the alarm raised and not cleared, so one condition raises once.
+pub(super) const ALARMS_ACTIVE: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("alarms_active");
+/// Host MAC → its latest fencing and evacuation (schema 4).
+pub(super) const EVACUATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("evacuations");
 pub(super) const RULE_ORDER: TableDefinition<(i32, u64), ()> = TableDefinition::new("rule_order");
 
 /// Creates missing tables, seeds a new store (`seed` runs in the same transaction), and
@@ -83,6 +93,10 @@ pub(super) fn init(
         txn.open_table(VM_EVENTS)?;
         txn.open_table(VM_EVENT_COUNTS)?;
         txn.open_table(VM_GENERATIONS)?;
+        txn.open_table(POWER)?;
+        txn.open_table(ALARMS)?;
+        txn.open_table(ALARMS_ACTIVE)?;
+        txn.open_table(EVACUATIONS)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -107,6 +121,11 @@ pub(super) fn init(
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Schema 3 → 4: power settings, alarms and evacuations, created empty by `init`.
+fn ha_tables(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
