@@ -827,3 +827,225 @@ pub async fn run(app: App) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::vms::NewVm;
+    use crate::app::{Command, Store};
+    use crate::store::StoreOptions;
+    use cosm_wire::{CreateMachine, VmKind};
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr::new([0x52, 0x54, 0, 0xc0, 0x48, n])
+    }
+
+    async fn run(store: &Store, op: Op) -> Result<Outcome, StoreError> {
+        store.apply(Command::now(op)).await
+    }
+
+    fn candidate(n: u8) -> Candidate {
+        Candidate {
+            host: mac(n),
+            cpus: 4,
+            memory_mib: 1024,
+            storage_bytes: 100 << 30,
+            cpu_percent: 0.0,
+            migration_uri: None,
+        }
+    }
+
+    async fn evac(store: &Store, op: Op) -> Evacuation {
+        match run(store, op).await.unwrap() {
+            Outcome::Evacuation(e) => *e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Three active hosts, on host 1: `ha-a` (HA, 512 MiB), `plain` (not HA).
+    async fn rack(dir: &std::path::Path) -> Store {
+        let store = Store::open(&dir.join("cosm.redb"), StoreOptions::default()).unwrap();
+        for n in 1..=3 {
+            run(
+                &store,
+                Op::CreateMachine(CreateMachine {
+                    mac: mac(n),
+                    hostname: None,
+                    role: Some("host".parse().unwrap()),
+                    reserved_ip: None,
+                    inventory: None,
+                }),
+            )
+            .await
+            .unwrap();
+            for to in [
+                MachineState::Deploying,
+                MachineState::Deployed,
+                MachineState::Active,
+            ] {
+                run(
+                    &store,
+                    Op::SetState {
+                        mac: mac(n),
+                        to,
+                        reason: None,
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        }
+        for (name, ha) in [("ha-a", true), ("plain", false)] {
+            run(
+                &store,
+                Op::CreateVm {
+                    new: NewVm {
+                        name: name.parse().unwrap(),
+                        kind: VmKind::Kvm,
+                        vcpus: 1,
+                        memory_mib: 512,
+                        disks: Vec::new(),
+                        nics: Vec::new(),
+                        boot: None,
+                        ha,
+                        anti_affinity: None,
+                        host: Some(mac(1)),
+                        start: true,
+                    },
+                    candidates: vec![candidate(1)],
+                    overcommit: Overcommit::default(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn nothing_moves_before_a_confirmed_fence_and_nothing_moves_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rack(dir.path()).await;
+        let host = mac(1);
+        let e = evac(
+            &store,
+            Op::BeginFence {
+                host,
+                checks: "test".into(),
+            },
+        )
+        .await;
+        assert_eq!(e.phase, EvacuationPhase::Fencing);
+        assert_eq!(
+            store.machine(host).unwrap().unwrap().state,
+            MachineState::Lost
+        );
+        let statuses: Vec<_> = e
+            .vms
+            .iter()
+            .map(|v| (v.name.as_str().to_string(), v.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("ha-a".to_string(), EvacuatedVmStatus::Pending),
+                ("plain".to_string(), EvacuatedVmStatus::NotHa)
+            ]
+        );
+        let survivors = vec![candidate(1), candidate(2), candidate(3)];
+        let move_a = || Op::EvacuateVm {
+            host,
+            name: "ha-a".parse().unwrap(),
+            candidates: survivors.clone(),
+            overcommit: Overcommit::default(),
+        };
+        // Not confirmed off: refused.
+        let err = run(&store, move_a()).await.unwrap_err().to_string();
+        assert!(err.contains("not confirmed off"), "{err}");
+        // A failed fence: still nothing moves.
+        let e = evac(
+            &store,
+            Op::FenceDone {
+                host,
+                result: Err("BMC unreachable".into()),
+            },
+        )
+        .await;
+        assert_eq!(e.phase, EvacuationPhase::FenceFailed);
+        assert!(run(&store, move_a()).await.is_err());
+        let a = store.vm(&"ha-a".parse().unwrap()).unwrap().unwrap();
+        assert_eq!(a.host, Some(host));
+        // Confirmed: the host is fenced, the plain VM is failed, the HA VM moves once.
+        let e = evac(
+            &store,
+            Op::FenceDone {
+                host,
+                result: Ok("off".into()),
+            },
+        )
+        .await;
+        assert_eq!(e.phase, EvacuationPhase::Fenced);
+        assert_eq!(
+            store.machine(host).unwrap().unwrap().state,
+            MachineState::Fenced
+        );
+        let plain = store.vm(&"plain".parse().unwrap()).unwrap().unwrap();
+        assert_eq!(plain.state, VmState::Failed);
+        assert!(plain.message.unwrap().contains("not HA"));
+        let e = evac(&store, move_a()).await;
+        let to = e.vms[0].to.expect("placed");
+        assert_ne!(to, host);
+        assert_eq!(e.vms[0].status, EvacuatedVmStatus::Placed);
+        let e = evac(&store, move_a()).await;
+        assert_eq!(
+            e.vms[0].to,
+            Some(to),
+            "a resumed evacuation does not move it again"
+        );
+        // Not running yet: not done.
+        let e = evac(&store, Op::EvacuationProgress { host }).await;
+        assert_eq!(e.phase, EvacuationPhase::Fenced);
+        // A second begin on a host with an open evacuation changes nothing.
+        let again = evac(
+            &store,
+            Op::BeginFence {
+                host,
+                checks: "again".into(),
+            },
+        )
+        .await;
+        assert_eq!(again.checks, "test");
+    }
+
+    #[tokio::test]
+    async fn alarms_raise_once_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rack(dir.path()).await;
+        let raise = |m: &str| Op::RaiseAlarm {
+            kind: AlarmKind::HostLost,
+            severity: Severity::Warning,
+            subject: "h1".into(),
+            message: m.into(),
+        };
+        let first = run(&store, raise("one")).await.unwrap();
+        assert!(matches!(first, Outcome::Alarm(Some(_))));
+        let second = run(&store, raise("two")).await.unwrap();
+        assert!(matches!(second, Outcome::Alarm(None)), "raised once");
+        let active = store.active_alarms().unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].message, "two");
+        let cleared = run(
+            &store,
+            Op::ClearAlarm {
+                kind: AlarmKind::HostLost,
+                subject: "h1".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(cleared, Outcome::Alarm(Some(_))));
+        assert!(store.active_alarms().unwrap().is_empty());
+        assert_eq!(store.alarms(true, 10).unwrap().len(), 1);
+        assert!(store.alarms(false, 10).unwrap().is_empty());
+    }
+}
