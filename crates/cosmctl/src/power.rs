@@ -128,7 +128,7 @@ machine (`ps`). The password is stored on the appliance and never shown again, n
 
 const SET_AFTER: &str = "\
 Drivers and their flags:
-  redfish  --url URL --username U [--system ID] [--verify-tls]
+  redfish  --bmc-url URL --username U [--system ID] [--verify-tls]
            URL is the BMC's origin (https://10.0.0.5); --system is the id under
            /redfish/v1/Systems/ (needed only when the BMC has several). Self-signed BMC
            certificates are accepted unless --verify-tls.
@@ -140,7 +140,7 @@ Drivers and their flags:
            prints on or off. Killed after --timeout-secs (1-600).
 
 Examples:
-  cosmctl machines power-settings set 52:54:00:aa:bb:01 --driver redfish --url https://10.0.0.5 --username admin --password-file bmc.pw
+  cosmctl machines power-settings set 52:54:00:aa:bb:01 --driver redfish --bmc-url https://10.0.0.5 --username admin --password-file bmc.pw
   pass show bmc/rack1 | cosmctl machines power-settings set 52:54:00:aa:bb:01 --driver ipmi --host 10.0.0.6 --username ADMIN --password-file -
   COSM_BMC_PASSWORD=... cosmctl machines power-settings set 52:54:00:aa:bb:01 --driver ipmi --host 10.0.0.6 --username ADMIN
   cosmctl machines power-settings set 52:54:00:aa:bb:01 --driver exec --command /usr/local/bin/fence-pdu --arg --outlet=7 --address pdu1";
@@ -176,9 +176,10 @@ pub(crate) struct SetArgs {
     #[arg(long, value_enum)]
     pub(crate) driver: DriverArg,
 
-    /// redfish: the BMC's URL, e.g. https://10.0.0.5.
-    #[arg(long, value_name = "URL", help_heading = "Redfish")]
-    pub(crate) url: Option<String>,
+    /// redfish: the BMC's URL, e.g. https://10.0.0.5. (Not `--url`: that is the
+    /// appliance's, a global flag.)
+    #[arg(long = "bmc-url", value_name = "URL", help_heading = "Redfish")]
+    pub(crate) bmc_url: Option<String>,
     /// redfish: the ComputerSystem id under /redfish/v1/Systems/ [default: the only one].
     #[arg(long, value_name = "ID", help_heading = "Redfish")]
     pub(crate) system: Option<String>,
@@ -280,7 +281,7 @@ impl SetArgs {
     fn foreign_flags(&self) -> Vec<&'static str> {
         // (flag, given, taken by [redfish, ipmi, exec])
         let given = [
-            ("--url", self.url.is_some(), [true, false, false]),
+            ("--bmc-url", self.bmc_url.is_some(), [true, false, false]),
             ("--system", self.system.is_some(), [true, false, false]),
             ("--verify-tls", self.verify_tls, [true, false, false]),
             ("--host", self.host.is_some(), [false, true, false]),
@@ -352,7 +353,7 @@ impl SetArgs {
         };
         let settings = match self.driver {
             DriverArg::Redfish => PowerSettings::Redfish {
-                url: need(&self.url, "--url URL")?,
+                url: need(&self.bmc_url, "--bmc-url URL")?,
                 username: need(&self.username, "--username USER")?,
                 password: need_password()?,
                 system: self.system.clone().filter(|s| !s.trim().is_empty()),
@@ -625,7 +626,7 @@ mod tests {
             &[
                 "--driver",
                 "redfish",
-                "--url",
+                "--bmc-url",
                 "https://10.0.0.5",
                 "--username",
                 "admin",
@@ -648,7 +649,7 @@ mod tests {
             &[
                 "--driver",
                 "redfish",
-                "--url",
+                "--bmc-url",
                 "https://bmc",
                 "--username",
                 "a",
@@ -723,6 +724,38 @@ mod tests {
     }
 
     #[test]
+    fn the_global_url_stays_the_appliances() {
+        // `--url` anywhere is the appliance's URL, never the BMC's.
+        let cli = Cli::try_parse_from([
+            "cosmctl",
+            "machines",
+            "power-settings",
+            "set",
+            MAC,
+            "--driver",
+            "redfish",
+            "--bmc-url",
+            "https://10.0.0.5",
+            "--url",
+            "http://appliance:8080",
+            "--username",
+            "admin",
+        ])
+        .unwrap();
+        assert_eq!(cli.url.as_deref(), Some("http://appliance:8080"));
+        let Command::Machines(MachinesCmd::PowerSettings(PowerSettingsCmd::Set(args))) =
+            cli.command
+        else {
+            panic!()
+        };
+        let s = args.to_settings(|| Ok("pw".into())).unwrap();
+        assert!(
+            matches!(&s, PowerSettings::Redfish { url, .. } if url == "https://10.0.0.5"),
+            "{s:?}"
+        );
+    }
+
+    #[test]
     fn exec_never_reads_a_password() {
         let args = set_args(&["--driver", "exec", "--command", "/bin/fence"]);
         let s = args
@@ -741,12 +774,12 @@ mod tests {
                 "h",
                 "--username",
                 "u",
-                "--url",
+                "--bmc-url",
                 "https://x",
             ],
             "pw",
         );
-        assert_eq!(e, "--driver ipmi does not take --url");
+        assert_eq!(e, "--driver ipmi does not take --bmc-url");
         let e = usage_error(
             &[
                 "--driver",
@@ -761,7 +794,9 @@ mod tests {
             "",
         );
         assert_eq!(e, "--driver exec does not take --port, --username");
-        assert!(usage_error(&["--driver", "redfish", "--username", "u"], "pw").contains("--url"));
+        assert!(
+            usage_error(&["--driver", "redfish", "--username", "u"], "pw").contains("--bmc-url")
+        );
         assert!(usage_error(&["--driver", "ipmi", "--host", "h"], "pw").contains("--username"));
         assert!(usage_error(&["--driver", "exec"], "").contains("--command"));
         // No password anywhere: the error says where one may come from.
@@ -775,7 +810,7 @@ mod tests {
             &[
                 "--driver",
                 "redfish",
-                "--url",
+                "--bmc-url",
                 "10.0.0.5",
                 "--username",
                 "u",
