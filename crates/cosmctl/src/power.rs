@@ -72,13 +72,13 @@ pub(crate) struct MacArg {
 }
 
 impl PowerCmd {
-    pub(crate) fn mac(&self) -> &MacAddr {
+    pub(crate) fn mac(&self) -> MacAddr {
         match self {
             PowerCmd::On(a)
             | PowerCmd::Off(a)
             | PowerCmd::Cycle(a)
             | PowerCmd::Status(a)
-            | PowerCmd::PxeOnce(a) => &a.mac,
+            | PowerCmd::PxeOnce(a) => a.mac,
         }
     }
 
@@ -419,7 +419,7 @@ fn with_hint(e: anyhow::Error, mac: &MacAddr) -> anyhow::Error {
 
 /// Runs `cosmctl machines power …`.
 pub(crate) fn run_power(ctx: &Ctx, cmd: PowerCmd) -> Result<()> {
-    let mac = cmd.mac().clone();
+    let mac = cmd.mac();
     let reply = match cmd.action() {
         None => ctx.api.get(&power_path(&mac), &[]),
         Some(action) => ctx.api.post(&power_path(&mac), &PowerRequest { action }),
