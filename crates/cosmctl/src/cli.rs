@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 const LONG_ABOUT: &str = "\
 Command-line client of the COSM bare-metal provisioning appliance: register machines, give
-them roles, follow their lifecycle, manage role rules and API tokens, and run virtual
-machines on the VM hosts.
+them roles, follow their lifecycle, power them through their BMCs, manage role rules and
+API tokens, run virtual machines on the VM hosts and follow host HA (alarms, evacuations).
 
 Where the appliance is and how to authenticate, highest precedence first:
   1. the --url and --token flags;
@@ -33,6 +33,9 @@ Examples:
   cosmctl events 52:54:00:aa:bb:01 --limit 20
   cosmctl rules add --role host --mac-prefix 52:54:00 --min-cpus 16
   cosmctl tokens add ci --scope read > ci.token
+  cosmctl machines power-settings set 52:54:00:aa:bb:01 --driver ipmi --host 10.0.0.6 --username ADMIN --password-file bmc.pw
+  cosmctl machines power cycle 52:54:00:aa:bb:01
+  cosmctl alarms
   cosmctl hosts
   cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
   cosmctl vms migrate web-01 --wait
@@ -105,7 +108,7 @@ pub(crate) struct Cli {
 /// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// List, show, register, change and remove machines
+    /// List, show, register, change, power and remove machines
     #[command(subcommand, alias = "machine")]
     Machines(MachinesCmd),
     /// List, add and remove the roles machines can be given
@@ -131,6 +134,12 @@ pub(crate) enum Command {
     /// List the VM hosts: capacity, what their VMs take, unmanaged domains
     #[command(alias = "host", long_about = HOSTS_ABOUT)]
     Hosts,
+    /// List the alarms host HA raised (active ones unless --all)
+    #[command(alias = "alarm", long_about = crate::ha::ALARMS_ABOUT)]
+    Alarms(crate::ha::AlarmsArgs),
+    /// List the fenced hosts' evacuations: phase, fence time, where each VM went
+    #[command(alias = "evacuation", long_about = crate::ha::EVACUATIONS_ABOUT)]
+    Evacuations,
     /// Show the kickstart a machine's installer gets
     #[command(subcommand)]
     Kickstart(KickstartCmd),

@@ -1,5 +1,6 @@
 //! `cosmctl machines …` and `cosmctl events`: listing, registering, changing and removing
-//! machines, and reading a machine's event timeline.
+//! machines, and reading a machine's event timeline. `machines power` and
+//! `machines power-settings` live in [`crate::power`].
 
 use crate::output::{
     age, dash, gib, human_bytes, kv_table, print, print_table, table, time, wire_name, Ctx,
@@ -131,6 +132,13 @@ pub(crate) enum MachinesCmd {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Power a machine on, off (hard), cycle it, read its power, or PXE-boot it once,
+    /// through its BMC or fence command.
+    #[command(subcommand, long_about = crate::power::POWER_ABOUT)]
+    Power(crate::power::PowerCmd),
+    /// Set, show or clear how the appliance reaches a machine's power (Redfish, IPMI, exec).
+    #[command(subcommand, long_about = crate::power::SETTINGS_ABOUT)]
+    PowerSettings(crate::power::PowerSettingsCmd),
     /// Delete a machine's record from the appliance.
     #[command(visible_alias = "delete")]
     Rm {
@@ -294,6 +302,8 @@ pub(crate) fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
                 Ok(())
             })
         }
+        MachinesCmd::Power(cmd) => crate::power::run_power(ctx, cmd),
+        MachinesCmd::PowerSettings(cmd) => crate::power::run_settings(ctx, cmd),
         MachinesCmd::Rm { mac } => {
             let reply = ctx.api.delete(&machine_path(&mac))?;
             ctx.done(reply, format!("deleted machine {mac}"))

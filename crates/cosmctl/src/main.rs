@@ -7,10 +7,12 @@
 mod api;
 mod cli;
 mod config;
+mod ha;
 mod images;
 mod leases;
 mod machines;
 mod output;
+mod power;
 mod roles;
 mod rules;
 mod tokens;
@@ -111,6 +113,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Images(cmd) => images::run(&ctx, cmd),
         Command::Vms(cmd) => vms::run(&ctx, cmd),
         Command::Hosts => vms::hosts(&ctx),
+        Command::Alarms(args) => ha::alarms(&ctx, args),
+        Command::Evacuations => ha::evacuations(&ctx),
         Command::Kickstart(cli::KickstartCmd::Render { mac }) => {
             let reply = ctx.api.get(&format!("/machines/{mac}/kickstart"), &[])?;
             print!("{}", reply.body);
