@@ -22,7 +22,8 @@ pub(super) fn set_settings(
             })?;
             tx.put_power_settings(mac, s)?;
             let v = s.view();
-            format!("power settings set by {by}: {} {}", v.driver, v.address)
+            let target = v.command.unwrap_or(v.address);
+            format!("power settings set by {by}: {} {target}", v.driver)
         }
         None => {
             if !tx.remove_power_settings(mac)? {

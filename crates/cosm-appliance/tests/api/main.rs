@@ -14,4 +14,5 @@ mod lifecycle;
 mod machines;
 mod ops;
 mod paging;
+mod power;
 mod vms;
