@@ -147,6 +147,8 @@ pub struct VmConfig {
     /// Download images and make the VM directories. Off for simulated hosts, whose
     /// hypervisor makes no files (a fleet of them would otherwise download every image).
     pub files: bool,
+    /// What the report gives as where this host's agent answers peer probes (`ip:port`).
+    pub probe: Option<String>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -157,6 +159,7 @@ impl std::fmt::Debug for VmConfig {
             .field("interval", &self.interval)
             .field("migration_uri", &self.migration_uri)
             .field("files", &self.files)
+            .field("probe", &self.probe)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +185,10 @@ pub enum Step {
     /// Being deleted: force it off if on, undefine it, remove its files.
     Delete {
         found: Option<VmPower>,
+    },
+    /// The host fenced itself ([`crate::peers`]): hard-stop it, whatever is wanted.
+    Fence {
+        found: VmPower,
     },
 }
 
@@ -210,6 +217,14 @@ pub fn decide(
             Step::Stop { found: p }
         }
         (Some(_), Some(_)) => Step::Nothing,
+    }
+}
+
+/// The step for one VM while the host is fenced: hard-stop it if it is on; nothing else.
+pub fn decide_fenced(found: Option<VmPower>) -> Step {
+    match found {
+        Some(p) if p.is_active() => Step::Fence { found: p },
+        _ => Step::Nothing,
     }
 }
 
@@ -251,6 +266,8 @@ struct Shared {
     hv: Arc<dyn Hypervisor>,
     config: VmConfig,
     http: reqwest::blocking::Client,
+    /// Why the host fenced itself, while it is fenced.
+    fence_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -459,6 +476,21 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
     };
     let step_result: Result<(), (String, bool)> = match step {
         Step::Nothing => Ok(()),
+        Step::Fence { found } => match hv.destroy(name) {
+            // It went off by itself meanwhile: as good.
+            Ok(()) | Err(HypervisorError::WrongState { .. }) => {
+                eprintln!("SELF-FENCE: {name} hard-stopped (it was {found})");
+                done.notes.push(note(format!(
+                    "hard-stopped (it was {found}): this host fenced itself; {}",
+                    shared_reason(shared)
+                )));
+                Ok(())
+            }
+            Err(e) => Err((
+                format!("self-fence: cannot force it off: {}", chain(e)),
+                false,
+            )),
+        },
         Step::Create { start } => (|| {
             let spec = shared.spec(vm).map_err(|m| (m, true))?;
             hv.define(&spec)
@@ -610,7 +642,35 @@ struct Failure {
 enum Msg {
     Desired(Vec<DesiredVm>),
     JobDone(JobDone),
+    /// Hard-stop every managed domain and start none until [`Msg::Resume`]; the reason.
+    SelfFence(String),
+    Resume,
     Stop,
+}
+
+/// Tells the VM controller that the host fenced itself ([`crate::peers`]); cheap to clone,
+/// usable from any thread.
+#[derive(Debug, Clone)]
+pub struct SelfFencer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SelfFencer {
+    /// Hard-stops every COSM-managed running domain and holds the controller (nothing is
+    /// defined, started or operated on) until it is resumed.
+    pub fn fence(&self, reason: String) {
+        let _ = self.tx.send(Msg::SelfFence(reason));
+    }
+}
+
+/// Why the host fenced itself, as the job threads see it.
+fn shared_reason(shared: &Shared) -> String {
+    shared
+        .fence_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
 }
 
 /// The VM controller. Run it on its own thread with [`VmControllerHandle::start`]; the
@@ -641,6 +701,9 @@ pub struct VmController {
     storage: Option<(u64, Instant)>,
     /// The last error of the hypervisor's list or the sink, so each is logged once.
     last_warning: Option<String>,
+    /// The host fenced itself, for this reason: managed domains are hard-stopped and
+    /// nothing is started until the agent has the appliance's desired state again.
+    held: Option<String>,
 }
 
 impl std::fmt::Debug for VmController {
@@ -678,6 +741,35 @@ impl VmController {
             last_sent: None,
             storage: None,
             last_warning: None,
+            held: None,
+        }
+    }
+
+    /// The sender the self-fence uses ([`crate::peers`]).
+    pub fn self_fencer(&self) -> SelfFencer {
+        SelfFencer {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// The host fenced itself: hard-stop every managed domain (at the next pass) and start
+    /// nothing until [`VmController::resume`].
+    pub fn self_fence(&mut self, reason: String) {
+        eprintln!("SELF-FENCE: VM controller: stopping every COSM-managed domain: {reason}");
+        if let Some(s) = &self.shared {
+            *s.fence_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        }
+        self.held = Some(reason);
+    }
+
+    /// The agent has the appliance's desired state again after a self-fence: converge to
+    /// it as usual.
+    pub fn resume(&mut self) {
+        if self.held.take().is_some() {
+            eprintln!("VM controller: the self-fence is lifted; the appliance answers again");
+        }
+        if let Some(s) = &self.shared {
+            *s.fence_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
@@ -715,6 +807,7 @@ impl VmController {
             hv: self.hv.clone(),
             config: self.config.clone(),
             http: http_client()?,
+            fence_reason: std::sync::Mutex::new(self.held.clone()),
         });
         self.shared = Some(s.clone());
         Ok(s)
@@ -801,12 +894,17 @@ impl VmController {
                     self.migrated_away.remove(&vm.name);
                 }
                 let was = self.was_wanted.get(&vm.name).copied().flatten();
-                let step = decide(vm.power, found, was, self.migrated_away.contains(&vm.name));
+                let step = if self.held.is_some() {
+                    decide_fenced(found)
+                } else {
+                    decide(vm.power, found, was, self.migrated_away.contains(&vm.name))
+                };
                 self.was_wanted.insert(vm.name.clone(), vm.power);
+                // While fenced, operations stay queued: none is carried out.
                 let ops: Vec<VmOp> = vm
                     .ops
                     .iter()
-                    .filter(|op| !self.ops_seen.contains(&op.id))
+                    .filter(|op| self.held.is_none() && !self.ops_seen.contains(&op.id))
                     .cloned()
                     .collect();
                 // A VM being deleted and already gone needs no job unless it has files
@@ -856,6 +954,14 @@ impl VmController {
                 self.job_done(done);
                 true
             }
+            Msg::SelfFence(reason) => {
+                self.self_fence(reason);
+                true
+            }
+            Msg::Resume => {
+                self.resume();
+                true
+            }
             Msg::Stop => false,
         }
     }
@@ -885,7 +991,7 @@ impl VmController {
             memory_mib: size.memory_mib,
             storage_bytes: storage,
             migration_uri: self.config.migration_uri.clone(),
-            probe: None,
+            probe: self.config.probe.clone(),
         }
     }
 
@@ -1037,6 +1143,8 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Desired(_) => "Desired",
             Msg::JobDone(_) => "JobDone",
+            Msg::SelfFence(_) => "SelfFence",
+            Msg::Resume => "Resume",
             Msg::Stop => "Stop",
         })
     }
@@ -1058,6 +1166,19 @@ impl VmControllerHandle {
     /// Hands over the VMs of a freshly fetched desired state; returns at once.
     pub fn set_desired(&self, vms: Vec<DesiredVm>) {
         let _ = self.tx.send(Msg::Desired(vms));
+    }
+
+    /// The sender the self-fence uses.
+    pub fn self_fencer(&self) -> SelfFencer {
+        SelfFencer {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Lifts a self-fence (after a desired state handed over with
+    /// [`VmControllerHandle::set_desired`], which the controller takes first).
+    pub fn resume(&self) {
+        let _ = self.tx.send(Msg::Resume);
     }
 }
 
@@ -1219,6 +1340,7 @@ mod tests {
             interval: Duration::from_millis(10),
             migration_uri: Some("qemu+tcp://host-a/system".into()),
             files,
+            probe: Some("192.0.2.10:7946".into()),
         };
         let c = VmController::new(Arc::new(hv.clone()), config, Box::new(sink.clone()));
         Setup { c, sink, hv, dir }
@@ -1311,6 +1433,7 @@ mod tests {
             first.capacity.migration_uri.as_deref(),
             Some("qemu+tcp://host-a/system")
         );
+        assert_eq!(first.capacity.probe.as_deref(), Some("192.0.2.10:7946"));
         assert!(first.capacity.storage_bytes > 0);
 
         s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
