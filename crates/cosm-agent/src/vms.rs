@@ -15,11 +15,19 @@
 //! short-lived job thread per VM, so one VM never holds up another or the report; a VM
 //! with a job running is left alone until it ends.
 //!
+//! A VM's files may already exist when it is defined: every host of a rack shares the VM
+//! directory, and a VM the appliance restarts here after its old host was fenced comes with
+//! its disks. They are used as they are (the hypervisor makes only missing disk files), so
+//! the guest keeps its data. When the host fences itself ([`crate::peers`],
+//! [`SelfFencer`]), every managed domain is hard-stopped and nothing is defined, started or
+//! operated on until the agent has the appliance's desired state again.
+//!
 //! What it must not do: touch a domain the desired set does not list (those are reported
 //! `managed: false` and never started, stopped or undefined; a VM arriving by incoming live
-//! migration is one until the appliance lists it here), run a queued operation twice, or
-//! keep a downloaded file whose sha256 is not the pinned one. Errors never end the thread:
-//! a failing VM gets one note per distinct message and is retried with backoff.
+//! migration is one until the appliance lists it here, and so is the stale definition a
+//! fenced host still has of a VM that was restarted elsewhere), run a queued operation
+//! twice, or keep a downloaded file whose sha256 is not the pinned one. Errors never end the
+//! thread: a failing VM gets one note per distinct message and is retried with backoff.
 
 use anyhow::{bail, Context};
 use cosm_hypervisor::{
@@ -1696,6 +1704,177 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, [sha(&good)], "no partial or mismatched file kept");
+    }
+
+    #[test]
+    fn a_self_fence_hard_stops_managed_domains_and_starts_none_until_resumed() {
+        let mut s = setup();
+        s.hv.define(&VmSpec::new(name("other"), VmKind::Kvm, 1, 128))
+            .unwrap();
+        s.hv.start(&name("other")).unwrap();
+        s.c.set_desired(vec![
+            vm("vm1", Some(PowerWanted::Running)),
+            vm("vm2", Some(PowerWanted::Stopped)),
+        ]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        // Through the channel, as the probe thread does.
+        s.c.self_fencer().fence("cut off for 60 s".into());
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::ShutOff));
+        assert_eq!(
+            power(&s.hv, "other"),
+            Some(VmPower::Running),
+            "not COSM's: untouched"
+        );
+        let notes = messages(&s.sink.notes());
+        assert_eq!(
+            notes.last().unwrap(),
+            "vm1: hard-stopped (it was running): this host fenced itself; cut off for 60 s"
+        );
+        // Held: the same desired state again, an operation and more passes start nothing.
+        let mut again = vm("vm1", Some(PowerWanted::Running));
+        again.ops = vec![op(5, VmOpKind::Reboot)];
+        s.c.set_desired(vec![again.clone(), vm("vm2", Some(PowerWanted::Running))]);
+        for _ in 0..5 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::ShutOff));
+        assert!(s.sink.results().is_empty(), "the operation stays queued");
+        // A VM created while fenced (by something else) is stopped too.
+        s.hv.start(&name("vm1")).unwrap();
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        // The appliance answers again and still wants them here.
+        s.c.set_desired(vec![again, vm("vm2", Some(PowerWanted::Running))]);
+        s.c.resume();
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::Running));
+        assert_eq!(s.sink.results().len(), 1, "the queued operation ran");
+    }
+
+    #[test]
+    fn a_stale_definition_of_a_vm_that_moved_away_is_never_started() {
+        // Host A ran vm1, was fenced (powered off) and comes back; the appliance restarted
+        // vm1 on host B meanwhile, so A's desired state no longer lists it.
+        let hv = SimHypervisor::new("sim://a");
+        let mut s = setup_with(hv.clone(), "http://127.0.0.1:9", false);
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        hv.kill(&name("vm1"), VmPower::ShutOff).unwrap();
+        drop(s);
+        // The agent starts afresh after the reboot: before any desired state, and with
+        // one that lists only another VM, it leaves the old definition alone.
+        let mut s = setup_with(hv.clone(), "http://127.0.0.1:9", false);
+        for _ in 0..3 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&hv, "vm1"), Some(VmPower::ShutOff));
+        s.c.set_desired(vec![vm("vm2", Some(PowerWanted::Running))]);
+        for _ in 0..3 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&hv, "vm2"), Some(VmPower::Running));
+        let r = s.sink.last();
+        let stale = r.domains.iter().find(|d| d.name == "vm1").unwrap();
+        assert!(!stale.managed && stale.power == DomainPower::ShutOff);
+        assert!(
+            !messages(&s.sink.notes())
+                .iter()
+                .any(|n| n.starts_with("vm1")),
+            "nothing was done to vm1"
+        );
+        // The same on an agent that did not restart: dropped from the set while off, it
+        // stays off (and stays defined: its disk on shared storage is the new host's now).
+        s.c.set_desired(vec![vm("vm2", Some(PowerWanted::Running))]);
+        hv.kill(&name("vm2"), VmPower::ShutOff).unwrap();
+        s.c.set_desired(Vec::new());
+        for _ in 0..3 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&hv, "vm2"), Some(VmPower::ShutOff));
+    }
+
+    /// Evacuation: host A was fenced, and the appliance places its VM on host B. Every host
+    /// shares the VM directory, so B finds the VM's disks already there and must define the
+    /// domain on them as they are: a new overlay would lose the guest's data. Real libvirt
+    /// (its in-process test driver) and real qemu-img, as the agent runs them.
+    #[cfg(feature = "libvirt")]
+    #[test]
+    fn an_evacuated_vm_is_defined_on_its_existing_disks() {
+        use cosm_hypervisor::LibvirtHypervisor;
+        let shared = tempfile::tempdir().unwrap();
+        // The base image, cached in the shared directory as A left it.
+        let base = shared.path().join("base.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("1M")
+            .status()
+            .expect("qemu-img (Debian package qemu-utils)");
+        assert!(made.success());
+        let base_bytes = std::fs::read(&base).unwrap();
+        std::fs::create_dir_all(shared.path().join("images")).unwrap();
+        std::fs::rename(&base, shared.path().join("images").join(sha(&base_bytes))).unwrap();
+        let mut desired = vm("evac-vm1", Some(PowerWanted::Running));
+        desired.disks = vec![
+            VmDisk::Image {
+                image: "base.qcow2".into(),
+                sha256: sha(&base_bytes),
+            },
+            VmDisk::Blank {
+                size_bytes: 1 << 20,
+            },
+        ];
+        let controller = |hv: Arc<dyn Hypervisor>, sink: Keep| {
+            let config = VmConfig {
+                state_dir: shared.path().to_path_buf(),
+                // Nothing listens: a download would fail the test.
+                appliance: "http://127.0.0.1:9".into(),
+                credential: Arc::new(|| Some("cred-1".to_string())),
+                interval: Duration::from_millis(10),
+                migration_uri: None,
+                files: true,
+                probe: None,
+            };
+            VmController::new(hv, config, Box::new(sink))
+        };
+        let a = Arc::new(LibvirtHypervisor::connect("test:///default").unwrap());
+        let mut on_a = controller(a.clone(), Keep::default());
+        on_a.set_desired(vec![desired.clone()]);
+        assert!(on_a.settle(SETTLE));
+        assert_eq!(a.state(&name("evac-vm1")).unwrap(), VmPower::Running);
+        let vm_dir = shared.path().join("vms/evac-vm1");
+        let disks = [vm_dir.join("disk0.qcow2"), vm_dir.join("disk1.qcow2")];
+        // The guest wrote to its disks (bytes past the qcow2 data do for this check).
+        for d in &disks {
+            let mut f = std::fs::OpenOptions::new().append(true).open(d).unwrap();
+            f.write_all(b"guest data written on host A").unwrap();
+        }
+        let before: Vec<Vec<u8>> = disks.iter().map(|d| std::fs::read(d).unwrap()).collect();
+        // A is fenced: its domain is gone from B's point of view.
+        drop(on_a);
+        a.destroy(&name("evac-vm1")).unwrap();
+        a.undefine(&name("evac-vm1")).unwrap();
+        // B: another agent, the same shared directory.
+        let b = Arc::new(LibvirtHypervisor::connect("test:///default").unwrap());
+        let sink = Keep::default();
+        let mut on_b = controller(b.clone(), sink.clone());
+        on_b.set_desired(vec![desired]);
+        assert!(on_b.settle(SETTLE));
+        assert_eq!(b.state(&name("evac-vm1")).unwrap(), VmPower::Running);
+        assert_eq!(
+            messages(&sink.notes()),
+            ["evac-vm1: defined on this host and started"]
+        );
+        let after: Vec<Vec<u8>> = disks.iter().map(|d| std::fs::read(d).unwrap()).collect();
+        assert!(before == after, "the disks were changed on host B");
+        b.destroy(&name("evac-vm1")).unwrap();
+        b.undefine(&name("evac-vm1")).unwrap();
     }
 
     #[test]
