@@ -9,11 +9,14 @@
 //!   thread, and the dispatcher that feeds them; also their simulated forms.
 //! - [`vms`] — the VM controller: makes the host's hypervisor match the desired VMs and
 //!   reports the host's domains itself, on its own thread.
+//! - [`peers`] — on hypervisor hosts: answers peer probes, probes the peers the
+//!   appliance names, and the opt-in self-fence.
 //! - [`run`] — the heartbeat loop, which never waits for a controller.
 
 pub mod controller;
 pub mod enrolment;
 pub mod inventory;
+pub mod peers;
 pub mod run;
 pub mod settings;
 pub mod vms;

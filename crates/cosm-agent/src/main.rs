@@ -115,6 +115,23 @@ enum Cmd {
         /// enter it).
         #[arg(long, env = "COSM_VM_DIR", value_name = "DIR")]
         vm_dir: Option<PathBuf>,
+        /// With the VM controller: where this host answers its peers' UDP probes (one of
+        /// the appliance's three checks before it declares a host dead and restarts its
+        /// VMs elsewhere), e.g. 0.0.0.0:7946; `off` answers none.
+        #[arg(long, value_name = "IP:PORT|off", default_value = "0.0.0.0:7946", value_parser = parse_probe_listen)]
+        probe_listen: ProbeListen,
+        /// With the VM controller: the address peers should probe this host at, reported
+        /// to the appliance. Default: the address this host reaches the appliance from,
+        /// with the --probe-listen port.
+        #[arg(long, value_name = "IP:PORT")]
+        probe_advertise: Option<std::net::SocketAddr>,
+        /// With the VM controller: after SECS without an answer from the appliance or
+        /// from any peer, hard-stop every COSM-managed domain on this host (it is most
+        /// likely cut off and its VMs about to be restarted elsewhere) and start none
+        /// until the appliance answers again. 0 (the default) never does. Never acts while
+        /// the appliance or any one peer answers, nor on a host with no peers.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        self_fence_after: u64,
     },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
@@ -149,6 +166,9 @@ fn main() {
             vm_interval,
             migration_uri,
             vm_dir,
+            probe_listen,
+            probe_advertise,
+            self_fence_after,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 use cosm_agent::settings::{from_cmdline, from_file, merge, FileSettings};
@@ -184,6 +204,9 @@ fn main() {
                     interval: vm_interval,
                     migration_uri: settings.migration_uri.clone(),
                     dir: vm_dir.unwrap_or_else(|| settings.state_dir.clone()),
+                    probe_listen: probe_listen.0,
+                    probe_advertise,
+                    self_fence_after: std::time::Duration::from_secs(self_fence_after),
                 });
                 let actions = if dry_run_actions {
                     cosm_agent::run::ActionMode::Simulated {
@@ -214,6 +237,19 @@ fn main() {
             }
         }
     }
+}
+
+/// `--probe-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct ProbeListen(Option<std::net::SocketAddr>);
+
+fn parse_probe_listen(s: &str) -> Result<ProbeListen, String> {
+    if s == "off" {
+        return Ok(ProbeListen(None));
+    }
+    s.parse()
+        .map(|a| ProbeListen(Some(a)))
+        .map_err(|e| format!("{e}: expected IP:PORT (e.g. 0.0.0.0:7946) or off"))
 }
 
 /// Runs `cosm-agent inventory`.

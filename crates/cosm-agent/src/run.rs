@@ -6,15 +6,19 @@
 //! The loop carries out no action itself and never waits for a controller: it beats every
 //! interval however long an action takes, because a machine whose heartbeats stop is
 //! marked `lost`. The VMs of each desired state go to the VM controller ([`crate::vms`]),
-//! which reports the host's domains itself.
+//! which reports the host's domains itself. On hypervisor hosts each heartbeat also carries
+//! what the probe thread ([`crate::peers`]) saw of the peers the previous reply named; the
+//! one exception to "the agent never listens" is that thread's UDP probe responder.
 
 use crate::controller::{controllers, Dispatcher, Finished};
 use crate::enrolment::{credential_path, stored_credential, Enroller};
 use crate::inventory::read_inventory;
+use crate::peers::{PeersConfig, PeersHandle};
 use crate::settings::Settings;
 use crate::vms::{HttpReportSink, VmConfig, VmController, VmControllerHandle};
 use anyhow::{bail, Context};
 use cosm_wire::{DesiredState, Heartbeat, HeartbeatReply, Inventory, MacAddr, Observed, RoleName};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -52,6 +56,54 @@ pub struct VmOptions {
     pub migration_uri: Option<String>,
     /// Where VM files live (`--vm-dir`; the state directory unless given).
     pub dir: PathBuf,
+    /// Where the probe responder listens (`--probe-listen`); `None` answers no probe.
+    pub probe_listen: Option<SocketAddr>,
+    /// The probe address reported to the appliance (`--probe-advertise`); by default the
+    /// address this host reaches the appliance from, with the responder's port.
+    pub probe_advertise: Option<SocketAddr>,
+    /// `--self-fence-after`: hard-stop the managed VMs after hearing neither the appliance
+    /// nor any peer for this long; zero is off.
+    pub self_fence_after: Duration,
+}
+
+/// The probe address to report: `advertise` if given; else, when the responder answers,
+/// its own address if bound to one, or else the local address the kernel picks to reach
+/// the appliance, with the responder's port. `None` when nothing answers probes or the
+/// address cannot be found (the appliance then has no peer check for this host).
+pub fn probe_address(
+    local: SocketAddr,
+    respond: bool,
+    advertise: Option<SocketAddr>,
+    appliance: &str,
+) -> Option<SocketAddr> {
+    if let Some(a) = advertise {
+        return Some(a);
+    }
+    if !respond {
+        return None;
+    }
+    if !local.ip().is_unspecified() {
+        return Some(local);
+    }
+    let url = reqwest::Url::parse(appliance).ok()?;
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = url.port_or_known_default()?;
+    let target = (host, port)
+        .to_socket_addrs()
+        .ok()?
+        .find(|a| a.is_ipv4() == local.is_ipv4())?;
+    let any: IpAddr = if local.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    // A connected UDP socket sends nothing; it only makes the kernel choose the route.
+    let probe = UdpSocket::bind((any, 0)).ok()?;
+    probe.connect(target).ok()?;
+    Some(SocketAddr::new(probe.local_addr().ok()?.ip(), local.port()))
 }
 
 /// Connects to the hypervisor `driver` names.
@@ -85,7 +137,7 @@ struct MustEnrol {
 /// Outcome of a heartbeat, as the loop needs it.
 enum Beat {
     /// The desired generation.
-    Ok(u64),
+    Ok(u64, Vec<cosm_wire::Peer>),
     /// This credential was refused (or the machine is gone): enrol again.
     Refused(String),
 }
@@ -109,6 +161,8 @@ struct Agent {
     system: Option<Option<sysinfo::System>>,
     /// The VM controller's thread, on hypervisor hosts.
     vms: Option<VmControllerHandle>,
+    /// The peer probe thread, on hypervisor hosts.
+    peers: Option<PeersHandle>,
 }
 
 /// The MAC to enrol as: the configured one, else the first NIC with link, else the first.
@@ -157,10 +211,25 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
     }
     let dispatcher = Dispatcher::start(controllers(opts.actions, enroller.clone()))
         .context("cannot start the controller threads")?;
-    let vms = match &opts.vms {
-        None => None,
+    let (vms, peers) = match &opts.vms {
+        None => (None, None),
         Some(vm) => {
             let hv = hypervisor(&vm.driver)?;
+            let bind = vm
+                .probe_listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let socket = UdpSocket::bind(bind).with_context(|| {
+                format!("cannot listen for peer probes on {bind} (--probe-listen)")
+            })?;
+            let local = socket.local_addr().context("the probe socket's address")?;
+            let respond = vm.probe_listen.is_some();
+            let probe = probe_address(local, respond, vm.probe_advertise, &settings.appliance);
+            if respond && probe.is_none() {
+                eprintln!(
+                    "warning: cannot tell which address this host reaches the appliance \
+                     from; peers cannot be told where to probe it (pass --probe-advertise)"
+                );
+            }
             let source = enroller.clone();
             let credential: crate::vms::CredentialSource =
                 std::sync::Arc::new(move || source.credential());
@@ -171,13 +240,25 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
                 interval: vm.interval,
                 migration_uri: vm.migration_uri.clone(),
                 files: matches!(vm.driver, VmDriver::Libvirt(_)),
+                probe: probe.map(|a| a.to_string()),
             };
             let sink = HttpReportSink::new(&settings.appliance, credential);
             let controller = VmController::new(hv, config, Box::new(sink));
-            Some(
-                VmControllerHandle::start(controller)
-                    .context("cannot start the VM controller's thread")?,
+            let fencer = controller.self_fencer();
+            let handle = VmControllerHandle::start(controller)
+                .context("cannot start the VM controller's thread")?;
+            let peers = PeersHandle::start(
+                socket,
+                PeersConfig {
+                    mac,
+                    respond,
+                    interval: enroller.heartbeat(),
+                    self_fence_after: vm.self_fence_after,
+                },
+                Box::new(move |reason| fencer.fence(reason)),
             )
+            .context("cannot start the peer probe thread")?;
+            (Some(handle), Some(peers))
         }
     };
     let mut agent = Agent {
@@ -191,6 +272,7 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
         observed_generation: 0,
         system: None,
         vms,
+        peers,
     };
     agent.main_loop();
     Ok(())
@@ -248,13 +330,20 @@ impl Agent {
 
     fn heartbeat_once(&mut self) -> anyhow::Result<Beat> {
         let cred = self.credential()?;
-        let body = self.utilisation();
+        let mut body = self.utilisation();
+        if let Some(p) = &self.peers {
+            body.peers = p.seen();
+        }
         let resp = self
             .http
             .post(self.url("heartbeat"))
             .bearer_auth(&cred)
             .json(&body)
             .send()?;
+        // Whatever it says, the appliance is reachable: no reason to fence this host.
+        if let Some(p) = &self.peers {
+            p.heard_appliance();
+        }
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED
             || resp.status() == reqwest::StatusCode::NOT_FOUND
         {
@@ -263,7 +352,8 @@ impl Agent {
         if !resp.status().is_success() {
             bail!("heartbeat answered {}", resp.status());
         }
-        Ok(Beat::Ok(resp.json::<HeartbeatReply>()?.desired_generation))
+        let reply = resp.json::<HeartbeatReply>()?;
+        Ok(Beat::Ok(reply.desired_generation, reply.peers))
     }
 
     /// Fetches the desired state and hands its new actions to the controllers; returns at
@@ -327,11 +417,30 @@ impl Agent {
                 *must_enrol = Some(MustEnrol { stale: Some(cred) });
                 return Ok(());
             }
-            // `!=` rather than `>`: a machine deleted and enrolled again starts over.
-            Beat::Ok(generation) if generation != self.fetched_generation => {
-                self.fetch_desired()?
+            Beat::Ok(generation, peers) => {
+                let fenced = match &self.peers {
+                    Some(p) => {
+                        p.set_peers(&peers, self.enroller.heartbeat());
+                        p.fenced()
+                    }
+                    None => false,
+                };
+                // `!=` rather than `>`: a machine deleted and enrolled again starts over.
+                // After a self-fence the VMs start again only as a fresh desired state
+                // says (the appliance may have restarted them elsewhere meanwhile).
+                if generation != self.fetched_generation || fenced {
+                    self.fetch_desired()?;
+                }
+                if fenced {
+                    if let Some(vms) = &self.vms {
+                        vms.resume();
+                    }
+                    if let Some(p) = &self.peers {
+                        p.resumed();
+                    }
+                    eprintln!("the appliance answers again: the self-fence is lifted");
+                }
             }
-            Beat::Ok(_) => {}
         }
         self.report()
     }

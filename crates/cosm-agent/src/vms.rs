@@ -15,11 +15,19 @@
 //! short-lived job thread per VM, so one VM never holds up another or the report; a VM
 //! with a job running is left alone until it ends.
 //!
+//! A VM's files may already exist when it is defined: every host of a rack shares the VM
+//! directory, and a VM the appliance restarts here after its old host was fenced comes with
+//! its disks. They are used as they are (the hypervisor makes only missing disk files), so
+//! the guest keeps its data. When the host fences itself ([`crate::peers`],
+//! [`SelfFencer`]), every managed domain is hard-stopped and nothing is defined, started or
+//! operated on until the agent has the appliance's desired state again.
+//!
 //! What it must not do: touch a domain the desired set does not list (those are reported
 //! `managed: false` and never started, stopped or undefined; a VM arriving by incoming live
-//! migration is one until the appliance lists it here), run a queued operation twice, or
-//! keep a downloaded file whose sha256 is not the pinned one. Errors never end the thread:
-//! a failing VM gets one note per distinct message and is retried with backoff.
+//! migration is one until the appliance lists it here, and so is the stale definition a
+//! fenced host still has of a VM that was restarted elsewhere), run a queued operation
+//! twice, or keep a downloaded file whose sha256 is not the pinned one. Errors never end the
+//! thread: a failing VM gets one note per distinct message and is retried with backoff.
 
 use anyhow::{bail, Context};
 use cosm_hypervisor::{
@@ -147,6 +155,8 @@ pub struct VmConfig {
     /// Download images and make the VM directories. Off for simulated hosts, whose
     /// hypervisor makes no files (a fleet of them would otherwise download every image).
     pub files: bool,
+    /// What the report gives as where this host's agent answers peer probes (`ip:port`).
+    pub probe: Option<String>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -157,6 +167,7 @@ impl std::fmt::Debug for VmConfig {
             .field("interval", &self.interval)
             .field("migration_uri", &self.migration_uri)
             .field("files", &self.files)
+            .field("probe", &self.probe)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +193,10 @@ pub enum Step {
     /// Being deleted: force it off if on, undefine it, remove its files.
     Delete {
         found: Option<VmPower>,
+    },
+    /// The host fenced itself ([`crate::peers`]): hard-stop it, whatever is wanted.
+    Fence {
+        found: VmPower,
     },
 }
 
@@ -210,6 +225,14 @@ pub fn decide(
             Step::Stop { found: p }
         }
         (Some(_), Some(_)) => Step::Nothing,
+    }
+}
+
+/// The step for one VM while the host is fenced: hard-stop it if it is on; nothing else.
+pub fn decide_fenced(found: Option<VmPower>) -> Step {
+    match found {
+        Some(p) if p.is_active() => Step::Fence { found: p },
+        _ => Step::Nothing,
     }
 }
 
@@ -251,6 +274,8 @@ struct Shared {
     hv: Arc<dyn Hypervisor>,
     config: VmConfig,
     http: reqwest::blocking::Client,
+    /// Why the host fenced itself, while it is fenced.
+    fence_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -459,6 +484,21 @@ fn work(shared: &Shared, vm: &DesiredVm, step: Step, ops: Vec<VmOp>) -> JobDone 
     };
     let step_result: Result<(), (String, bool)> = match step {
         Step::Nothing => Ok(()),
+        Step::Fence { found } => match hv.destroy(name) {
+            // It went off by itself meanwhile: as good.
+            Ok(()) | Err(HypervisorError::WrongState { .. }) => {
+                eprintln!("SELF-FENCE: {name} hard-stopped (it was {found})");
+                done.notes.push(note(format!(
+                    "hard-stopped (it was {found}): this host fenced itself; {}",
+                    shared_reason(shared)
+                )));
+                Ok(())
+            }
+            Err(e) => Err((
+                format!("self-fence: cannot force it off: {}", chain(e)),
+                false,
+            )),
+        },
         Step::Create { start } => (|| {
             let spec = shared.spec(vm).map_err(|m| (m, true))?;
             hv.define(&spec)
@@ -610,7 +650,35 @@ struct Failure {
 enum Msg {
     Desired(Vec<DesiredVm>),
     JobDone(JobDone),
+    /// Hard-stop every managed domain and start none until [`Msg::Resume`]; the reason.
+    SelfFence(String),
+    Resume,
     Stop,
+}
+
+/// Tells the VM controller that the host fenced itself ([`crate::peers`]); cheap to clone,
+/// usable from any thread.
+#[derive(Debug, Clone)]
+pub struct SelfFencer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SelfFencer {
+    /// Hard-stops every COSM-managed running domain and holds the controller (nothing is
+    /// defined, started or operated on) until it is resumed.
+    pub fn fence(&self, reason: String) {
+        let _ = self.tx.send(Msg::SelfFence(reason));
+    }
+}
+
+/// Why the host fenced itself, as the job threads see it.
+fn shared_reason(shared: &Shared) -> String {
+    shared
+        .fence_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
 }
 
 /// The VM controller. Run it on its own thread with [`VmControllerHandle::start`]; the
@@ -641,6 +709,9 @@ pub struct VmController {
     storage: Option<(u64, Instant)>,
     /// The last error of the hypervisor's list or the sink, so each is logged once.
     last_warning: Option<String>,
+    /// The host fenced itself, for this reason: managed domains are hard-stopped and
+    /// nothing is started until the agent has the appliance's desired state again.
+    held: Option<String>,
 }
 
 impl std::fmt::Debug for VmController {
@@ -678,6 +749,35 @@ impl VmController {
             last_sent: None,
             storage: None,
             last_warning: None,
+            held: None,
+        }
+    }
+
+    /// The sender the self-fence uses ([`crate::peers`]).
+    pub fn self_fencer(&self) -> SelfFencer {
+        SelfFencer {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// The host fenced itself: hard-stop every managed domain (at the next pass) and start
+    /// nothing until [`VmController::resume`].
+    pub fn self_fence(&mut self, reason: String) {
+        eprintln!("SELF-FENCE: VM controller: stopping every COSM-managed domain: {reason}");
+        if let Some(s) = &self.shared {
+            *s.fence_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        }
+        self.held = Some(reason);
+    }
+
+    /// The agent has the appliance's desired state again after a self-fence: converge to
+    /// it as usual.
+    pub fn resume(&mut self) {
+        if self.held.take().is_some() {
+            eprintln!("VM controller: the self-fence is lifted; the appliance answers again");
+        }
+        if let Some(s) = &self.shared {
+            *s.fence_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
@@ -715,6 +815,7 @@ impl VmController {
             hv: self.hv.clone(),
             config: self.config.clone(),
             http: http_client()?,
+            fence_reason: std::sync::Mutex::new(self.held.clone()),
         });
         self.shared = Some(s.clone());
         Ok(s)
@@ -801,12 +902,17 @@ impl VmController {
                     self.migrated_away.remove(&vm.name);
                 }
                 let was = self.was_wanted.get(&vm.name).copied().flatten();
-                let step = decide(vm.power, found, was, self.migrated_away.contains(&vm.name));
+                let step = if self.held.is_some() {
+                    decide_fenced(found)
+                } else {
+                    decide(vm.power, found, was, self.migrated_away.contains(&vm.name))
+                };
                 self.was_wanted.insert(vm.name.clone(), vm.power);
+                // While fenced, operations stay queued: none is carried out.
                 let ops: Vec<VmOp> = vm
                     .ops
                     .iter()
-                    .filter(|op| !self.ops_seen.contains(&op.id))
+                    .filter(|op| self.held.is_none() && !self.ops_seen.contains(&op.id))
                     .cloned()
                     .collect();
                 // A VM being deleted and already gone needs no job unless it has files
@@ -856,6 +962,14 @@ impl VmController {
                 self.job_done(done);
                 true
             }
+            Msg::SelfFence(reason) => {
+                self.self_fence(reason);
+                true
+            }
+            Msg::Resume => {
+                self.resume();
+                true
+            }
             Msg::Stop => false,
         }
     }
@@ -885,7 +999,7 @@ impl VmController {
             memory_mib: size.memory_mib,
             storage_bytes: storage,
             migration_uri: self.config.migration_uri.clone(),
-            probe: None,
+            probe: self.config.probe.clone(),
         }
     }
 
@@ -1037,6 +1151,8 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Desired(_) => "Desired",
             Msg::JobDone(_) => "JobDone",
+            Msg::SelfFence(_) => "SelfFence",
+            Msg::Resume => "Resume",
             Msg::Stop => "Stop",
         })
     }
@@ -1058,6 +1174,19 @@ impl VmControllerHandle {
     /// Hands over the VMs of a freshly fetched desired state; returns at once.
     pub fn set_desired(&self, vms: Vec<DesiredVm>) {
         let _ = self.tx.send(Msg::Desired(vms));
+    }
+
+    /// The sender the self-fence uses.
+    pub fn self_fencer(&self) -> SelfFencer {
+        SelfFencer {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Lifts a self-fence (after a desired state handed over with
+    /// [`VmControllerHandle::set_desired`], which the controller takes first).
+    pub fn resume(&self) {
+        let _ = self.tx.send(Msg::Resume);
     }
 }
 
@@ -1219,6 +1348,7 @@ mod tests {
             interval: Duration::from_millis(10),
             migration_uri: Some("qemu+tcp://host-a/system".into()),
             files,
+            probe: Some("192.0.2.10:7946".into()),
         };
         let c = VmController::new(Arc::new(hv.clone()), config, Box::new(sink.clone()));
         Setup { c, sink, hv, dir }
@@ -1311,6 +1441,7 @@ mod tests {
             first.capacity.migration_uri.as_deref(),
             Some("qemu+tcp://host-a/system")
         );
+        assert_eq!(first.capacity.probe.as_deref(), Some("192.0.2.10:7946"));
         assert!(first.capacity.storage_bytes > 0);
 
         s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
@@ -1573,6 +1704,177 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, [sha(&good)], "no partial or mismatched file kept");
+    }
+
+    #[test]
+    fn a_self_fence_hard_stops_managed_domains_and_starts_none_until_resumed() {
+        let mut s = setup();
+        s.hv.define(&VmSpec::new(name("other"), VmKind::Kvm, 1, 128))
+            .unwrap();
+        s.hv.start(&name("other")).unwrap();
+        s.c.set_desired(vec![
+            vm("vm1", Some(PowerWanted::Running)),
+            vm("vm2", Some(PowerWanted::Stopped)),
+        ]);
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        // Through the channel, as the probe thread does.
+        s.c.self_fencer().fence("cut off for 60 s".into());
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::ShutOff));
+        assert_eq!(
+            power(&s.hv, "other"),
+            Some(VmPower::Running),
+            "not COSM's: untouched"
+        );
+        let notes = messages(&s.sink.notes());
+        assert_eq!(
+            notes.last().unwrap(),
+            "vm1: hard-stopped (it was running): this host fenced itself; cut off for 60 s"
+        );
+        // Held: the same desired state again, an operation and more passes start nothing.
+        let mut again = vm("vm1", Some(PowerWanted::Running));
+        again.ops = vec![op(5, VmOpKind::Reboot)];
+        s.c.set_desired(vec![again.clone(), vm("vm2", Some(PowerWanted::Running))]);
+        for _ in 0..5 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::ShutOff));
+        assert!(s.sink.results().is_empty(), "the operation stays queued");
+        // A VM created while fenced (by something else) is stopped too.
+        s.hv.start(&name("vm1")).unwrap();
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::ShutOff));
+        // The appliance answers again and still wants them here.
+        s.c.set_desired(vec![again, vm("vm2", Some(PowerWanted::Running))]);
+        s.c.resume();
+        assert!(s.c.settle(SETTLE));
+        assert_eq!(power(&s.hv, "vm1"), Some(VmPower::Running));
+        assert_eq!(power(&s.hv, "vm2"), Some(VmPower::Running));
+        assert_eq!(s.sink.results().len(), 1, "the queued operation ran");
+    }
+
+    #[test]
+    fn a_stale_definition_of_a_vm_that_moved_away_is_never_started() {
+        // Host A ran vm1, was fenced (powered off) and comes back; the appliance restarted
+        // vm1 on host B meanwhile, so A's desired state no longer lists it.
+        let hv = SimHypervisor::new("sim://a");
+        let mut s = setup_with(hv.clone(), "http://127.0.0.1:9", false);
+        s.c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        assert!(s.c.settle(SETTLE));
+        hv.kill(&name("vm1"), VmPower::ShutOff).unwrap();
+        drop(s);
+        // The agent starts afresh after the reboot: before any desired state, and with
+        // one that lists only another VM, it leaves the old definition alone.
+        let mut s = setup_with(hv.clone(), "http://127.0.0.1:9", false);
+        for _ in 0..3 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&hv, "vm1"), Some(VmPower::ShutOff));
+        s.c.set_desired(vec![vm("vm2", Some(PowerWanted::Running))]);
+        for _ in 0..3 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&hv, "vm1"), Some(VmPower::ShutOff));
+        assert_eq!(power(&hv, "vm2"), Some(VmPower::Running));
+        let r = s.sink.last();
+        let stale = r.domains.iter().find(|d| d.name == "vm1").unwrap();
+        assert!(!stale.managed && stale.power == DomainPower::ShutOff);
+        assert!(
+            !messages(&s.sink.notes())
+                .iter()
+                .any(|n| n.starts_with("vm1")),
+            "nothing was done to vm1"
+        );
+        // The same on an agent that did not restart: dropped from the set while off, it
+        // stays off (and stays defined: its disk on shared storage is the new host's now).
+        s.c.set_desired(vec![vm("vm2", Some(PowerWanted::Running))]);
+        hv.kill(&name("vm2"), VmPower::ShutOff).unwrap();
+        s.c.set_desired(Vec::new());
+        for _ in 0..3 {
+            assert!(s.c.settle(SETTLE));
+        }
+        assert_eq!(power(&hv, "vm2"), Some(VmPower::ShutOff));
+    }
+
+    /// Evacuation: host A was fenced, and the appliance places its VM on host B. Every host
+    /// shares the VM directory, so B finds the VM's disks already there and must define the
+    /// domain on them as they are: a new overlay would lose the guest's data. Real libvirt
+    /// (its in-process test driver) and real qemu-img, as the agent runs them.
+    #[cfg(feature = "libvirt")]
+    #[test]
+    fn an_evacuated_vm_is_defined_on_its_existing_disks() {
+        use cosm_hypervisor::LibvirtHypervisor;
+        let shared = tempfile::tempdir().unwrap();
+        // The base image, cached in the shared directory as A left it.
+        let base = shared.path().join("base.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("1M")
+            .status()
+            .expect("qemu-img (Debian package qemu-utils)");
+        assert!(made.success());
+        let base_bytes = std::fs::read(&base).unwrap();
+        std::fs::create_dir_all(shared.path().join("images")).unwrap();
+        std::fs::rename(&base, shared.path().join("images").join(sha(&base_bytes))).unwrap();
+        let mut desired = vm("evac-vm1", Some(PowerWanted::Running));
+        desired.disks = vec![
+            VmDisk::Image {
+                image: "base.qcow2".into(),
+                sha256: sha(&base_bytes),
+            },
+            VmDisk::Blank {
+                size_bytes: 1 << 20,
+            },
+        ];
+        let controller = |hv: Arc<dyn Hypervisor>, sink: Keep| {
+            let config = VmConfig {
+                state_dir: shared.path().to_path_buf(),
+                // Nothing listens: a download would fail the test.
+                appliance: "http://127.0.0.1:9".into(),
+                credential: Arc::new(|| Some("cred-1".to_string())),
+                interval: Duration::from_millis(10),
+                migration_uri: None,
+                files: true,
+                probe: None,
+            };
+            VmController::new(hv, config, Box::new(sink))
+        };
+        let a = Arc::new(LibvirtHypervisor::connect("test:///default").unwrap());
+        let mut on_a = controller(a.clone(), Keep::default());
+        on_a.set_desired(vec![desired.clone()]);
+        assert!(on_a.settle(SETTLE));
+        assert_eq!(a.state(&name("evac-vm1")).unwrap(), VmPower::Running);
+        let vm_dir = shared.path().join("vms/evac-vm1");
+        let disks = [vm_dir.join("disk0.qcow2"), vm_dir.join("disk1.qcow2")];
+        // The guest wrote to its disks (bytes past the qcow2 data do for this check).
+        for d in &disks {
+            let mut f = std::fs::OpenOptions::new().append(true).open(d).unwrap();
+            f.write_all(b"guest data written on host A").unwrap();
+        }
+        let before: Vec<Vec<u8>> = disks.iter().map(|d| std::fs::read(d).unwrap()).collect();
+        // A is fenced: its domain is gone from B's point of view.
+        drop(on_a);
+        a.destroy(&name("evac-vm1")).unwrap();
+        a.undefine(&name("evac-vm1")).unwrap();
+        // B: another agent, the same shared directory.
+        let b = Arc::new(LibvirtHypervisor::connect("test:///default").unwrap());
+        let sink = Keep::default();
+        let mut on_b = controller(b.clone(), sink.clone());
+        on_b.set_desired(vec![desired]);
+        assert!(on_b.settle(SETTLE));
+        assert_eq!(b.state(&name("evac-vm1")).unwrap(), VmPower::Running);
+        assert_eq!(
+            messages(&sink.notes()),
+            ["evac-vm1: defined on this host and started"]
+        );
+        let after: Vec<Vec<u8>> = disks.iter().map(|d| std::fs::read(d).unwrap()).collect();
+        assert!(before == after, "the disks were changed on host B");
+        b.destroy(&name("evac-vm1")).unwrap();
+        b.undefine(&name("evac-vm1")).unwrap();
     }
 
     #[test]

@@ -159,6 +159,7 @@ impl SimAgent {
             interval: SIM_VM_INTERVAL,
             migration_uri: Some(host.uri().to_string()),
             files: false,
+            probe: None,
         };
         let sink = HttpReportSink::new(&self.base, credential);
         let controller = VmController::new(Arc::new(host.clone()), config, Box::new(sink));

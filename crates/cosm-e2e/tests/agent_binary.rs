@@ -327,3 +327,55 @@ fn agent_without_settings_says_what_to_do() {
         "{err}"
     );
 }
+
+/// A hypervisor host's agent (here with the simulated hypervisor) answers peer probes on
+/// `--probe-listen` with its own MAC and the prober's nonce, and ignores anything else.
+#[test]
+fn a_host_agent_answers_peer_probes() {
+    let f = Fixture::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A free port: bound and let go (nothing else on loopback takes it meanwhile).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _agent = start_agent_with(
+        &f.app,
+        Some(&f.enroll_token),
+        &dir.path().join("state"),
+        &dir.path().join("agent.log"),
+        &["--mac", MAC, "--simulate-vms", "--probe-listen", &listen],
+    );
+    let me = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    me.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut probe = b"COSMprb1".to_vec();
+    probe.extend_from_slice(b"nonce-42");
+    probe.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 0x99]);
+    let mut buf = [0u8; 64];
+    let mut answer = None;
+    wait_until(
+        "the agent to answer a probe",
+        Duration::from_secs(30),
+        || {
+            me.send_to(&probe, &listen).unwrap();
+            if let Ok((n, from)) = me.recv_from(&mut buf) {
+                assert_eq!(from.to_string(), listen);
+                answer = Some(buf[..n].to_vec());
+            }
+            answer.is_some()
+        },
+    );
+    let mut want = b"COSMans1".to_vec();
+    want.extend_from_slice(b"nonce-42");
+    want.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    assert_eq!(answer.unwrap(), want);
+    // Not a probe: no answer, and the agent keeps answering probes.
+    me.send_to(b"COSMprb1 but too long for a probe", &listen)
+        .unwrap();
+    assert!(me.recv_from(&mut buf).is_err());
+    me.send_to(&probe, &listen).unwrap();
+    assert_eq!(me.recv_from(&mut buf).unwrap().0, 22);
+}
