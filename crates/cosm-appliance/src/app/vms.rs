@@ -455,8 +455,12 @@ pub(super) fn start_migration(
 /// until its agent reports the domain gone. Returns the record as it is now (`None`: gone).
 pub(super) fn delete(tx: &mut Tx<'_>, name: &VmName, by: &str) -> Result<Option<Vm>, StoreError> {
     let mut vm = tx.vm(name)?;
+    // A fenced host is off and runs nothing: its VMs are deleted from the record at once
+    // (their files on shared storage stay; see the HA section of the README).
     let host_known = match vm.host {
-        Some(h) => tx.find_machine(h)?.is_some(),
+        Some(h) => tx
+            .find_machine(h)?
+            .is_some_and(|m| m.state != cosm_wire::MachineState::Fenced),
         None => false,
     };
     if !host_known {
