@@ -487,6 +487,10 @@ fn crate_dependencies_point_one_way() {
             "crates/cosm-hypervisor/Cargo.toml",
             "cosm-appliance cosm-agent cosm-netboot cosm-kickstart cosm-e2e cosmctl",
         ),
+        (
+            "crates/cosm-power/Cargo.toml",
+            "cosm-appliance cosm-agent cosm-netboot cosm-kickstart cosm-e2e cosmctl cosm-hypervisor",
+        ),
     ];
     let mut found = Vec::new();
     for (path, forbidden) in rules {
@@ -496,7 +500,7 @@ fn crate_dependencies_point_one_way() {
     }
     verdict(
         "netboot, the agent and cosmctl never link the appliance; cosm-wire has no server code; \
-         cosm-hypervisor links only cosm-wire:",
+         cosm-hypervisor and cosm-power link only cosm-wire:",
         found,
         "share types through cosm-wire, and reach the appliance through its HTTP API or through a \
          trait the appliance implements (netboot's `LeaseSink`).",
