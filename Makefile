@@ -53,7 +53,7 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 	@[ -x $(VENV)/bin/python3 ] || { echo "creating $(VENV)"; python3 -m venv $(VENV); }
-	@$(VENV)/bin/pip show -q $(PIP_PACKAGES) >/dev/null 2>&1 || { \
+	@$(VENV)/bin/python3 -c 'import sys, importlib.metadata as m; [m.version(p) for p in sys.argv[1:]]' $(PIP_PACKAGES) 2>/dev/null || { \
 	  echo "installing into $(VENV): $(PIP_PACKAGES) (those already there are kept)"; \
 	  $(VENV)/bin/pip install -q $(PIP_PACKAGES); }
 
