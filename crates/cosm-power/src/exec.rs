@@ -68,7 +68,7 @@ impl Exec {
                     driver: "exec",
                     action: action.to_string(),
                     secs: self.timeout.as_secs(),
-                })
+                });
             }
         };
         if !out.status.success() {
@@ -221,10 +221,7 @@ esac"#,
         let dir = tempfile::tempdir().unwrap();
         let cmd = script(
             dir.path(),
-            &format!(
-                "sleep 300 & echo $! > {}/child\nwait",
-                dir.path().display()
-            ),
+            &format!("sleep 300 & echo $! > {}/child\nwait", dir.path().display()),
         );
         let d = Exec::new(cmd, mac(), None, Duration::from_millis(500));
         let e = d.act(PowerAction::Off).await.unwrap_err();

@@ -97,7 +97,10 @@ impl Redfish {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let answer = request.send().await.map_err(|e| self.transport(action, &e))?;
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| self.transport(action, &e))?;
         let status = answer.status();
         let text = answer
             .text()
@@ -349,7 +352,10 @@ mod tests {
             json!({"Actions": {"#ComputerSystem.Reset": {
                 "ResetType@Redfish.AllowableValues": values}}})
         };
-        assert_eq!(cycle_reset(&with(json!(["On", "ForceOff"]))), "ForceRestart");
+        assert_eq!(
+            cycle_reset(&with(json!(["On", "ForceOff"]))),
+            "ForceRestart"
+        );
         assert_eq!(
             cycle_reset(&with(json!(["On", "PowerCycle"]))),
             "PowerCycle"
