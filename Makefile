@@ -15,14 +15,19 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # (virt-xml-validate, virsh) and qemu-utils (qemu-img makes VM disks):
 # crates/cosm-hypervisor/tests/domain_xml_schema.rs and hypervisor_contract.rs. libvirt-daemon-system
 # (libvirtd, started privately in network namespaces by the tests and the rack's hypervisor hosts, never
-# as a service): crates/cosm-e2e/tests/hypervisor_hosts.rs, make demo DEMO_HOSTS=N.
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system
+# as a service): crates/cosm-e2e/tests/hypervisor_hosts.rs, make demo DEMO_HOSTS=N. ipmitool (the IPMI power
+# driver, crates/cosm-power/src/ipmi.rs); python3-dev, gcc (pip builds libvirt-python from source):
+# crates/cosm-e2e/tests/power.rs.
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa
 # Python tools, installed into ./.venv: openapi-spec-validator (crates/cosm-e2e/tests/openapi.rs), pykickstart
-# (ksvalidator, crates/cosm-kickstart/tests/templates.rs). shellcheck (apt) checks the kickstart scripts.
-PIP_PACKAGES := openapi-spec-validator pykickstart
+# (ksvalidator, crates/cosm-kickstart/tests/templates.rs); the BMC emulators sushy-tools (Redfish) and
+# virtualbmc (IPMI) with libvirt-python (their libvirt binding) and bcrypt (the test's htpasswd file):
+# crates/cosm-e2e/tests/power.rs. shellcheck (apt) checks the kickstart scripts. An existing .venv gets
+# whichever of these it lacks.
+PIP_PACKAGES := openapi-spec-validator pykickstart sushy-tools virtualbmc libvirt-python bcrypt
 
 .PHONY: all build test check demo bench deps clean help toolchain fuzz image
 
@@ -47,10 +52,10 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
-	@if [ ! -x $(VENV)/bin/openapi-spec-validator ] || [ ! -x $(VENV)/bin/ksvalidator ]; then \
-	  echo "creating $(VENV) with $(PIP_PACKAGES)"; \
-	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PIP_PACKAGES); \
-	fi
+	@[ -x $(VENV)/bin/python3 ] || { echo "creating $(VENV)"; python3 -m venv $(VENV); }
+	@$(VENV)/bin/python3 -c 'import sys, importlib.metadata as m; [m.version(p) for p in sys.argv[1:]]' $(PIP_PACKAGES) 2>/dev/null || { \
+	  echo "installing into $(VENV): $(PIP_PACKAGES) (those already there are kept)"; \
+	  $(VENV)/bin/pip install -q $(PIP_PACKAGES); }
 
 build: toolchain deps
 	$(CARGO) build --workspace --bins

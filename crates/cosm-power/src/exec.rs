@@ -52,18 +52,23 @@ impl Exec {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A group of its own, so a timeout kills what the command started too (a
+            // script's `sleep`, an ssh), not only the script.
+            .process_group(0)
             .kill_on_drop(true);
         let child = cmd
             .spawn()
             .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
+        let group = child.id();
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(r) => r.map_err(|e| failed(format!("{program}: {e}")))?,
             Err(_) => {
+                kill_group(group);
                 return Err(PowerError::Timeout {
                     driver: "exec",
                     action: action.to_string(),
                     secs: self.timeout.as_secs(),
-                })
+                });
             }
         };
         if !out.status.success() {
@@ -83,6 +88,21 @@ impl Exec {
             )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// SIGKILLs the process group `pgid` leads (the fence command's, see `process_group(0)`).
+fn kill_group(pgid: Option<u32>) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) else {
+        return;
+    };
+    if let Err(e) = killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+        // ESRCH: the group is already gone.
+        if e != nix::errno::Errno::ESRCH {
+            tracing::warn!(pgid, error = %e, "cannot kill a timed-out fence command's group");
+        }
     }
 }
 
@@ -132,7 +152,9 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        vec![path.display().to_string()]
+        // Through sh rather than exec'd itself: another test's fork may still hold the
+        // script open for writing, and exec would then fail with ETXTBSY.
+        vec!["/bin/sh".into(), path.display().to_string()]
     }
 
     fn mac() -> MacAddr {
@@ -183,6 +205,40 @@ esac"#,
             ),
             "{e}"
         );
+    }
+
+    /// Whether `pid` is gone (or a zombie, which is gone for our purposes).
+    fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_command_leaves_no_child_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = script(
+            dir.path(),
+            &format!("sleep 300 & echo $! > {}/child\nwait", dir.path().display()),
+        );
+        let d = Exec::new(cmd, mac(), None, Duration::from_millis(500));
+        let e = d.act(PowerAction::Off).await.unwrap_err();
+        assert!(matches!(e, PowerError::Timeout { .. }), "{e}");
+        let child: u32 = std::fs::read_to_string(dir.path().join("child"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gone(child) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fence command's `sleep` (pid {child}) outlived its timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

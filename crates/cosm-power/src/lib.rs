@@ -6,11 +6,15 @@
 //! is off, or fails.
 
 mod exec;
+mod ipmi;
+mod redfish;
 
 use cosm_wire::{MacAddr, PowerAction, PowerSettings, PowerState};
 use std::time::{Duration, Instant};
 
 pub use exec::Exec;
+pub use ipmi::Ipmi;
+pub use redfish::Redfish;
 
 /// Why a power call failed, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
@@ -64,34 +68,25 @@ pub fn driver(settings: &PowerSettings, mac: MacAddr) -> Box<dyn PowerDriver> {
             address.clone(),
             Duration::from_secs(u64::from(*timeout_secs)),
         )),
-        PowerSettings::Redfish { .. } | PowerSettings::Ipmi { .. } => {
-            Box::new(Unimplemented(settings.driver_name()))
-        }
-    }
-}
-
-/// Placeholder until the BMC drivers land.
-#[derive(Debug)]
-struct Unimplemented(&'static str);
-
-#[async_trait::async_trait]
-impl PowerDriver for Unimplemented {
-    fn name(&self) -> &'static str {
-        self.0
-    }
-    async fn status(&self) -> Result<PowerState, PowerError> {
-        Err(PowerError::Failed {
-            driver: self.0,
-            action: "status".into(),
-            detail: "this driver is not built yet".into(),
-        })
-    }
-    async fn act(&self, action: PowerAction) -> Result<(), PowerError> {
-        Err(PowerError::Failed {
-            driver: self.0,
-            action: action.to_string(),
-            detail: "this driver is not built yet".into(),
-        })
+        PowerSettings::Redfish {
+            url,
+            username,
+            password,
+            system,
+            insecure_tls,
+        } => Box::new(Redfish::new(
+            url,
+            username,
+            password,
+            system.clone(),
+            *insecure_tls,
+        )),
+        PowerSettings::Ipmi {
+            host,
+            port,
+            username,
+            password,
+        } => Box::new(Ipmi::new(host, *port, username, password)),
     }
 }
 
