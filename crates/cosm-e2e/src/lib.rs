@@ -5,6 +5,7 @@
 //! as the test executable; `make test` builds them first.
 
 pub mod guest;
+pub mod ha;
 pub mod libvirtd;
 pub mod netns;
 pub mod rack;
