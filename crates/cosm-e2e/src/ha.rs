@@ -216,7 +216,10 @@ impl HaRack {
             })?;
             wait_for(BOOT, &format!("{name}'s first boot line"), || {
                 let c = api_console(&self.rack.app, name)?;
-                Ok(c.boots.iter().any(|(m, n)| m == name && *n == 1).then_some(()))
+                Ok(c.boots
+                    .iter()
+                    .any(|(m, n)| m == name && *n == 1)
+                    .then_some(()))
             })?;
         }
         Ok(())
@@ -326,12 +329,16 @@ impl HaRack {
         subject: &str,
         timeout: Duration,
     ) -> anyhow::Result<Alarm> {
-        wait_for(timeout, &format!("alarm {} on {subject}", kind.as_str()), || {
-            Ok(self
-                .alarms(false)?
-                .into_iter()
-                .find(|a| a.kind == kind && a.subject == subject && a.cleared_at.is_none()))
-        })
+        wait_for(
+            timeout,
+            &format!("alarm {} on {subject}", kind.as_str()),
+            || {
+                Ok(self
+                    .alarms(false)?
+                    .into_iter()
+                    .find(|a| a.kind == kind && a.subject == subject && a.cleared_at.is_none()))
+            },
+        )
         .with_context(|| format!("every alarm: {:?}", self.alarms(true)))
     }
 
@@ -394,7 +401,10 @@ impl HaRack {
             .collect();
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
             else {
                 continue;
             };

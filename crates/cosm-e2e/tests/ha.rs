@@ -32,13 +32,7 @@ const VICTIM: usize = 0;
 
 /// Unwraps, or panics with the error and the rack's logs.
 fn ok<T>(ha: &HaRack, r: anyhow::Result<T>) -> T {
-    r.unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\nevacuations: {:?}\n{}",
-            ha.evacuations(),
-            ha.logs()
-        )
-    })
+    r.unwrap_or_else(|e| panic!("{e:#}\nevacuations: {:?}\n{}", ha.evacuations(), ha.logs()))
 }
 
 /// Asserts that guest `name` runs as exactly one QEMU process, on host `host`.
@@ -63,7 +57,10 @@ fn wait_restarted(
     let timeout = DETECT + BOOT;
     let deadline = Instant::now() + timeout;
     while seen.len() < names.len() {
-        for name in names.iter().filter(|n| !seen.contains_key(**n)) {
+        for name in names {
+            if seen.contains_key(*name) {
+                continue;
+            }
             let vm = ok(ha, ha.vm(name));
             let elsewhere = vm
                 .host
@@ -75,7 +72,10 @@ fn wait_restarted(
             }
         }
         if Instant::now() > deadline {
-            let records: Vec<_> = names.iter().map(|n| ha.vm(n).map(|v| format!("{v:?}"))).collect();
+            let records: Vec<_> = names
+                .iter()
+                .map(|n| ha.vm(n).map(|v| format!("{v:?}")))
+                .collect();
             panic!(
                 "not every one of {names:?} ran elsewhere within {timeout:?} (seen: {seen:?})\nrecords: {records:?}\nevacuations: {:?}\n{}",
                 ha.evacuations(),
@@ -113,13 +113,16 @@ fn assert_evacuation_done(
 ) {
     assert_eq!(e.phase, EvacuationPhase::Done, "{e:?}");
     let fenced = e.fenced_at.unwrap_or_else(|| panic!("no fenced_at: {e:?}"));
-    let finished = e.finished_at.unwrap_or_else(|| panic!("no finished_at: {e:?}"));
+    let finished = e
+        .finished_at
+        .unwrap_or_else(|| panic!("no finished_at: {e:?}"));
     assert!(e.started_at <= fenced && fenced <= finished, "{e:?}");
     for (name, (host, _)) in moved {
         let v = e.vms.iter().find(|v| v.name.as_str() == name);
         assert!(
-            v.is_some_and(|v| v.status == EvacuatedVmStatus::Running
-                && v.to.as_ref() == Some(&ha.mac(*host))),
+            v.is_some_and(
+                |v| v.status == EvacuatedVmStatus::Running && v.to.as_ref() == Some(&ha.mac(*host))
+            ),
             "{name} is not `running` on host {} in the evacuation: {e:?}",
             ha.rack.hosts[*host].n
         );
@@ -150,7 +153,10 @@ fn assert_stays_down(ha: &HaRack, name: &str) {
         "{name} is not HA but runs: {:?}",
         ha.qemus_of(name)
     );
-    ok(ha, ha.wait_alarm(AlarmKind::VmDown, name, Duration::from_secs(30)));
+    ok(
+        ha,
+        ha.wait_alarm(AlarmKind::VmDown, name, Duration::from_secs(30)),
+    );
 }
 
 /// Asserts the survivor's own libvirt runs the guest and its console shows a boot from
@@ -169,12 +175,20 @@ fn assert_booted_again_on(ha: &HaRack, name: &str, host: usize) {
         ha,
         wait_for(BOOT, &format!("{name}'s boot=2 on the API console"), || {
             let c = api_console(&ha.rack.app, name)?;
-            Ok(c.boots.iter().any(|(m, n)| m == name && *n == 2).then_some(()))
+            Ok(c.boots
+                .iter()
+                .any(|(m, n)| m == name && *n == 2)
+                .then_some(()))
         }),
     );
 }
 
-fn print_times(scenario: &str, fault: SystemTime, e: &Evacuation, moved: &BTreeMap<String, (usize, Duration)>) {
+fn print_times(
+    scenario: &str,
+    fault: SystemTime,
+    e: &Evacuation,
+    moved: &BTreeMap<String, (usize, Duration)>,
+) {
     eprintln!(
         "[{scenario}] detection (evacuation started) {:.1} s, fenced {:.1} s after the fault",
         secs_since(fault, e.started_at),
@@ -207,9 +221,13 @@ fn a_crashed_host_is_fenced_and_its_ha_vms_restart_on_the_survivors() {
     let fault = ok(&ha, ha.crash_host(VICTIM));
     let t0 = Instant::now();
     let moved = wait_restarted(&ha, &[a, b], VICTIM, t0);
-    let e = wait_evacuation(&ha, VICTIM, "the evacuation done", Duration::from_secs(60), |e| {
-        e.phase == EvacuationPhase::Done
-    });
+    let e = wait_evacuation(
+        &ha,
+        VICTIM,
+        "the evacuation done",
+        Duration::from_secs(60),
+        |e| e.phase == EvacuationPhase::Done,
+    );
     print_times("host crash", fault, &e, &moved);
     assert_evacuation_done(&ha, &e, &moved, &[c]);
     assert_eq!(ok(&ha, ha.machine_state(VICTIM)), "fenced");
@@ -235,7 +253,11 @@ fn a_crashed_host_is_fenced_and_its_ha_vms_restart_on_the_survivors() {
     );
     // Only the dead host was fenced; the survivors are still active VM hosts.
     let victim_ns = ha.rack.hosts[VICTIM].ns.name().to_string();
-    let offs: Vec<_> = ha.fence_log().into_iter().filter(|f| f.action == "off").collect();
+    let offs: Vec<_> = ha
+        .fence_log()
+        .into_iter()
+        .filter(|f| f.action == "off")
+        .collect();
     assert!(offs.iter().all(|f| f.ns == victim_ns), "{offs:?}");
     for h in 1..3 {
         assert_eq!(ok(&ha, ha.machine_state(h)), "active");
@@ -258,9 +280,13 @@ fn a_host_cut_off_is_fenced_before_its_vms_run_elsewhere_and_each_vm_runs_once()
     let fault = ok(&ha, ha.cut_host(VICTIM));
     let t0 = Instant::now();
     let moved = wait_restarted(&ha, &[a, b], VICTIM, t0);
-    let e = wait_evacuation(&ha, VICTIM, "the evacuation done", Duration::from_secs(60), |e| {
-        e.phase == EvacuationPhase::Done
-    });
+    let e = wait_evacuation(
+        &ha,
+        VICTIM,
+        "the evacuation done",
+        Duration::from_secs(60),
+        |e| e.phase == EvacuationPhase::Done,
+    );
     print_times("host cut off", fault, &e, &moved);
     assert_evacuation_done(&ha, &e, &moved, &[]);
     assert_eq!(ok(&ha, ha.machine_state(VICTIM)), "fenced");
@@ -335,7 +361,10 @@ fn a_failed_fence_restarts_nothing() {
     );
     assert!(e.error.is_some(), "fence_failed without an error: {e:?}");
     let mac = ha.rack.hosts[VICTIM].mac.clone();
-    ok(&ha, ha.wait_alarm(AlarmKind::FenceFailed, &mac, Duration::from_secs(30)));
+    ok(
+        &ha,
+        ha.wait_alarm(AlarmKind::FenceFailed, &mac, Duration::from_secs(30)),
+    );
 
     // A bounded look: for 15 s nothing moves and nothing starts elsewhere, while the
     // cut-off host still runs every guest.
@@ -343,8 +372,10 @@ fn a_failed_fence_restarts_nothing() {
     while Instant::now() < until {
         let e = ok(&ha, ha.evacuation_of(VICTIM)).expect("the evacuation record went away");
         assert!(
-            matches!(e.phase, EvacuationPhase::FenceFailed | EvacuationPhase::Fencing)
-                && e.fenced_at.is_none(),
+            matches!(
+                e.phase,
+                EvacuationPhase::FenceFailed | EvacuationPhase::Fencing
+            ) && e.fenced_at.is_none(),
             "{e:?}"
         );
         assert!(
@@ -403,7 +434,10 @@ fn the_appliance_cut_off_from_every_host_fences_nobody() {
         assert_runs_once_on(&ha, name, i);
     }
     let peer = ha.rack.hosts[1].addr;
-    assert!(ok(&ha, ha.ping(0, peer)), "hosts 1 and 2 do not reach each other");
+    assert!(
+        ok(&ha, ha.ping(0, peer)),
+        "hosts 1 and 2 do not reach each other"
+    );
 
     // The cut: an nftables rule set in the rack's namespace drops every packet between the
     // appliance's stack and the bridge (see HaRack::isolate_appliance); the bridge itself
@@ -414,7 +448,10 @@ fn the_appliance_cut_off_from_every_host_fences_nobody() {
         !ok(&ha, ha.ping(0, "192.0.2.1".parse().unwrap())),
         "the appliance is still reachable from host 1"
     );
-    assert!(ok(&ha, ha.ping(0, peer)), "the cut also cut host 1 off host 2");
+    assert!(
+        ok(&ha, ha.ping(0, peer)),
+        "the cut also cut host 1 off host 2"
+    );
     let alarm = ok(
         &ha,
         wait_for(Duration::from_secs(60), "alarm appliance_isolated", || {
@@ -433,7 +470,12 @@ fn the_appliance_cut_off_from_every_host_fences_nobody() {
         let evacuations = ok(ha, ha.evacuations());
         assert!(evacuations.is_empty(), "{when}: {evacuations:?}");
         for h in 0..3 {
-            assert_ne!(ok(ha, ha.machine_state(h)), "fenced", "{when}: host {}", h + 1);
+            assert_ne!(
+                ok(ha, ha.machine_state(h)),
+                "fenced",
+                "{when}: host {}",
+                h + 1
+            );
         }
         let now = qemus(ha);
         assert_eq!(now, before, "{when}: the guests' QEMU processes changed");
@@ -461,13 +503,17 @@ fn the_appliance_cut_off_from_every_host_fences_nobody() {
     // as the appliance shows it, goes on counting past what it showed during the cut).
     ok(
         &ha,
-        wait_for(Duration::from_secs(60), "appliance_isolated cleared", || {
-            Ok((!ha
-                .alarms(false)?
-                .iter()
-                .any(|x| x.kind == AlarmKind::ApplianceIsolated))
-            .then_some(()))
-        }),
+        wait_for(
+            Duration::from_secs(60),
+            "appliance_isolated cleared",
+            || {
+                Ok((!ha
+                    .alarms(false)?
+                    .iter()
+                    .any(|x| x.kind == AlarmKind::ApplianceIsolated))
+                .then_some(()))
+            },
+        ),
     );
     eprintln!(
         "[appliance cut off] appliance_isolated cleared {:.1} s after the heal",
@@ -476,10 +522,14 @@ fn the_appliance_cut_off_from_every_host_fences_nobody() {
     for (name, last) in &counters {
         ok(
             &ha,
-            wait_for(Duration::from_secs(60), &format!("{name} reported again"), || {
-                let c = api_console(&ha.rack.app, name)?;
-                Ok((c.last_counter() > Some(*last)).then_some(()))
-            }),
+            wait_for(
+                Duration::from_secs(60),
+                &format!("{name} reported again"),
+                || {
+                    let c = api_console(&ha.rack.app, name)?;
+                    Ok((c.last_counter() > Some(*last)).then_some(()))
+                },
+            ),
         );
     }
     // No fence later either.
@@ -530,9 +580,13 @@ fn an_appliance_killed_mid_evacuation_finishes_it_after_a_restart() {
         .restart()
         .unwrap_or_else(|e| panic!("{e:#}\nlog before the kill:\n{before}"));
     let moved = wait_restarted(&ha, &[a, b], VICTIM, t0);
-    let e = wait_evacuation(&ha, VICTIM, "the evacuation done", Duration::from_secs(60), |e| {
-        e.phase == EvacuationPhase::Done
-    });
+    let e = wait_evacuation(
+        &ha,
+        VICTIM,
+        "the evacuation done",
+        Duration::from_secs(60),
+        |e| e.phase == EvacuationPhase::Done,
+    );
     print_times("appliance killed", fault, &e, &moved);
     assert_evacuation_done(&ha, &e, &moved, &[c]);
     // The same evacuation, resumed: not a second one.
@@ -578,7 +632,7 @@ fn the_fence_script_powers_a_namespace_off() {
     let pid = ns.spawn(sleeper).unwrap();
     // A grandchild that left its parent, as a daemonized libvirtd does.
     let mut daemon = ns.command("sh");
-    daemon.args(["-c", "sleep 300 & exit 0"]);
+    daemon.args(["-c", "sleep 300 >/dev/null 2>&1 & exit 0"]);
     ns.run_ok(daemon).unwrap();
     assert_eq!(ns.pids().unwrap().len(), 2);
 
