@@ -6,6 +6,7 @@
 
 pub mod bmc;
 pub mod guest;
+pub mod ha;
 pub mod libvirtd;
 pub mod netns;
 pub mod rack;

@@ -46,6 +46,11 @@ pub struct PrivateLibvirtd {
     pid: Option<u32>,
     addr: Ipv4Addr,
     host_uuid: String,
+    /// The network namespace it runs in: Drop signals a PID only while that PID is still a
+    /// process of this namespace. A fenced host's daemon and guests die without removing
+    /// their pidfiles, and PIDs are reused (pid_max may be 32768), so a stale pidfile could
+    /// otherwise name another test's process.
+    netns: String,
 }
 
 /// Fails unless we are root and libvirtd and QEMU are installed, naming the Debian package.
@@ -82,6 +87,7 @@ impl PrivateLibvirtd {
             pid: None,
             addr,
             host_uuid,
+            netns: ns.name().to_string(),
         };
         let root = daemon.dir.path().to_path_buf();
         let mut script = String::from("set -e; ");
@@ -226,8 +232,12 @@ impl PrivateLibvirtd {
 impl Drop for PrivateLibvirtd {
     fn drop(&mut self) {
         // Guests outlive their libvirtd, so they go first: through libvirt, then by the
-        // pidfiles QEMU left, in case the daemon did not answer.
-        if self.pid.is_some() {
+        // pidfiles QEMU left, in case the daemon did not answer. A daemon that is already
+        // dead (its host was fenced or crashed) is not asked: its socket file is still
+        // there, but nobody answers.
+        let ns = netns_id(&self.netns);
+        let ours = |pid: u32| ns.is_some() && netns_id(&format!("/proc/{pid}/ns/net")) == ns;
+        if self.pid.is_some_and(|pid| alive(pid) && ours(pid)) {
             if let Ok(hv) = LibvirtHypervisor::connect(&self.uri()) {
                 for d in hv.list().unwrap_or_default() {
                     if let Ok(name) = VmName::new(&d.name) {
@@ -239,12 +249,16 @@ impl Drop for PrivateLibvirtd {
         let qemu_run = self.dir.path().join("run/qemu");
         for entry in std::fs::read_dir(qemu_run).into_iter().flatten().flatten() {
             if entry.path().extension().is_some_and(|e| e == "pid") {
-                if let Some(pid) = read_pid(&entry.path()) {
+                if let Some(pid) = read_pid(&entry.path()).filter(|&pid| ours(pid)) {
                     stop(pid);
                 }
             }
         }
-        if let Some(pid) = self.pid.or_else(|| read_pid(&self.pidfile())) {
+        if let Some(pid) = self
+            .pid
+            .or_else(|| read_pid(&self.pidfile()))
+            .filter(|&pid| ours(pid))
+        {
             stop(pid);
         }
     }
@@ -259,6 +273,18 @@ fn append(path: &Path, text: &str) -> anyhow::Result<()> {
 
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The identity (device, inode) of a network namespace: `path` is `/proc/PID/ns/net`, or a
+/// namespace's name under `/run/netns`.
+fn netns_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let path = if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        Path::new("/run/netns").join(path)
+    };
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn alive(pid: u32) -> bool {

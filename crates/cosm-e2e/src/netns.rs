@@ -284,6 +284,7 @@ fn debian_package(tool: &str) -> Option<&'static str> {
     Some(match tool {
         "ip" | "ss" | "bridge" => "iproute2",
         "ping" => "iputils-ping",
+        "nft" => "nftables",
         "dhclient" => "isc-dhcp-client",
         "dhcrelay" => "isc-dhcp-relay",
         "perfdhcp" => "kea-admin",
