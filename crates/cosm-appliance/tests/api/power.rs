@@ -77,7 +77,12 @@ async fn settings_are_written_never_read_back_with_their_secret() {
             Some(json!({"driver": "exec", "command": ["fence.sh"]})),
         )
         .await;
-    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, Some("power_settings"));
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("power_settings"),
+    );
     assert!(
         v["message"].as_str().unwrap().contains("absolute path"),
         "{v}"
@@ -164,4 +169,97 @@ async fn alarms_and_evacuations_list_and_validate_their_query() {
     let (s, v) = app.call("GET", "/api/v1/evacuations", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v, json!([]));
+}
+
+/// A tiny HTTP sink on loopback: every request body it gets, answered 204.
+fn webhook_sink() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(10) {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (url, rx)
+}
+
+// Multi-threaded: the test blocks on the sink's channel while the webhook task posts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_reach_the_webhook_the_api_and_metrics_raised_once_and_cleared() {
+    let (url, hooks) = webhook_sink();
+    let app =
+        TestApp::with_sections(64 * 1024, "", &format!("[ha]\nalarm_webhook = \"{url}\"\n")).await;
+    let core = &app.assembly.state.app;
+    for _ in 0..2 {
+        core.raise_alarm(
+            cosm_wire::AlarmKind::FenceFailed,
+            cosm_wire::Severity::Critical,
+            "52:54:00:aa:00:07".into(),
+            "BMC unreachable".into(),
+        )
+        .await
+        .unwrap();
+    }
+    let (s, v) = app.call("GET", "/api/v1/alarms", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1, "raised once: {v}");
+    assert_eq!(v[0]["kind"], "fence_failed");
+    let (_, _, body) = {
+        let req = axum::http::Request::builder()
+            .uri("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.raw(req).await
+    };
+    let metrics = String::from_utf8(body).unwrap();
+    assert!(
+        metrics.contains("cosm_alarms_active{kind=\"fence_failed\",severity=\"critical\"} 1"),
+        "{metrics}"
+    );
+    core.clear_alarm(
+        cosm_wire::AlarmKind::FenceFailed,
+        "52:54:00:aa:00:07".into(),
+    )
+    .await
+    .unwrap();
+    let (_, v) = app.call("GET", "/api/v1/alarms", None).await;
+    assert_eq!(v, json!([]));
+    let (_, v) = app.call("GET", "/api/v1/alarms?all=true", None).await;
+    assert!(v[0]["cleared_at"].is_string(), "{v}");
+    // The webhook got the raise and the clear, once each, in order.
+    let wait = std::time::Duration::from_secs(10);
+    let first = hooks
+        .recv_timeout(wait)
+        .expect("the raise reached the webhook");
+    let second = hooks
+        .recv_timeout(wait)
+        .expect("the clear reached the webhook");
+    assert_eq!(first["event"], "raised");
+    assert_eq!(first["alarm"]["kind"], "fence_failed");
+    assert_eq!(second["event"], "cleared");
+    assert!(
+        hooks
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "nothing more"
+    );
 }
