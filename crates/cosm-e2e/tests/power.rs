@@ -362,7 +362,161 @@ fn redfish_powers_a_libvirt_domain_through_sushy_emulator_and_pxe_boots_it() {
         );
         assert!(took < Duration::from_secs(6), "{took:?}");
     });
+    through_the_appliance(&lab, sushy.url());
     drop(sushy);
+}
+
+/// The same BMC through the appliance, as an operator drives it: power settings set with
+/// `cosmctl` (the password from the environment, never shown again), power calls through
+/// `cosmctl` on the timeline, and a redeploy of a machine without a live agent that
+/// PXE-boots it through its BMC (the appliance sees its DHCP again).
+fn through_the_appliance(lab: &Lab, bmc_url: &str) {
+    let ctl = |args: &[&str]| {
+        let out = lab
+            .app
+            .command(&cosm_e2e::bin("cosmctl"))
+            .args(args)
+            .env("COSM_URL", lab.app.url())
+            .env("COSM_TOKEN", lab.app.token())
+            .env("COSM_BMC_PASSWORD", "s3cret")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "cosmctl {args:?}: {text}");
+        text
+    };
+    let m = lab.mac.as_str();
+    // The machine is known from its DHCP (it PXE-booted above).
+    ctl(&[
+        "machines",
+        "power-settings",
+        "set",
+        m,
+        "--driver",
+        "redfish",
+        "--bmc-url",
+        bmc_url,
+        "--username",
+        "admin",
+    ]);
+    let shown = ctl(&["machines", "power-settings", "show", m, "--json"]);
+    assert!(
+        shown.contains("\"password_set\": true") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    let off = ctl(&["machines", "power", "off", m, "--json"]);
+    assert!(off.contains("\"state\": \"off\""), "{off}");
+    assert_eq!(
+        lab.wait_domstate("shut off") < Duration::from_secs(30),
+        true
+    );
+    let status = ctl(&["machines", "power", "status", m]);
+    assert!(
+        status.contains("off") && status.contains("redfish"),
+        "{status}"
+    );
+    // A wrong password through the API: 502 naming the BMC.
+    let bad = lab
+        .app
+        .command(&cosm_e2e::bin("cosmctl"))
+        .args([
+            "machines",
+            "power-settings",
+            "set",
+            m,
+            "--driver",
+            "redfish",
+            "--bmc-url",
+            bmc_url,
+            "--username",
+            "admin",
+        ])
+        .env("COSM_URL", lab.app.url())
+        .env("COSM_TOKEN", lab.app.token())
+        .env("COSM_BMC_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(bad.status.success());
+    let out = lab.app.cosmctl(&["machines", "power", "status", m]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("refused the credentials"),
+        "{err}"
+    );
+    ctl(&[
+        "machines",
+        "power-settings",
+        "set",
+        m,
+        "--driver",
+        "redfish",
+        "--bmc-url",
+        bmc_url,
+        "--username",
+        "admin",
+    ]);
+
+    // Make it an installed machine whose agent is silent, then redeploy it.
+    let path = format!("/api/v1/machines/{m}");
+    lab.app
+        .api_send(
+            "PUT",
+            &format!("{path}/role"),
+            &serde_json::json!({"role": "web"}),
+        )
+        .unwrap();
+    for state in ["deploying", "deployed"] {
+        lab.app
+            .api_send(
+                "POST",
+                &format!("{path}/state"),
+                &serde_json::json!({"state": state}),
+            )
+            .unwrap();
+    }
+    let before = dhcp_events(lab, m);
+    let start = std::time::Instant::now();
+    ctl(&["machines", "deploy", m]);
+    // PXE once, then on (it was off): it boots from the network and asks for an address.
+    let deadline = start + Duration::from_secs(90);
+    while dhcp_events(lab, m) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DHCP from {m} within 90 s of the redeploy: {}",
+            lab.app.api(&format!("{path}/events")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "redeploy through the BMC → DHCP from the machine: {:?}",
+        start.elapsed()
+    );
+    let events = lab.app.api(&format!("{path}/events")).unwrap().to_string();
+    for want in [
+        "power settings set by",
+        "power off by",
+        "power pxe-once by",
+        "power on by",
+    ] {
+        assert!(
+            events.contains(want),
+            "{want:?} not on the timeline: {events}"
+        );
+    }
+    assert!(!events.contains("s3cret"), "{events}");
+}
+
+/// How many DHCP steps the machine's timeline has.
+fn dhcp_events(lab: &Lab, mac: &str) -> usize {
+    lab.app
+        .api(&format!("/api/v1/machines/{mac}/events?limit=1000"))
+        .unwrap()
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|e| e["kind"] == "dhcp").count())
 }
 
 #[test]
