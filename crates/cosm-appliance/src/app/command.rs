@@ -203,6 +203,10 @@ pub enum Op {
         host: MacAddr,
         result: Result<String, String>,
     },
+    /// HA: the host beat again before it was fenced; its evacuation ends, nothing moved.
+    CancelEvacuation {
+        host: MacAddr,
+    },
     /// HA: one HA VM of a fenced host goes to a survivor.
     EvacuateVm {
         host: MacAddr,
@@ -379,6 +383,9 @@ impl StoreCommand for Command {
                 overcommit,
             } => ha::evacuate_vm(tx, *host, name, candidates, overcommit)
                 .map(|e| Outcome::Evacuation(Box::new(e))),
+            Op::CancelEvacuation { host } => {
+                ha::cancel_evacuation(tx, *host).map(|e| Outcome::Evacuation(Box::new(e)))
+            }
             Op::EvacuationProgress { host } => {
                 ha::evacuation_progress(tx, *host).map(|e| Outcome::Evacuation(Box::new(e)))
             }

@@ -276,6 +276,35 @@ pub(super) fn fence_done(
     Ok(e)
 }
 
+/// The host beats again before it could be fenced: its evacuation ends with nothing moved
+/// (only from `fencing` or `fence_failed`: a fenced host stays fenced).
+pub(super) fn cancel_evacuation(tx: &mut Tx<'_>, host: MacAddr) -> Result<Evacuation, StoreError> {
+    let mut e = tx
+        .evacuation(host)?
+        .filter(open)
+        .ok_or_else(|| StoreError::conflict(format!("host {host} has no evacuation under way")))?;
+    if !matches!(
+        e.phase,
+        EvacuationPhase::Fencing | EvacuationPhase::FenceFailed
+    ) {
+        return Err(StoreError::conflict(format!(
+            "host {host} is already fenced: its evacuation goes on"
+        )));
+    }
+    e.phase = EvacuationPhase::Done;
+    e.finished_at = Some(tx.at);
+    e.error = Some("the host's agent beat again before it was fenced: nothing was moved".into());
+    tx.event(
+        host,
+        EventKind::Ha,
+        "heartbeats resumed before the host was fenced: not fenced, nothing moved".to_string(),
+        None,
+        None,
+    )?;
+    tx.put_evacuation(&e)?;
+    Ok(e)
+}
+
 /// Places one HA VM of a fenced host on a survivor (see [`vms::evacuate`]).
 pub(super) fn evacuate_vm(
     tx: &mut Tx<'_>,
@@ -588,8 +617,21 @@ impl App {
         // Evacuations under way (also those found after a restart).
         for e in evacuations.into_iter().filter(open) {
             match e.phase {
+                EvacuationPhase::Fencing | EvacuationPhase::FenceFailed
+                    if !self.is_fencing(e.host) && self.liveness.is_alive(e.host) =>
+                {
+                    // It came back before it was fenced: a live host is never powered off.
+                    tracing::warn!(host = %e.host, "a host declared dead beats again before it was fenced: not fenced");
+                    self.store
+                        .run(Op::CancelEvacuation { host: e.host })
+                        .await?;
+                    self.clear_alarm(AlarmKind::FenceFailed, e.host.to_string())
+                        .await?;
+                }
                 EvacuationPhase::Fencing => {
-                    if !self.is_fencing(e.host) {
+                    // After a restart, wait until the host has been silent for a window
+                    // (it may beat at once), then fence again: fencing is idempotent.
+                    if !self.is_fencing(e.host) && self.liveness.is_silent(e.host, now) {
                         tracing::info!(host = %e.host, "resuming the fence of a host (found under way)");
                         self.start_fence(e.host, e.checks.clone(), true);
                     }
@@ -599,7 +641,11 @@ impl App {
                         let r = self.ha.retry_at.lock().unwrap_or_else(|p| p.into_inner());
                         r.get(&e.host).is_none_or(|t| *t <= now)
                     };
-                    if due && !self.is_fencing(e.host) && self.ha.settings.enabled {
+                    if due
+                        && !self.is_fencing(e.host)
+                        && self.ha.settings.enabled
+                        && self.liveness.is_silent(e.host, now)
+                    {
                         self.start_fence(e.host, e.checks.clone(), true);
                     }
                 }
@@ -1015,6 +1061,55 @@ mod tests {
         )
         .await;
         assert_eq!(again.checks, "test");
+    }
+
+    #[tokio::test]
+    async fn a_host_that_beats_again_before_its_fence_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rack(dir.path()).await;
+        let host = mac(1);
+        evac(
+            &store,
+            Op::BeginFence {
+                host,
+                checks: "t".into(),
+            },
+        )
+        .await;
+        evac(
+            &store,
+            Op::FenceDone {
+                host,
+                result: Err("BMC down".into()),
+            },
+        )
+        .await;
+        let e = evac(&store, Op::CancelEvacuation { host }).await;
+        assert_eq!(e.phase, EvacuationPhase::Done);
+        assert!(e.error.unwrap().contains("nothing was moved"));
+        let a = store.vm(&"ha-a".parse().unwrap()).unwrap().unwrap();
+        assert_eq!((a.host, a.state), (Some(host), VmState::Scheduled));
+        // A fenced host's evacuation is not cancelled.
+        evac(
+            &store,
+            Op::BeginFence {
+                host,
+                checks: "t2".into(),
+            },
+        )
+        .await;
+        evac(
+            &store,
+            Op::FenceDone {
+                host,
+                result: Ok("off".into()),
+            },
+        )
+        .await;
+        let err = run(&store, Op::CancelEvacuation { host })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already fenced"), "{err}");
     }
 
     #[tokio::test]
