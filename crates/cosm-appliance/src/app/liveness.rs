@@ -42,7 +42,7 @@ impl Liveness {
 
     /// Called by every watcher at each tick. When the appliance itself did not run for a
     /// while (a paused process, a starved host: the gap since the last watch is longer than
-    /// a heartbeat interval and 2 s), that time is forgiven: every beat moves forward by
+    /// the lost window and 2 s), that time is forgiven: every beat moves forward by
     /// the gap, so a stall of the appliance is never taken for silence of its hosts.
     /// Returns the forgiven gap.
     pub fn watch(&self, now: Instant) -> Option<Duration> {
@@ -52,7 +52,10 @@ impl Liveness {
             *last = now.max(*last);
             gap
         };
-        if gap <= self.heartbeat.max(Duration::from_secs(2)) {
+        // Only a gap that alone could make a live agent look silent (a lost window) is a
+        // stall: a watcher merely scheduled late under load must not keep pushing every
+        // beat forward, or a dead host would never be found on a busy appliance.
+        if gap <= self.lost_window().max(Duration::from_secs(2)) {
             return None;
         }
         let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
