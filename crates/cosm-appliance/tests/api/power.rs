@@ -77,7 +77,12 @@ async fn settings_are_written_never_read_back_with_their_secret() {
             Some(json!({"driver": "exec", "command": ["fence.sh"]})),
         )
         .await;
-    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, Some("power_settings"));
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("power_settings"),
+    );
     assert!(
         v["message"].as_str().unwrap().contains("absolute path"),
         "{v}"
