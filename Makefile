@@ -36,7 +36,7 @@ help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load (root)"
+	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz DHCP packets, TFTP requests and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
@@ -86,7 +86,8 @@ check: toolchain deps
 demo: toolchain deps build image
 	./scripts/demo.sh
 
-# vm-bench is not pinned to a CPU: its rack's QEMU guests need both cores.
+# vm-bench is not pinned to a CPU: its rack's QEMU guests need both cores. Nor is ha-bench: its
+# rack's agents and a thousand simulated hosts share both cores with the appliance.
 bench: toolchain deps image
 	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
@@ -95,6 +96,7 @@ bench: toolchain deps image
 	taskset -c 1 $(TARGET_DIR)/release/heartbeat-bench
 	taskset -c 1 $(TARGET_DIR)/release/list-bench
 	$(TARGET_DIR)/release/vm-bench
+	$(TARGET_DIR)/release/ha-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
 # through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz

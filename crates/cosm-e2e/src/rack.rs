@@ -450,6 +450,20 @@ impl Rack {
     /// (`--dry-run-actions`): a reboot queued to a rack host must not reboot the machine
     /// the tests run on.
     pub fn start_host_agent(&mut self, host: usize) -> anyhow::Result<()> {
+        self.spawn_host_agent(host, false)
+    }
+
+    /// Like [`Rack::start_host_agent`], but the agent runs its VM controller on the
+    /// simulated hypervisor (`--simulate-vms`: VMs "run" in memory, no QEMU), reconciling
+    /// every second. Its VM files still go to the rack's shared storage. For HA and scale
+    /// measurements, where what runs in the VMs does not matter. Started again after its
+    /// agent was killed (set `agent` to `None` first), it keeps its state directory, so
+    /// its credential.
+    pub fn start_simulated_host_agent(&mut self, host: usize) -> anyhow::Result<()> {
+        self.spawn_host_agent(host, true)
+    }
+
+    fn spawn_host_agent(&mut self, host: usize, simulated: bool) -> anyhow::Result<()> {
         let token = self.enroll_token(&format!("host-{}", self.hosts[host].n))?;
         let storage = self.vm_storage();
         std::fs::create_dir_all(&storage)?;
@@ -458,7 +472,10 @@ impl Rack {
             bail!("host {} already runs its agent", h.n);
         }
         let agent = crate::bin("cosm-agent");
-        let log = std::fs::File::create(h.state_dir.path().join("agent.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.state_dir.path().join("agent.log"))?;
         let mut cmd = h.ns.command(&agent.to_string_lossy());
         cmd.args(["run", "--appliance", APPLIANCE_URL, "--token", &token])
             .args([
@@ -469,10 +486,14 @@ impl Rack {
                 "--dry-run-actions",
             ])
             .arg("--state-dir")
-            .arg(h.state_dir.path())
-            .args(["--hypervisor", &h.libvirtd.uri()])
-            .args(["--migration-uri", &h.libvirtd.tcp_uri()])
-            .arg("--vm-dir")
+            .arg(h.state_dir.path());
+        if simulated {
+            cmd.args(["--simulate-vms", "--vm-interval", "1s"]);
+        } else {
+            cmd.args(["--hypervisor", &h.libvirtd.uri()])
+                .args(["--migration-uri", &h.libvirtd.tcp_uri()]);
+        }
+        cmd.arg("--vm-dir")
             .arg(&storage)
             .env_remove("COSM_TOKEN")
             .env_remove("COSM_APPLIANCE")

@@ -19,10 +19,11 @@ use cosm_agent::controller::{simulated_controllers, Dispatcher};
 use cosm_agent::vms::{HttpReportSink, SimHypervisor, VmConfig, VmController, VmControllerHandle};
 use cosm_wire::{
     Cpu, DesiredState, Disk, Enroll, Enrolled, Heartbeat, HeartbeatReply, Inventory, MacAddr, Nic,
-    Observed,
+    Observed, Peer, PeerSeen,
 };
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The simulated machine number `n`: MAC 02:5a:00:xx:xx:xx (locally administered).
@@ -70,6 +71,38 @@ pub struct FleetStats {
     pub latency_max_us: AtomicU64,
 }
 
+/// Peer probes of a simulated fleet, made up in-process: at scale (a thousand agents in
+/// one process) no UDP probe is sent. An agent with probes reports, for each peer the
+/// appliance handed it, an answer a moment ago, unless the peer is in `dead` (then it
+/// never answered).
+#[derive(Debug, Default)]
+pub struct SimProbes {
+    pub dead: Mutex<HashSet<MacAddr>>,
+}
+
+impl SimProbes {
+    /// From now on `mac` answers no probe.
+    pub fn kill(&self, mac: MacAddr) {
+        self.dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mac);
+    }
+
+    fn seen(&self, peers: &[Peer]) -> Vec<PeerSeen> {
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|p| PeerSeen {
+                mac: p.mac,
+                // A live peer answered within the last probe round (the real agent probes
+                // every heartbeat).
+                last_answer_ms: (!dead.contains(&p.mac)).then_some(300),
+            })
+            .collect()
+    }
+}
+
 /// One simulated agent, enrolled and beating until `stop` is set.
 #[derive(Debug)]
 pub struct SimAgent {
@@ -83,6 +116,10 @@ pub struct SimAgent {
     observed_generation: AtomicU64,
     /// The simulated hypervisor its VM controller drives, when it is a host.
     vm_host: Option<SimHypervisor>,
+    /// Where it says it answers peer probes, and the fleet's simulated probes.
+    probes: Option<(String, Arc<SimProbes>)>,
+    /// The peers the last heartbeat reply handed it.
+    peers: Mutex<Vec<Peer>>,
 }
 
 /// An agent's actions between beats. Kept out of [`SimAgent`] (which heartbeats borrow
@@ -136,6 +173,8 @@ impl SimAgent {
             action_delay: Duration::ZERO,
             observed_generation: AtomicU64::new(0),
             vm_host: None,
+            probes: None,
+            peers: Mutex::default(),
         })
     }
 
@@ -143,6 +182,13 @@ impl SimAgent {
     /// started when the agent runs), reconciling every `SIM_VM_INTERVAL`.
     pub fn with_vm_host(mut self, host: SimHypervisor) -> SimAgent {
         self.vm_host = Some(host);
+        self
+    }
+
+    /// Makes this host report `probe` as its probe address and, in each heartbeat, what
+    /// `probes` says of the peers the appliance handed it (see [`SimProbes`]).
+    pub fn with_probes(mut self, probe: String, probes: Arc<SimProbes>) -> SimAgent {
+        self.probes = Some((probe, probes));
         self
     }
 
@@ -159,7 +205,7 @@ impl SimAgent {
             interval: SIM_VM_INTERVAL,
             migration_uri: Some(host.uri().to_string()),
             files: false,
-            probe: None,
+            probe: self.probes.as_ref().map(|(p, _)| p.clone()),
         };
         let sink = HttpReportSink::new(&self.base, credential);
         let controller = VmController::new(Arc::new(host.clone()), config, Box::new(sink));
@@ -174,6 +220,10 @@ impl SimAgent {
 
     /// One heartbeat; returns the desired generation.
     pub async fn beat(&self, stats: &FleetStats) -> anyhow::Result<u64> {
+        let peers = match &self.probes {
+            Some((_, probes)) => probes.seen(&self.peers.lock().unwrap_or_else(|e| e.into_inner())),
+            None => Vec::new(),
+        };
         let start = Instant::now();
         let resp = self
             .http
@@ -182,6 +232,7 @@ impl SimAgent {
             .json(&Heartbeat {
                 cpu_percent: 1.0,
                 observed_generation: self.observed_generation.load(Ordering::Relaxed),
+                peers,
                 ..Default::default()
             })
             .send()
@@ -192,7 +243,11 @@ impl SimAgent {
                 stats.beats.fetch_add(1, Ordering::Relaxed);
                 stats.latency_sum_us.fetch_add(us, Ordering::Relaxed);
                 stats.latency_max_us.fetch_max(us, Ordering::Relaxed);
-                Ok(r.json::<HeartbeatReply>().await?.desired_generation)
+                let reply = r.json::<HeartbeatReply>().await?;
+                if self.probes.is_some() {
+                    *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = reply.peers;
+                }
+                Ok(reply.desired_generation)
             }
             Ok(r) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
