@@ -4,6 +4,7 @@
 //! stops its processes by PID when dropped. Binaries come from the same target directory
 //! as the test executable; `make test` builds them first.
 
+pub mod bench;
 pub mod bmc;
 pub mod guest;
 pub mod ha;

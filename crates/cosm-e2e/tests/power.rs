@@ -371,16 +371,18 @@ fn redfish_powers_a_libvirt_domain_through_sushy_emulator_and_pxe_boots_it() {
 /// `cosmctl` on the timeline, and a redeploy of a machine without a live agent that
 /// PXE-boots it through its BMC (the appliance sees its DHCP again).
 fn through_the_appliance(lab: &Lab, bmc_url: &str) {
-    let ctl = |args: &[&str]| {
-        let out = lab
-            .app
+    let ctl_with = |password: &str, args: &[&str]| {
+        lab.app
             .command(&cosm_e2e::bin("cosmctl"))
             .args(args)
             .env("COSM_URL", lab.app.url())
             .env("COSM_TOKEN", lab.app.token())
-            .env("COSM_BMC_PASSWORD", "s3cret")
+            .env("COSM_BMC_PASSWORD", password)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let ctl = |args: &[&str]| {
+        let out = ctl_with("s3cret", args);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -391,7 +393,7 @@ fn through_the_appliance(lab: &Lab, bmc_url: &str) {
     };
     let m = lab.mac.as_str();
     // The machine is known from its DHCP (it PXE-booted above).
-    ctl(&[
+    let set = [
         "machines",
         "power-settings",
         "set",
@@ -402,7 +404,8 @@ fn through_the_appliance(lab: &Lab, bmc_url: &str) {
         bmc_url,
         "--username",
         "admin",
-    ]);
+    ];
+    ctl(&set);
     let shown = ctl(&["machines", "power-settings", "show", m, "--json"]);
     assert!(
         shown.contains("\"password_set\": true") && !shown.contains("s3cret"),
@@ -418,26 +421,7 @@ fn through_the_appliance(lab: &Lab, bmc_url: &str) {
         "{status}"
     );
     // A wrong password through the API: 502 naming the BMC.
-    let bad = lab
-        .app
-        .command(&cosm_e2e::bin("cosmctl"))
-        .args([
-            "machines",
-            "power-settings",
-            "set",
-            m,
-            "--driver",
-            "redfish",
-            "--bmc-url",
-            bmc_url,
-            "--username",
-            "admin",
-        ])
-        .env("COSM_URL", lab.app.url())
-        .env("COSM_TOKEN", lab.app.token())
-        .env("COSM_BMC_PASSWORD", "wrong")
-        .output()
-        .unwrap();
+    let bad = ctl_with("wrong", &set);
     assert!(bad.status.success());
     let out = lab.app.cosmctl(&["machines", "power", "status", m]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -445,18 +429,7 @@ fn through_the_appliance(lab: &Lab, bmc_url: &str) {
         !out.status.success() && err.contains("refused the credentials"),
         "{err}"
     );
-    ctl(&[
-        "machines",
-        "power-settings",
-        "set",
-        m,
-        "--driver",
-        "redfish",
-        "--bmc-url",
-        bmc_url,
-        "--username",
-        "admin",
-    ]);
+    ctl(&set);
 
     // Make it an installed machine whose agent is silent, then redeploy it.
     let path = format!("/api/v1/machines/{m}");

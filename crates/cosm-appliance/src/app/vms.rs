@@ -103,6 +103,16 @@ fn loads(
     Ok(out)
 }
 
+/// What an existing VM asks of a host.
+fn request_of(vm: &Vm) -> Request {
+    Request {
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        storage_gib: storage_gib(&vm.disks),
+        anti_affinity: vm.anti_affinity.clone(),
+    }
+}
+
 fn no_host(e: placement::NoHost) -> StoreError {
     StoreError::Conflict {
         code: "no_host",
@@ -423,12 +433,7 @@ pub(super) fn start_migration(
         .filter(|c| c.host != from_host && c.migration_uri.is_some())
         .cloned()
         .collect();
-    let req = Request {
-        vcpus: vm.vcpus,
-        memory_mib: vm.memory_mib,
-        storage_gib: storage_gib(&vm.disks),
-        anti_affinity: vm.anti_affinity.clone(),
-    };
+    let req = request_of(&vm);
     let dest = choose(&loads(tx, &others, Some(&vm.name))?, &req, oc, to)?;
     let uri = others
         .iter()
@@ -495,12 +500,7 @@ pub(super) fn evacuate(
         .filter(|c| c.host != from_host)
         .cloned()
         .collect();
-    let req = Request {
-        vcpus: vm.vcpus,
-        memory_mib: vm.memory_mib,
-        storage_gib: storage_gib(&vm.disks),
-        anti_affinity: vm.anti_affinity.clone(),
-    };
+    let req = request_of(&vm);
     let dest = choose(&loads(tx, &survivors, Some(&vm.name))?, &req, oc, None)?;
     vm.host = Some(dest);
     // Whatever was queued was for the dead host's agent.

@@ -13,6 +13,7 @@
 //! Run through `make bench` (root: network namespaces). Not pinned to a CPU.
 
 use anyhow::{bail, Context};
+use cosm_e2e::bench::{alive, cpu_seconds, figure, print_report, Figure};
 use cosm_e2e::rack::Rack;
 use cosm_e2e::simagent::{FleetStats, SimAgent, SimProbes};
 use cosm_e2e::{list_all_async, Appliance};
@@ -52,21 +53,6 @@ esac
 /// The fence command of a simulated host: always off already, so fencing is instant.
 const FENCE_OFF_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = status ] && echo off\nexit 0\n";
 
-struct Figure {
-    what: String,
-    value: String,
-}
-
-fn figure(out: &mut Vec<Figure>, what: impl Into<String>, value: impl Into<String>) {
-    let f = Figure {
-        what: what.into(),
-        value: value.into(),
-    };
-    // Printed as it comes too, so a run cut short still shows what it measured.
-    eprintln!("  {}: {}", f.what, f.value);
-    out.push(f);
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -104,16 +90,6 @@ fn summary(d: &[Duration]) -> String {
         secs(d[d.len() - 1]),
         d.len()
     )
-}
-
-/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 /// Whether an API timestamp is at or after `ms` (Unix milliseconds).
@@ -652,17 +628,6 @@ async fn simulated(out: &mut Vec<Figure>, dir: &Path, pids: &mut Vec<u32>) -> an
     Ok(())
 }
 
-/// Whether a process is still there (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
-        })
-        .unwrap_or(false)
-}
-
 fn main() -> anyhow::Result<()> {
     let mut out = Vec::new();
     let mut pids = Vec::new();
@@ -704,22 +669,7 @@ fn main() -> anyhow::Result<()> {
         .map(u32::to_string)
         .collect();
 
-    println!();
-    println!("Host HA benchmarks (issue 13); figures are noisy: a shared 2-core machine");
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header(["measured", "figure"]);
-    for f in &out {
-        table.add_row([f.what.as_str(), f.value.as_str()]);
-    }
-    println!("{table}");
-    if left.is_empty() {
-        println!(
-            "all {} appliances and agents this run started are gone",
-            pids.len()
-        );
-    } else {
-        println!("LEFT RUNNING: {}", left.join(", "));
-    }
+    let started = format!("{} appliances and agents", pids.len());
+    print_report("Host HA benchmarks (issue 13)", &out, &started, &left);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //!
 //! Run through `make bench` (the appliance is pinned to CPU 0, this client to CPU 1).
 
+use cosm_e2e::bench::cpu_seconds;
 use cosm_e2e::simagent::{FleetStats, SimAgent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,16 +15,6 @@ const STEPS: [u32; 10] = [
 ];
 const STEP_SECS: u64 = 10;
 const P99_LIMIT_MS: f64 = 50.0;
-
-/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -12,6 +12,7 @@
 //! both cores, and a pinned parent would pin its libvirtd and QEMU children too.
 
 use anyhow::{bail, Context};
+use cosm_e2e::bench::{alive, figure, print_report, Figure};
 use cosm_e2e::guest::{api_console, guest_vm_request, upload_guest, vm_timeline};
 use cosm_e2e::rack::Rack;
 use cosm_e2e::simagent::{FleetStats, SimAgent};
@@ -29,22 +30,6 @@ const SIM_VMS: u32 = 2_000;
 const KILLED_PERCENT: u32 = 10;
 const REAL_VMS: usize = 20;
 const MIGRATIONS: usize = 3;
-
-/// One line of the final table: what was measured, and the figure.
-struct Figure {
-    what: String,
-    value: String,
-}
-
-fn figure(out: &mut Vec<Figure>, what: impl Into<String>, value: impl Into<String>) {
-    let f = Figure {
-        what: what.into(),
-        value: value.into(),
-    };
-    // Printed as it comes too, so a run cut short still shows what it measured.
-    eprintln!("  {}: {}", f.what, f.value);
-    out.push(f);
-}
 
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
@@ -434,17 +419,6 @@ fn rack_processes(rack: &Rack, guests: &[String], started: &mut Started) {
     }
 }
 
-/// Whether a process is still there (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
-        })
-        .unwrap_or(false)
-}
-
 fn start_rack(out: &mut Vec<Figure>) -> anyhow::Result<Rack> {
     let t = Instant::now();
     let mut rack = Rack::start("vmb", "")?;
@@ -671,22 +645,10 @@ fn main() -> anyhow::Result<()> {
         .map(|(what, pid)| format!("{what} [{pid}]"))
         .collect();
 
-    println!();
-    println!("VM benchmarks (issue 12); figures are noisy: a shared 2-core machine");
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header(["measured", "figure"]);
-    for f in &out {
-        table.add_row([f.what.as_str(), f.value.as_str()]);
-    }
-    println!("{table}");
-    if left.is_empty() {
-        println!(
-            "all {} processes this run started (appliances, agents, libvirtds, QEMUs) are gone",
-            started.len()
-        );
-    } else {
-        println!("LEFT RUNNING: {}", left.join(", "));
-    }
+    let what = format!(
+        "{} processes (appliances, agents, libvirtds, QEMUs)",
+        started.len()
+    );
+    print_report("VM benchmarks (issue 12)", &out, &what, &left);
     Ok(())
 }
