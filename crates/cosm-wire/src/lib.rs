@@ -10,6 +10,7 @@ mod ident;
 mod image;
 mod inventory;
 mod machine;
+mod net;
 mod power;
 mod rule;
 mod time;
@@ -25,6 +26,10 @@ pub use inventory::{human_bytes, Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,
 };
+pub use net::{
+    allocate, free_vni, is_host_address, CreateNetwork, Direction, NetError, Network, Port,
+    Protocol, Remote, SecRule, SecurityGroup, DEFAULT_MTU, MAX_VNI, VXLAN_OVERHEAD,
+};
 pub use power::{
     Alarm, AlarmKind, EvacuatedVm, EvacuatedVmStatus, Evacuation, EvacuationPhase, Peer, PeerSeen,
     PowerAction, PowerRequest, PowerSettings, PowerSettingsView, PowerState, PowerStatus, Severity,
@@ -33,10 +38,10 @@ pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec};
 pub use time::Timestamp;
 pub use vm::{
     BootRequest, BridgeName, CreateSnapshot, CreateVm, DesiredVm, DiskRequest, DomainPower,
-    HostCapacity, HostView, ImageRef, MigrateVm, NameError, NicRequest, ObservedDomain,
-    PowerWanted, SnapshotName, StopVm, Vm, VmBoot, VmConsole, VmDisk, VmEvent, VmKind, VmName,
-    VmNic, VmNote, VmOp, VmOpKind, VmOpResult, VmReport, VmSnapshot, VmState,
-    DEFAULT_STOP_TIMEOUT_SECS,
+    HostCapacity, HostView, ImageRef, MigrateVm, NameError, NetworkName, NicRequest,
+    ObservedDomain, PowerWanted, SecGroupName, SnapshotName, StopVm, Vm, VmBoot, VmConsole, VmDisk,
+    VmEvent, VmKind, VmName, VmNic, VmNote, VmOp, VmOpKind, VmOpResult, VmReport, VmSnapshot,
+    VmState, DEFAULT_STOP_TIMEOUT_SECS,
 };
 
 use serde::{Deserialize, Serialize};

@@ -140,6 +140,22 @@ checked_name!(
     "^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$",
     "br0"
 );
+checked_name!(
+    /// A tenant network's name (issue 14), at most 32 characters; unique in the appliance.
+    NetworkName,
+    "network name",
+    32,
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
+    "tenant-a"
+);
+checked_name!(
+    /// A security group's name (issue 14), at most 32 characters.
+    SecGroupName,
+    "security group name",
+    32,
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
+    "ssh-only"
+);
 
 /// Which hypervisor and guest type a VM is for. One spec renders to either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
