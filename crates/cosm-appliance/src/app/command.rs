@@ -5,7 +5,7 @@
 
 use super::placement::Overcommit;
 use super::vms::{self, Candidate, NewVm};
-use super::{agents, catalog, deploy, ha, machines, power};
+use super::{agents, catalog, deploy, ha, machines, net, power};
 use crate::store::{StoreCommand, StoreError, Tx};
 use cosm_wire::{
     ActionKind, ActionResult, CreateMachine, EventKind, Image, Inventory, Lease, MacAddr, Machine,
@@ -218,6 +218,11 @@ pub enum Op {
     EvacuationProgress {
         host: MacAddr,
     },
+    CreateNetwork(cosm_wire::CreateNetwork),
+    DeleteNetwork(cosm_wire::NetworkName),
+    /// Creates or replaces a security group.
+    PutSecGroup(cosm_wire::SecurityGroup),
+    DeleteSecGroup(cosm_wire::SecGroupName),
     /// A host's agent reported its domains, operation outcomes and notes.
     ReportVms {
         host: MacAddr,
@@ -244,6 +249,8 @@ pub enum Outcome {
     /// An alarm raised or cleared now (`None`: nothing changed).
     Alarm(Option<Box<cosm_wire::Alarm>>),
     Evacuation(Box<cosm_wire::Evacuation>),
+    Network(Box<cosm_wire::Network>),
+    SecGroup(Box<cosm_wire::SecurityGroup>),
 }
 
 impl Outcome {
@@ -389,6 +396,12 @@ impl StoreCommand for Command {
             Op::EvacuationProgress { host } => {
                 ha::evacuation_progress(tx, *host).map(|e| Outcome::Evacuation(Box::new(e)))
             }
+            Op::CreateNetwork(req) => {
+                net::create_network(tx, req).map(|n| Outcome::Network(Box::new(n)))
+            }
+            Op::DeleteNetwork(name) => net::delete_network(tx, name).map(|_| Outcome::Deleted),
+            Op::PutSecGroup(g) => net::put_secgroup(tx, g).map(|g| Outcome::SecGroup(Box::new(g))),
+            Op::DeleteSecGroup(name) => net::delete_secgroup(tx, name).map(|_| Outcome::Deleted),
             Op::ReportVms {
                 host,
                 domains,

@@ -28,6 +28,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod liveness;
 mod machines;
+mod net;
 pub mod placement;
 pub mod power;
 pub mod rules;

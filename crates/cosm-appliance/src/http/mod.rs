@@ -18,6 +18,7 @@ mod error;
 mod extract;
 mod images;
 mod machines;
+mod net;
 mod openapi;
 mod ops;
 mod paging;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(images::routes())
         .merge(vms::routes())
         .merge(power::routes())
+        .merge(net::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{agents, catalog, images, machines, ops, power, vms};
+use super::{agents, catalog, images, machines, net, ops, power, vms};
 use utoipa::OpenApi;
 
 struct BearerAuth;
@@ -40,6 +40,8 @@ impl utoipa::Modify for BearerAuth {
         vms::list_hosts, vms::agent_vms, vms::agent_image,
         power::show_power_settings, power::set_power_settings, power::clear_power_settings,
         power::power_status, power::power_action, power::list_alarms, power::list_evacuations,
+        net::list_networks, net::create_network, net::show_network, net::delete_network,
+        net::list_secgroups, net::show_secgroup, net::put_secgroup, net::delete_secgroup,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -52,6 +54,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "images", description = "The image repository: installer kernels, initrds, ISOs"),
         (name = "vms", description = "Virtual machines on the hosts COSM provisioned: lifecycle, placement, snapshots, live migration"),
         (name = "power", description = "Power control through BMCs, host HA: alarms and evacuations"),
+        (name = "networks", description = "Tenant networks (VXLAN) and security groups; host agents do not reconcile them yet"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

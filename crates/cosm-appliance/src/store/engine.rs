@@ -45,6 +45,8 @@ pub struct Changes {
     pub vms: u64,
     /// Power settings, alarms and evacuations.
     pub ha: u64,
+    /// Tenant networks and security groups.
+    pub net: u64,
 }
 
 impl Changes {
@@ -58,6 +60,7 @@ impl Changes {
         self.images += other.images.min(1);
         self.vms += other.vms.min(1);
         self.ha += other.ha.min(1);
+        self.net += other.net.min(1);
     }
 
     fn any(&self) -> bool {

@@ -17,6 +17,7 @@ mod events;
 mod ha;
 mod leases;
 mod machines;
+mod net;
 mod roles;
 mod schema;
 mod tokens;

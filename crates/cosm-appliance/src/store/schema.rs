@@ -10,12 +10,12 @@ use cosm_wire::Machine;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 /// The schema this binary writes. Bump it together with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// `MIGRATIONS[i]` upgrades a store from schema `i + 1` to `i + 2`, inside the same write
 /// transaction that records the new version, so a crash mid-migration leaves the old schema.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: &[Migration] = &[build_indexes, vm_tables, ha_tables];
+const MIGRATIONS: &[Migration] = &[build_indexes, vm_tables, ha_tables, net_tables];
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const MACHINES: TableDefinition<u64, &[u8]> = TableDefinition::new("machines");
@@ -64,6 +64,12 @@ pub(super) const ALARMS_ACTIVE: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("alarms_active");
 /// Host MAC → its latest fencing and evacuation (schema 4).
 pub(super) const EVACUATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("evacuations");
+/// Tenant networks by name (schema 5).
+pub(super) const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// VNI → the network's name: a VNI belongs to one network.
+pub(super) const NETWORK_VNIS: TableDefinition<u32, &str> = TableDefinition::new("network_vnis");
+/// Security groups by name (schema 5).
+pub(super) const SECGROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("secgroups");
 pub(super) const RULE_ORDER: TableDefinition<(i32, u64), ()> = TableDefinition::new("rule_order");
 
 /// Creates missing tables, seeds a new store (`seed` runs in the same transaction), and
@@ -97,6 +103,9 @@ pub(super) fn init(
         txn.open_table(ALARMS)?;
         txn.open_table(ALARMS_ACTIVE)?;
         txn.open_table(EVACUATIONS)?;
+        txn.open_table(NETWORKS)?;
+        txn.open_table(NETWORK_VNIS)?;
+        txn.open_table(SECGROUPS)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -121,6 +130,11 @@ pub(super) fn init(
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Schema 4 → 5: tenant networks and security groups, created empty by `init`.
+fn net_tables(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -24,7 +24,7 @@ fn spec_allows(from: &str, to: &str) -> bool {
             "fenced",
             "retired",
         ],
-        "fenced" => &["ready", "retired"],
+        "fenced" => &["ready", "active", "retired"],
         "retired" => &["discovered"],
         _ => &[],
     };

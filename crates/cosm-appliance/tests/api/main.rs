@@ -12,6 +12,7 @@ mod errors;
 mod images;
 mod lifecycle;
 mod machines;
+mod net;
 mod ops;
 mod paging;
 mod power;

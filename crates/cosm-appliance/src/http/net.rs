@@ -1,0 +1,171 @@
+//! Tenant networks and security groups (issue 14, started): the model through the API.
+//! Host agents do not reconcile them yet.
+
+use super::auth::{allow, Access, Caller};
+use super::error::ApiError;
+use super::extract::{created, ApiJson};
+use super::AppState;
+use crate::app::{Op, Outcome};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cosm_wire::{CreateNetwork, ErrorBody, Network, NetworkName, SecGroupName, SecurityGroup};
+
+pub(super) fn routes() -> Router<AppState> {
+    use Access::*;
+    Router::new()
+        .route(
+            "/api/v1/networks",
+            allow(Read, get(list_networks)).merge(allow(Admin, post(create_network))),
+        )
+        .route(
+            "/api/v1/networks/{name}",
+            allow(Read, get(show_network))
+                .merge(allow(Admin, axum::routing::delete(delete_network))),
+        )
+        .route("/api/v1/secgroups", allow(Read, get(list_secgroups)))
+        .route(
+            "/api/v1/secgroups/{name}",
+            allow(Read, get(show_secgroup))
+                .merge(allow(Admin, put(put_secgroup).delete(delete_secgroup))),
+        )
+}
+
+fn name<T: std::str::FromStr<Err = cosm_wire::NameError>>(s: &str) -> Result<T, ApiError> {
+    s.parse().map_err(|e: cosm_wire::NameError| {
+        ApiError::field(StatusCode::BAD_REQUEST, "name", e.to_string())
+    })
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("{what} {name} not found"),
+    )
+}
+
+/// Every tenant network, in name order.
+#[utoipa::path(get, path = "/api/v1/networks", tag = "networks",
+    responses((status = 200, body = [Network])), security(("bearer" = [])))]
+pub(super) async fn list_networks(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Network>>, ApiError> {
+    Ok(Json(state.app.store.networks()?))
+}
+
+/// Create a tenant network: a VXLAN segment (its VNI is the lowest free one unless given)
+/// with an IPv4 subnet whose addresses the appliance hands to ports.
+#[utoipa::path(post, path = "/api/v1/networks", tag = "networks", request_body = CreateNetwork,
+    responses((status = 201, body = Network), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn create_network(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(req): ApiJson<CreateNetwork>,
+) -> Result<Response, ApiError> {
+    let Outcome::Network(n) = state.app.store.run(Op::CreateNetwork(req)).await? else {
+        unreachable!("CreateNetwork produces a network")
+    };
+    tracing::info!(caller = %caller.name, network = %n.name, vni = n.vni, cidr = %n.cidr, "network created");
+    Ok(created(format!("/api/v1/networks/{}", n.name), *n))
+}
+
+#[utoipa::path(get, path = "/api/v1/networks/{name}", tag = "networks",
+    params(("name" = String, Path, description = "network name")),
+    responses((status = 200, body = Network), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn show_network(
+    State(state): State<AppState>,
+    Path(n): Path<String>,
+) -> Result<Json<Network>, ApiError> {
+    let n: NetworkName = name(&n)?;
+    state
+        .app
+        .store
+        .network(&n)?
+        .map(Json)
+        .ok_or_else(|| not_found("network", n.as_str()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/networks/{name}", tag = "networks",
+    params(("name" = String, Path, description = "network name")),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn delete_network(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(n): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let n: NetworkName = name(&n)?;
+    state.app.store.run(Op::DeleteNetwork(n.clone())).await?;
+    tracing::info!(caller = %caller.name, network = %n, "network deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every security group, in name order.
+#[utoipa::path(get, path = "/api/v1/secgroups", tag = "networks",
+    responses((status = 200, body = [SecurityGroup])), security(("bearer" = [])))]
+pub(super) async fn list_secgroups(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SecurityGroup>>, ApiError> {
+    Ok(Json(state.app.store.secgroups()?))
+}
+
+#[utoipa::path(get, path = "/api/v1/secgroups/{name}", tag = "networks",
+    params(("name" = String, Path, description = "security group name")),
+    responses((status = 200, body = SecurityGroup), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn show_secgroup(
+    State(state): State<AppState>,
+    Path(n): Path<String>,
+) -> Result<Json<SecurityGroup>, ApiError> {
+    let n: SecGroupName = name(&n)?;
+    state
+        .app
+        .store
+        .secgroup(&n)?
+        .map(Json)
+        .ok_or_else(|| not_found("security group", n.as_str()))
+}
+
+/// Create or replace a security group: its allow rules (everything else is dropped).
+#[utoipa::path(put, path = "/api/v1/secgroups/{name}", tag = "networks",
+    params(("name" = String, Path, description = "security group name")),
+    request_body = SecurityGroup,
+    responses((status = 200, body = SecurityGroup), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn put_secgroup(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(n): Path<String>,
+    ApiJson(g): ApiJson<SecurityGroup>,
+) -> Result<Json<SecurityGroup>, ApiError> {
+    let n: SecGroupName = name(&n)?;
+    if g.name != n {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            format!("the body names {} but the path {n}", g.name),
+        ));
+    }
+    let Outcome::SecGroup(g) = state.app.store.run(Op::PutSecGroup(g)).await? else {
+        unreachable!("PutSecGroup produces a group")
+    };
+    tracing::info!(caller = %caller.name, group = %g.name, rules = g.rules.len(), "security group set");
+    Ok(Json(*g))
+}
+
+#[utoipa::path(delete, path = "/api/v1/secgroups/{name}", tag = "networks",
+    params(("name" = String, Path, description = "security group name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn delete_secgroup(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(n): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let n: SecGroupName = name(&n)?;
+    state.app.store.run(Op::DeleteSecGroup(n.clone())).await?;
+    tracing::info!(caller = %caller.name, group = %n, "security group deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
