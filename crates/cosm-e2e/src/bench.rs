@@ -58,3 +58,27 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
+
+/// Polls `done` every `every` until it holds (a poll that fails, e.g. while the appliance
+/// restarts, counts as not yet); fails naming `what` after `timeout`.
+pub async fn poll_until<F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut done: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done().await.unwrap_or(false) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what} did not happen within {timeout:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}

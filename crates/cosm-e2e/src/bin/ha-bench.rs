@@ -411,21 +411,12 @@ async fn send(
     Ok(())
 }
 
-async fn wait_async<F, Fut>(timeout: Duration, what: &str, mut done: F) -> anyhow::Result<()>
+async fn wait_async<F, Fut>(timeout: Duration, what: &str, done: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done().await.unwrap_or(false) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cosm_e2e::bench::poll_until(what, timeout, Duration::from_millis(100), done).await
 }
 
 async fn simulated(out: &mut Vec<Figure>, dir: &Path, pids: &mut Vec<u32>) -> anyhow::Result<()> {

@@ -99,22 +99,12 @@ impl Api {
     }
 
     /// Polls until `done` holds, checking every 250 ms; fails after `timeout`.
-    async fn wait<F, Fut>(&self, what: &str, timeout: Duration, mut done: F) -> anyhow::Result<()>
+    async fn wait<F, Fut>(&self, what: &str, timeout: Duration, done: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<bool>>,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // A poll that fails (the appliance restarting) counts as not yet.
-            if done().await.unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{what} did not happen within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        cosm_e2e::bench::poll_until(what, timeout, Duration::from_millis(250), done).await
     }
 }
 
