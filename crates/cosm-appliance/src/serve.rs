@@ -6,6 +6,10 @@ use crate::config::Config;
 use anyhow::Context;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Watch the signals before anything is announced: a SIGTERM that arrived after "HTTP API
+    // listening" but before the first poll of a lazily registered handler killed the process
+    // with the default action (exit by signal instead of a clean stop).
+    let shutdown = shutdown_signal()?;
     let limits = connection_limits(&config);
     let assembly = Assembly::build(&config, Network::AsConfigured).await?;
     if let Some((token, path)) = &assembly.first_admin {
@@ -23,7 +27,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on api.listen = {}", config.api_listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP API listening");
-    crate::http::serve(listener, router, limits, shutdown_signal())
+    crate::http::serve(listener, router, limits, shutdown)
         .await
         .context("HTTP server failed")?;
     assembly.shutdown().await;
@@ -65,18 +69,16 @@ fn connection_limits(config: &Config) -> crate::config::HttpLimits {
     limits
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT handlers now and returns a future that ends at the first of
+/// them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-    }
+    })
 }
