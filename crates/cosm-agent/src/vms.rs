@@ -1000,6 +1000,7 @@ impl VmController {
             storage_bytes: storage,
             migration_uri: self.config.migration_uri.clone(),
             probe: self.config.probe.clone(),
+            vtep: None,
         }
     }
 
@@ -1044,6 +1045,7 @@ impl VmController {
             domains: observed,
             results: self.results.clone(),
             notes: self.notes.clone(),
+            network: None,
         };
         let mut plain = report.clone();
         plain.results.clear();

@@ -191,6 +191,10 @@ pub struct DesiredState {
     /// not this host's business (a domain COSM does not know is never touched).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<crate::DesiredVm>,
+    /// The tenant networks this host carries (hypervisor hosts): bridges, VXLAN peers,
+    /// ports and their rules. `None`: leave the host's networking alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<crate::HostNetworks>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

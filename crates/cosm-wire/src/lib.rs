@@ -27,8 +27,10 @@ pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,
 };
 pub use net::{
-    allocate, free_vni, is_host_address, CreateNetwork, Direction, NetError, Network, Port,
-    Protocol, Remote, SecRule, SecurityGroup, DEFAULT_MTU, MAX_VNI, VXLAN_OVERHEAD,
+    allocate, bridge_name, free_vni, is_host_address, port_device, vxlan_name, CreateNetwork,
+    CreatePort, Direction, GroupMembers, HostNetwork, HostNetworks, HostPort, NetError,
+    NetReport, Network, Port, PortOwner, Protocol, Remote, SecRule, SecurityGroup,
+    SetPortGroups, DEFAULT_MTU, MAX_VNI, VXLAN_OVERHEAD,
 };
 pub use power::{
     Alarm, AlarmKind, EvacuatedVm, EvacuatedVmStatus, Evacuation, EvacuationPhase, Peer, PeerSeen,

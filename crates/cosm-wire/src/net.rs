@@ -136,16 +136,131 @@ pub fn free_vni(taken: &BTreeSet<u32>) -> Option<u32> {
     (1..=MAX_VNI).find(|v| !taken.contains(v))
 }
 
-/// A VM NIC on a tenant network.
+/// The bridge of network `vni` on every host.
+pub fn bridge_name(vni: u32) -> String {
+    format!("cbr{vni}")
+}
+
+/// The VXLAN device of network `vni` on every host.
+pub fn vxlan_name(vni: u32) -> String {
+    format!("cvx{vni}")
+}
+
+/// The host-side device of the port with this MAC: `cp` and the MAC's 12 hex digits
+/// (14 bytes, inside Linux's 15).
+pub fn port_device(mac: &MacAddr) -> String {
+    let hex: String = mac.to_string().split(':').collect();
+    format!("cp{hex}")
+}
+
+/// Whose a port is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PortOwner {
+    /// A VM's NIC: the port is wherever the VM runs, and goes with it.
+    Vm(VmName),
+    /// An interface an operator plugs in on this host by hand (named `port_device(mac)`):
+    /// a bare-metal service, a router, or a test's network namespace.
+    Host(MacAddr),
+}
+
+/// A port: a MAC and an address on a tenant network, with its security groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Port {
     pub network: NetworkName,
-    pub vm: VmName,
     pub mac: MacAddr,
     #[schema(value_type = String, example = "10.20.0.2")]
     pub ip: Ipv4Addr,
     #[serde(default)]
     pub security_groups: Vec<SecGroupName>,
+    pub owner: PortOwner,
+    /// The host device: `port_device(mac)`.
+    pub device: String,
+}
+
+/// Body of `POST /api/v1/ports`: a port that is not a VM's NIC, on `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePort {
+    pub network: NetworkName,
+    /// The machine (a hypervisor host) whose agent wires the port.
+    pub host: MacAddr,
+    /// Picked by the appliance (52:54:00 prefix) when absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// The lowest free address of the network when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub security_groups: Vec<SecGroupName>,
+}
+
+/// Body of `PUT /api/v1/ports/{mac}/security-groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPortGroups {
+    pub security_groups: Vec<SecGroupName>,
+}
+
+/// What a host's agent is told to make (in `DesiredState::networks`): only the networks of
+/// the ports it carries, each with the other hosts that carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostNetworks {
+    pub networks: Vec<HostNetwork>,
+    pub ports: Vec<HostPort>,
+    /// The members of every security group a port's rule names as its remote.
+    #[serde(default)]
+    pub groups: Vec<GroupMembers>,
+}
+
+/// One network on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostNetwork {
+    pub name: NetworkName,
+    pub vni: u32,
+    #[schema(value_type = String)]
+    pub cidr: Ipv4Net,
+    pub mtu: u16,
+    /// The VXLAN endpoints of the other hosts with a port on this network: one all-zero FDB
+    /// entry each (head-end replication of broadcast and unknown unicast).
+    #[schema(value_type = Vec<String>)]
+    pub peers: Vec<Ipv4Addr>,
+}
+
+/// One port on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostPort {
+    pub vni: u32,
+    /// `port_device(mac)`.
+    pub device: String,
+    pub mac: MacAddr,
+    #[schema(value_type = String)]
+    pub ip: Ipv4Addr,
+    /// False when the port has no security group: all traffic passes (anti-spoofing still
+    /// applies). True: only what `rules` allow, plus replies of allowed connections.
+    pub secured: bool,
+    /// The rules of all the port's groups together.
+    #[serde(default)]
+    pub rules: Vec<SecRule>,
+}
+
+/// The ports of a security group, as (network VNI, address) pairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupMembers {
+    pub name: SecGroupName,
+    #[schema(value_type = Vec<(u32, String)>)]
+    pub members: Vec<(u32, Ipv4Addr)>,
+}
+
+/// What an agent's network reconcile did since its last report: each change (creations and
+/// repairs of drift) goes on the host's timeline, and so does an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetReport {
+    #[serde(default)]
+    pub changes: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -269,6 +384,15 @@ mod tests {
         used.remove(&Ipv4Addr::new(192, 0, 2, 4));
         assert_eq!(allocate(&n, &used), Some(Ipv4Addr::new(192, 0, 2, 4)));
         assert_eq!(free_vni(&[1, 2, 4].into_iter().collect()), Some(3));
+    }
+
+    #[test]
+    fn device_names_fit_linux_interface_names() {
+        assert_eq!(bridge_name(MAX_VNI), "cbr16777215");
+        assert_eq!(vxlan_name(7), "cvx7");
+        let mac: MacAddr = "52:54:00:ab:cd:ef".parse().unwrap();
+        assert_eq!(port_device(&mac), "cp525400abcdef");
+        assert!(port_device(&mac).len() <= 15 && bridge_name(MAX_VNI).len() <= 15);
     }
 
     #[test]

@@ -271,21 +271,71 @@ pub struct ImageRef {
     pub sha256: String,
 }
 
-/// A NIC as asked for: on a host bridge; without a MAC, the appliance picks one (52:54:00
-/// prefix, unique among its VMs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A NIC as asked for: either on a host bridge (`bridge`) or on a tenant network
+/// (`network`, issue 14: the NIC becomes a port with an address from the network's IPAM and
+/// the port's security groups). Without a MAC, the appliance picks one (52:54:00 prefix,
+/// unique among its VMs and ports).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicRequest {
-    pub bridge: BridgeName,
+    #[serde(default)]
+    pub bridge: Option<BridgeName>,
+    #[serde(default)]
+    pub network: Option<NetworkName>,
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Tenant networks only: a fixed address instead of the lowest free one.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Tenant networks only: the port's security groups (none: all traffic allowed; the
+    /// port still sends only from its own MAC and address).
+    #[serde(default)]
+    pub security_groups: Vec<SecGroupName>,
 }
 
-/// A NIC as recorded.
+impl NicRequest {
+    pub fn on_bridge(bridge: BridgeName) -> Self {
+        NicRequest {
+            bridge: Some(bridge),
+            ..Default::default()
+        }
+    }
+
+    pub fn on_network(network: NetworkName) -> Self {
+        NicRequest {
+            network: Some(network),
+            ..Default::default()
+        }
+    }
+}
+
+/// A NIC as recorded. On a tenant network, `bridge` is that network's bridge on every host
+/// (`bridge_name(vni)`), the host-side device is `port_device(mac)`, and `network`, `ip`
+/// and `mtu` are set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmNic {
     pub bridge: BridgeName,
     pub mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+impl VmNic {
+    pub fn on_bridge(bridge: BridgeName, mac: MacAddr) -> Self {
+        VmNic {
+            bridge,
+            mac,
+            network: None,
+            ip: None,
+            mtu: None,
+        }
+    }
 }
 
 /// A direct kernel boot, as asked for: kernel and initrd are image repository names.
@@ -521,6 +571,11 @@ pub struct HostCapacity {
     /// `ip:port` where this host's agent answers peer probes (UDP) on the data network.
     #[serde(default)]
     pub probe: Option<String>,
+    /// This host's VXLAN tunnel endpoint on the data network (issue 14); a host without one
+    /// runs no VM with a tenant-network NIC.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub vtep: Option<std::net::Ipv4Addr>,
 }
 
 /// A domain's power as the hypervisor reports it.
@@ -585,6 +640,9 @@ pub struct VmReport {
     pub results: Vec<VmOpResult>,
     #[serde(default)]
     pub notes: Vec<VmNote>,
+    /// What the host's network reconcile changed or could not do since the last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::NetReport>,
 }
 
 /// A hypervisor host as `GET /api/v1/hosts` lists it: a machine with role `host` in

@@ -99,7 +99,10 @@ pub(crate) fn parse_nic(text: &str) -> Result<NicRequest, String> {
             }
         }
     }
-    Ok(NicRequest { bridge, mac })
+    Ok(NicRequest {
+        mac,
+        ..NicRequest::on_bridge(bridge)
+    })
 }
 
 /// A VM kind as a command-line value (`kvm`, `tcg`, `xen-pv`, `xen-hvm`).
@@ -199,7 +202,7 @@ mod tests {
     #[test]
     fn nics() {
         let n = parse_nic("br0").unwrap();
-        assert_eq!((n.bridge.as_str(), n.mac), ("br0", None));
+        assert_eq!((n.bridge.as_ref().unwrap().as_str(), n.mac), ("br0", None));
         let n = parse_nic("br-vm,mac=52:54:00:12:34:56").unwrap();
         assert_eq!(n.mac.unwrap().to_string(), "52:54:00:12:34:56");
         for bad in [

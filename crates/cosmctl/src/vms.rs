@@ -1041,6 +1041,7 @@ mod tests {
                 storage_bytes: 1 << 40,
                 migration_uri: Some("qemu+tcp://hv-1/system".into()),
                 probe: None,
+                vtep: None,
             }),
             reported_at: Some(Timestamp::from_millis(10_000)),
             vms: 2,

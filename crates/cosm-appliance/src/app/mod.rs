@@ -356,6 +356,7 @@ impl App {
             role: m.role,
             actions: m.pending_actions,
             vms,
+            networks: None,
         })
     }
 

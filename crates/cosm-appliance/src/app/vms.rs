@@ -204,10 +204,11 @@ pub(super) fn create(
             }
             None => fresh_mac(tx)?,
         };
-        nics.push(VmNic {
-            bridge: n.bridge.clone(),
-            mac,
-        });
+        let bridge = n.bridge.clone().ok_or_else(|| StoreError::Invalid {
+            field: "nics",
+            message: format!("nics[{i}] needs a bridge"),
+        })?;
+        nics.push(VmNic::on_bridge(bridge, mac));
     }
     let mut vm = Vm {
         id: tx.next_vm_id()?,
