@@ -227,6 +227,9 @@ pub enum EventKind {
     Power,
     /// High availability: a check of a silent host, its fencing, its evacuation.
     Ha,
+    /// Tenant networking on a host: what its agent's reconcile created or repaired, or
+    /// could not do.
+    Network,
 }
 
 /// One entry of a machine's timeline.

@@ -261,6 +261,10 @@ pub struct NetReport {
     pub changes: Vec<String>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The VNIs whose bridge and VXLAN device are up after the last pass: a live migration
+    /// to this host of a VM on one of them waits until it is listed.
+    #[serde(default)]
+    pub ready: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

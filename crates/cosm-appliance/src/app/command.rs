@@ -223,6 +223,17 @@ pub enum Op {
     /// Creates or replaces a security group.
     PutSecGroup(cosm_wire::SecurityGroup),
     DeleteSecGroup(cosm_wire::SecGroupName),
+    CreatePort(cosm_wire::CreatePort),
+    DeletePort(MacAddr),
+    SetPortGroups {
+        mac: MacAddr,
+        groups: Vec<cosm_wire::SecGroupName>,
+    },
+    /// What a host's network reconcile changed or failed at, for its timeline.
+    NetworkNotes {
+        host: MacAddr,
+        lines: Vec<String>,
+    },
     /// A host's agent reported its domains, operation outcomes and notes.
     ReportVms {
         host: MacAddr,
@@ -251,6 +262,7 @@ pub enum Outcome {
     Evacuation(Box<cosm_wire::Evacuation>),
     Network(Box<cosm_wire::Network>),
     SecGroup(Box<cosm_wire::SecurityGroup>),
+    Port(Box<cosm_wire::Port>),
 }
 
 impl Outcome {
@@ -402,6 +414,12 @@ impl StoreCommand for Command {
             Op::DeleteNetwork(name) => net::delete_network(tx, name).map(|_| Outcome::Deleted),
             Op::PutSecGroup(g) => net::put_secgroup(tx, g).map(|g| Outcome::SecGroup(Box::new(g))),
             Op::DeleteSecGroup(name) => net::delete_secgroup(tx, name).map(|_| Outcome::Deleted),
+            Op::CreatePort(req) => net::create_port(tx, req).map(|p| Outcome::Port(Box::new(p))),
+            Op::DeletePort(mac) => net::delete_port(tx, *mac).map(|_| Outcome::Deleted),
+            Op::SetPortGroups { mac, groups } => {
+                net::set_port_groups(tx, *mac, groups).map(|p| Outcome::Port(Box::new(p)))
+            }
+            Op::NetworkNotes { host, lines } => net::network_notes(tx, *host, lines),
             Op::ReportVms {
                 host,
                 domains,

@@ -898,6 +898,7 @@ mod tests {
             storage_bytes: 100 << 30,
             cpu_percent: 0.0,
             migration_uri: None,
+            vtep: false,
         }
     }
 

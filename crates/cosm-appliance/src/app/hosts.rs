@@ -28,6 +28,8 @@ struct HostEntry {
     at: Timestamp,
     domains: Vec<ObservedDomain>,
     consoles: HashMap<String, (Timestamp, Vec<String>)>,
+    /// The VNIs whose bridge and VXLAN device were up after its last network pass.
+    net_ready: Vec<u32>,
 }
 
 /// The latest report of every host, in memory.
@@ -37,6 +39,9 @@ pub struct HostReports {
     /// Where each host's agent answers peer probes, in MAC order: a host's peers are its
     /// next [`cosm_wire::MAX_PEERS`] neighbours on this ring.
     probes: Mutex<std::collections::BTreeMap<MacAddr, String>>,
+    /// Raised when a host's VXLAN endpoint or ready networks change: other hosts' FDB peers
+    /// and held-back migrations depend on them, so it is part of every desired generation.
+    net_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl HostReports {
@@ -55,12 +60,24 @@ impl HostReports {
         }
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let at = Timestamp::now();
+        let ready = report
+            .network
+            .as_ref()
+            .map(|n| n.ready.clone())
+            .unwrap_or_default();
+        let fresh = !hosts.contains_key(&host);
         let entry = hosts.entry(host).or_insert_with(|| HostEntry {
             capacity: report.capacity.clone(),
             at,
             domains: Vec::new(),
             consoles: HashMap::new(),
+            net_ready: Vec::new(),
         });
+        if fresh || entry.capacity.vtep != report.capacity.vtep || entry.net_ready != ready {
+            self.net_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        entry.net_ready = ready;
         entry.capacity = report.capacity.clone();
         entry.at = at;
         entry.domains = report.domains.clone();
@@ -81,9 +98,27 @@ impl HostReports {
         }
     }
 
+    /// The host's VXLAN endpoint, as last reported.
+    pub fn vtep(&self, host: MacAddr) -> Option<std::net::Ipv4Addr> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts.get(&host).and_then(|e| e.capacity.vtep)
+    }
+
+    /// Whether the host reported network `vni` up after its last pass.
+    pub fn net_ready(&self, host: MacAddr, vni: u32) -> bool {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts.get(&host).is_some_and(|e| e.net_ready.contains(&vni))
+    }
+
+    pub fn net_epoch(&self) -> u64 {
+        self.net_epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Drops what a host reported (it was fenced): it is no placement candidate and no
     /// one's peer until it reports again.
     pub fn forget(&self, host: MacAddr) {
+        self.net_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -221,6 +256,7 @@ impl App {
                 storage_bytes: e.capacity.storage_bytes,
                 cpu_percent: self.liveness.last(&mac).map_or(0.0, |(_, b)| b.cpu_percent),
                 migration_uri: e.capacity.migration_uri.clone(),
+                vtep: e.capacity.vtep.is_some(),
             });
         }
         Ok(out)
@@ -433,6 +469,18 @@ impl App {
             tracing::debug!(%host, role = ?m.role, state = %m.state, "VM report from a machine that is not a VM host (yet)");
         }
         self.hosts.record(host, &report);
+        if let Some(net) = &report.network {
+            let mut lines = net.changes.clone();
+            if let Some(e) = &net.error {
+                lines.push(format!("network reconcile failed: {e}"));
+            }
+            if !lines.is_empty() {
+                for l in &lines {
+                    tracing::info!(%host, "{l}");
+                }
+                self.store.run(Op::NetworkNotes { host, lines }).await?;
+            }
+        }
         let now = Timestamp::now();
         let mut changes = false;
         for vm in self.store.vms_on(host)? {

@@ -346,17 +346,25 @@ impl App {
     /// The inventory-less view the agent gets of its machine's desired state.
     pub fn desired(&self, mac: MacAddr) -> Result<cosm_wire::DesiredState, AppError> {
         let m = known_machine(&self.store, mac, "; enrol again")?;
-        let (vm_generation, mut vms) = self.desired_vms(mac)?;
-        if !App::runs_vms(&m) {
+        let generation = self.desired_generation(&m)?;
+        let (_, mut vms) = self.desired_vms(mac)?;
+        let networks = if !App::runs_vms(&m) {
             // A fenced host runs nothing until an operator returns it to service.
             vms.clear();
-        }
+            None
+        } else if hosts::is_host(&m) {
+            let nets = self.host_networks(mac)?;
+            self.hold_migrations(&mut vms)?;
+            Some(nets)
+        } else {
+            None
+        };
         Ok(cosm_wire::DesiredState {
-            generation: m.desired_generation + vm_generation,
+            generation,
             role: m.role,
             actions: m.pending_actions,
             vms,
-            networks: None,
+            networks,
         })
     }
 
@@ -365,8 +373,12 @@ impl App {
         self.hosts.peers_of(mac)
     }
 
-    /// The generation an agent's desired state is at: its machine's plus its VM set's.
+    /// The generation an agent's desired state is at: its machine's plus its VM set's plus
+    /// the tenant networks' (stored, and what hosts reported of their endpoints).
     pub fn desired_generation(&self, m: &Machine) -> Result<u64, AppError> {
-        Ok(m.desired_generation + self.store.vm_generation(m.mac)?)
+        Ok(m.desired_generation
+            + self.store.vm_generation(m.mac)?
+            + self.store.net_generation()?
+            + self.hosts.net_epoch())
     }
 }

@@ -19,8 +19,9 @@
 use super::placement::{self, HostLoad, Overcommit, Request};
 use crate::store::{StoreError, Tx};
 use cosm_wire::{
-    DesiredVm, DomainPower, MacAddr, NicRequest, ObservedDomain, PowerWanted, SnapshotName, Vm,
-    VmBoot, VmDisk, VmName, VmNic, VmNote, VmOp, VmOpKind, VmOpResult, VmSnapshot, VmState,
+    bridge_name, BridgeName, DesiredVm, DomainPower, MacAddr, NicRequest, ObservedDomain,
+    PortOwner, PowerWanted, SnapshotName, Vm, VmBoot, VmDisk, VmName, VmNic, VmNote, VmOp,
+    VmOpKind, VmOpResult, VmSnapshot, VmState,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -51,6 +52,15 @@ pub struct Candidate {
     pub storage_bytes: u64,
     pub cpu_percent: f32,
     pub migration_uri: Option<String>,
+    /// It reports a VXLAN endpoint, so it can carry tenant networks.
+    #[serde(default)]
+    pub vtep: bool,
+}
+
+/// Whether a candidate can take this VM: one with a tenant-network NIC needs a host with a
+/// VXLAN endpoint.
+fn carries(c: &Candidate, on_networks: bool) -> bool {
+    !on_networks || c.vtep
 }
 
 const GIB: u64 = 1 << 30;
@@ -150,12 +160,16 @@ fn choose(
 
 /// A MAC for a NIC that was given none: 52:54:00 and three octets from a counter, skipping
 /// any a VM already holds.
+pub(super) fn fresh_port_mac(tx: &mut Tx<'_>) -> Result<MacAddr, StoreError> {
+    fresh_mac(tx)
+}
+
 fn fresh_mac(tx: &mut Tx<'_>) -> Result<MacAddr, StoreError> {
     for _ in 0..1_000 {
         let n = tx.next_vm_mac_number()?;
         let b = n.to_be_bytes();
         let mac = MacAddr::new([0x52, 0x54, 0x00, b[5], b[6], b[7]]);
-        if tx.vm_with_mac(mac)?.is_none() {
+        if tx.vm_with_mac(mac)?.is_none() && tx.port(mac)?.is_none() {
             return Ok(mac);
         }
     }
@@ -182,16 +196,30 @@ pub(super) fn create(
         storage_gib: storage_gib(&new.disks),
         anti_affinity: new.anti_affinity.clone(),
     };
-    let host = choose(&loads(tx, candidates, None)?, &req, oc, new.host)?;
+    let on_networks = new.nics.iter().any(|n| n.network.is_some());
+    let fit: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| carries(c, on_networks))
+        .cloned()
+        .collect();
+    if on_networks && fit.is_empty() && !candidates.is_empty() {
+        return Err(StoreError::conflict(
+            "no host reports a VXLAN endpoint (cosm-agent --vtep-ip), and a VM on a tenant network needs one",
+        ));
+    }
+    let host = choose(&loads(tx, &fit, None)?, &req, oc, new.host)?;
     let mut nics = Vec::with_capacity(new.nics.len());
+    let mut ports = Vec::new();
     for (i, n) in new.nics.iter().enumerate() {
         let mac = match n.mac {
             Some(m) => {
-                let taken = tx.vm_with_mac(m)?;
+                let taken = tx.vm_with_mac(m)?.map(|v| format!("VM {v}")).or(tx
+                    .port(m)?
+                    .map(|p| format!("a port on network {}", p.network)));
                 if let Some(other) = taken {
                     return Err(StoreError::Invalid {
                         field: "nics",
-                        message: format!("nics[{i}].mac {m} is already used by VM {other}"),
+                        message: format!("nics[{i}].mac {m} is already used by {other}"),
                     });
                 }
                 if nics.iter().any(|x: &VmNic| x.mac == m) {
@@ -204,11 +232,67 @@ pub(super) fn create(
             }
             None => fresh_mac(tx)?,
         };
-        let bridge = n.bridge.clone().ok_or_else(|| StoreError::Invalid {
-            field: "nics",
-            message: format!("nics[{i}] needs a bridge"),
-        })?;
-        nics.push(VmNic::on_bridge(bridge, mac));
+        match (&n.bridge, &n.network) {
+            (Some(bridge), None) => {
+                if n.ip.is_some() || !n.security_groups.is_empty() {
+                    return Err(StoreError::Invalid {
+                        field: "nics",
+                        message: format!(
+                            "nics[{i}]: ip and security_groups go with a network, not a bridge"
+                        ),
+                    });
+                }
+                nics.push(VmNic::on_bridge(bridge.clone(), mac));
+            }
+            (None, Some(network)) => {
+                let (port, net) = super::net::new_port(
+                    tx,
+                    &format!("nics[{i}]"),
+                    network,
+                    mac,
+                    n.ip,
+                    &n.security_groups,
+                    PortOwner::Vm(new.name.clone()),
+                )?;
+                nics.push(VmNic {
+                    bridge: BridgeName::new(&bridge_name(net.vni)).map_err(|e| {
+                        StoreError::Invalid {
+                            field: "nics",
+                            message: e.to_string(),
+                        }
+                    })?,
+                    mac,
+                    network: Some(network.clone()),
+                    ip: Some(port.ip),
+                    mtu: Some(net.mtu),
+                });
+                ports.push((port, net));
+            }
+            _ => {
+                return Err(StoreError::Invalid {
+                    field: "nics",
+                    message: format!("nics[{i}] needs either a bridge or a network"),
+                })
+            }
+        }
+    }
+    let mut boot = new.boot.clone();
+    if let (Some(b), Some((port, net))) = (&mut boot, ports.first()) {
+        // Static addressing: a direct-boot guest gets its first port's address as the
+        // kernel's standard `ip=` parameter (initramfs-tools and the test guest read it).
+        if !b.cmdline.split_whitespace().any(|w| w.starts_with("ip=")) {
+            let arg = format!(
+                "ip={}::{}:{}::eth0:off",
+                port.ip,
+                net.gateway,
+                net.cidr.netmask()
+            );
+            b.cmdline = if b.cmdline.is_empty() {
+                arg
+            } else {
+                format!("{} {arg}", b.cmdline)
+            };
+        }
     }
     let mut vm = Vm {
         id: tx.next_vm_id()?,
@@ -218,7 +302,7 @@ pub(super) fn create(
         memory_mib: new.memory_mib,
         disks: new.disks.clone(),
         nics,
-        boot: new.boot.clone(),
+        boot,
         ha: new.ha,
         anti_affinity: new.anti_affinity.clone(),
         power: if new.start {
@@ -432,6 +516,7 @@ pub(super) fn start_migration(
     let others: Vec<Candidate> = candidates
         .iter()
         .filter(|c| c.host != from_host && c.migration_uri.is_some())
+        .filter(|c| carries(c, vm.nics.iter().any(|n| n.network.is_some())))
         .cloned()
         .collect();
     let req = request_of(&vm);
@@ -499,6 +584,7 @@ pub(super) fn evacuate(
     let survivors: Vec<Candidate> = candidates
         .iter()
         .filter(|c| c.host != from_host)
+        .filter(|c| carries(c, vm.nics.iter().any(|n| n.network.is_some())))
         .cloned()
         .collect();
     let req = request_of(&vm);

@@ -42,6 +42,7 @@ impl utoipa::Modify for BearerAuth {
         power::power_status, power::power_action, power::list_alarms, power::list_evacuations,
         net::list_networks, net::create_network, net::show_network, net::delete_network,
         net::list_secgroups, net::show_secgroup, net::put_secgroup, net::delete_secgroup,
+        net::list_ports, net::create_port, net::show_port, net::delete_port, net::set_port_groups,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -27,6 +27,7 @@ pub use engine::{Changes, Page, Store, StoreCommand, StoreOptions, StoreStats, T
 pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
 pub use tokens::TokenRecord;
+pub use vms::port_hosts;
 
 impl Tx<'_> {
     pub fn next_machine_id(&mut self) -> Result<u64, StoreError> {

@@ -2,9 +2,9 @@
 //! created or deleted is `app::net`'s.
 
 use super::engine::{encode, Store, StoreCommand, Tx};
-use super::schema::{NETWORKS, NETWORK_VNIS, SECGROUPS};
+use super::schema::{NETWORKS, NETWORK_VNIS, PORTS, SECGROUPS, VM_GENERATIONS};
 use super::StoreError;
-use cosm_wire::{Network, NetworkName, SecGroupName, SecurityGroup};
+use cosm_wire::{MacAddr, Network, NetworkName, Port, SecGroupName, SecurityGroup};
 use redb::ReadableTable;
 use std::collections::BTreeSet;
 
@@ -26,7 +26,29 @@ impl<C: StoreCommand> Store<C> {
     pub fn secgroups(&self) -> Result<Vec<SecurityGroup>, StoreError> {
         self.all(SECGROUPS)
     }
+
+    pub fn port(&self, mac: MacAddr) -> Result<Option<Port>, StoreError> {
+        self.get(PORTS, mac.to_u64())
+    }
+
+    /// Every port, in MAC order.
+    pub fn ports(&self) -> Result<Vec<Port>, StoreError> {
+        self.all(PORTS)
+    }
+
+    /// Raised by every write that changes what some host's network should look like (a
+    /// port, a security group, a VM with ports moving); part of every host's desired
+    /// generation.
+    pub fn net_generation(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(VM_GENERATIONS)?;
+        Ok(t.get(NET_GENERATION_KEY)?.map_or(0, |v| v.value()))
+    }
 }
+
+/// The key of the network generation in the VM generations table (a MAC is 48 bits, so no
+/// host's key is this).
+const NET_GENERATION_KEY: u64 = u64::MAX;
 
 impl Tx<'_> {
     pub fn network(&self, name: &NetworkName) -> Result<Option<Network>, StoreError> {
@@ -80,7 +102,40 @@ impl Tx<'_> {
             .open_table(SECGROUPS)?
             .insert(g.name.as_str(), encode(g).as_slice())?;
         self.changed.net += 1;
+        self.bump_net_generation()
+    }
+
+    /// See [`Store::net_generation`].
+    pub fn bump_net_generation(&mut self) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(VM_GENERATIONS)?;
+        let next = t.get(NET_GENERATION_KEY)?.map_or(0, |v| v.value()) + 1;
+        t.insert(NET_GENERATION_KEY, next)?;
         Ok(())
+    }
+
+    pub fn port(&self, mac: MacAddr) -> Result<Option<Port>, StoreError> {
+        self.get(PORTS, mac.to_u64())
+    }
+
+    pub fn all_ports(&self) -> Result<Vec<Port>, StoreError> {
+        self.all(PORTS)
+    }
+
+    pub fn put_port(&mut self, p: &Port) -> Result<(), StoreError> {
+        self.txn
+            .open_table(PORTS)?
+            .insert(p.mac.to_u64(), encode(p).as_slice())?;
+        self.changed.net += 1;
+        self.bump_net_generation()
+    }
+
+    pub fn remove_port(&mut self, mac: MacAddr) -> Result<bool, StoreError> {
+        let found = self.txn.open_table(PORTS)?.remove(mac.to_u64())?.is_some();
+        if found {
+            self.changed.net += 1;
+            self.bump_net_generation()?;
+        }
+        Ok(found)
     }
 
     pub fn remove_secgroup(&mut self, name: &SecGroupName) -> Result<bool, StoreError> {
@@ -90,6 +145,9 @@ impl Tx<'_> {
             .remove(name.as_str())?
             .is_some();
         self.changed.net += u64::from(found);
+        if found {
+            self.bump_net_generation()?;
+        }
         Ok(found)
     }
 }

@@ -9,6 +9,21 @@ use super::StoreError;
 use cosm_wire::{MacAddr, Vm, VmEvent, VmName, VmState};
 use redb::ReadableTable;
 
+/// Where a VM's tenant-network ports are wired: its host and the destination of a live
+/// migration under way (empty without such a port).
+pub fn port_hosts(vm: Option<&Vm>) -> Vec<MacAddr> {
+    let Some(vm) = vm.filter(|v| v.nics.iter().any(|n| n.network.is_some())) else {
+        return Vec::new();
+    };
+    let mut out: Vec<MacAddr> = vm.host.into_iter().collect();
+    for op in &vm.pending_ops {
+        if let cosm_wire::VmOpKind::Migrate { to, .. } = &op.kind {
+            out.push(*to);
+        }
+    }
+    out
+}
+
 /// The VMs placed on `host`, through the host index, in name order.
 fn vms_of(
     idx: &impl ReadableTable<(u64, &'static str), ()>,
@@ -147,6 +162,10 @@ impl Tx<'_> {
     pub fn put_vm(&mut self, vm: &mut Vm) -> Result<(), StoreError> {
         vm.updated_at = self.at;
         let old = self.find_vm(&vm.name)?;
+        if port_hosts(old.as_ref()) != port_hosts(Some(vm)) {
+            // Where its tenant-network ports are changed: other hosts' FDB peers too.
+            self.bump_net_generation()?;
+        }
         let (old_host, old_macs) = old.map_or((None, Vec::new()), |o| {
             (o.host, o.nics.iter().map(|n| n.mac).collect())
         });
@@ -193,9 +212,15 @@ impl Tx<'_> {
                 .open_table(VMS_BY_HOST)?
                 .remove((h.to_u64(), vm.name.as_str()))?;
         }
-        let mut macs = self.txn.open_table(VM_MACS)?;
-        for n in &vm.nics {
-            macs.remove(n.mac.to_u64())?;
+        {
+            let mut macs = self.txn.open_table(VM_MACS)?;
+            for n in &vm.nics {
+                macs.remove(n.mac.to_u64())?;
+            }
+        }
+        // Its tenant-network ports go with it.
+        for n in vm.nics.iter().filter(|n| n.network.is_some()) {
+            self.remove_port(n.mac)?;
         }
         remove_timeline(
             &mut self.txn.open_table(VM_EVENTS)?,

@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 /// A deployed machine of role `host` with its agent's credential.
-struct Host {
-    mac: String,
-    cred: String,
+pub(crate) struct Host {
+    pub(crate) mac: String,
+    pub(crate) cred: String,
 }
 
-async fn host(app: &TestApp, n: u8, memory_mib: u64) -> Host {
+pub(crate) async fn host(app: &TestApp, n: u8, memory_mib: u64) -> Host {
     let mac = format!("52:54:00:00:c0:{n:02x}");
     let (s, v) = app
         .call(
@@ -57,17 +57,17 @@ fn running(name: &str) -> Value {
     json!({"name": name, "power": "running", "managed": true})
 }
 
-async fn create(app: &TestApp, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn create(app: &TestApp, body: Value) -> (StatusCode, Value) {
     app.call("POST", "/api/v1/vms", Some(body)).await
 }
 
-async fn vm(app: &TestApp, name: &str) -> Value {
+pub(crate) async fn vm(app: &TestApp, name: &str) -> Value {
     let (s, v) = app.call("GET", &format!("/api/v1/vms/{name}"), None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v
 }
 
-async fn desired(app: &TestApp, h: &Host) -> Value {
+pub(crate) async fn desired(app: &TestApp, h: &Host) -> Value {
     let (s, v) = app
         .call_as(Some(&h.cred), "GET", "/api/v1/agent/desired", None)
         .await;
