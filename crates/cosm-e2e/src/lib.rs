@@ -11,6 +11,7 @@ pub mod ha;
 pub mod libvirtd;
 pub mod netns;
 pub mod rack;
+pub mod sdn;
 pub mod simagent;
 
 use anyhow::{bail, Context};
