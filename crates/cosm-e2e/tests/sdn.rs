@@ -294,3 +294,115 @@ fn tenant_networks_connect_isolate_filter_and_repair_themselves_across_hosts() {
         );
     }
 }
+
+/// `ping <seq> <ip> ok|fail` lines of the test guest's `cosm.ping=` loop: (seq, ok).
+fn pings(lines: &[String]) -> Vec<(u64, bool)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let at = l.find("ping ")?;
+            let w: Vec<&str> = l[at..].split_whitespace().collect();
+            match w.as_slice() {
+                ["ping", seq, _, verdict] => Some((seq.parse().ok()?, *verdict == "ok")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn console(rack: &Rack, host: usize, name: &str) -> Vec<String> {
+    use cosm_hypervisor::Hypervisor;
+    let hv = rack.hosts[host].libvirtd.connect().unwrap();
+    hv.console_tail(&name.parse().unwrap(), 5_000)
+        .unwrap_or_default()
+}
+
+fn guest_on(name: &str, net: &str, ip: &str, peer: &str, host: &str) -> Value {
+    let mut b = cosm_e2e::guest::guest_vm_request(name, 128);
+    b["nics"] = json!([{"network": net, "ip": ip}]);
+    b["host"] = json!(host);
+    b["boot"]["cmdline"] = json!(format!(
+        "console=ttyS0 quiet cosm.marker={name} cosm.ping={peer}"
+    ));
+    b
+}
+
+#[test]
+fn qemu_guests_on_tenant_networks_talk_stay_apart_and_keep_their_address_through_a_live_migration()
+{
+    require_root_tools(&["ip", "bridge", "nft", "ping"]);
+    let mut rack = Rack::start("sdnvm", "").unwrap();
+    rack.start_hosts(3, Duration::from_secs(120)).unwrap();
+    rack.wait_hosts_reporting(3, Duration::from_secs(60))
+        .unwrap();
+    wait_vteps(&rack);
+    cosm_e2e::guest::upload_guest(&rack).unwrap();
+    network(&rack, "tenant-a", "198.51.100.0/24");
+    network(&rack, "tenant-b", "198.51.100.0/24");
+    let mac = |i: usize| rack.hosts[i].mac.clone();
+    // vm1 (host 1) and vm2 (host 2) on tenant-a ping each other; vm3 (host 3) on tenant-b
+    // pings vm1's address, which on its own network nobody has.
+    for body in [
+        guest_on("vm1", "tenant-a", "198.51.100.10", "198.51.100.11", &mac(0)),
+        guest_on("vm2", "tenant-a", "198.51.100.11", "198.51.100.10", &mac(1)),
+        guest_on("vm3", "tenant-b", "198.51.100.12", "198.51.100.10", &mac(2)),
+    ] {
+        rack.app.api_send("POST", "/api/v1/vms", &body).unwrap();
+    }
+    let boot = Duration::from_secs(180);
+    let took = wait_until("vm1 and vm2 answer each other's pings", boot, || {
+        let ok = |h, n| pings(&console(&rack, h, n)).iter().any(|p| p.1);
+        Ok(ok(0, "vm1") && ok(1, "vm2"))
+    })
+    .unwrap();
+    println!("QEMU guests on tenant-a across hosts: pings answered {took:?} after create");
+    wait_until("vm3 tried five times", boot, || {
+        Ok(pings(&console(&rack, 2, "vm3")).len() >= 5)
+    })
+    .unwrap();
+    let vm3 = pings(&console(&rack, 2, "vm3"));
+    assert!(
+        vm3.iter().all(|p| !p.1),
+        "vm3 on tenant-b reached an address of tenant-a: {vm3:?}"
+    );
+
+    // Live-migrate vm2 to host 3: it keeps its address and vm1 reaches it again.
+    let before = pings(&console(&rack, 0, "vm1")).last().map_or(0, |p| p.0);
+    rack.app
+        .api_send("POST", "/api/v1/vms/vm2/migrate", &json!({"host": mac(2)}))
+        .unwrap();
+    let moved = cosm_e2e::guest::wait_vm(
+        &rack.app,
+        "vm2",
+        "migration to host 3",
+        Duration::from_secs(120),
+        |v| v["state"] == "running" && v["host"] == mac(2).as_str(),
+    )
+    .unwrap();
+    assert_eq!(moved["nics"][0]["ip"], "198.51.100.11", "{moved}");
+    let last = std::cell::Cell::new(0u64);
+    wait_until(
+        "vm1 reaches vm2 on its new host",
+        Duration::from_secs(60),
+        || {
+            let p = pings(&console(&rack, 0, "vm1"));
+            last.set(p.last().map_or(0, |x| x.0));
+            Ok(p.iter().any(|x| x.0 > before && x.1) && p.last().is_some_and(|x| x.1))
+        },
+    )
+    .unwrap();
+    // The gap: pings after the migration was asked for that failed, one a second.
+    let after: Vec<(u64, bool)> = pings(&console(&rack, 0, "vm1"))
+        .into_iter()
+        .filter(|p| p.0 > before)
+        .collect();
+    let lost = after.iter().filter(|p| !p.1).count();
+    println!(
+        "live migration of vm2: vm1 lost {lost} of {} pings (one a second) from the request to now",
+        after.len()
+    );
+    assert!(
+        after.iter().rev().take(3).all(|p| p.1),
+        "vm1 does not reach vm2 steadily after the migration: {after:?}"
+    );
+}
