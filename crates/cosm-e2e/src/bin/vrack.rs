@@ -36,7 +36,8 @@ struct Args {
     timeout: u64,
 }
 
-/// The VM part of the demo: two guests placed on two hosts, then a live migration.
+/// The VM part of the demo: two tenant networks, three guests placed on two hosts (two
+/// tenants, one subnet), their pings, then a live migration.
 fn vms(rack: &Rack) -> anyhow::Result<()> {
     use cosm_e2e::guest::{guest_vm_request, upload_guest, wait_vm};
     step(
@@ -44,19 +45,38 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
     );
     rack.wait_hosts_reporting(2, Duration::from_secs(60))?;
     upload_guest(rack)?;
-    step("Creating two VMs (POST /api/v1/vms, no host given): placed on the host with the most memory left; its agent downloads the images, checks their sha256, defines and starts the domain");
+    step("Two tenant networks with the same subnet (POST /api/v1/networks): red and blue, 198.51.100.0/24 each, one VXLAN segment each");
+    for net in ["red", "blue"] {
+        rack.app.api_send(
+            "POST",
+            "/api/v1/networks",
+            &serde_json::json!({"name": net, "cidr": "198.51.100.0/24"}),
+        )?;
+    }
+    show(rack, &["networks", "list"]);
+    step("Three VMs (POST /api/v1/vms): demo-vm1 and demo-vm2 on red (placed on different hosts), demo-vm3 on blue with demo-vm1's address; each pings a neighbour once a second (cosm.ping=)");
     let started = Instant::now();
-    for name in ["demo-vm1", "demo-vm2"] {
-        let v = rack
-            .app
-            .api_send("POST", "/api/v1/vms", &guest_vm_request(name, 128))?;
+    for (name, net, ip, peer) in [
+        ("demo-vm1", "red", "198.51.100.10", "198.51.100.11"),
+        ("demo-vm2", "red", "198.51.100.11", "198.51.100.10"),
+        ("demo-vm3", "blue", "198.51.100.10", "198.51.100.11"),
+    ] {
+        let mut body = guest_vm_request(name, 128);
+        body["nics"] = serde_json::json!([{"network": net, "ip": ip}]);
+        body["boot"]["cmdline"] = serde_json::json!(format!(
+            "console=ttyS0 quiet cosm.marker={name} cosm.ping={peer}"
+        ));
+        if net == "red" {
+            body["anti_affinity"] = serde_json::json!("red");
+        }
+        let v = rack.app.api_send("POST", "/api/v1/vms", &body)?;
         println!(
-            "   {name}: {} on {}",
+            "   {name}: {} on {}, {net} {ip}, pinging {peer}",
             v["state"].as_str().unwrap_or("?"),
             v["host"].as_str().unwrap_or("?")
         );
     }
-    for name in ["demo-vm1", "demo-vm2"] {
+    for name in ["demo-vm1", "demo-vm2", "demo-vm3"] {
         let v = wait_vm(&rack.app, name, "running", Duration::from_secs(180), |v| {
             v["state"] == "running"
         })?;
@@ -66,21 +86,34 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
             started.elapsed().as_secs()
         );
     }
-    // The console as the appliance shows it (the agent reports it every few seconds).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut console = serde_json::Value::Null;
-    while Instant::now() < deadline {
-        console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=4")?;
-        if console["lines"].to_string().contains("COSM-GUEST")
-            || console["lines"].to_string().contains("counter")
-        {
-            break;
+    show(rack, &["ports", "list"]);
+    // The consoles as the appliance shows them (the agent reports them every few seconds).
+    step("Within red the guests answer each other across hosts; blue's demo-vm3 gets no answer from red");
+    for name in ["demo-vm1", "demo-vm2", "demo-vm3"] {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let want = if name == "demo-vm3" { " fail" } else { " ok" };
+        let mut lines = Vec::new();
+        while Instant::now() < deadline {
+            let console = rack
+                .app
+                .api(&format!("/api/v1/vms/{name}/console?lines=40"))?;
+            lines = console["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str())
+                .filter(|l| l.contains("ping "))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= 3 && lines.iter().rev().take(2).all(|l| l.ends_with(want)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    println!("   demo-vm1's serial console (GET /api/v1/vms/demo-vm1/console):");
-    for l in console["lines"].as_array().into_iter().flatten() {
-        println!("     | {}", l.as_str().unwrap_or(""));
+        println!("   {name}'s serial console (GET /api/v1/vms/{name}/console):");
+        for l in &lines[lines.len().saturating_sub(3)..] {
+            println!("     | {l}");
+        }
     }
     let out = rack.app.cosmctl(&["hosts"]);
     if out.status.success() {
@@ -88,7 +121,7 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
 
-    step("Live migration of demo-vm1 to the other host (POST /api/v1/vms/demo-vm1/migrate): the guest keeps running and counting");
+    step("Live migration of demo-vm1 to the other host (POST /api/v1/vms/demo-vm1/migrate): the guest keeps running, its address and its peer");
     let from = rack.app.api("/api/v1/vms/demo-vm1")?["host"]
         .as_str()
         .unwrap_or("?")
@@ -112,7 +145,7 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
         asked.elapsed().as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(4));
-    let console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=3")?;
+    let console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=4")?;
     println!("   its console on the new host:");
     for l in console["lines"].as_array().into_iter().flatten() {
         println!("     | {}", l.as_str().unwrap_or(""));
@@ -132,6 +165,15 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `cosmctl args…` against the rack and prints its table.
+fn show(rack: &Rack, args: &[&str]) {
+    let out = rack.app.cosmctl(args);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 fn step(text: &str) {
