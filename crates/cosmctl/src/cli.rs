@@ -42,7 +42,7 @@ Examples:
   cosmctl vms migrate web-01 --wait
   cosmctl networks create tenant-a --cidr 198.51.100.0/24
   cosmctl secgroups set ssh --rule in:tcp:22:0.0.0.0/0 --rule out:any::0.0.0.0/0
-  cosmctl vms create app-01 --vcpus 1 --memory 1G --disk image=debian-12.qcow2 --nic network=tenant-a,group=ssh
+  cosmctl vms create app-01 --vcpus 1 --memory 1G --disk blank=10G --nic network=tenant-a,group=ssh
   cosmctl ports list --network tenant-a
   cosmctl --json machines list | jq -r '.[].mac'
 

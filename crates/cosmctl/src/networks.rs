@@ -24,7 +24,7 @@ Examples:
   cosmctl networks create tenant-a --cidr 198.51.100.0/24
   cosmctl networks create tenant-b --cidr 10.20.0.0/16 --vni 4242 --gateway 10.20.0.254 --mtu 1400
   cosmctl networks list
-  cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic network=tenant-a
+  cosmctl vms create web-01 --vcpus 2 --memory 2G --disk blank=10G --nic network=tenant-a
   cosmctl ports list --network tenant-a
   cosmctl networks delete tenant-b";
 

@@ -22,7 +22,7 @@ everything. Either way it sends only from its own MAC and address.
 Examples:
   cosmctl ports list --network tenant-a
   cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01 --group ssh
-  cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01 --mac 52:54:00:12:34:56 --ip 198.51.100.10
+  cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01 --ip 198.51.100.10
   cosmctl ports set-groups 52:54:00:12:34:56 --group ssh --group web
   cosmctl ports set-groups 52:54:00:12:34:56 --no-groups
   cosmctl ports delete 52:54:00:12:34:56";
@@ -63,7 +63,8 @@ device cp and the MAC's 12 hex digits (DEVICE in `ports show`).
 
 Examples:
   cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01
-  cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01 --mac 52:54:00:12:34:56 --ip 198.51.100.10 --group ssh";
+  cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01 --ip 198.51.100.10 --group ssh
+  cosmctl ports create --network tenant-a --host 52:54:00:aa:bb:01 --mac 52:54:00:12:34:56";
 
 const SET_GROUPS_AFTER: &str = "\
 The groups given replace the port's groups; they apply at once. --no-groups removes them
@@ -88,7 +89,7 @@ pub(crate) struct CreateArgs {
     /// The port's address, in the network's subnet [default: the lowest free one].
     #[arg(long, value_name = "IP")]
     pub(crate) ip: Option<Ipv4Addr>,
-    /// A security group of the port; repeatable [default: none, all traffic passes].
+    /// A security group (repeatable); without any, the port passes all traffic.
     #[arg(long = "group", value_name = "GROUP")]
     pub(crate) groups: Vec<SecGroupName>,
 }

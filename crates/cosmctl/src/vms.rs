@@ -183,7 +183,7 @@ see `cosmctl hosts`). Nothing is recorded then.
 Examples:
   cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
   cosmctl vms create db-1 --vcpus 4 --memory 8G --disk blank=100G --nic br0 --ha --anti-affinity db
-  cosmctl vms create app-01 --vcpus 1 --memory 1G --disk image=debian-12.qcow2 --nic network=tenant-a,group=ssh
+  cosmctl vms create app-01 --vcpus 1 --memory 1G --disk blank=10G --nic network=tenant-a,group=ssh
   cosmctl vms create pv1 --kind xen-pv --vcpus 1 --memory 512M --kernel vmlinuz --cmdline console=hvc0";
 
 /// Arguments of `cosmctl vms create`.
