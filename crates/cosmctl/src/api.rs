@@ -107,6 +107,18 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Adds a line `hint: …` to an appliance refusal when `hint` has one for it; other errors
+/// (and refusals without a hint) pass unchanged.
+pub(crate) fn add_hint(
+    e: anyhow::Error,
+    hint: impl FnOnce(&ApiError) -> Option<String>,
+) -> anyhow::Error {
+    match e.downcast_ref::<ApiError>().and_then(hint) {
+        Some(h) => anyhow::anyhow!("{e:#}\nhint: {h}"),
+        None => e,
+    }
+}
+
 /// The innermost cause of an error: for a refused connection that is
 /// "Connection refused (os error 111)" rather than "error sending request".
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

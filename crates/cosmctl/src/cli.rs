@@ -13,7 +13,8 @@ use std::path::PathBuf;
 const LONG_ABOUT: &str = "\
 Command-line client of the COSM bare-metal provisioning appliance: register machines, give
 them roles, follow their lifecycle, power them through their BMCs, manage role rules and
-API tokens, run virtual machines on the VM hosts and follow host HA (alarms, evacuations).
+API tokens, run virtual machines on the VM hosts, put them on tenant networks with security
+groups, and follow host HA (alarms, evacuations).
 
 Where the appliance is and how to authenticate, highest precedence first:
   1. the --url and --token flags;
@@ -39,6 +40,10 @@ Examples:
   cosmctl hosts
   cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
   cosmctl vms migrate web-01 --wait
+  cosmctl networks create tenant-a --cidr 198.51.100.0/24
+  cosmctl secgroups set ssh --rule in:tcp:22:0.0.0.0/0 --rule out:any::0.0.0.0/0
+  cosmctl vms create app-01 --vcpus 1 --memory 1G --disk blank=10G --nic network=tenant-a,group=ssh
+  cosmctl ports list --network tenant-a
   cosmctl --json machines list | jq -r '.[].mac'
 
 Config file example ($HOME/.config/cosm/cosmctl.toml):
@@ -134,6 +139,15 @@ pub(crate) enum Command {
     /// List the VM hosts: capacity, what their VMs take, unmanaged domains
     #[command(alias = "host", long_about = HOSTS_ABOUT)]
     Hosts,
+    /// List, create and delete tenant networks (VXLAN segments with an IPv4 subnet)
+    #[command(subcommand, alias = "network", long_about = crate::networks::NETWORKS_ABOUT)]
+    Networks(crate::networks::NetworksCmd),
+    /// List, create and delete ports of tenant networks; set their security groups
+    #[command(subcommand, alias = "port", long_about = crate::ports::PORTS_ABOUT)]
+    Ports(crate::ports::PortsCmd),
+    /// List, show, set and delete security groups (the allow rules of ports)
+    #[command(subcommand, alias = "secgroup", long_about = crate::secgroups::SECGROUPS_ABOUT)]
+    Secgroups(crate::secgroups::SecgroupsCmd),
     /// List the alarms host HA raised (active ones unless --all)
     #[command(alias = "alarm", long_about = crate::ha::ALARMS_ABOUT)]
     Alarms(crate::ha::AlarmsArgs),

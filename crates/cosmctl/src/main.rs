@@ -11,10 +11,14 @@ mod ha;
 mod images;
 mod leases;
 mod machines;
+mod networks;
 mod output;
+mod ports;
 mod power;
 mod roles;
 mod rules;
+mod secgroups;
+mod secrule_syntax;
 mod tokens;
 mod vm_spec;
 mod vm_wait;
@@ -113,6 +117,9 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Images(cmd) => images::run(&ctx, cmd),
         Command::Vms(cmd) => vms::run(&ctx, cmd),
         Command::Hosts => vms::hosts(&ctx),
+        Command::Networks(cmd) => networks::run(&ctx, cmd),
+        Command::Ports(cmd) => ports::run(&ctx, cmd),
+        Command::Secgroups(cmd) => secgroups::run(&ctx, cmd),
         Command::Alarms(args) => ha::alarms(&ctx, args),
         Command::Evacuations => ha::evacuations(&ctx),
         Command::Kickstart(cli::KickstartCmd::Render { mac }) => {

@@ -1,11 +1,14 @@
 //! How `cosmctl vms create` reads its flags: sizes (`512M`, `2G`), `--disk image=NAME` or
-//! `--disk blank=SIZE`, `--nic BRIDGE[,mac=MAC]`, and the VM kinds and states as clap
+//! `--disk blank=SIZE`, `--nic BRIDGE[,mac=MAC]` or `--nic network=NAME[,…]`, and the VM kinds and states as clap
 //! values. Pure parsing: each parser answers the request type of `cosm-wire` or a message
 //! that clap prints after the flag's name (`invalid value 'x' for '--memory <SIZE>': …`).
 
 use clap::builder::PossibleValue;
 use clap::ValueEnum;
-use cosm_wire::{BridgeName, DiskRequest, MacAddr, NicRequest, VmKind, VmState};
+use cosm_wire::{
+    BridgeName, DiskRequest, MacAddr, NetworkName, NicRequest, SecGroupName, VmKind, VmState,
+};
+use std::net::Ipv4Addr;
 
 const MIB: u64 = 1 << 20;
 
@@ -80,29 +83,81 @@ pub(crate) fn parse_disk(text: &str) -> Result<DiskRequest, String> {
     }
 }
 
-/// `--nic BRIDGE` or `--nic BRIDGE,mac=MAC`.
+/// What `--help` says about `--nic` (kept next to the code that reads it).
+pub(crate) const NIC_HELP: &str = "\
+NICs: --nic BRIDGE (or bridge=BRIDGE) puts a NIC on that host bridge; --nic network=NAME
+puts it on a tenant network (see `cosmctl networks`), where it is a port with the lowest
+free address of the network unless ip=IP is given, and the security groups of its group=
+options (none: all traffic passes). mac=MAC sets the MAC (else the appliance picks one,
+52:54:00 prefix). Options are comma-separated:
+  --nic br0
+  --nic br0,mac=52:54:00:12:34:56
+  --nic network=tenant-a
+  --nic network=tenant-a,ip=198.51.100.10,group=ssh,group=web";
+
+/// `--nic`: `BRIDGE[,mac=MAC]` or `bridge=BRIDGE[,mac=MAC]` (a host bridge), or
+/// `network=NAME[,mac=MAC][,ip=IP][,group=GROUP]...` (a tenant network).
 pub(crate) fn parse_nic(text: &str) -> Result<NicRequest, String> {
-    let mut parts = text.split(',');
-    let bridge = parts.next().unwrap_or_default();
-    let bridge = BridgeName::new(bridge).map_err(|e| e.to_string())?;
-    let mut mac = None;
-    for part in parts {
-        match part.split_once('=') {
-            Some(("mac", m)) if mac.is_none() => {
-                mac = Some(m.parse::<MacAddr>().map_err(|e| format!("mac={m}: {e}"))?);
+    let mut nic = NicRequest::default();
+    for (i, part) in text.split(',').enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some(kv) => kv,
+            // The old form: the first part alone is the bridge.
+            None if i == 0 => ("bridge", part),
+            None => {
+                return Err(format!(
+                    "{part:?} is not an option: write KEY=VALUE with KEY one of mac, ip, group"
+                ))
             }
-            Some(("mac", _)) => return Err("mac= is given twice".to_string()),
+        };
+        let twice = || format!("{key}= is given twice");
+        match key {
+            "bridge" if nic.bridge.is_none() => {
+                nic.bridge = Some(BridgeName::new(value).map_err(|e| e.to_string())?);
+            }
+            "network" if nic.network.is_none() => {
+                nic.network = Some(
+                    NetworkName::new(value).map_err(|e| format!("network={value}: {e}"))?,
+                );
+            }
+            "mac" if nic.mac.is_none() => {
+                nic.mac = Some(value.parse::<MacAddr>().map_err(|e| format!("mac={value}: {e}"))?);
+            }
+            "ip" if nic.ip.is_none() => {
+                nic.ip = Some(value.parse::<Ipv4Addr>().map_err(|_| {
+                    format!("ip={value}: not an IPv4 address like 198.51.100.10")
+                })?);
+            }
+            "group" => {
+                let g = SecGroupName::new(value).map_err(|e| format!("group={value}: {e}"))?;
+                if nic.security_groups.contains(&g) {
+                    return Err(format!("group={g} is given twice"));
+                }
+                nic.security_groups.push(g);
+            }
+            "bridge" | "network" | "mac" | "ip" => return Err(twice()),
             _ => {
                 return Err(format!(
-                    "unknown NIC option {part:?}: write BRIDGE or BRIDGE,mac=52:54:00:12:34:56"
+                    "unknown NIC option {key:?}: the options are bridge, network, mac, ip, group \
+                     (e.g. br0,mac=52:54:00:12:34:56 or network=tenant-a,ip=198.51.100.10,group=ssh)"
                 ))
             }
         }
     }
-    Ok(NicRequest {
-        mac,
-        ..NicRequest::on_bridge(bridge)
-    })
+    match (&nic.bridge, &nic.network) {
+        (Some(_), Some(_)) => Err(
+            "a NIC is on a host bridge or on a tenant network, not both: give BRIDGE or network=NAME"
+                .to_string(),
+        ),
+        (None, None) => Err(
+            "a NIC needs a host bridge (BRIDGE or bridge=BRIDGE) or a tenant network (network=NAME)"
+                .to_string(),
+        ),
+        (Some(b), None) if nic.ip.is_some() || !nic.security_groups.is_empty() => Err(format!(
+            "ip= and group= go only with network=NAME: bridge {b} is a plain host bridge"
+        )),
+        _ => Ok(nic),
+    }
 }
 
 /// A VM kind as a command-line value (`kvm`, `tcg`, `xen-pv`, `xen-hvm`).
@@ -200,19 +255,75 @@ mod tests {
     }
 
     #[test]
-    fn nics() {
+    fn nics_on_a_bridge() {
         let n = parse_nic("br0").unwrap();
-        assert_eq!((n.bridge.as_ref().unwrap().as_str(), n.mac), ("br0", None));
+        assert_eq!(n, NicRequest::on_bridge("br0".parse().unwrap()));
         let n = parse_nic("br-vm,mac=52:54:00:12:34:56").unwrap();
+        assert_eq!(n.bridge.as_ref().unwrap().as_str(), "br-vm");
         assert_eq!(n.mac.unwrap().to_string(), "52:54:00:12:34:56");
+        assert_eq!(parse_nic("bridge=br-vm,mac=52:54:00:12:34:56").unwrap(), n);
         for bad in [
             "",
             "a-very-long-bridge",
             "br0,mac=nope",
             "br0,vlan=3",
+            "br0,br1",
             "br0,mac=52:54:00:12:34:56,mac=52:54:00:12:34:57",
+            "bridge=br0,bridge=br1",
+            "mac=52:54:00:12:34:56",
         ] {
             assert!(parse_nic(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn nics_on_a_network() {
+        let n = parse_nic("network=tenant-a").unwrap();
+        assert_eq!(n, NicRequest::on_network("tenant-a".parse().unwrap()));
+        let n = parse_nic(
+            "network=tenant-a,mac=52:54:00:12:34:56,ip=198.51.100.10,group=ssh,group=web",
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&n).unwrap(),
+            serde_json::json!({
+                "bridge": null, "network": "tenant-a", "mac": "52:54:00:12:34:56",
+                "ip": "198.51.100.10", "security_groups": ["ssh", "web"],
+            })
+        );
+        // Options in any order.
+        assert_eq!(
+            parse_nic(
+                "group=ssh,ip=198.51.100.10,network=tenant-a,group=web,mac=52:54:00:12:34:56"
+            ),
+            Ok(n)
+        );
+        for (bad, want) in [
+            ("network=", "network name"),
+            ("network=a/b", "network=a/b"),
+            ("network=t,ip=10.0.0.300", "ip=10.0.0.300"),
+            ("network=t,ip=::1", "ip=::1"),
+            ("network=t,group=a b", "group=a b"),
+            ("network=t,group=ssh,group=ssh", "group=ssh is given twice"),
+            ("network=t,ip=10.0.0.2,ip=10.0.0.3", "ip= is given twice"),
+            ("network=t,network=u", "network= is given twice"),
+            ("network=t,ssh", "\"ssh\" is not an option"),
+            ("network=t,vlan=3", "unknown NIC option \"vlan\""),
+            ("br0,network=t", "not both"),
+            ("br0,ip=10.0.0.2", "go only with network=NAME"),
+            ("br0,group=ssh", "go only with network=NAME"),
+            ("ip=10.0.0.2", "needs a host bridge"),
+        ] {
+            let err = parse_nic(bad).unwrap_err();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
+        // Every example in the help text is read.
+        for line in NIC_HELP
+            .lines()
+            .filter(|l| l.trim_start().starts_with("--nic "))
+        {
+            let spec = line.trim_start().trim_start_matches("--nic ");
+            assert!(parse_nic(spec).is_ok(), "{spec}");
         }
     }
 

@@ -6,13 +6,14 @@
 //! (see [`crate::vm_wait`]).
 
 use crate::output::{age, dash, human_bytes, kv_table, print, print_table, table, time, Ctx};
-use crate::vm_spec::{parse_disk, parse_memory, parse_nic, KindArg, VmStateArg};
+use crate::vm_spec::{parse_disk, parse_memory, parse_nic, KindArg, VmStateArg, NIC_HELP};
 use crate::vm_wait::{wait, Goal};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use cosm_wire::{
     BootRequest, CreateSnapshot, CreateVm, DiskRequest, HostView, MacAddr, MigrateVm, NicRequest,
-    SnapshotName, StopVm, Timestamp, Vm, VmConsole, VmDisk, VmEvent, VmName, VmSnapshot, VmState,
+    SnapshotName, StopVm, Timestamp, Vm, VmConsole, VmDisk, VmEvent, VmName, VmNic, VmSnapshot,
+    VmState,
 };
 use std::time::{Duration, Instant};
 
@@ -68,7 +69,7 @@ pub(crate) enum VmsCmd {
         events: u32,
     },
     /// Create a VM: the appliance places it and its host's agent makes it.
-    #[command(after_help = CREATE_AFTER)]
+    #[command(after_help = create_after())]
     Create(Box<CreateArgs>),
     /// Power a VM on; a `failed` VM is tried again.
     Start {
@@ -160,12 +161,17 @@ pub(crate) struct WaitArg {
     pub(crate) wait: Option<u64>,
 }
 
-const CREATE_AFTER: &str = "\
+/// The help after `vms create`'s options: disks, then NICs (see [`NIC_HELP`]), then the rest.
+fn create_after() -> String {
+    format!("{CREATE_DISKS}\n{NIC_HELP}\n{CREATE_AFTER}")
+}
+
+const CREATE_DISKS: &str = "\
 Disks: --disk image=NAME is a copy-on-write overlay of a file of the image repository (see
 `cosmctl images list`), pinned by its sha256 when the VM is created; --disk blank=SIZE is
-an empty disk. Give --disk several times for several disks, the first is the boot disk.
-NICs: --nic BRIDGE puts a NIC on that host bridge with a MAC the appliance picks (52:54:00
-prefix); --nic BRIDGE,mac=MAC sets it.
+an empty disk. Give --disk several times for several disks, the first is the boot disk.";
+
+const CREATE_AFTER: &str = "\
 Sizes: a whole number with M (MiB), G (GiB) or T (TiB): 512M, 2G; a --memory without a unit
 is MiB.
 
@@ -177,6 +183,7 @@ see `cosmctl hosts`). Nothing is recorded then.
 Examples:
   cosmctl vms create web-01 --vcpus 2 --memory 2G --disk image=debian-12.qcow2 --nic br0 --wait
   cosmctl vms create db-1 --vcpus 4 --memory 8G --disk blank=100G --nic br0 --ha --anti-affinity db
+  cosmctl vms create app-01 --vcpus 1 --memory 1G --disk blank=10G --nic network=tenant-a,group=ssh
   cosmctl vms create pv1 --kind xen-pv --vcpus 1 --memory 512M --kernel vmlinuz --cmdline console=hvc0";
 
 /// Arguments of `cosmctl vms create`.
@@ -196,7 +203,8 @@ pub(crate) struct CreateArgs {
     /// A disk: image=NAME (a copy of a repository image) or blank=SIZE; repeatable.
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub(crate) disks: Vec<DiskRequest>,
-    /// A NIC on a host bridge: BRIDGE or BRIDGE,mac=MAC; repeatable.
+    /// A NIC: BRIDGE[,mac=MAC] on a host bridge, or
+    /// network=NAME[,mac=MAC][,ip=IP][,group=GROUP]... on a tenant network; repeatable.
     #[arg(long = "nic", value_name = "SPEC", value_parser = parse_nic)]
     pub(crate) nics: Vec<NicRequest>,
     /// Boot this kernel (a repository image) directly instead of from disk.
@@ -667,6 +675,26 @@ fn print_list(vms: &[Vm]) -> Result<()> {
     print_table(&t)
 }
 
+/// One NIC in `vms show`: `MAC on BRIDGE`, or on a tenant network
+/// `MAC on network tenant-a, 198.51.100.2 (bridge cbr1, MTU 1450)`.
+fn nic_line(n: &VmNic) -> String {
+    match &n.network {
+        None => format!("{} on {}", n.mac, n.bridge),
+        Some(net) => {
+            let mut s = format!("{} on network {net}", n.mac);
+            if let Some(ip) = n.ip {
+                s.push_str(&format!(", {ip}"));
+            }
+            s.push_str(&format!(" (bridge {}", n.bridge));
+            if let Some(mtu) = n.mtu {
+                s.push_str(&format!(", MTU {mtu}"));
+            }
+            s.push(')');
+            s
+        }
+    }
+}
+
 /// Rows of `vms show`.
 fn details(vm: &Vm, now: Timestamp) -> Vec<(&'static str, String)> {
     let disks = if vm.disks.is_empty() {
@@ -689,11 +717,7 @@ fn details(vm: &Vm, now: Timestamp) -> Vec<(&'static str, String)> {
     let nics = if vm.nics.is_empty() {
         "none".to_string()
     } else {
-        vm.nics
-            .iter()
-            .map(|n| format!("{} on {}", n.mac, n.bridge))
-            .collect::<Vec<_>>()
-            .join("\n")
+        vm.nics.iter().map(nic_line).collect::<Vec<_>>().join("\n")
     };
     let boot = match &vm.boot {
         None => "from disk".to_string(),
@@ -901,6 +925,8 @@ mod tests {
             "br0",
             "--nic",
             "br1,mac=52:54:00:12:34:56",
+            "--nic",
+            "network=tenant-a,ip=198.51.100.10,group=ssh",
             "--ha",
             "--anti-affinity",
             "web",
@@ -911,7 +937,11 @@ mod tests {
             serde_json::json!({
                 "name": "web-01", "kind": "kvm", "vcpus": 2, "memory_mib": 2048,
                 "disks": [{"image": {"image": "debian-12.qcow2"}}, {"blank": {"size_bytes": 10u64 << 30}}],
-                "nics": [{"bridge": "br0", "mac": null}, {"bridge": "br1", "mac": "52:54:00:12:34:56"}],
+                "nics": [
+                    {"bridge": "br0", "network": null, "mac": null, "ip": null, "security_groups": []},
+                    {"bridge": "br1", "network": null, "mac": "52:54:00:12:34:56", "ip": null, "security_groups": []},
+                    {"bridge": null, "network": "tenant-a", "mac": null, "ip": "198.51.100.10", "security_groups": ["ssh"]},
+                ],
                 "boot": null, "ha": true, "anti_affinity": "web", "host": null, "start": false,
             })
         );
@@ -964,6 +994,10 @@ mod tests {
             "--nic",
         );
         refused(
+            &[&base[..], &["--memory", "1G", "--nic", "br0,ip=10.0.0.2"]].concat(),
+            "--nic",
+        );
+        refused(
             &[&base[..], &["--memory", "1G", "--kind", "vmware"]].concat(),
             "--kind",
         );
@@ -1005,6 +1039,35 @@ mod tests {
         }
         refused(&["start", "vm1", "--wait=soon"], "--wait");
         refused(&["start", "vm1", "--wait=0"], "--wait");
+    }
+
+    #[test]
+    fn show_gives_a_nics_network_and_address() {
+        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(
+            nic_line(&VmNic::on_bridge("br0".parse().unwrap(), mac)),
+            "52:54:00:12:34:56 on br0"
+        );
+        let on_net = VmNic {
+            bridge: "cbr7".parse().unwrap(),
+            mac,
+            network: Some("tenant-a".parse().unwrap()),
+            ip: Some("198.51.100.2".parse().unwrap()),
+            mtu: Some(1450),
+        };
+        assert_eq!(
+            nic_line(&on_net),
+            "52:54:00:12:34:56 on network tenant-a, 198.51.100.2 (bridge cbr7, MTU 1450)"
+        );
+        let bare = VmNic {
+            ip: None,
+            mtu: None,
+            ..on_net
+        };
+        assert_eq!(
+            nic_line(&bare),
+            "52:54:00:12:34:56 on network tenant-a (bridge cbr7)"
+        );
     }
 
     #[test]
