@@ -1,4 +1,4 @@
-//! `cosmctl networks` and `cosmctl secgroups` as an operator uses them: the real cosmctl
+//! `cosmctl networks`, `ports` and `secgroups` as an operator uses them: the real cosmctl
 //! binary against a real appliance process. What the tables say, what --json gives, that
 //! `secgroups show` prints rules `secgroups set --rule` takes back, and the exit statuses of
 //! refusals (2 before any request, 1 from the appliance).
@@ -196,4 +196,88 @@ fn cosmctl_secgroups_round_trip_their_rules() {
     let out = app.cosmctl(&["secgroups", "list"]);
     assert!(ok_stdout(&out).is_empty());
     assert_eq!(stderr(&out).trim(), "no security groups");
+}
+
+#[test]
+fn cosmctl_ports_create_list_regroup_and_delete() {
+    let app = Appliance::start().unwrap();
+    let host = "52:54:00:00:0e:01";
+    app.api_send(
+        "POST",
+        "/api/v1/machines",
+        &serde_json::json!({"mac": host, "role": "host"}),
+    )
+    .unwrap();
+    ok_stdout(&app.cosmctl(&[
+        "networks",
+        "create",
+        "tenant-a",
+        "--cidr",
+        "198.51.100.0/24",
+    ]));
+    ok_stdout(&app.cosmctl(&["secgroups", "set", "web", "--rule", "in:tcp:80:0.0.0.0/0"]));
+    ok_stdout(&app.cosmctl(&[
+        "ports",
+        "create",
+        "--network",
+        "tenant-a",
+        "--host",
+        host,
+        "--mac",
+        "52:54:00:aa:00:01",
+        "--ip",
+        "198.51.100.7",
+        "--group",
+        "web",
+    ]));
+    // Without --ip, the lowest free address after the gateway.
+    ok_stdout(&app.cosmctl(&[
+        "ports",
+        "create",
+        "--network",
+        "tenant-a",
+        "--host",
+        host,
+        "--mac",
+        "52:54:00:aa:00:02",
+    ]));
+    let list = ok_stdout(&app.cosmctl(&["ports", "list", "--network", "tenant-a"]));
+    let row = |mac: &str| -> String {
+        list.lines()
+            .find(|l| l.starts_with(mac))
+            .unwrap_or_else(|| panic!("no row for {mac}:\n{list}"))
+            .to_string()
+    };
+    let first = row("52:54:00:aa:00:01");
+    assert!(
+        first.contains("198.51.100.7") && first.contains("cp525400aa0001") && first.contains("web"),
+        "{list}"
+    );
+    assert!(row("52:54:00:aa:00:02").contains("198.51.100.2"), "{list}");
+    // The same address again is the appliance's refusal (exit 1), naming it.
+    let err = refused(
+        &app,
+        &[
+            "ports",
+            "create",
+            "--network",
+            "tenant-a",
+            "--host",
+            host,
+            "--ip",
+            "198.51.100.7",
+        ],
+        1,
+    );
+    assert!(err.contains("198.51.100.7"), "{err}");
+    ok_stdout(&app.cosmctl(&["ports", "set-groups", "52:54:00:aa:00:01", "--no-groups"]));
+    let shown = ok_stdout(&app.cosmctl(&["--json", "ports", "show", "52:54:00:aa:00:01"]));
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["security_groups"], serde_json::json!([]), "{v}");
+    // The network cannot go while it has ports; once they are gone it can.
+    refused(&app, &["networks", "delete", "tenant-a"], 1);
+    for mac in ["52:54:00:aa:00:01", "52:54:00:aa:00:02"] {
+        ok_stdout(&app.cosmctl(&["ports", "delete", mac]));
+    }
+    ok_stdout(&app.cosmctl(&["networks", "delete", "tenant-a"]));
 }
