@@ -28,9 +28,9 @@ pub use machine::{
 };
 pub use net::{
     allocate, bridge_name, free_vni, is_host_address, port_device, vxlan_name, CreateNetwork,
-    CreatePort, Direction, GroupMembers, HostNetwork, HostNetworks, HostPort, NetError,
-    NetReport, Network, Port, PortOwner, Protocol, Remote, SecRule, SecurityGroup,
-    SetPortGroups, DEFAULT_MTU, MAX_VNI, VXLAN_OVERHEAD,
+    CreatePort, Direction, GroupMembers, HostNetwork, HostNetworks, HostPort, NetError, NetReport,
+    Network, Port, PortOwner, Protocol, Remote, SecRule, SecurityGroup, SetPortGroups, DEFAULT_MTU,
+    MAX_VNI, VXLAN_OVERHEAD,
 };
 pub use power::{
     Alarm, AlarmKind, EvacuatedVm, EvacuatedVmStatus, Evacuation, EvacuationPhase, Peer, PeerSeen,
