@@ -1948,13 +1948,15 @@ mod tests {
         b.undefine(&name("evac-vm1")).unwrap();
     }
 
+    type NetOutcome = Result<Vec<String>, String>;
+
     /// A reconciler that does what it is told: each call is logged with whether `vm1` was
     /// defined at the time, and answers the scripted outcome (the last one repeats).
     #[derive(Clone)]
     struct FakeNet {
         hv: SimHypervisor,
         calls: Arc<Mutex<Vec<bool>>>,
-        outcomes: Arc<Mutex<Vec<Result<Vec<String>, String>>>>,
+        outcomes: Arc<Mutex<Vec<NetOutcome>>>,
     }
 
     impl NetReconciler for FakeNet {
@@ -1973,7 +1975,7 @@ mod tests {
         }
     }
 
-    fn fake_net(s: &Setup, outcomes: Vec<Result<Vec<String>, String>>) -> FakeNet {
+    fn fake_net(s: &Setup, outcomes: Vec<NetOutcome>) -> FakeNet {
         FakeNet {
             hv: s.hv.clone(),
             calls: Arc::default(),
