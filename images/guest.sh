@@ -12,11 +12,21 @@
 # written back and synced before the marker is printed, so a test can see a disk change
 # survive a reboot or be undone by a snapshot revert. Without a disk N is 0.
 # The ACPI power button powers the guest off (busybox acpid), so a graceful shutdown works.
+#
+# Networking (virtio-net): with the kernel's standard `ip=<client-ip>::<gw-ip>:<netmask>::
+# <device>:off` on its command line (as initramfs-tools reads it), /init gives <device>
+# that address (and a default route via <gw-ip>, when given) and prints, after the marker,
+#   COSM-GUEST net <client-ip> dev=<device> mtu=<its MTU>
+# and answers TCP port 22 with one line, `COSM-GUEST tcp22 <marker> <client-ip>`, to each
+# connection (busybox nc). With `cosm.ping=<ip>` too, it pings <ip> about once a second,
+# forever, printing each outcome with a sequence number:
+#   ping 1 198.51.100.1 ok
+#   ping 2 198.51.100.1 fail
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . images/common.sh
 
-MODULES="virtio_pci virtio_blk button evdev"
+MODULES="virtio_pci virtio_blk virtio_net button evdev"
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 OUT=${IMAGE_OUT:-images/out}
 for tool in apt-get dpkg-deb depmod cpio gzip sha256sum; do
@@ -55,6 +65,13 @@ poweroff -f
 EOF
 chmod 755 "$R/etc/acpi/PWRF/00000080"
 
+# What answers each connection to TCP port 22 (nc -e): one line, then it closes.
+cat > "$R/bin/cosm-tcp22" <<'EOF'
+#!/bin/sh
+echo "COSM-GUEST tcp22 $(cat /tmp/marker) $(cat /tmp/ip)"
+EOF
+chmod 755 "$R/bin/cosm-tcp22"
+
 cat > "$R/init" <<'EOF'
 #!/bin/sh
 # COSM test guest: count this boot on the disk, print the marker, then a counter forever.
@@ -81,6 +98,51 @@ if [ -b /dev/vda ]; then
   sync
 fi
 echo "COSM-GUEST ${marker:--} boot=$boot" > /dev/console
+# ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>
+ipconf=$(sed -n 's/.*\(^\| \)ip=\([^ ]*\).*/\2/p' /proc/cmdline)
+if [ -n "$ipconf" ]; then
+  IFS=: read -r addr _server gw mask _host dev _auto <<IP
+$ipconf
+IP
+  dev=${dev:-eth0}
+  # The netmask as a prefix length: count the one bits of each octet.
+  prefix=0
+  for octet in $(echo "${mask:-255.255.255.0}" | tr . ' '); do
+    while [ "$octet" -gt 0 ]; do
+      prefix=$((prefix + (octet & 1)))
+      octet=$((octet >> 1))
+    done
+  done
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    [ -e "/sys/class/net/$dev" ] && break
+    sleep 0.1
+  done
+  ip link set lo up
+  ip link set "$dev" up
+  ip addr add "$addr/$prefix" dev "$dev"
+  [ -n "$gw" ] && ip route add default via "$gw" dev "$dev"
+  echo "${marker:--}" > /tmp/marker
+  echo "$addr" > /tmp/ip
+  echo "COSM-GUEST net $addr dev=$dev mtu=$(cat "/sys/class/net/$dev/mtu" 2>/dev/null)" > /dev/console
+  # -ll with -e: a server that stays, answering each connection with cosm-tcp22.
+  (while true; do nc -ll -p 22 -e /bin/cosm-tcp22 >/dev/null 2>&1; sleep 1; done) &
+  target=$(sed -n 's/.*cosm\.ping=\([^ ]*\).*/\1/p' /proc/cmdline)
+  if [ -n "$target" ]; then
+    (
+      n=0
+      while true; do
+        n=$((n + 1))
+        # -W 1: a lost ping has already taken its second.
+        if ping -c 1 -W 1 "$target" >/dev/null 2>&1; then
+          echo "ping $n $target ok" > /dev/console
+          sleep 1
+        else
+          echo "ping $n $target fail" > /dev/console
+        fi
+      done
+    ) &
+  fi
+fi
 i=0
 while true; do
   i=$((i + 1))

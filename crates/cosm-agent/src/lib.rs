@@ -9,6 +9,8 @@
 //!   thread, and the dispatcher that feeds them; also their simulated forms.
 //! - [`vms`] — the VM controller: makes the host's hypervisor match the desired VMs and
 //!   reports the host's domains itself, on its own thread.
+//! - [`network`] — the seam to the host's tenant networking (issue 14) that the VM
+//!   controller reconciles before its VMs, and what it reports of it.
 //! - [`peers`] — on hypervisor hosts: answers peer probes, probes the peers the
 //!   appliance names, and the opt-in self-fence.
 //! - [`run`] — the heartbeat loop, which never waits for a controller.
@@ -16,6 +18,7 @@
 pub mod controller;
 pub mod enrolment;
 pub mod inventory;
+pub mod network;
 pub mod peers;
 pub mod run;
 pub mod settings;

@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// A TOML config file with keys appliance, token, mac, state_dir, hypervisor,
-        /// migration_uri.
+        /// migration_uri, vtep_ip, vtep_dev.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Kernel command line to read cosm.* settings from.
@@ -132,6 +132,22 @@ enum Cmd {
         /// the appliance or any one peer answers, nor on a host with no peers.
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         self_fence_after: u64,
+        /// With the VM controller: this host's VXLAN tunnel endpoint, its IPv4 address on
+        /// the data network (the network hosts reach each other on, e.g. 10.1.0.5).
+        /// Reported to the appliance, which places VMs with a NIC on a tenant network only
+        /// on hosts that have one, and names it to the other hosts of each network as
+        /// their VXLAN peer. With it, the agent makes the tenant networks the appliance
+        /// asks for (a bridge cbr<VNI> and a VXLAN device cvx<VNI> per network, the ports'
+        /// rules) before it starts their VMs, and repairs them every --vm-interval. Also
+        /// `vtep_ip` in the config file or cosm.vtep_ip= on the kernel command line.
+        #[arg(long, env = "COSM_VTEP_IP", value_name = "IPV4")]
+        vtep_ip: Option<std::net::Ipv4Addr>,
+        /// With --vtep-ip: the data network's interface (the one holding the --vtep-ip
+        /// address, e.g. eth1, bond0 or br0), which the VXLAN devices send through.
+        /// Default: whichever interface the kernel routes each peer through. Also
+        /// `vtep_dev` in the config file or cosm.vtep_dev= on the kernel command line.
+        #[arg(long, env = "COSM_VTEP_DEV", value_name = "IFNAME")]
+        vtep_dev: Option<String>,
     },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
@@ -169,6 +185,8 @@ fn main() {
             probe_listen,
             probe_advertise,
             self_fence_after,
+            vtep_ip,
+            vtep_dev,
         } => {
             let result = (|| -> anyhow::Result<()> {
                 use cosm_agent::settings::{from_cmdline, from_file, merge, FileSettings};
@@ -179,6 +197,8 @@ fn main() {
                     state_dir,
                     hypervisor,
                     migration_uri,
+                    vtep_ip,
+                    vtep_dev,
                 };
                 let file = match &config {
                     Some(p) => from_file(p)?,
@@ -199,6 +219,17 @@ fn main() {
                     })),
                     (None, false) => None,
                 };
+                match (&driver, settings.vtep_ip, &settings.vtep_dev) {
+                    (None, Some(ip), _) => anyhow::bail!(
+                        "--vtep-ip {ip}: tenant networks are made by the VM controller; give \
+                         --hypervisor (or --simulate-vms) too"
+                    ),
+                    (_, None, Some(dev)) => anyhow::bail!(
+                        "--vtep-dev {dev} without --vtep-ip: give this host's address on the \
+                         data network with --vtep-ip"
+                    ),
+                    _ => {}
+                }
                 let vms = driver.map(|driver| VmOptions {
                     driver,
                     interval: vm_interval,
@@ -207,6 +238,8 @@ fn main() {
                     probe_listen: probe_listen.0,
                     probe_advertise,
                     self_fence_after: std::time::Duration::from_secs(self_fence_after),
+                    vtep: settings.vtep_ip,
+                    vtep_dev: settings.vtep_dev.clone(),
                 });
                 let actions = if dry_run_actions {
                     cosm_agent::run::ActionMode::Simulated {

@@ -64,6 +64,11 @@ pub struct VmOptions {
     /// `--self-fence-after`: hard-stop the managed VMs after hearing neither the appliance
     /// nor any peer for this long; zero is off.
     pub self_fence_after: Duration,
+    /// `--vtep-ip`: this host's VXLAN endpoint; without it the host makes no tenant
+    /// network (and says so when asked for one).
+    pub vtep: Option<std::net::Ipv4Addr>,
+    /// `--vtep-dev`: the data network's interface for the VXLAN devices.
+    pub vtep_dev: Option<String>,
 }
 
 /// The probe address to report: `advertise` if given; else, when the responder answers,
@@ -241,9 +246,15 @@ pub fn run(settings: Settings, opts: RunOptions) -> anyhow::Result<()> {
                 migration_uri: vm.migration_uri.clone(),
                 files: matches!(vm.driver, VmDriver::Libvirt(_)),
                 probe: probe.map(|a| a.to_string()),
+                vtep: vm.vtep,
             };
+            let net = crate::network::reconciler(
+                vm.vtep,
+                vm.vtep_dev.clone(),
+                matches!(vm.driver, VmDriver::Simulated(_)),
+            )?;
             let sink = HttpReportSink::new(&settings.appliance, credential);
-            let controller = VmController::new(hv, config, Box::new(sink));
+            let controller = VmController::new(hv, config, Box::new(sink)).with_network(net);
             let fencer = controller.self_fencer();
             let handle = VmControllerHandle::start(controller)
                 .context("cannot start the VM controller's thread")?;
@@ -368,7 +379,7 @@ impl Agent {
             .json()?;
         self.dispatcher.dispatch(&desired.actions);
         if let Some(vms) = &self.vms {
-            vms.set_desired(desired.vms);
+            vms.set_desired(desired.vms, desired.networks);
         }
         self.fetched_generation = desired.generation;
         self.fetched_role = desired.role;

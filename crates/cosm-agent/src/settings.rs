@@ -1,7 +1,7 @@
 //! Where the agent's settings come from: flags and environment first, then a TOML config
 //! file (installed systems), then the kernel command line (`cosm.appliance=URL`,
-//! `cosm.token=…`, `cosm.mac=…`, `cosm.hypervisor=…`, `cosm.migration_uri=…`; the discovery
-//! ramdisk). One binary serves both.
+//! `cosm.token=…`, `cosm.mac=…`, `cosm.hypervisor=…`, `cosm.migration_uri=…`,
+//! `cosm.vtep_ip=…`, `cosm.vtep_dev=…`; the discovery ramdisk). One binary serves both.
 
 use cosm_wire::MacAddr;
 use serde::Deserialize;
@@ -19,6 +19,10 @@ pub struct FileSettings {
     pub hypervisor: Option<String>,
     /// The libvirt URI other hosts reach this one at for live migration.
     pub migration_uri: Option<String>,
+    /// This host's VXLAN endpoint on the data network (tenant networks).
+    pub vtep_ip: Option<std::net::Ipv4Addr>,
+    /// The data network's interface, where the VXLAN devices are bound.
+    pub vtep_dev: Option<String>,
 }
 
 /// Settings after every source was consulted.
@@ -36,6 +40,12 @@ pub struct Settings {
     pub hypervisor: Option<String>,
     /// The libvirt URI other hosts reach this one at for live migration (reported).
     pub migration_uri: Option<String>,
+    /// This host's VXLAN endpoint (reported); without it the host carries no tenant
+    /// network.
+    pub vtep_ip: Option<std::net::Ipv4Addr>,
+    /// The interface the VXLAN devices are bound to; the kernel's route to each peer when
+    /// absent.
+    pub vtep_dev: Option<String>,
 }
 
 /// `key=value` words of a kernel command line, for the `cosm.` keys.
@@ -52,6 +62,8 @@ pub fn from_cmdline(cmdline: &str) -> FileSettings {
             "cosm.state_dir" => f.state_dir = Some(PathBuf::from(v)),
             "cosm.hypervisor" => f.hypervisor = Some(v.to_string()),
             "cosm.migration_uri" => f.migration_uri = Some(v.to_string()),
+            "cosm.vtep_ip" => f.vtep_ip = v.parse().ok(),
+            "cosm.vtep_dev" => f.vtep_dev = Some(v.to_string()),
             _ => {}
         }
     }
@@ -74,6 +86,15 @@ pub fn merge(sources: &[FileSettings]) -> anyhow::Result<Settings> {
         )
     })?;
     let appliance = appliance.trim_end_matches('/').to_string();
+    let vtep_dev = pick(|s| s.vtep_dev.clone());
+    if let Some(dev) = &vtep_dev {
+        if !valid_ifname(dev) {
+            anyhow::bail!(
+                "VXLAN interface {dev:?} (--vtep-dev, vtep_dev) is not a network interface name: \
+                 1 to 15 characters, no '/', ':' or white space"
+            );
+        }
+    }
     if !appliance.starts_with("http://") && !appliance.starts_with("https://") {
         anyhow::bail!("appliance URL {appliance:?} must start with http:// or https://");
     }
@@ -87,7 +108,19 @@ pub fn merge(sources: &[FileSettings]) -> anyhow::Result<Settings> {
             .unwrap_or_else(|| PathBuf::from("/var/lib/cosm-agent")),
         hypervisor: pick(|s| s.hypervisor.clone()),
         migration_uri: pick(|s| s.migration_uri.clone()),
+        vtep_ip: sources.iter().find_map(|s| s.vtep_ip),
+        vtep_dev,
     })
+}
+
+/// Whether Linux would take `name` as an interface name.
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -109,6 +142,26 @@ mod tests {
             f.migration_uri.as_deref(),
             Some("qemu+tcp://10.0.0.5/system")
         );
+        let f = from_cmdline("cosm.vtep_ip=192.0.2.11 cosm.vtep_dev=eth1");
+        assert_eq!(f.vtep_ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 11)));
+        assert_eq!(f.vtep_dev.as_deref(), Some("eth1"));
+    }
+
+    #[test]
+    fn the_vtep_comes_from_the_config_file_and_a_bad_interface_is_refused() {
+        let f: FileSettings = toml::from_str(
+            "appliance = \"http://a:1\"\nvtep_ip = \"10.1.0.5\"\nvtep_dev = \"bond0.100\"",
+        )
+        .unwrap();
+        let s = merge(&[f]).unwrap();
+        assert_eq!(s.vtep_ip, Some(std::net::Ipv4Addr::new(10, 1, 0, 5)));
+        assert_eq!(s.vtep_dev.as_deref(), Some("bond0.100"));
+        let e = merge(&[from_cmdline(
+            "cosm.appliance=http://a:1 cosm.vtep_dev=a-very-long-interface-name",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--vtep-dev"), "{e}");
     }
 
     #[test]

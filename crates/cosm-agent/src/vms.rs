@@ -8,7 +8,10 @@
 //! host's domains every few seconds whether or not anything was asked, and because a slow
 //! libvirt (a hung `list`, a long migration) must never hold a heartbeat.
 //!
-//! Each pass (at once when a new set arrives, then every `interval`) lists the domains and,
+//! Each pass (at once when a new set arrives, then every `interval`) first makes the host's
+//! tenant networking match `DesiredState::networks` when it is given ([`crate::network`]:
+//! bridges must exist before a domain on them starts, and running it every pass repairs
+//! drift), then lists the domains and,
 //! for each desired VM, decides one step ([`decide`], pure): define (downloading its
 //! images first), start, stop, delete, or nothing; then carries out its queued operations.
 //! Steps that can take long (downloads, a graceful shutdown, a live migration) run on a
@@ -35,9 +38,11 @@ use cosm_hypervisor::{
     ShutdownOutcome, VmPower, VmSpec,
 };
 use cosm_wire::{
-    DesiredVm, DomainPower, HostCapacity, ImageRef, ObservedDomain, PowerWanted, VmDisk, VmName,
-    VmNote, VmOp, VmOpKind, VmOpResult, VmReport,
+    DesiredVm, DomainPower, HostCapacity, HostNetworks, ImageRef, ObservedDomain, PowerWanted,
+    VmDisk, VmName, VmNic, VmNote, VmOp, VmOpKind, VmOpResult, VmReport,
 };
+
+use crate::network::{Logged, NetBook, NetReconciler, NoVtep};
 use sha2::{Digest, Sha256};
 
 /// The hypervisor API the controller drives, for callers that build one (the simulated
@@ -157,6 +162,8 @@ pub struct VmConfig {
     pub files: bool,
     /// What the report gives as where this host's agent answers peer probes (`ip:port`).
     pub probe: Option<String>,
+    /// What the report gives as this host's VXLAN endpoint (`--vtep-ip`).
+    pub vtep: Option<std::net::Ipv4Addr>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -168,6 +175,7 @@ impl std::fmt::Debug for VmConfig {
             .field("migration_uri", &self.migration_uri)
             .field("files", &self.files)
             .field("probe", &self.probe)
+            .field("vtep", &self.vtep)
             .finish_non_exhaustive()
     }
 }
@@ -267,6 +275,21 @@ pub fn disk_target(kind: cosm_wire::VmKind, index: usize) -> String {
         "{prefix}{}",
         String::from_utf8(letters).expect("ASCII letters")
     )
+}
+
+/// The NIC to define for `nic`: on a tenant network (`network` set) its tap is named
+/// `port_device(mac)` — the name the host's network rules are written against — and has
+/// the network's MTU; on a plain bridge libvirt names it.
+pub fn nic_spec(nic: &VmNic) -> NicSpec {
+    NicSpec {
+        bridge: nic.bridge.clone(),
+        mac: nic.mac,
+        device: nic
+            .network
+            .as_ref()
+            .map(|_| cosm_wire::port_device(&nic.mac)),
+        mtu: nic.mtu,
+    }
 }
 
 /// What the job threads share.
@@ -401,14 +424,7 @@ impl Shared {
                 target: disk_target(vm.kind, i),
             });
         }
-        spec.nics = vm
-            .nics
-            .iter()
-            .map(|n| NicSpec {
-                bridge: n.bridge.clone(),
-                mac: n.mac,
-            })
-            .collect();
+        spec.nics = vm.nics.iter().map(nic_spec).collect();
         if let Some(boot) = &vm.boot {
             spec.boot = Some(BootSpec {
                 kernel: image(&boot.kernel)?,
@@ -648,7 +664,7 @@ struct Failure {
 
 /// Messages to the controller's thread.
 enum Msg {
-    Desired(Vec<DesiredVm>),
+    Desired(Vec<DesiredVm>, Option<HostNetworks>),
     JobDone(JobDone),
     /// Hard-stop every managed domain and start none until [`Msg::Resume`]; the reason.
     SelfFence(String),
@@ -712,6 +728,13 @@ pub struct VmController {
     /// The host fenced itself, for this reason: managed domains are hard-stopped and
     /// nothing is started until the agent has the appliance's desired state again.
     held: Option<String>,
+    /// Makes the host's tenant networking match `networks` ([`crate::network`]).
+    net: Box<dyn NetReconciler>,
+    /// `DesiredState::networks` as last handed over; `None`: host networking is left
+    /// alone.
+    networks: Option<HostNetworks>,
+    /// What the network reconciles did since the last accepted report.
+    net_book: NetBook,
 }
 
 impl std::fmt::Debug for VmController {
@@ -750,6 +773,43 @@ impl VmController {
             storage: None,
             last_warning: None,
             held: None,
+            net: Box::new(NoVtep),
+            networks: None,
+            net_book: NetBook::default(),
+        }
+    }
+
+    /// Makes the host's tenant networking with `net` ([`crate::network::reconciler`]);
+    /// without it, a host asked for networks reports that it has no `--vtep-ip`.
+    pub fn with_network(mut self, net: Box<dyn NetReconciler>) -> VmController {
+        self.net = net;
+        self
+    }
+
+    /// Takes the tenant networks of a new desired state (`None`: leave host networking
+    /// alone). The next pass reconciles them before anything else.
+    pub fn set_networks(&mut self, networks: Option<HostNetworks>) {
+        self.networks = networks;
+    }
+
+    /// Makes the host's tenant networking match the desired networks, if any were given;
+    /// its changes and a new error go to the next report. Its failure never stops the pass.
+    fn reconcile_networks(&mut self) {
+        let Some(desired) = &self.networks else {
+            return;
+        };
+        let outcome = self.net.reconcile(desired);
+        if let Ok(changes) = &outcome {
+            for c in changes {
+                eprintln!("network: {c}");
+            }
+        }
+        match self.net_book.record(outcome) {
+            Logged::Quiet => {}
+            Logged::NewError(e) => {
+                eprintln!("warning: network: {e}; the VMs are reconciled all the same, and the networks again at the next pass")
+            }
+            Logged::Recovered => eprintln!("network: the host's networks match again"),
         }
     }
 
@@ -866,6 +926,9 @@ impl VmController {
         while let Ok(msg) = self.rx.try_recv() {
             self.handle(msg);
         }
+        // Every pass, not only when the desired networks changed: this is what repairs
+        // what was changed by hand within one interval.
+        self.reconcile_networks();
         let domains = match self.hv.list() {
             Ok(d) => d,
             Err(e) => {
@@ -954,8 +1017,9 @@ impl VmController {
 
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Desired(vms) => {
+            Msg::Desired(vms, networks) => {
                 self.set_desired(vms);
+                self.set_networks(networks);
                 true
             }
             Msg::JobDone(done) => {
@@ -1000,7 +1064,7 @@ impl VmController {
             storage_bytes: storage,
             migration_uri: self.config.migration_uri.clone(),
             probe: self.config.probe.clone(),
-            vtep: None,
+            vtep: self.config.vtep,
         }
     }
 
@@ -1045,11 +1109,12 @@ impl VmController {
             domains: observed,
             results: self.results.clone(),
             notes: self.notes.clone(),
-            network: None,
+            network: self.net_book.pending(),
         };
         let mut plain = report.clone();
         plain.results.clear();
         plain.notes.clear();
+        plain.network = None;
         for d in &mut plain.domains {
             d.console = None;
         }
@@ -1064,6 +1129,7 @@ impl VmController {
             Ok(()) => {
                 self.results.clear();
                 self.notes.clear();
+                self.net_book.reported();
                 for d in &report.domains {
                     if let Some(lines) = &d.console {
                         self.console_sent.insert(d.name.clone(), lines.clone());
@@ -1151,7 +1217,7 @@ pub struct VmControllerHandle {
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Msg::Desired(_) => "Desired",
+            Msg::Desired(..) => "Desired",
             Msg::JobDone(_) => "JobDone",
             Msg::SelfFence(_) => "SelfFence",
             Msg::Resume => "Resume",
@@ -1173,9 +1239,10 @@ impl VmControllerHandle {
         })
     }
 
-    /// Hands over the VMs of a freshly fetched desired state; returns at once.
-    pub fn set_desired(&self, vms: Vec<DesiredVm>) {
-        let _ = self.tx.send(Msg::Desired(vms));
+    /// Hands over the VMs and tenant networks of a freshly fetched desired state (one
+    /// message, so no pass sees the new VMs with the old networks); returns at once.
+    pub fn set_desired(&self, vms: Vec<DesiredVm>, networks: Option<HostNetworks>) {
+        let _ = self.tx.send(Msg::Desired(vms, networks));
     }
 
     /// The sender the self-fence uses.
@@ -1351,6 +1418,7 @@ mod tests {
             migration_uri: Some("qemu+tcp://host-a/system".into()),
             files,
             probe: Some("192.0.2.10:7946".into()),
+            vtep: None,
         };
         let c = VmController::new(Arc::new(hv.clone()), config, Box::new(sink.clone()));
         Setup { c, sink, hv, dir }
@@ -1842,6 +1910,7 @@ mod tests {
                 migration_uri: None,
                 files: true,
                 probe: None,
+                vtep: None,
             };
             VmController::new(hv, config, Box::new(sink))
         };
@@ -1879,13 +1948,184 @@ mod tests {
         b.undefine(&name("evac-vm1")).unwrap();
     }
 
+    type NetOutcome = Result<Vec<String>, String>;
+
+    /// A reconciler that does what it is told: each call is logged with whether `vm1` was
+    /// defined at the time, and answers the scripted outcome (the last one repeats).
+    #[derive(Clone)]
+    struct FakeNet {
+        hv: SimHypervisor,
+        calls: Arc<Mutex<Vec<bool>>>,
+        outcomes: Arc<Mutex<Vec<NetOutcome>>>,
+    }
+
+    impl NetReconciler for FakeNet {
+        fn reconcile(&mut self, desired: &HostNetworks) -> Result<Vec<String>, String> {
+            assert_eq!(desired.networks[0].vni, 7);
+            self.calls
+                .lock()
+                .unwrap()
+                .push(power(&self.hv, "vm1").is_some());
+            let mut o = self.outcomes.lock().unwrap();
+            if o.len() > 1 {
+                o.remove(0)
+            } else {
+                o[0].clone()
+            }
+        }
+    }
+
+    fn fake_net(s: &Setup, outcomes: Vec<NetOutcome>) -> FakeNet {
+        FakeNet {
+            hv: s.hv.clone(),
+            calls: Arc::default(),
+            outcomes: Arc::new(Mutex::new(outcomes)),
+        }
+    }
+
+    fn tenant_nic(mac: &str) -> VmNic {
+        VmNic {
+            bridge: cosm_wire::BridgeName::new("cbr7").unwrap(),
+            mac: mac.parse().unwrap(),
+            network: Some("t".parse().unwrap()),
+            ip: Some("10.20.0.2".parse().unwrap()),
+            mtu: Some(1450),
+        }
+    }
+
+    fn networks() -> HostNetworks {
+        HostNetworks {
+            networks: vec![cosm_wire::HostNetwork {
+                name: "t".parse().unwrap(),
+                vni: 7,
+                cidr: "10.20.0.0/24".parse().unwrap(),
+                mtu: 1450,
+                peers: vec!["192.0.2.12".parse().unwrap()],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_tenant_nic_gets_its_port_device_and_mtu_and_a_bridge_nic_neither() {
+        let t = nic_spec(&tenant_nic("52:54:00:ab:cd:ef"));
+        assert_eq!(t.bridge.as_str(), "cbr7");
+        assert_eq!(t.device.as_deref(), Some("cp525400abcdef"));
+        assert_eq!(t.mtu, Some(1450));
+        let plain = nic_spec(&VmNic::on_bridge(
+            cosm_wire::BridgeName::new("br0").unwrap(),
+            "52:54:00:00:00:01".parse().unwrap(),
+        ));
+        assert_eq!((plain.device, plain.mtu), (None, None));
+    }
+
+    #[test]
+    fn networks_are_reconciled_before_the_vms_and_at_every_pass_and_reported_once() {
+        let s = setup();
+        let net = fake_net(
+            &s,
+            vec![
+                Ok(vec!["made bridge cbr7".into(), "added FDB entry".into()]),
+                Ok(vec![]),
+            ],
+        );
+        let calls = net.calls.clone();
+        let Setup { c, sink, hv, dir } = s;
+        let mut c = c.with_network(Box::new(net));
+        c.config.vtep = Some("192.0.2.11".parse().unwrap());
+
+        // No networks desired: the host's networking is left alone.
+        assert!(c.settle(SETTLE));
+        assert!(calls.lock().unwrap().is_empty());
+        assert_eq!(sink.last().network, None);
+        assert_eq!(
+            sink.last().capacity.vtep,
+            Some("192.0.2.11".parse().unwrap())
+        );
+
+        let mut v = vm("vm1", Some(PowerWanted::Running));
+        v.nics = vec![tenant_nic("52:54:00:ab:cd:ef")];
+        c.set_desired(vec![v]);
+        c.set_networks(Some(networks()));
+        assert!(c.settle(SETTLE));
+        assert_eq!(power(&hv, "vm1"), Some(VmPower::Running));
+        let seen = calls.lock().unwrap().clone();
+        assert!(!seen[0], "the first reconcile came before vm1 was made");
+        let reports = sink.reports.lock().unwrap().clone();
+        let with_net: Vec<_> = reports.iter().filter_map(|r| r.network.clone()).collect();
+        assert_eq!(
+            with_net,
+            [cosm_wire::NetReport {
+                changes: vec!["made bridge cbr7".into(), "added FDB entry".into()],
+                error: None
+            }],
+            "the changes are reported once"
+        );
+
+        // Nothing changed, still reconciled at each pass (drift repair), nothing reported.
+        let before = calls.lock().unwrap().len();
+        c.pass();
+        c.pass();
+        assert_eq!(calls.lock().unwrap().len(), before + 2);
+        assert_eq!(sink.last().network, None);
+
+        // Networks no longer given: left alone again.
+        c.set_networks(None);
+        c.pass();
+        assert_eq!(calls.lock().unwrap().len(), before + 2);
+        drop(dir);
+    }
+
+    #[test]
+    fn a_network_error_is_reported_until_accepted_and_does_not_stop_the_vms() {
+        let s = setup();
+        let net = fake_net(
+            &s,
+            vec![Err("cannot add cvx7: Operation not permitted".into())],
+        );
+        let calls = net.calls.clone();
+        let Setup { c, sink, hv, dir } = s;
+        let mut c = c.with_network(Box::new(net));
+        sink.refuse.store(true, Ordering::SeqCst);
+        c.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        c.set_networks(Some(networks()));
+        assert!(c.settle(SETTLE));
+        assert_eq!(power(&hv, "vm1"), Some(VmPower::Running), "the VMs went on");
+        assert!(calls.lock().unwrap().len() >= 2);
+        assert_eq!(sink.count(), 0);
+
+        sink.refuse.store(false, Ordering::SeqCst);
+        c.pass();
+        let net = sink.last().network.expect("the error is reported");
+        assert_eq!(
+            net.error.as_deref(),
+            Some("cannot add cvx7: Operation not permitted")
+        );
+        // Accepted: the same error is not reported again at every pass.
+        let sent = sink.count();
+        c.pass();
+        c.pass();
+        assert_eq!(sink.count(), sent);
+        drop(dir);
+    }
+
+    #[test]
+    fn without_a_vtep_a_host_asked_for_networks_says_to_set_one() {
+        let mut s = setup();
+        s.c.set_networks(Some(networks()));
+        assert!(s.c.settle(SETTLE));
+        let e = s.sink.last().network.unwrap().error.unwrap();
+        assert!(e.contains("--vtep-ip"), "{e}");
+        assert_eq!(s.sink.last().capacity.vtep, None);
+    }
+
     #[test]
     fn the_handle_runs_passes_on_its_own_thread() {
         let s = setup();
         let sink = s.sink.clone();
         let hv = s.hv.clone();
         let handle = VmControllerHandle::start(s.c).unwrap();
-        handle.set_desired(vec![vm("vm1", Some(PowerWanted::Running))]);
+        handle.set_desired(vec![vm("vm1", Some(PowerWanted::Running))], None);
         let deadline = Instant::now() + SETTLE;
         while power(&hv, "vm1") != Some(VmPower::Running)
             || !sink.notes().iter().any(|n| n.vm == name("vm1"))

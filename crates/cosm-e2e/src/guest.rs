@@ -11,6 +11,17 @@
 //! kept in the first sector of its disk (`/dev/vda`; 0 without one), then a counter every
 //! second. The ACPI power button powers it off. [`guest_spec`] describes one;
 //! [`Console`] reads what it printed; [`wait_console`] waits for a condition on it.
+//!
+//! With a NIC and the kernel's `ip=<client-ip>::<gw-ip>:<netmask>::<device>:off` (see
+//! [`net_cmdline`]) it configures its virtio NIC, says so, answers TCP port 22 with one
+//! line (`COSM-GUEST tcp22 <marker> <client-ip>`), and with `cosm.ping=<ip>` pings that
+//! address about once a second, forever:
+//!
+//! ```text
+//! COSM-GUEST net 10.20.0.2 dev=eth0 mtu=1450
+//! ping 1 10.20.0.3 fail
+//! ping 2 10.20.0.3 ok
+//! ```
 
 use anyhow::bail;
 use cosm_hypervisor::{BootSpec, DiskSource, DiskSpec, Hypervisor, VmKind, VmName, VmSpec};
@@ -76,6 +87,38 @@ pub struct Console {
     pub boots: Vec<(String, u64)>,
     /// Each `counter` value, in order.
     pub counters: Vec<u64>,
+    /// Each `COSM-GUEST net` line: the address and MTU the guest's NIC got.
+    pub nets: Vec<GuestNet>,
+    /// Each ping outcome, in order.
+    pub pings: Vec<Ping>,
+}
+
+/// A `COSM-GUEST net <ip> dev=<dev> mtu=<mtu>` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNet {
+    pub ip: String,
+    pub dev: String,
+    pub mtu: Option<u16>,
+}
+
+/// A `ping <seq> <ip> ok|fail` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ping {
+    pub seq: u64,
+    pub target: String,
+    pub ok: bool,
+}
+
+/// The kernel command-line words that give the guest's NIC `ip`/`prefix` (gateway
+/// `gateway`, if any) and, with `ping`, make it ping that address every second.
+pub fn net_cmdline(ip: &str, prefix: u8, gateway: Option<&str>, ping: Option<&str>) -> String {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let mask = std::net::Ipv4Addr::from(mask);
+    let mut words = format!("ip={ip}::{}:{mask}::eth0:off", gateway.unwrap_or(""));
+    if let Some(p) = ping {
+        words.push_str(&format!(" cosm.ping={p}"));
+    }
+    words
 }
 
 impl Console {
@@ -84,7 +127,19 @@ impl Console {
         for line in lines {
             // The kernel's own lines may share a line with ours; ours are at its end.
             let line = line.as_ref().trim_end();
-            if let Some(rest) = line.find("COSM-GUEST ").map(|at| &line[at + 11..]) {
+            if let Some(rest) = line.find("COSM-GUEST net ").map(|at| &line[at + 15..]) {
+                let mut words = rest.split_whitespace();
+                let ip = words.next().unwrap_or_default().to_string();
+                let (mut dev, mut mtu) = (String::new(), None);
+                for w in words {
+                    if let Some(d) = w.strip_prefix("dev=") {
+                        dev = d.to_string();
+                    } else if let Some(m) = w.strip_prefix("mtu=") {
+                        mtu = m.parse().ok();
+                    }
+                }
+                c.nets.push(GuestNet { ip, dev, mtu });
+            } else if let Some(rest) = line.find("COSM-GUEST ").map(|at| &line[at + 11..]) {
                 if let Some((marker, boot)) = rest.split_once(" boot=") {
                     if let Ok(n) = boot.trim().parse() {
                         c.boots.push((marker.to_string(), n));
@@ -95,9 +150,25 @@ impl Console {
                 .and_then(|n| n.trim().parse().ok())
             {
                 c.counters.push(n);
+            } else if let Some(rest) = line.strip_prefix("ping ") {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                if let [seq, target, outcome @ ("ok" | "fail")] = words[..] {
+                    if let Ok(seq) = seq.parse() {
+                        c.pings.push(Ping {
+                            seq,
+                            target: target.to_string(),
+                            ok: outcome == "ok",
+                        });
+                    }
+                }
             }
         }
         c
+    }
+
+    /// The outcome of the last ping printed.
+    pub fn last_ping(&self) -> Option<&Ping> {
+        self.pings.last()
     }
 
     /// The last counter value printed.
@@ -245,5 +316,52 @@ mod tests {
         assert_eq!(c.boots, vec![("m-1".to_string(), 3)]);
         assert_eq!(c.counters, vec![1, 2]);
         assert_eq!(c.last_counter(), Some(2));
+        assert!(c.nets.is_empty() && c.pings.is_empty());
+    }
+
+    /// As the guest printed them, booted by hand in QEMU (see images/guest.sh).
+    #[test]
+    fn network_lines_are_read() {
+        let lines = [
+            "\u{1b}[?7l\u{1b}[2JCOSM-GUEST hand-1 boot=0",
+            "COSM-GUEST net 198.51.100.2 dev=eth0 mtu=1450",
+            "counter 1",
+            "ping 1 198.51.100.1 ok",
+            "ping 2 198.51.100.9 fail\r",
+            "ping x 198.51.100.9 fail",
+            "ping 3 198.51.100.9 maybe",
+        ];
+        let c = Console::parse(&lines);
+        assert_eq!(c.boots, vec![("hand-1".to_string(), 0)]);
+        assert_eq!(
+            c.nets,
+            vec![GuestNet {
+                ip: "198.51.100.2".into(),
+                dev: "eth0".into(),
+                mtu: Some(1450)
+            }]
+        );
+        assert_eq!(c.pings.len(), 2);
+        assert!(c.pings[0].ok && c.pings[0].target == "198.51.100.1");
+        assert_eq!(
+            c.last_ping(),
+            Some(&Ping {
+                seq: 2,
+                target: "198.51.100.9".into(),
+                ok: false
+            })
+        );
+    }
+
+    #[test]
+    fn the_net_cmdline_is_the_kernels_ip_parameter() {
+        assert_eq!(
+            net_cmdline("10.20.0.2", 24, Some("10.20.0.1"), Some("10.20.0.3")),
+            "ip=10.20.0.2::10.20.0.1:255.255.255.0::eth0:off cosm.ping=10.20.0.3"
+        );
+        assert_eq!(
+            net_cmdline("10.20.0.2", 29, None, None),
+            "ip=10.20.0.2:::255.255.255.248::eth0:off"
+        );
     }
 }

@@ -446,7 +446,8 @@ impl Rack {
 
     /// Starts the host's `cosm-agent` in its namespace: against the rack's appliance, as
     /// its MAC, with a fresh enrolment token, its own state directory, `--hypervisor` its
-    /// libvirtd's unix URI and `--migration-uri` its TCP URI. Power actions are simulated
+    /// libvirtd's unix URI, `--migration-uri` its TCP URI, and `--vtep-ip` its address
+    /// with `--vtep-dev br0` (the rack is also the hosts' data network). Power actions are simulated
     /// (`--dry-run-actions`): a reboot queued to a rack host must not reboot the machine
     /// the tests run on.
     pub fn start_host_agent(&mut self, host: usize) -> anyhow::Result<()> {
@@ -493,6 +494,9 @@ impl Rack {
             cmd.args(["--hypervisor", &h.libvirtd.uri()])
                 .args(["--migration-uri", &h.libvirtd.tcp_uri()]);
         }
+        // The hosts' data network is the rack's: their address is on their `br0`, which
+        // is where the VXLAN devices of tenant networks send through.
+        cmd.args(["--vtep-ip", &h.addr.to_string(), "--vtep-dev", HOST_BRIDGE]);
         cmd.arg("--vm-dir")
             .arg(&storage)
             .env_remove("COSM_TOKEN")

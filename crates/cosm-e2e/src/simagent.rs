@@ -206,6 +206,7 @@ impl SimAgent {
             migration_uri: Some(host.uri().to_string()),
             files: false,
             probe: self.probes.as_ref().map(|(p, _)| p.clone()),
+            vtep: None,
         };
         let sink = HttpReportSink::new(&self.base, credential);
         let controller = VmController::new(Arc::new(host.clone()), config, Box::new(sink));
@@ -284,7 +285,7 @@ impl SimAgent {
                 d.dispatch(&desired.actions);
             }
             if let Some(vms) = &actions.vms {
-                vms.set_desired(desired.vms);
+                vms.set_desired(desired.vms, desired.networks);
             }
             actions.fetched_generation = desired.generation;
             actions.fetched_role = desired.role;

@@ -328,6 +328,42 @@ fn agent_without_settings_says_what_to_do() {
     );
 }
 
+/// `--vtep-ip` is for hypervisor hosts, and `--vtep-dev` needs it: each mistake is named
+/// before anything starts.
+#[test]
+fn vtep_flags_without_what_they_need_say_so() {
+    for (args, says) in [
+        (&["--vtep-ip", "192.0.2.11"][..], "give --hypervisor"),
+        (
+            &["--simulate-vms", "--vtep-dev", "br0"][..],
+            "--vtep-dev br0 without --vtep-ip",
+        ),
+        (
+            &[
+                "--simulate-vms",
+                "--vtep-ip",
+                "192.0.2.11",
+                "--vtep-dev",
+                "a/b",
+            ][..],
+            "not a network interface name",
+        ),
+    ] {
+        let out = Command::new(bin("cosm-agent"))
+            .args(["run", "--cmdline", "/dev/null"])
+            .args(["--appliance", "http://127.0.0.1:9", "--token", "t"])
+            .args(args)
+            .env_remove("COSM_HYPERVISOR")
+            .env_remove("COSM_VTEP_IP")
+            .env_remove("COSM_VTEP_DEV")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
 /// A hypervisor host's agent (here with the simulated hypervisor) answers peer probes on
 /// `--probe-listen` with its own MAC and the prober's nonce, and ignores anything else.
 #[test]

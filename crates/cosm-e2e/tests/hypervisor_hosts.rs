@@ -7,16 +7,18 @@
 //!   ACPI, and one that ignores ACPI is forced off after the timeout;
 //! - the boot counter on its disk goes up across a reboot;
 //! - a running guest live-migrates between two hosts on the rack's bridge and keeps
-//!   counting on the other side without booting again.
+//!   counting (and pinging the rack's gateway) on the other side without booting again;
+//!   its NIC's tap has the name and MTU it was given (as tenant-network ports do) on
+//!   both hosts.
 //!
 //! Needs root, libvirtd (libvirt-daemon-system), QEMU and `make image`'s files; fails,
 //! never skips, naming what is missing.
 
-use cosm_e2e::guest::{guest_spec, wait_console};
+use cosm_e2e::guest::{guest_spec, net_cmdline, wait_console};
 use cosm_e2e::libvirtd::PrivateLibvirtd;
 use cosm_e2e::netns::NetNs;
 use cosm_e2e::rack::Rack;
-use cosm_hypervisor::{Hypervisor, ShutdownOutcome, VmName, VmPower};
+use cosm_hypervisor::{BridgeName, Hypervisor, NicSpec, ShutdownOutcome, VmName, VmPower};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -151,13 +153,45 @@ fn a_running_guest_live_migrates_between_two_hosts_and_keeps_counting() {
     // storage, as migration without copying disks needs).
     let name = VmName::new("mover").unwrap();
     let mark = marker("migrate");
-    let spec = guest_spec(&host_a.libvirtd.guest_dir(), &name, &mark, Some(16 << 20)).unwrap();
+    let mut spec = guest_spec(&host_a.libvirtd.guest_dir(), &name, &mark, Some(16 << 20)).unwrap();
+    // A NIC on the hosts' br0 whose tap has a name and MTU of our choosing, as a
+    // tenant-network port's does (`cosm_wire::port_device`); the guest pings the rack.
+    let mac: cosm_wire::MacAddr = "52:54:00:0c:0c:01".parse().unwrap();
+    let tap = cosm_wire::port_device(&mac);
+    spec.nics.push(NicSpec {
+        bridge: BridgeName::new("br0").unwrap(),
+        mac,
+        device: Some(tap.clone()),
+        mtu: Some(1450),
+    });
+    let boot = spec.boot.as_mut().unwrap();
+    boot.cmdline += &format!(
+        " {}",
+        net_cmdline("192.0.2.250", 24, None, Some("192.0.2.1"))
+    );
     hv_a.define(&spec).unwrap();
     hv_a.start(&name).unwrap();
     let before = wait_console(&hv_a, &name, BOOT_TIMEOUT, "counter 3 on A", |c| {
         c.boots.len() == 1 && c.last_counter() >= Some(3)
     })
     .unwrap();
+    let tap_on = |host: &cosm_e2e::rack::Host| {
+        let mut ip = host.ns.command("ip");
+        ip.args(["-o", "link", "show", "dev", &tap]);
+        host.ns.run_ok(ip).ok()
+    };
+    let link = tap_on(host_a).expect("the tap is on A");
+    assert!(
+        link.contains("mtu 1450") && link.contains("master br0"),
+        "{link}"
+    );
+    assert_eq!(before.nets.len(), 1, "{before:?}");
+    assert_eq!(before.nets[0].mtu, Some(1450), "virtio told the guest");
+    let before = wait_console(&hv_a, &name, BOOT_TIMEOUT, "a ping on A", |c| {
+        c.last_ping().is_some_and(|p| p.ok)
+    })
+    .unwrap();
+    let pinged = before.last_ping().unwrap().seq;
     assert_eq!(before.boots, vec![(mark.clone(), 1)]);
     let at_migration = before.last_counter().unwrap();
 
@@ -189,6 +223,18 @@ fn a_running_guest_live_migrates_between_two_hosts_and_keeps_counting() {
         after.counters
     );
     assert_eq!(after.counters[0], 1);
+    // The tap kept its name and MTU on B (libvirt keeps a name that is not its own
+    // `vnet…`), and the guest still reaches the rack.
+    let link = tap_on(host_b).expect("the tap is on B");
+    assert!(
+        link.contains("mtu 1450") && link.contains("master br0"),
+        "{link}"
+    );
+    assert_eq!(tap_on(host_a), None, "the tap is gone from A");
+    wait_console(&hv_b, &name, Duration::from_secs(60), "a ping on B", |c| {
+        c.pings.iter().any(|p| p.seq > pinged + 2 && p.ok)
+    })
+    .unwrap();
 
     // Persistent on B: it survives being shut down there.
     hv_b.destroy(&name).unwrap();

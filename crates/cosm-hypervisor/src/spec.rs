@@ -37,6 +37,15 @@ pub enum SpecError {
     DuplicateTarget { vm: String, target: String },
     #[error("VM {vm}: NIC MAC {mac} is used twice")]
     DuplicateMac { vm: String, mac: MacAddr },
+    #[error(
+        "VM {vm}: NIC device name {name:?} must be 1 to 15 letters, digits, '_', '-' or '.', \
+         and not start with vnet, vif or macvtap (names libvirt makes up itself)"
+    )]
+    BadNicDevice { vm: String, name: String },
+    #[error("VM {vm}: NIC device name {name} is used twice")]
+    DuplicateNicDevice { vm: String, name: String },
+    #[error("VM {vm}: NIC {mac} MTU {mtu} is outside {MIN_MTU}..={MAX_MTU}")]
+    BadMtu { vm: String, mac: MacAddr, mtu: u16 },
     #[error("VM {vm}: kernel command line holds a control character")]
     BadCmdline { vm: String },
     #[error("VM {vm}: {kind} needs a direct kernel boot (`boot`)")]
@@ -67,6 +76,46 @@ pub struct DiskSpec {
 pub struct NicSpec {
     pub bridge: BridgeName,
     pub mac: MacAddr,
+    /// The host-side (tap) device's name; libvirt makes one up (`vnetN`) when absent. A
+    /// tenant-network port needs a name known in advance (`cosm_wire::port_device`): the
+    /// host's network rules are written against it, and libvirt keeps a name that is not
+    /// its own across a live migration.
+    pub device: Option<String>,
+    /// The MTU of the tap device and of the guest's NIC (virtio tells the guest); the
+    /// bridge's when absent. A tenant network is 50 bytes under the data network's.
+    pub mtu: Option<u16>,
+}
+
+impl NicSpec {
+    /// A NIC on `bridge` with libvirt's own device name and the bridge's MTU.
+    pub fn on_bridge(bridge: BridgeName, mac: MacAddr) -> NicSpec {
+        NicSpec {
+            bridge,
+            mac,
+            device: None,
+            mtu: None,
+        }
+    }
+}
+
+/// The smallest MTU a NIC may have (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
+/// The largest MTU a NIC may have (a jumbo frame).
+pub const MAX_MTU: u16 = 9000;
+
+/// Whether `name` can be a tap device libvirt creates and keeps: a Linux interface name
+/// (at most 15 bytes, no '/', ':' or whitespace — we allow only `[A-Za-z0-9_.-]`, not
+/// starting with '.' or '-') that is not one of the prefixes libvirt treats as its own
+/// automatic names and replaces (`vnet`, `vif`, `macvtap`, `macvlan`).
+pub fn valid_nic_device(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with(['.', '-'])
+        && !["vnet", "vif", "macvtap", "macvlan"]
+            .iter()
+            .any(|p| name.starts_with(p))
 }
 
 /// A direct kernel boot.
@@ -210,6 +259,32 @@ impl VmSpec {
                     mac: nic.mac,
                 });
             }
+            if let Some(name) = &nic.device {
+                if !valid_nic_device(name) {
+                    return Err(SpecError::BadNicDevice {
+                        vm: vm(),
+                        name: name.clone(),
+                    });
+                }
+                if self.nics[..i]
+                    .iter()
+                    .any(|n| n.device.as_ref() == Some(name))
+                {
+                    return Err(SpecError::DuplicateNicDevice {
+                        vm: vm(),
+                        name: name.clone(),
+                    });
+                }
+            }
+            if let Some(mtu) = nic.mtu {
+                if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                    return Err(SpecError::BadMtu {
+                        vm: vm(),
+                        mac: nic.mac,
+                        mtu,
+                    });
+                }
+            }
         }
         if let Some(boot) = &self.boot {
             check_path(&self.name, &boot.kernel)?;
@@ -328,11 +403,55 @@ mod tests {
     #[test]
     fn nics_need_distinct_macs() {
         let mut s = spec(VmKind::Kvm);
-        let nic = NicSpec {
-            bridge: BridgeName::new("br0").unwrap(),
-            mac: "52:54:00:00:00:01".parse().unwrap(),
-        };
+        let nic = NicSpec::on_bridge(
+            BridgeName::new("br0").unwrap(),
+            "52:54:00:00:00:01".parse().unwrap(),
+        );
         s.nics = vec![nic.clone(), nic];
         assert!(matches!(s.validate(), Err(SpecError::DuplicateMac { .. })));
+    }
+
+    #[test]
+    fn nic_device_names_and_mtus_are_checked() {
+        let mut s = spec(VmKind::Kvm);
+        let nic = |mac: &str, device: Option<&str>, mtu: Option<u16>| NicSpec {
+            bridge: BridgeName::new("cbr7").unwrap(),
+            mac: mac.parse().unwrap(),
+            device: device.map(String::from),
+            mtu,
+        };
+        s.nics = vec![nic("52:54:00:00:00:01", Some("cp525400000001"), Some(1450))];
+        assert!(s.validate().is_ok());
+        for bad in [
+            "",
+            "vnet3",
+            "vif1.0",
+            "macvtap0",
+            "a/b",
+            "a b",
+            "-x",
+            "cp525400000001xy",
+        ] {
+            s.nics[0].device = Some(bad.into());
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadNicDevice { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+        s.nics = vec![
+            nic("52:54:00:00:00:01", Some("cp1"), None),
+            nic("52:54:00:00:00:02", Some("cp1"), None),
+        ];
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "VM vm1: NIC device name cp1 is used twice"
+        );
+        s.nics = vec![nic("52:54:00:00:00:01", None, Some(67))];
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "VM vm1: NIC 52:54:00:00:00:01 MTU 67 is outside 68..=9000"
+        );
+        s.nics[0].mtu = Some(9001);
+        assert!(matches!(s.validate(), Err(SpecError::BadMtu { .. })));
     }
 }

@@ -141,12 +141,21 @@ fn disk_xml(x: &mut Xml, disk: &DiskSpec) {
     x.close("disk");
 }
 
+/// `<target dev>` names the tap device (libvirt keeps a name that does not start with
+/// `vnet`/`vif`, also across a migration); `<mtu>` sets the tap's MTU and, with virtio,
+/// tells the guest its NIC's.
 fn nic_xml(x: &mut Xml, nic: &NicSpec, kind: VmKind) {
     x.open("interface", &[("type", "bridge")]);
     x.empty("mac", &[("address", &nic.mac.to_string())]);
     x.empty("source", &[("bridge", nic.bridge.as_str())]);
+    if let Some(device) = &nic.device {
+        x.empty("target", &[("dev", device)]);
+    }
     if !kind.is_xen() {
         x.empty("model", &[("type", "virtio")]);
+    }
+    if let Some(mtu) = nic.mtu {
+        x.empty("mtu", &[("size", &mtu.to_string())]);
     }
     x.close("interface");
 }
@@ -214,10 +223,10 @@ mod tests {
             path: "/var/lib/cosm/web-1.qcow2".into(),
             target: target.into(),
         });
-        s.nics.push(NicSpec {
-            bridge: BridgeName::new("br0").unwrap(),
-            mac: "52:54:00:aa:bb:cc".parse().unwrap(),
-        });
+        s.nics.push(NicSpec::on_bridge(
+            BridgeName::new("br0").unwrap(),
+            "52:54:00:aa:bb:cc".parse().unwrap(),
+        ));
         s.console_log = Some("/var/log/cosm/web-1.console".into());
         s
     }
@@ -322,6 +331,35 @@ mod tests {
             console_path(&xml),
             Some(format!("{hostile_path}.log").into())
         );
+    }
+
+    /// A plain NIC leaves the device name and MTU to libvirt; a tenant-network NIC names
+    /// its tap and sets its MTU, inside its `<interface>`.
+    #[test]
+    fn a_nic_may_name_its_tap_and_set_its_mtu() {
+        let mut s = full_spec(VmKind::Kvm, "vda");
+        let plain = domain_xml(&s);
+        assert!(!plain.contains("<target dev=\"cp"), "{plain}");
+        assert!(!plain.contains("<mtu"), "{plain}");
+        s.nics.push(NicSpec {
+            bridge: BridgeName::new("cbr7").unwrap(),
+            mac: "52:54:00:ab:cd:ef".parse().unwrap(),
+            device: Some("cp525400abcdef".into()),
+            mtu: Some(1450),
+        });
+        s.validate().unwrap();
+        let xml = domain_xml(&s);
+        let second = xml.split("<interface ").nth(2).expect("two interfaces");
+        let second = &second[..second.find("</interface>").unwrap()];
+        for part in [
+            "<mac address=\"52:54:00:ab:cd:ef\"/>",
+            "<source bridge=\"cbr7\"/>",
+            "<target dev=\"cp525400abcdef\"/>",
+            "<model type=\"virtio\"/>",
+            "<mtu size=\"1450\"/>",
+        ] {
+            assert!(second.contains(part), "{part} missing from\n{second}");
+        }
     }
 
     #[test]

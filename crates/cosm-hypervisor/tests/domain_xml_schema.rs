@@ -24,9 +24,16 @@ fn spec(name: &str, kind: VmKind, dir: &Path) -> VmSpec {
         path: dir.join(format!("{name}.qcow2")),
         target: target.into(),
     });
+    s.nics.push(NicSpec::on_bridge(
+        BridgeName::new("br0").unwrap(),
+        "52:54:00:12:34:56".parse().unwrap(),
+    ));
+    // A tenant-network NIC: its own tap name and MTU.
     s.nics.push(NicSpec {
-        bridge: BridgeName::new("br0").unwrap(),
-        mac: "52:54:00:12:34:56".parse().unwrap(),
+        bridge: BridgeName::new("cbr7").unwrap(),
+        mac: "52:54:00:12:34:57".parse().unwrap(),
+        device: Some("cp525400123457".into()),
+        mtu: Some(1450),
     });
     s.console_log = Some(dir.join(format!("{name}.console")));
     if kind == VmKind::XenPv {

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cosm_hypervisor::{
-    DiskSource, DiskSpec, Hypervisor, HypervisorError, LibvirtHypervisor, ShutdownOutcome,
-    SimCluster, SimHypervisor, SnapshotName, VmKind, VmName, VmPower, VmSpec,
+    BridgeName, DiskSource, DiskSpec, Hypervisor, HypervisorError, LibvirtHypervisor, NicSpec,
+    ShutdownOutcome, SimCluster, SimHypervisor, SnapshotName, VmKind, VmName, VmPower, VmSpec,
 };
 
 fn name(s: &str) -> VmName {
@@ -40,6 +40,14 @@ fn spec(vm: &str, dir: &Path) -> VmSpec {
         },
         path: dir.join(format!("{vm}-root.qcow2")),
         target: "vda".into(),
+    });
+    // A tenant-network NIC (its own tap name and MTU): both take it.
+    let mac: cosm_wire::MacAddr = "52:54:00:0c:0c:01".parse().unwrap();
+    s.nics.push(NicSpec {
+        bridge: BridgeName::new("cbr7").unwrap(),
+        mac,
+        device: Some(cosm_wire::port_device(&mac)),
+        mtu: Some(1450),
     });
     s.console_log = Some(dir.join(format!("{vm}.console")));
     s
