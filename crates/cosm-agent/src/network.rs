@@ -169,6 +169,8 @@ pub struct NetBook {
     error: Option<String>,
     /// The error of the last reconcile, if it failed (reported or not).
     failing: Option<String>,
+    /// The VNIs up after the last pass; in every report while there are any.
+    ready: Vec<u32>,
 }
 
 /// What [`NetBook::record`] found worth logging.
@@ -207,9 +209,15 @@ impl NetBook {
         }
     }
 
-    /// What the next report says (`VmReport::network`); `None` when there is nothing new.
+    /// The networks up after the last pass.
+    pub fn set_ready(&mut self, ready: Vec<u32>) {
+        self.ready = ready;
+    }
+
+    /// What the next report says (`VmReport::network`); `None` when there is nothing new
+    /// and no network is up.
     pub fn pending(&self) -> Option<NetReport> {
-        if self.changes.is_empty() && self.error.is_none() {
+        if self.changes.is_empty() && self.error.is_none() && self.ready.is_empty() {
             return None;
         }
         let mut changes = self.changes.clone();
@@ -222,6 +230,7 @@ impl NetBook {
         Some(NetReport {
             changes,
             error: self.error.clone(),
+            ready: self.ready.clone(),
         })
     }
 

@@ -796,9 +796,18 @@ impl VmController {
     /// its changes and a new error go to the next report. Its failure never stops the pass.
     fn reconcile_networks(&mut self) {
         let Some(desired) = &self.networks else {
+            self.net_book.set_ready(Vec::new());
             return;
         };
         let outcome = self.net.reconcile(desired);
+        // What is up after the pass: every network asked for when it succeeded, none known
+        // when it failed (a migration here waits for its networks to be listed).
+        let mut ready: Vec<u32> = match &outcome {
+            Ok(_) => desired.networks.iter().map(|n| n.vni).collect(),
+            Err(_) => Vec::new(),
+        };
+        ready.sort_unstable();
+        self.net_book.set_ready(ready);
         if let Ok(changes) = &outcome {
             for c in changes {
                 eprintln!("network: {c}");
@@ -2052,12 +2061,17 @@ mod tests {
         let seen = calls.lock().unwrap().clone();
         assert!(!seen[0], "the first reconcile came before vm1 was made");
         let reports = sink.reports.lock().unwrap().clone();
-        let with_net: Vec<_> = reports.iter().filter_map(|r| r.network.clone()).collect();
+        let with_net: Vec<_> = reports
+            .iter()
+            .filter_map(|r| r.network.clone())
+            .filter(|n| !n.changes.is_empty())
+            .collect();
         assert_eq!(
             with_net,
             [cosm_wire::NetReport {
                 changes: vec!["made bridge cbr7".into(), "added FDB entry".into()],
-                error: None
+                error: None,
+                ready: vec![7],
             }],
             "the changes are reported once"
         );
@@ -2067,7 +2081,14 @@ mod tests {
         c.pass();
         c.pass();
         assert_eq!(calls.lock().unwrap().len(), before + 2);
-        assert_eq!(sink.last().network, None);
+        assert_eq!(
+            sink.last().network,
+            Some(cosm_wire::NetReport {
+                ready: vec![7],
+                ..Default::default()
+            }),
+            "only the networks up"
+        );
 
         // Networks no longer given: left alone again.
         c.set_networks(None);
