@@ -15,7 +15,10 @@
 //!   never share a conntrack entry.
 //!
 //! Per-port work is a jump through an anonymous verdict map to a chain of the port, so a
-//! packet's cost does not grow with the number of ports.
+//! packet's cost does not grow with the number of ports. Size: the bridge table has
+//! 3 + 7·ports + 2·networks rules, the inet table 4 + (rules + 2) per secured port; 500
+//! secured ports with two rules each on 4 networks are 5,515 rules in 1,512 chains, applied
+//! in 0.7 s and checked (no-op pass) in 0.5 s by a debug build.
 //!
 //! Every rule carries the comment `cosm <hash>` of its chain and expression: the drift check
 //! compares chains and the comments of the rules in each chain, in order, so a rule deleted
