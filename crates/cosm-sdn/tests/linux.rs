@@ -93,7 +93,19 @@ fn setup() -> Setup {
     }];
     let d1 = HostNetworks {
         networks: vec![network(BLUE, h2.vtep), network(RED, h2.vtep)],
-        ports: vec![port(&g[0], BLUE, Some(rules)), port(&g[2], RED, None)],
+        ports: vec![
+            port(&g[0], BLUE, Some(rules)),
+            port(&g[2], RED, None),
+            // A VM that has not started: its device does not exist, which is no error.
+            HostPort {
+                vni: BLUE,
+                device: "cp525400000009".into(),
+                mac: "52:54:00:00:00:09".parse().unwrap(),
+                ip: tenant(19),
+                secured: false,
+                rules: vec![],
+            },
+        ],
         groups,
     };
     let d2 = HostNetworks {
@@ -195,6 +207,39 @@ fn guests_on_one_network_reach_each_other_across_hosts_and_nothing_else() {
         &g1.ip.to_string(),
     ]);
     assert!(ok, "a full-size DF ping failed:\n{out}{err}");
+
+    // Each network's traffic is in its own conntrack zone (the VNI): counted by a table of
+    // the test's own, which runs after the zones are set.
+    let nft = |cmd: &str| {
+        must(&["ip", "netns", "exec", &s.h1.ns, "nft", cmd]);
+    };
+    nft("add table inet probe");
+    nft("add chain inet probe f { type filter hook forward priority 10; }");
+    nft("add rule inet probe f ct zone 5 counter");
+    nft("add rule inet probe f ct zone 6 counter");
+    assert!(pings(g2, g1.ip, 3) && pings(g4, g3.ip, 3));
+    let listed = must(&[
+        "ip", "netns", "exec", &s.h1.ns, "nft", "-j", "list", "table", "inet", "probe",
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let packets: Vec<u64> = listed["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .map(|r| {
+            r["expr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        packets.len() == 2 && packets.iter().all(|p| *p > 0),
+        "zone counters: {packets:?}"
+    );
     eprintln!("converged and checked in {:?}", start.elapsed());
 }
 
@@ -404,4 +449,33 @@ fn a_security_group_allows_only_what_its_rules_allow() {
         listed.contains("ct zone set"),
         "no conntrack zones:\n{listed}"
     );
+}
+
+#[test]
+fn networks_no_longer_desired_are_removed_and_nothing_else_is_touched() {
+    let mut s = setup();
+    s.converge();
+    let h1 = s.h1.ns.clone();
+    must(&["ip", "-n", &h1, "link", "add", "br-other", "type", "bridge"]);
+    let g3dev = cosm_wire::port_device(&s.g[2].mac);
+
+    // Red leaves h1.
+    s.d1.networks.retain(|n| n.vni != RED);
+    s.d1.ports.retain(|p| p.vni != RED);
+    let changes = s.world.apply(&s.h1, &s.d1);
+    has(&changes, "removed cbr6");
+    has(&changes, "removed cvx6");
+    has(&changes, "table bridge cosm replaced");
+    let links = must(&["ip", "-n", &h1, "-o", "link", "show"]);
+    assert!(
+        !links.contains("cbr6") && !links.contains("cvx6"),
+        "{links}"
+    );
+    // The guest's device and a bridge that is not ours stay.
+    assert!(
+        links.contains(&g3dev) && links.contains("br-other"),
+        "{links}"
+    );
+    assert!(pings(&s.g[1], s.g[0].ip, 10), "blue broke when red left");
+    s.assert_no_op();
 }
