@@ -65,12 +65,9 @@ pub enum SdnError {
         #[source]
         source: rtnetlink::Error,
     },
-    #[error("nftables: cannot {action} table {table} cosm: {message}")]
-    Nft {
-        action: &'static str,
-        table: &'static str,
-        message: String,
-    },
+    /// `what` names the tables: "list table bridge cosm", "apply table inet cosm".
+    #[error("nftables: cannot {what}: {message}")]
+    Nft { what: String, message: String },
     #[error("nftables: cannot run nft")]
     NftSpawn {
         #[source]
@@ -156,16 +153,16 @@ fn validate(desired: &HostNetworks) -> Result<(), SdnError> {
 async fn nft_reconcile(desired: &HostNetworks, changes: &mut Vec<String>) -> Result<(), SdnError> {
     let mut commands = Vec::new();
     let mut messages = Vec::new();
+    let mut replaced = Vec::new();
     for table in ruleset::tables(desired) {
         let family = table.family_name();
         let listed = match nft(&["-j", "list", "table", family, ruleset::TABLE], None).await {
             Ok(out) => Some(serde_json::from_str(&out).map_err(|e| SdnError::Nft {
-                action: "parse the listing of",
-                table: family,
+                what: format!("parse the listing of table {family} {}", ruleset::TABLE),
                 message: e.to_string(),
             })?),
             Err(NftFailure::Failed(stderr)) if stderr.contains("No such file or directory") => None,
-            Err(e) => return Err(e.into_error("list", family)),
+            Err(e) => return Err(e.into_error(format!("list table {family} {}", ruleset::TABLE))),
         };
         if let Some(drift) = ruleset::drift(&table, listed.as_ref()) {
             messages.push(match listed {
@@ -176,6 +173,7 @@ async fn nft_reconcile(desired: &HostNetworks, changes: &mut Vec<String>) -> Res
                 ),
             });
             commands.extend(table.replace_commands());
+            replaced.push(format!("table {family} {}", ruleset::TABLE));
         }
     }
     if commands.is_empty() {
@@ -187,7 +185,7 @@ async fn nft_reconcile(desired: &HostNetworks, changes: &mut Vec<String>) -> Res
     let json = serde_json::to_string(&doc).expect("the ruleset serialises");
     nft(&["-j", "-f", "-"], Some(json))
         .await
-        .map_err(|e| e.into_error("apply", "bridge+inet"))?;
+        .map_err(|e| e.into_error(format!("apply {}", replaced.join(" and "))))?;
     changes.extend(messages);
     Ok(())
 }
@@ -198,12 +196,11 @@ enum NftFailure {
 }
 
 impl NftFailure {
-    fn into_error(self, action: &'static str, table: &'static str) -> SdnError {
+    fn into_error(self, what: String) -> SdnError {
         match self {
             NftFailure::Spawn(source) => SdnError::NftSpawn { source },
             NftFailure::Failed(stderr) => SdnError::Nft {
-                action,
-                table,
+                what,
                 message: stderr.trim().to_string(),
             },
         }
@@ -238,5 +235,50 @@ async fn nft(args: &[&str], stdin: Option<String>) -> Result<String, NftFailure>
         Err(NftFailure::Failed(
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cosm_wire::{HostNetwork, HostPort, MacAddr};
+
+    #[test]
+    fn a_desired_state_that_would_touch_foreign_devices_is_refused() {
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let mut d = HostNetworks {
+            networks: vec![HostNetwork {
+                name: "blue".parse().unwrap(),
+                vni: 5,
+                cidr: "198.51.100.0/24".parse().unwrap(),
+                mtu: 1450,
+                peers: vec![],
+            }],
+            ports: vec![HostPort {
+                vni: 5,
+                device: cosm_wire::port_device(&mac),
+                mac,
+                ip: Ipv4Addr::new(198, 51, 100, 2),
+                secured: false,
+                rules: vec![],
+            }],
+            groups: vec![],
+        };
+        assert!(validate(&d).is_ok());
+        d.ports[0].device = "eth0".into();
+        let e = validate(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("\"eth0\"") && e.contains("cp525400000001"),
+            "{e}"
+        );
+        d.ports[0].device = cosm_wire::port_device(&mac);
+        d.ports[0].vni = 6;
+        assert!(validate(&d).unwrap_err().to_string().contains("VNI 6"));
+        d.ports.clear();
+        d.networks.push(d.networks[0].clone());
+        assert!(validate(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("VNI 5 appears twice"));
     }
 }

@@ -479,3 +479,29 @@ fn networks_no_longer_desired_are_removed_and_nothing_else_is_touched() {
     assert!(pings(&s.g[1], s.g[0].ip, 10), "blue broke when red left");
     s.assert_no_op();
 }
+
+#[test]
+fn a_missing_underlay_device_is_an_error_that_names_it() {
+    let mut w = World::new();
+    let h = w.host(1);
+    let path = std::env::temp_dir().join(format!("cosm-sdn-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"networks":[],"ports":[]}"#).unwrap();
+    let (ok, out, err) = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &h.ns,
+        env!("CARGO_BIN_EXE_cosm-sdn-apply"),
+        "--vtep",
+        "192.0.2.1",
+        "--dev",
+        "eth9",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!ok, "it succeeded: {out}");
+    assert!(
+        err.contains("the underlay device eth9 does not exist"),
+        "{err}"
+    );
+}
