@@ -65,7 +65,7 @@ pub fn must(args: &[&str]) -> String {
 
 fn require_tools() {
     assert!(
-        nix_is_root(),
+        is_root(),
         "the cosm-sdn tests need root (network namespaces, nftables)"
     );
     for (tool, package) in [
@@ -86,7 +86,7 @@ fn require_tools() {
     }
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // /proc/self/status: "Uid:\treal\teffective…"
     std::fs::read_to_string("/proc/self/status")
         .ok()
