@@ -8,29 +8,10 @@
 //! rule deleted by hand comes back within one interval). What it changed and what failed is
 //! kept in a [`NetBook`] until a report carries it (`VmReport::network`).
 //!
-//! **Wiring the SDN driver.** [`reconciler`] is the one place that picks the implementation.
-//! The Linux driver lives in the crate `cosm-sdn` (async: `SdnDriver::reconcile`); until it
-//! is wired in, an agent with `--vtep-ip` gets [`Unwired`], which reports that it cannot
-//! make networks. Wiring it is this change in [`reconciler`] (and `cosm-sdn` plus `tokio`
-//! with `rt` in this crate's dependencies):
-//!
-//! ```ignore
-//! /// `cosm_sdn::LinuxDriver` behind the synchronous seam: the VM controller's thread
-//! /// blocks on each reconcile in a runtime of its own.
-//! struct Sdn { driver: cosm_sdn::LinuxDriver, rt: tokio::runtime::Runtime }
-//! impl NetReconciler for Sdn {
-//!     fn reconcile(&mut self, desired: &HostNetworks) -> Result<Vec<String>, String> {
-//!         use cosm_sdn::SdnDriver as _;
-//!         self.rt.block_on(self.driver.reconcile(desired))
-//!             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
-//!     }
-//! }
-//! // in `reconciler`, instead of `Unwired`:
-//! let driver = cosm_sdn::LinuxDriver::new(cosm_sdn::Underlay { vtep, dev })
-//!     .context("--vtep-ip/--vtep-dev")?;
-//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-//! Ok(Box::new(Sdn { driver, rt }))
-//! ```
+//! **The SDN driver.** [`reconciler`] is the one place that picks the implementation: on a
+//! host with `--vtep-ip` it is `cosm-sdn`'s `LinuxDriver` ([`Sdn`]; async, so it runs on a
+//! current-thread runtime of its own that the VM controller's thread blocks on). The agent
+//! built without the `libvirt` feature (the ramdisk's) has no driver and says so.
 //!
 //! What it must not do: touch host networking when `DesiredState::networks` is `None` (the
 //! controller then never calls the reconciler), or stop the VM controller's pass when it
@@ -51,8 +32,7 @@ pub trait NetReconciler: Send {
 
 /// Picks the reconciler of this agent: [`NoVtep`] without `--vtep-ip`, [`SimNetwork`] for
 /// a simulated hypervisor (`--simulate-vms` must not change the real host's networking),
-/// else the SDN driver — for now [`Unwired`]; see the module documentation for the change
-/// that wires `cosm-sdn` in here.
+/// else the SDN driver ([`Sdn`], or [`Unwired`] in an agent built without it).
 pub fn reconciler(
     vtep: Option<Ipv4Addr>,
     dev: Option<String>,
@@ -61,8 +41,51 @@ pub fn reconciler(
     Ok(match vtep {
         None => Box::new(NoVtep),
         Some(_) if simulated => Box::new(SimNetwork::default()),
+        #[cfg(feature = "libvirt")]
+        Some(vtep) => Box::new(Sdn::new(vtep, dev)?),
+        #[cfg(not(feature = "libvirt"))]
         Some(vtep) => Box::new(Unwired { vtep, dev }),
     })
+}
+
+/// `cosm_sdn::LinuxDriver` behind the synchronous seam: the VM controller's thread blocks
+/// on each reconcile in a runtime of its own.
+#[cfg(feature = "libvirt")]
+pub struct Sdn {
+    driver: cosm_sdn::LinuxDriver,
+    rt: tokio::runtime::Runtime,
+}
+
+#[cfg(feature = "libvirt")]
+impl std::fmt::Debug for Sdn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sdn(cosm-sdn LinuxDriver)")
+    }
+}
+
+#[cfg(feature = "libvirt")]
+impl Sdn {
+    pub fn new(vtep: Ipv4Addr, dev: Option<String>) -> anyhow::Result<Sdn> {
+        use anyhow::Context;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the network driver's runtime")?;
+        let driver = rt
+            .block_on(async { cosm_sdn::LinuxDriver::new(cosm_sdn::Underlay { vtep, dev }) })
+            .context("cannot start the tenant-network driver (--vtep-ip/--vtep-dev)")?;
+        Ok(Sdn { driver, rt })
+    }
+}
+
+#[cfg(feature = "libvirt")]
+impl NetReconciler for Sdn {
+    fn reconcile(&mut self, desired: &HostNetworks) -> Result<Vec<String>, String> {
+        use cosm_sdn::SdnDriver as _;
+        self.rt
+            .block_on(self.driver.reconcile(desired))
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
 }
 
 fn nothing_asked(desired: &HostNetworks) -> bool {
@@ -89,7 +112,7 @@ impl NetReconciler for NoVtep {
     }
 }
 
-/// Stands in for the `cosm-sdn` Linux driver until it is wired in ([`reconciler`]).
+/// Stands in for the `cosm-sdn` Linux driver in an agent built without it (the ramdisk's).
 #[derive(Debug, Clone)]
 pub struct Unwired {
     pub vtep: Ipv4Addr,
@@ -102,8 +125,8 @@ impl NetReconciler for Unwired {
             return Ok(Vec::new());
         }
         Err(format!(
-            "this cosm-agent has no SDN driver yet (cosm-sdn is not wired in): cannot make \
-             the tenant networks asked for on VTEP {}",
+            "this cosm-agent was built without the tenant-network driver (the libvirt \
+             feature): cannot make the tenant networks asked for on VTEP {}",
             self.vtep
         ))
     }
