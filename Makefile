@@ -99,6 +99,7 @@ bench: toolchain deps image
 	taskset -c 1 $(TARGET_DIR)/release/list-bench
 	$(TARGET_DIR)/release/vm-bench
 	$(TARGET_DIR)/release/ha-bench
+	$(TARGET_DIR)/release/sdn-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
 # through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz
