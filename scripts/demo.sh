@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces, a bridge and taps for the VMs)"; exit 1; }
-exec ./target/debug/vrack "$@"
+exec "${CARGO_TARGET_DIR:-./target}/debug/vrack" "$@"

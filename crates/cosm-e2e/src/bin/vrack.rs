@@ -54,21 +54,19 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
         )?;
     }
     show(rack, &["networks", "list"]);
-    step("Three VMs (POST /api/v1/vms): demo-vm1 and demo-vm2 on red (placed on different hosts), demo-vm3 on blue with demo-vm1's address; each pings a neighbour once a second (cosm.ping=)");
+    step("Three VMs (POST /api/v1/vms): demo-vm1 and demo-vm2 on red, on different hosts, demo-vm3 on blue with demo-vm1's address; each pings a neighbour once a second (cosm.ping=)");
     let started = Instant::now();
-    for (name, net, ip, peer) in [
-        ("demo-vm1", "red", "198.51.100.10", "198.51.100.11"),
-        ("demo-vm2", "red", "198.51.100.11", "198.51.100.10"),
-        ("demo-vm3", "blue", "198.51.100.10", "198.51.100.11"),
+    for (name, net, ip, peer, host) in [
+        ("demo-vm1", "red", "198.51.100.10", "198.51.100.11", 0),
+        ("demo-vm2", "red", "198.51.100.11", "198.51.100.10", 1),
+        ("demo-vm3", "blue", "198.51.100.10", "198.51.100.11", 0),
     ] {
         let mut body = guest_vm_request(name, 128);
         body["nics"] = serde_json::json!([{"network": net, "ip": ip}]);
         body["boot"]["cmdline"] = serde_json::json!(format!(
             "console=ttyS0 quiet cosm.marker={name} cosm.ping={peer}"
         ));
-        if net == "red" {
-            body["anti_affinity"] = serde_json::json!("red");
-        }
+        body["host"] = serde_json::json!(rack.hosts[host].mac);
         let v = rack.app.api_send("POST", "/api/v1/vms", &body)?;
         println!(
             "   {name}: {} on {}, {net} {ip}, pinging {peer}",
@@ -145,10 +143,16 @@ fn vms(rack: &Rack) -> anyhow::Result<()> {
         asked.elapsed().as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(4));
-    let console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=4")?;
-    println!("   its console on the new host:");
-    for l in console["lines"].as_array().into_iter().flatten() {
-        println!("     | {}", l.as_str().unwrap_or(""));
+    let console = rack.app.api("/api/v1/vms/demo-vm1/console?lines=12")?;
+    println!("   its console on the new host (198.51.100.10 still, demo-vm2 still answering):");
+    let lines: Vec<&str> = console["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .collect();
+    for l in &lines[lines.len().saturating_sub(4)..] {
+        println!("     | {l}");
     }
     step("demo-vm1's timeline (GET /api/v1/vms/demo-vm1/events)");
     for e in rack
