@@ -451,6 +451,94 @@ fn a_security_group_allows_only_what_its_rules_allow() {
     );
 }
 
+/// A machine on the data network that is no peer of h1 sends VXLAN for red (VNI 6) to h1:
+/// its frames are dropped at h1's input. The same machine made a peer gets through, which
+/// shows the test would see the injection.
+#[test]
+fn vxlan_from_a_machine_that_is_no_peer_is_dropped() {
+    let mut s = setup();
+    s.converge();
+    let h3 = s.world.host(3);
+    let evil = h3.ns.clone();
+    for args in [
+        vec![
+            "ip",
+            "-n",
+            &evil,
+            "link",
+            "add",
+            "evx",
+            "type",
+            "vxlan",
+            "id",
+            "6",
+            "local",
+            "192.0.2.3",
+            "dev",
+            "eth0",
+            "dstport",
+            "4789",
+        ],
+        vec!["ip", "-n", &evil, "link", "set", "evx", "mtu", "1450"],
+        vec![
+            "ip",
+            "-n",
+            &evil,
+            "addr",
+            "add",
+            "198.51.100.66/24",
+            "dev",
+            "evx",
+        ],
+        vec!["ip", "-n", &evil, "link", "set", "evx", "up"],
+        vec![
+            "bridge",
+            "-n",
+            &evil,
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "evx",
+            "dst",
+            "192.0.2.1",
+        ],
+    ] {
+        must(&args);
+    }
+    let ping = |tries: u32| {
+        (0..tries).any(|_| {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &evil,
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &s.g[2].ip.to_string(),
+            ])
+            .0
+        })
+    };
+    assert!(
+        !ping(3),
+        "a machine that is no peer reached g3 on red over VXLAN"
+    );
+    // Made a peer of h1 (as the appliance would for a host carrying red), it gets through.
+    for n in &mut s.d1.networks {
+        n.peers.push(h3.vtep);
+    }
+    s.world.apply(&s.h1, &s.d1);
+    assert!(
+        ping(10),
+        "the peer's VXLAN was dropped too: the test proves nothing"
+    );
+}
+
 #[test]
 fn networks_no_longer_desired_are_removed_and_nothing_else_is_touched() {
     let mut s = setup();

@@ -96,7 +96,7 @@ fn an_empty_host_has_base_chains_and_the_conntrack_rule_only() {
     let [bridge, inet] = tables(&HostNetworks::default());
     assert_eq!(bridge.chains.len(), 2);
     assert!(bridge.rules.is_empty());
-    assert_eq!(inet.chains.len(), 2);
+    assert_eq!(inet.chains.len(), 3);
     assert_eq!(inet.rules.len(), 1, "{:?}", inet.rules);
     let doc = serde_json::to_value(ruleset(&HostNetworks::default())).unwrap();
     let cmds: Vec<&str> = doc["nftables"]
@@ -307,4 +307,27 @@ fn rule_comments_are_stable_and_differ_per_chain() {
     let comments: BTreeSet<_> = a[0].rules.iter().map(|r| r.comment.clone()).collect();
     // The `drop` closing each port chain has the same expression but another chain.
     assert_eq!(comments.len(), a[0].rules.len());
+}
+
+#[test]
+fn vxlan_is_taken_only_from_the_peers_of_the_hosts_networks() {
+    let net = |vni: u32, peer: [u8; 4]| cosm_wire::HostNetwork {
+        name: format!("n{vni}").parse().unwrap(),
+        vni,
+        cidr: "198.51.100.0/24".parse().unwrap(),
+        mtu: 1450,
+        peers: vec![std::net::Ipv4Addr::from(peer)],
+    };
+    let d = HostNetworks {
+        networks: vec![net(5, [192, 0, 2, 2]), net(6, [192, 0, 2, 3])],
+        ports: vec![],
+        groups: vec![],
+    };
+    let [_, inet] = tables(&d);
+    let input: Vec<_> = inet.rules.iter().filter(|r| r.chain == "input").collect();
+    assert_eq!(input.len(), 1, "{input:?}");
+    let text = serde_json::to_string(&input[0].expr).unwrap();
+    for want in ["4789", "192.0.2.2", "192.0.2.3", "!=", "drop"] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
 }
