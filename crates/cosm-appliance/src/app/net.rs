@@ -224,7 +224,7 @@ pub(super) fn create_port(tx: &mut Tx<'_>, req: &CreatePort) -> Result<Port, Sto
             }
             m
         }
-        None => super::vms::fresh_port_mac(tx)?,
+        None => super::vms::fresh_mac(tx)?,
     };
     let (port, _) = new_port(
         tx,
@@ -398,13 +398,12 @@ impl super::App {
         vms: &mut [cosm_wire::DesiredVm],
     ) -> Result<(), super::AppError> {
         for vm in vms.iter_mut() {
-            let vnis: Vec<u32> = vm
-                .nics
-                .iter()
-                .filter_map(|n| n.network.as_ref())
-                .filter_map(|n| self.store.network(n).ok().flatten())
-                .map(|n| n.vni)
-                .collect();
+            let mut vnis = Vec::new();
+            for name in vm.nics.iter().filter_map(|n| n.network.as_ref()) {
+                if let Some(net) = self.store.network(name)? {
+                    vnis.push(net.vni);
+                }
+            }
             if vnis.is_empty() {
                 continue;
             }

@@ -158,13 +158,9 @@ fn choose(
     Ok(w)
 }
 
-/// A MAC for a NIC that was given none: 52:54:00 and three octets from a counter, skipping
-/// any a VM already holds.
-pub(super) fn fresh_port_mac(tx: &mut Tx<'_>) -> Result<MacAddr, StoreError> {
-    fresh_mac(tx)
-}
-
-fn fresh_mac(tx: &mut Tx<'_>) -> Result<MacAddr, StoreError> {
+/// A MAC for a NIC or port that was given none: 52:54:00 and three octets from a counter,
+/// skipping any a VM or port already holds.
+pub(super) fn fresh_mac(tx: &mut Tx<'_>) -> Result<MacAddr, StoreError> {
     for _ in 0..1_000 {
         let n = tx.next_vm_mac_number()?;
         let b = n.to_be_bytes();
