@@ -323,9 +323,16 @@ pub(super) fn set_state(
 ) -> Result<Machine, StoreError> {
     let mut m = tx.machine(mac)?;
     check_move(&m, to)?;
-    if to == MachineState::Ready && m.role.is_none() {
+    // Also for active and deployed: a machine that was fenced (or lost) without a role
+    // must not come back as a working one (the lifecycle proptest found lost → fenced →
+    // active for a machine with no role).
+    if matches!(
+        to,
+        MachineState::Ready | MachineState::Active | MachineState::Deployed
+    ) && m.role.is_none()
+    {
         return Err(StoreError::conflict(format!(
-            "machine {mac} has no role; set a role to make it ready"
+            "machine {mac} has no role; set a role to make it {to}"
         )));
     }
     if to == MachineState::Discovered {
