@@ -239,6 +239,19 @@ impl App {
         }
     }
 
+    /// Why `mac` is not among [`App::vm_candidates`], for error messages.
+    fn why_not_host(&self, mac: MacAddr) -> Result<String, AppError> {
+        let Some(m) = self.store.machine(mac)? else {
+            return Ok("no such machine".into());
+        };
+        let role = m.role.as_ref().map_or("none", |r| r.as_str());
+        Ok(if !is_host(&m) {
+            format!("it has role {role} and is {}", m.state)
+        } else {
+            format!("it is {}, but its agent has not reported its hypervisor", m.state)
+        })
+    }
+
     /// The hosts VMs may go to now, with what their agents last reported.
     pub fn vm_candidates(&self) -> Result<Vec<Candidate>, AppError> {
         let mut out = Vec::new();
@@ -313,9 +326,21 @@ impl App {
             host: req.host,
             start: req.start,
         };
+        let candidates = self.vm_candidates()?;
+        if let Some(w) = new.host {
+            if !candidates.iter().any(|c| c.host == w) {
+                return Err(AppError::Store(crate::store::StoreError::Conflict {
+                    code: "no_host",
+                    message: format!(
+                        "{w} is not a VM host ({}): a host is a machine of role host in deployed or active whose agent reports its hypervisor",
+                        self.why_not_host(w)?
+                    ),
+                }));
+            }
+        }
         let op = Op::CreateVm {
             new,
-            candidates: self.vm_candidates()?,
+            candidates,
             overcommit: self.overcommit,
         };
         Ok(self.store.run(op).await?.into_vm().expect("a created VM"))
