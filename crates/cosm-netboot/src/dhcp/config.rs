@@ -10,6 +10,25 @@ pub enum Mode {
     Authoritative,
     /// Beside another DHCP server: boot information to PXE clients only, never addresses.
     Proxy,
+    /// Running but answering nothing: the socket stays bound, so the operator can turn the
+    /// service back on without a restart (`server::DhcpHandle::reconfigure`).
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Authoritative => "authoritative",
+            Mode::Proxy => "proxy",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What to do with a MAC the appliance has no machine record for.
@@ -26,6 +45,12 @@ pub enum UnknownMacs {
 pub struct Pool {
     pub first: Ipv4Addr,
     pub last: Ipv4Addr,
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
 }
 
 impl Pool {
@@ -70,6 +95,10 @@ impl Subnet {
     }
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) | !u32::from(self.mask()))
+    }
+    /// `192.0.2.0/24`: how logs and reports name a subnet.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network, self.prefix_len)
     }
 }
 
@@ -130,6 +159,106 @@ impl DhcpConfig {
             .iter()
             .enumerate()
             .find(|(_, s)| s.contains(key))
+    }
+
+    /// Whether any subnet of this config has `ip` in one of its pools.
+    pub fn in_any_pool(&self, ip: Ipv4Addr) -> bool {
+        self.subnets.iter().any(|s| s.in_pool(ip))
+    }
+
+    /// What differs from `self` to `new`, one line per change, for the log and the report
+    /// of a reconfiguration: `mode: authoritative → proxy`, `subnet 192.0.2.0/24 pools:
+    /// 192.0.2.100-192.0.2.150 → 192.0.2.200-192.0.2.220`, `subnet 198.51.100.0/24 added`.
+    /// Empty when nothing differs.
+    pub fn changes_to(&self, new: &DhcpConfig) -> Vec<String> {
+        fn list<T: std::fmt::Display>(items: &[T]) -> String {
+            if items.is_empty() {
+                return "none".into();
+            }
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        let mut out = Vec::new();
+        let mut field = |name: &str, old: String, new: String| {
+            if old != new {
+                out.push(format!("{name}: {old} → {new}"));
+            }
+        };
+        field("mode", self.mode.to_string(), new.mode.to_string());
+        field(
+            "server_id",
+            self.server_id.to_string(),
+            new.server_id.to_string(),
+        );
+        field(
+            "unknown_macs",
+            format!("{:?}", self.unknown_macs),
+            format!("{:?}", new.unknown_macs),
+        );
+        field(
+            "max_unknown_leases",
+            self.max_unknown_leases.to_string(),
+            new.max_unknown_leases.to_string(),
+        );
+        field(
+            "offer_hold_secs",
+            self.offer_hold_secs.to_string(),
+            new.offer_hold_secs.to_string(),
+        );
+        field(
+            "decline_quarantine_secs",
+            self.decline_quarantine_secs.to_string(),
+            new.decline_quarantine_secs.to_string(),
+        );
+        field(
+            "boot",
+            format!("{:?}", self.boot),
+            format!("{:?}", new.boot),
+        );
+        for old in &self.subnets {
+            if !new.subnets.iter().any(|n| n.cidr() == old.cidr()) {
+                out.push(format!(
+                    "subnet {} removed (pools {})",
+                    old.cidr(),
+                    list(&old.pools)
+                ));
+            }
+        }
+        for n in &new.subnets {
+            let Some(old) = self.subnets.iter().find(|o| o.cidr() == n.cidr()) else {
+                out.push(format!(
+                    "subnet {} added (pools {})",
+                    n.cidr(),
+                    list(&n.pools)
+                ));
+                continue;
+            };
+            let c = n.cidr();
+            let mut field = |name: &str, o: String, v: String| {
+                if o != v {
+                    out.push(format!("subnet {c} {name}: {o} → {v}"));
+                }
+            };
+            field("pools", list(&old.pools), list(&n.pools));
+            field("routers", list(&old.routers), list(&n.routers));
+            field("dns", list(&old.dns), list(&n.dns));
+            field(
+                "domain",
+                format!("{:?}", old.domain),
+                format!("{:?}", n.domain),
+            );
+            field("mtu", format!("{:?}", old.mtu), format!("{:?}", n.mtu));
+            field(
+                "lease_time_secs",
+                old.lease_time_secs.to_string(),
+                n.lease_time_secs.to_string(),
+            );
+            field("relays", list(&old.relays), list(&n.relays));
+        }
+        out
     }
 }
 

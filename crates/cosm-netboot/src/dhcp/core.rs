@@ -54,10 +54,12 @@ pub enum DropReason {
     /// An INIT-REBOOT or renewal from a client this server has no lease record of: RFC
     /// 2131 (4.3.2) says to stay silent.
     NoLeaseRecord,
+    /// The service is configured off ([`Mode::Off`]): nothing is answered.
+    Off,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::NotBootRequest,
         DropReason::NoMessageType,
         DropReason::NotEthernet,
@@ -71,6 +73,7 @@ impl DropReason {
         DropReason::Unsupported,
         DropReason::NoReplyExpected,
         DropReason::NoLeaseRecord,
+        DropReason::Off,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,6 +90,7 @@ impl DropReason {
             DropReason::Unsupported => "unsupported",
             DropReason::NoReplyExpected => "no_reply_expected",
             DropReason::NoLeaseRecord => "no_lease_record",
+            DropReason::Off => "off",
         }
     }
 }
@@ -258,6 +262,7 @@ pub fn decide(
     let c = msg.chaddr();
     let mac = MacAddr::new([c[0], c[1], c[2], c[3], c[4], c[5]]);
     match cfg.mode {
+        Mode::Off => Decision::drop(Some(mac), Some(t), DropReason::Off),
         Mode::Proxy => proxy(req, mac, t, cfg),
         Mode::Authoritative => match t {
             MessageType::Discover => discover(req, mac, table, hosts, cfg),
@@ -412,6 +417,20 @@ fn request(
         subnet_of(msg, cfg)
     };
     let Some((_, subnet)) = subnet else {
+        // A client renewing a lease we gave, on a network we no longer serve (the subnet
+        // was reconfigured away): a NAK sends it back to DISCOVER at once rather than
+        // letting it keep the address until the lease runs out.
+        if table
+            .lease_of(&mac)
+            .is_some_and(|l| l.ip == ip && l.holds_address(now))
+        {
+            return nak(
+                msg,
+                mac,
+                cfg,
+                &format!("{ip} is on a network no longer served"),
+            );
+        }
         return Decision::drop(Some(mac), t, DropReason::NoSubnet);
     };
     let reserved = host
@@ -447,7 +466,9 @@ fn request(
             None => Decision::drop(Some(mac), t, DropReason::NoLeaseRecord),
         };
     }
-    if !ours && reserved != Some(ip) && !subnet.in_pool(ip) {
+    // Also a lease of the client's own: after the pools were reconfigured, an address
+    // outside all of them is not renewed, so the client rediscovers into the new pools.
+    if reserved != Some(ip) && !subnet.in_pool(ip) {
         return nak(&format!("{ip} is outside the pools"));
     }
     let lease = Lease {

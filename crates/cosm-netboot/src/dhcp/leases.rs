@@ -2,7 +2,7 @@
 //! (reservations) it must respect. Loaded from the appliance's store at start; every
 //! change the core makes is also returned as a [`Lease`] for the caller to persist.
 
-use super::config::Subnet;
+use super::config::{DhcpConfig, Subnet};
 use cosm_wire::{Lease, LeaseState, MacAddr, Timestamp};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -66,6 +66,37 @@ impl Hosts {
     pub fn is_empty(&self) -> bool {
         self.by_mac.is_empty()
     }
+}
+
+/// What [`LeaseTable::rebuild_pools`] did for a new configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolRebuild {
+    /// Leases holding an address that lies in one of the new pools, or is reserved for its
+    /// MAC: renewed as before.
+    pub leases_kept: usize,
+    /// Leases holding an address outside every new pool (and not reserved for their MAC).
+    /// They stay in the table (and in the store) until they expire, so nobody else is given
+    /// the address meanwhile, but they are not renewed: a REQUEST for one gets a NAK.
+    pub leases_outside: Vec<Lease>,
+    /// Standing offers whose address is still in a new pool.
+    pub offers_kept: usize,
+    /// Standing offers dropped: their address is outside every new pool (the client's
+    /// REQUEST will be refused and it rediscovers).
+    pub offers_dropped: usize,
+    /// Expired offers cleared on the way.
+    pub offers_expired: usize,
+    /// Per subnet of the new config: addresses in its pools and how many are free now
+    /// (not bound, offered, quarantined or reserved for someone).
+    pub pools: Vec<PoolCount>,
+}
+
+/// Addresses of one subnet's pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolCount {
+    /// `192.0.2.0/24`.
+    pub subnet: String,
+    pub size: u64,
+    pub free: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -272,6 +303,80 @@ impl LeaseTable {
             })
             .count();
         bound + offered
+    }
+
+    /// Rebuilds the per-pool state for a new configuration: leases are kept (they are the
+    /// store's), offers outside every new pool are dropped, the free-address cursors
+    /// (indexed by subnet and pool position, which a new config reorders) start over, and
+    /// the cached count of addresses held by unknown MACs is recounted. Returns what it
+    /// found, including the leases that are now outside every pool.
+    pub fn rebuild_pools(
+        &mut self,
+        cfg: &DhcpConfig,
+        hosts: &Hosts,
+        now: Timestamp,
+    ) -> PoolRebuild {
+        let mut report = PoolRebuild::default();
+        let offers: Vec<(MacAddr, Offer)> = self.offers.iter().map(|(m, o)| (*m, *o)).collect();
+        for (mac, offer) in offers {
+            if offer.until <= now {
+                report.offers_expired += 1;
+                self.drop_offer(&mac);
+            } else if cfg.in_any_pool(offer.ip) {
+                report.offers_kept += 1;
+            } else {
+                report.offers_dropped += 1;
+                self.drop_offer(&mac);
+            }
+        }
+        let mut leases: Vec<&Lease> = self
+            .by_ip
+            .values()
+            .filter(|l| l.state == LeaseState::Bound && l.holds_address(now))
+            .collect();
+        leases.sort_by_key(|l| l.ip);
+        for l in leases {
+            let reserved = hosts.reserved_for(l.ip) == Some(l.mac)
+                && cfg.subnets.iter().any(|s| s.contains(l.ip));
+            if reserved || cfg.in_any_pool(l.ip) {
+                report.leases_kept += 1;
+            } else {
+                report.leases_outside.push(l.clone());
+            }
+        }
+        self.cursors.clear();
+        self.unknown_cache = None;
+        // Free addresses as `find_free` judges them: not held by a lease, a standing offer
+        // or a reservation. Counted from the tables, not by walking the pools (a /8 pool).
+        let mut taken: std::collections::HashSet<Ipv4Addr> = hosts.by_ip.keys().copied().collect();
+        taken.extend(
+            self.by_ip
+                .values()
+                .filter(|l| l.holds_address(now))
+                .map(|l| l.ip),
+        );
+        taken.extend(self.offers.values().filter(|o| o.until > now).map(|o| o.ip));
+        report.pools = cfg
+            .subnets
+            .iter()
+            .map(|s| {
+                let size: u64 = s.pools.iter().map(|p| p.size()).sum();
+                let unusable = [s.network, s.broadcast()]
+                    .into_iter()
+                    .filter(|ip| s.in_pool(*ip))
+                    .count() as u64;
+                let held = taken
+                    .iter()
+                    .filter(|ip| s.in_pool(**ip) && **ip != s.network && **ip != s.broadcast())
+                    .count() as u64;
+                PoolCount {
+                    subnet: s.cidr(),
+                    size,
+                    free: size.saturating_sub(unusable + held),
+                }
+            })
+            .collect();
+        report
     }
 
     /// Bound, unexpired leases within a subnet (for pool-use figures).

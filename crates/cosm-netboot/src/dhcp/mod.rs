@@ -12,7 +12,7 @@ pub mod robustness;
 pub mod server;
 
 pub use config::{Boot, DhcpConfig, Mode, Pool, Subnet, UnknownMacs};
-pub use leases::{Host, Hosts, LeaseTable};
+pub use leases::{Host, Hosts, LeaseTable, PoolCount, PoolRebuild};
 
 #[cfg(test)]
 mod tests;

@@ -42,7 +42,7 @@ fn config(mode: Mode) -> DhcpConfig {
     }
 }
 
-/// Runs one packet through both modes; returns how many replies were produced.
+/// Runs one packet through every mode; returns how many replies were produced.
 pub fn packet_path(bytes: &[u8]) -> usize {
     let Some(msg) = parse(bytes) else { return 0 };
     let hosts = Hosts::new([(
@@ -58,6 +58,7 @@ pub fn packet_path(bytes: &[u8]) -> usize {
         (Mode::Authoritative, 67),
         (Mode::Proxy, 67),
         (Mode::Proxy, super::core::PXE_PORT),
+        (Mode::Off, 67),
     ] {
         let cfg = config(mode);
         let mut table = LeaseTable::default();

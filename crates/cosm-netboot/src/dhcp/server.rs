@@ -4,10 +4,17 @@
 //! be given the same address), then each reply that carries a lease waits in its own task
 //! until the [`LeaseSink`] has made the lease durable. Many such tasks in flight let the
 //! store group their writes into one commit.
+//!
+//! The configuration lives under that same lock, beside the table: a packet takes the
+//! config once, with the lock it needs anyway, and keeps that `Arc` to the end, so it never
+//! sees half of a new config, and [`DhcpHandle::reconfigure`] swaps the config and rebuilds
+//! the pool state in one critical section. The sockets stay as bound at start, except the
+//! proxyDHCP port, which is opened when the mode becomes proxy and closed when it stops
+//! being proxy.
 
 use super::config::{DhcpConfig, Mode, UnknownMacs};
 use super::core::{decide, BootClient, Decision, Destination, DropReason, Request, PXE_PORT};
-use super::leases::{Hosts, LeaseTable};
+use super::leases::{Hosts, LeaseTable, PoolRebuild};
 pub use crate::rate::RateLimiter;
 use cosm_wire::{Lease, MacAddr, Timestamp};
 use dhcproto::v4::{Message, MessageType};
@@ -17,7 +24,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 /// Where lease changes go to become durable, and where timeline notes go.
 pub trait LeaseSink: Send + Sync + 'static {
@@ -119,32 +126,153 @@ impl DhcpStats {
     }
 }
 
+/// The lease table and the config it is decided with, under one lock.
+#[derive(Debug)]
+struct State {
+    table: LeaseTable,
+    cfg: Arc<DhcpConfig>,
+}
+
 /// What the appliance keeps of a running DHCP server.
 #[derive(Debug, Clone)]
 pub struct DhcpHandle {
     pub stats: Arc<DhcpStats>,
-    table: Arc<Mutex<LeaseTable>>,
-    cfg: Arc<DhcpConfig>,
+    state: Arc<Mutex<State>>,
+    listen: Listen,
+    reconfig: mpsc::Sender<ReconfigRequest>,
     pub local_addr: SocketAddr,
+}
+
+/// A new config on its way to the serving task, and where its answer goes.
+#[derive(Debug)]
+struct ReconfigRequest {
+    cfg: DhcpConfig,
+    reply: oneshot::Sender<Result<ReconfigReport, ReconfigError>>,
+}
+
+/// What [`DhcpHandle::reconfigure`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconfigReport {
+    pub old_mode: Mode,
+    pub new_mode: Mode,
+    /// One line per changed setting, `subnet 192.0.2.0/24 pools: A → B` (see
+    /// [`DhcpConfig::changes_to`]); empty when the new config equals the running one.
+    pub changes: Vec<String>,
+    /// Leases kept and now outside every pool, offers dropped, free addresses per subnet.
+    pub pools: PoolRebuild,
+}
+
+/// Why a new config was not applied. The running config is then unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconfigError {
+    /// The sockets are bound once, at start: a different address, port or interface needs
+    /// the DHCP server restarted.
+    #[error("dhcp.{key} cannot change while the DHCP server runs ({running} → {asked}); restart the DHCP server to apply it")]
+    NeedsRestart {
+        key: &'static str,
+        running: String,
+        asked: String,
+    },
+    /// Proxy mode needs the proxyDHCP port, and it cannot be bound.
+    #[error("proxy mode needs UDP port {PXE_PORT} on {addr}, which cannot be bound")]
+    ProxyPort {
+        addr: Ipv4Addr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serving future has ended (shut down, or never polled and dropped).
+    #[error("the DHCP server is not running")]
+    Stopped,
 }
 
 impl DhcpHandle {
     /// (subnet, bound leases in its pools, pool size) for each subnet.
     pub fn pool_use(&self) -> Vec<(String, u64, u64)> {
         let now = Timestamp::now();
-        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        self.cfg
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .cfg
             .subnets
             .iter()
             .map(|s| {
                 let size = s.pools.iter().map(|p| p.size()).sum();
-                (
-                    format!("{}/{}", s.network, s.prefix_len),
-                    table.bound_in(s, now) as u64,
-                    size,
-                )
+                (s.cidr(), state.table.bound_in(s, now) as u64, size)
             })
             .collect()
+    }
+
+    /// The config packets are decided with now.
+    pub fn config(&self) -> Arc<DhcpConfig> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cfg
+            .clone()
+    }
+
+    /// Applies a new config without a restart: between two packets, all at once. Leases are
+    /// kept (they are the store's); those outside every new pool are no longer renewed (a
+    /// REQUEST for one gets a NAK in authoritative mode, so the client rediscovers) and are
+    /// listed in the report; offers outside the new pools are dropped and the free-address
+    /// state is rebuilt. Every mode can follow every other; [`Mode::Off`] answers nothing.
+    ///
+    /// `listen` is the socket settings the caller wants: they must equal those the server
+    /// started with ([`ReconfigError::NeedsRestart`] names the first that differs).
+    /// Resolves once the serving task has applied the config (it must be running).
+    pub async fn reconfigure(
+        &self,
+        new: DhcpConfig,
+        listen: &Listen,
+    ) -> Result<ReconfigReport, ReconfigError> {
+        self.check_listen(listen)?;
+        let (reply, answer) = oneshot::channel();
+        self.reconfig
+            .send(ReconfigRequest { cfg: new, reply })
+            .await
+            .map_err(|_| ReconfigError::Stopped)?;
+        answer.await.map_err(|_| ReconfigError::Stopped)?
+    }
+
+    fn check_listen(&self, asked: &Listen) -> Result<(), ReconfigError> {
+        let run = &self.listen;
+        let opt = |i: &Option<String>| i.clone().unwrap_or_else(|| "(any)".into());
+        let differs: [(&'static str, String, String); 7] = [
+            ("listen", run.addr.to_string(), asked.addr.to_string()),
+            ("interface", opt(&run.interface), opt(&asked.interface)),
+            (
+                "client_port",
+                run.client_port.to_string(),
+                asked.client_port.to_string(),
+            ),
+            (
+                "relay_port",
+                run.relay_port.to_string(),
+                asked.relay_port.to_string(),
+            ),
+            (
+                "per_mac_rate",
+                run.per_mac_rate.to_string(),
+                asked.per_mac_rate.to_string(),
+            ),
+            (
+                "per_relay_rate",
+                run.per_relay_rate.to_string(),
+                asked.per_relay_rate.to_string(),
+            ),
+            (
+                "probe_timeout_ms",
+                run.probe_timeout_ms.to_string(),
+                asked.probe_timeout_ms.to_string(),
+            ),
+        ];
+        match differs.into_iter().find(|(_, r, a)| r != a) {
+            Some((key, running, asked)) => Err(ReconfigError::NeedsRestart {
+                key,
+                running,
+                asked,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -233,9 +361,8 @@ pub fn options_well_formed(bytes: &[u8]) -> bool {
 }
 
 struct Shared<S> {
-    cfg: Arc<DhcpConfig>,
     listen: Listen,
-    table: Arc<Mutex<LeaseTable>>,
+    state: Arc<Mutex<State>>,
     hosts: watch::Receiver<Arc<Hosts>>,
     sink: Arc<S>,
     stats: Arc<DhcpStats>,
@@ -275,13 +402,15 @@ pub async fn start<S: LeaseSink>(
     } else {
         None
     };
-    let cfg = Arc::new(cfg);
-    let table = Arc::new(Mutex::new(LeaseTable::load(leases)));
+    let state = Arc::new(Mutex::new(State {
+        table: LeaseTable::load(leases),
+        cfg: Arc::new(cfg),
+    }));
     let stats = Arc::new(DhcpStats::default());
+    let (reconfig, mut reconfig_rx) = mpsc::channel(8);
     let shared = Arc::new(Shared {
-        cfg: cfg.clone(),
         listen: listen.clone(),
-        table: table.clone(),
+        state: state.clone(),
         hosts,
         sink,
         stats: stats.clone(),
@@ -294,27 +423,106 @@ pub async fn start<S: LeaseSink>(
     });
     let handle = DhcpHandle {
         stats,
-        table,
-        cfg,
+        state,
+        listen: listen.clone(),
+        reconfig,
         local_addr,
     };
     let serve = async move {
-        let a = recv_loop(
+        let main_loop = recv_loop(
             shared.clone(),
             main.clone(),
             main.clone(),
             listen.addr.port(),
         );
-        match pxe {
-            Some(p) => {
-                let b = recv_loop(shared.clone(), p, main, PXE_PORT);
-                tokio::select! { _ = a => {}, _ = b => {}, _ = shutdown.changed() => {} }
+        tokio::pin!(main_loop);
+        let pxe_loop =
+            |p: Arc<UdpSocket>| Box::pin(recv_loop(shared.clone(), p, main.clone(), PXE_PORT));
+        let mut pxe = pxe.map(&pxe_loop);
+        loop {
+            tokio::select! {
+                _ = &mut main_loop => break,
+                _ = async {
+                    match pxe.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                } => break,
+                // No handle left (the branch is off until the next turn): serve on.
+                Some(req) = reconfig_rx.recv() => {
+                    // The proxyDHCP port is bound here, in the serving task (its runtime,
+                    // its network namespace), before anything else changes.
+                    let wants_pxe = req.cfg.mode == Mode::Proxy;
+                    if wants_pxe && pxe.is_none() {
+                        let addr = SocketAddrV4::new(*listen.addr.ip(), PXE_PORT);
+                        match bind(addr, listen.interface.as_deref()) {
+                            Ok(p) => pxe = Some(pxe_loop(Arc::new(p))),
+                            Err(source) => {
+                                tracing::warn!(error = %source, %addr, "DHCP reconfiguration refused: proxy mode needs the proxyDHCP port");
+                                let _ = req.reply.send(Err(ReconfigError::ProxyPort { addr: *addr.ip(), source }));
+                                continue;
+                            }
+                        }
+                    }
+                    let report = apply_config(&shared, req.cfg);
+                    if !wants_pxe {
+                        // Closes the proxyDHCP port.
+                        pxe = None;
+                    }
+                    let _ = req.reply.send(Ok(report));
+                }
+                _ = shutdown.changed() => break,
             }
-            None => tokio::select! { _ = a => {}, _ = shutdown.changed() => {} },
         }
         tracing::info!("DHCP server stopped");
     };
     Ok((handle, serve))
+}
+
+/// Swaps in a new config and rebuilds the pool state for it, in one critical section of the
+/// lock every packet decision takes; logs what changed.
+fn apply_config<S>(shared: &Shared<S>, new: DhcpConfig) -> ReconfigReport {
+    let hosts = shared.hosts.borrow().clone();
+    let now = Timestamp::now();
+    let new_mode = new.mode;
+    let (old_mode, changes, pools) = {
+        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = state.cfg.changes_to(&new);
+        let old_mode = state.cfg.mode;
+        let pools = state.table.rebuild_pools(&new, &hosts, now);
+        state.cfg = Arc::new(new);
+        (old_mode, changes, pools)
+    };
+    tracing::info!(
+        mode = %format!("{old_mode} → {new_mode}"),
+        changes = changes.len(),
+        leases_kept = pools.leases_kept,
+        leases_outside_pools = pools.leases_outside.len(),
+        offers_dropped = pools.offers_dropped,
+        "DHCP reconfigured"
+    );
+    for change in &changes {
+        tracing::info!("DHCP config {change}");
+    }
+    for p in &pools.pools {
+        tracing::info!(subnet = %p.subnet, size = p.size, free = p.free, "DHCP pool rebuilt");
+    }
+    // Bounded: a subnet moved away can leave a whole rack outside the pools.
+    for l in pools.leases_outside.iter().take(32) {
+        tracing::info!(ip = %l.ip, mac = %l.mac, "lease outside the new pools: not renewed, the client will rediscover");
+    }
+    if pools.leases_outside.len() > 32 {
+        tracing::info!(
+            more = pools.leases_outside.len() - 32,
+            "more leases outside the new pools"
+        );
+    }
+    ReconfigReport {
+        old_mode,
+        new_mode,
+        changes,
+        pools,
+    }
 }
 
 async fn recv_loop<S: LeaseSink>(
@@ -394,19 +602,23 @@ fn handle_packet<S: LeaseSink>(
         }
     }
     let hosts = shared.hosts.borrow().clone();
-    let decision = {
-        let mut table = shared.table.lock().unwrap_or_else(|e| e.into_inner());
-        decide(
+    // The config is taken under the lock the decision needs anyway, and this packet keeps
+    // that one config to its end (a reconfiguration swaps it under the same lock).
+    let (decision, cfg) = {
+        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let cfg = state.cfg.clone();
+        let decision = decide(
             Request {
                 msg: &msg,
                 src,
                 local_port: port,
                 now,
             },
-            &mut table,
+            &mut state.table,
             &hosts,
-            &shared.cfg,
-        )
+            &cfg,
+        );
+        (decision, cfg)
     };
     let Decision {
         mac,
@@ -428,7 +640,7 @@ fn handle_packet<S: LeaseSink>(
                         // Only a client that is offered an address is recorded: a
                         // DISCOVER the cap on unknown MACs dropped must not create a
                         // machine either.
-                        let recorded = shared.cfg.unknown_macs == UnknownMacs::Discover
+                        let recorded = cfg.unknown_macs == UnknownMacs::Discover
                             && reply.is_some()
                             && shared.sink.boot_client(mac, &h, &step);
                         (!recorded).then_some(step)
@@ -509,15 +721,16 @@ fn handle_packet<S: LeaseSink>(
                     state: cosm_wire::LeaseState::Declined,
                     starts_at: now,
                     expires_at: Timestamp::from_millis(
-                        now.as_millis() + u64::from(shared.cfg.decline_quarantine_secs) * 1000,
+                        now.as_millis() + u64::from(cfg.decline_quarantine_secs) * 1000,
                     ),
                     client_hostname: Some("in use: answered an ICMP probe".into()),
                     relay: None,
                 };
                 shared
-                    .table
+                    .state
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
+                    .table
                     .put(lease.clone());
                 if let Err(e) = shared.sink.persist(lease).await {
                     tracing::error!(error = %e, "cannot persist a conflict quarantine");

@@ -745,3 +745,322 @@ fn machines_dhcp_alone_recorded_count_against_the_unknown_cap() {
     // A registered machine always gets an address.
     assert!(dora(mac(9), &mut t, &hosts, &c, at(0)).is_some());
 }
+
+/// A REQUEST of `m` in the SELECTING state for `ip` (after an offer from us).
+fn select(m: MacAddr, c: &DhcpConfig, addr: Ipv4Addr) -> Message {
+    let mut req = msg(MessageType::Request, m);
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(c.server_id));
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(addr));
+    req
+}
+
+/// A RENEWING REQUEST of `m` (unicast, ciaddr set).
+fn renew(m: MacAddr, addr: Ipv4Addr) -> Message {
+    let mut req = msg(MessageType::Request, m);
+    req.set_ciaddr(addr);
+    req
+}
+
+/// Pool A (192.0.2.10-14) moved to pool B (192.0.2.20-24); the second subnet unchanged.
+fn pool_b(c: &DhcpConfig) -> DhcpConfig {
+    let mut b = c.clone();
+    b.subnets[0].pools = vec![Pool {
+        first: ip("192.0.2.20"),
+        last: ip("192.0.2.24"),
+    }];
+    b
+}
+
+#[test]
+fn pool_rebuild_keeps_leases_reports_those_outside_and_drops_their_offers() {
+    let a = cfg();
+    let mut t = LeaseTable::default();
+    // mac(7) has a reservation outside every pool; it stays renewable.
+    let h = Hosts::new([(
+        mac(7),
+        Host {
+            reserved_ip: Some(ip("192.0.2.5")),
+            hostname: None,
+            dhcp_only: false,
+        },
+    )]);
+    assert_eq!(dora(mac(1), &mut t, &h, &a, at(0)), Some(ip("192.0.2.10")));
+    assert_eq!(dora(mac(7), &mut t, &h, &a, at(0)), Some(ip("192.0.2.5")));
+    // A standing offer in pool A, and one in the unchanged relayed subnet.
+    let offer_a = run(&msg(MessageType::Discover, mac(2)), &mut t, &h, &a, at(1));
+    assert_eq!(offer_a.reply.unwrap().msg.yiaddr(), ip("192.0.2.11"));
+    let mut relayed = msg(MessageType::Discover, mac(3));
+    relayed.set_giaddr(ip("198.51.100.1"));
+    let offer_kept = run(&relayed, &mut t, &h, &a, at(1));
+    assert_eq!(offer_kept.reply.unwrap().msg.yiaddr(), ip("198.51.100.10"));
+    // A lease that ran out and an expired offer are not counted as kept or outside.
+    assert_eq!(dora(mac(4), &mut t, &h, &a, at(0)), Some(ip("192.0.2.12")));
+    let mut short = t.lease_of(&mac(4)).unwrap().clone();
+    short.expires_at = at(2);
+    t.put(short);
+
+    let b = pool_b(&a);
+    let r = t.rebuild_pools(&b, &h, at(3));
+    assert_eq!(r.leases_kept, 1, "the reservation: {r:?}");
+    let outside: Vec<_> = r.leases_outside.iter().map(|l| (l.mac, l.ip)).collect();
+    assert_eq!(outside, vec![(mac(1), ip("192.0.2.10"))]);
+    assert_eq!((r.offers_kept, r.offers_dropped), (1, 1));
+    assert_eq!(
+        r.pools,
+        vec![
+            PoolCount {
+                subnet: "192.0.2.0/24".into(),
+                size: 5,
+                free: 5
+            },
+            PoolCount {
+                subnet: "198.51.100.0/24".into(),
+                size: 11,
+                free: 10
+            },
+        ],
+        "pool B is all free; the relayed pool has one offer standing"
+    );
+    // Leases are kept in the table (the store keeps them too).
+    assert_eq!(t.lease_of(&mac(1)).map(|l| l.ip), Some(ip("192.0.2.10")));
+
+    // The lease outside every pool is not renewed, by renewal or INIT-REBOOT: NAK.
+    let d = run(&renew(mac(1), ip("192.0.2.10")), &mut t, &h, &b, at(4));
+    assert_eq!(reply_type(&d), Some(MessageType::Nak), "{:?}", d.note);
+    assert!(d.persist.is_none());
+    let mut reboot = msg(MessageType::Request, mac(1));
+    reboot
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("192.0.2.10")));
+    assert_eq!(
+        reply_type(&run(&reboot, &mut t, &h, &b, at(4))),
+        Some(MessageType::Nak)
+    );
+    // Rediscovering, the client gets an address from pool B.
+    assert_eq!(dora(mac(1), &mut t, &h, &b, at(5)), Some(ip("192.0.2.20")));
+    // The dropped offer's REQUEST is refused; the client rediscovers into pool B.
+    let d = run(&select(mac(2), &b, ip("192.0.2.11")), &mut t, &h, &b, at(5));
+    assert_eq!(reply_type(&d), Some(MessageType::Nak));
+    assert_eq!(dora(mac(2), &mut t, &h, &b, at(6)), Some(ip("192.0.2.21")));
+    // The kept offer is taken as before.
+    let mut take = select(mac(3), &b, ip("198.51.100.10"));
+    take.set_giaddr(ip("198.51.100.1"));
+    assert_eq!(
+        reply_type(&run(&take, &mut t, &h, &b, at(6))),
+        Some(MessageType::Ack)
+    );
+    // The reservation outside the pools renews.
+    assert_eq!(
+        reply_type(&run(&renew(mac(7), ip("192.0.2.5")), &mut t, &h, &b, at(7))),
+        Some(MessageType::Ack)
+    );
+    // Nobody else is given pool A's old addresses (they are outside the pools now).
+    for n in 8..11 {
+        let got = dora(mac(n), &mut t, &h, &b, at(8)).unwrap();
+        assert!(b.subnets[0].in_pool(got), "{got} outside pool B");
+    }
+}
+
+#[test]
+fn pool_rebuild_restarts_the_free_address_search_in_the_new_pools() {
+    let a = cfg();
+    let (mut t, h) = (LeaseTable::default(), Hosts::default());
+    for n in 1..=3 {
+        dora(mac(n), &mut t, &h, &a, at(0)).unwrap();
+    }
+    // Pool A grows at the front: the search must not resume at pool A's cursor (offset 3).
+    let mut b = a.clone();
+    b.subnets[0].pools = vec![Pool {
+        first: ip("192.0.2.2"),
+        last: ip("192.0.2.14"),
+    }];
+    let r = t.rebuild_pools(&b, &h, at(1));
+    assert_eq!((r.leases_kept, r.leases_outside.len()), (3, 0));
+    assert_eq!(r.pools[0].free, 13 - 3);
+    assert_eq!(dora(mac(9), &mut t, &h, &b, at(2)), Some(ip("192.0.2.2")));
+    // Back again: the same leases, nothing reported outside, nothing lost.
+    let r = t.rebuild_pools(&a, &h, at(3));
+    assert_eq!(r.leases_kept, 3, "192.0.2.2 is outside pool A now");
+    assert_eq!(r.leases_outside.len(), 1);
+    assert_eq!(t.len(), 4);
+}
+
+#[test]
+fn a_renewal_on_a_subnet_no_longer_served_is_refused() {
+    let a = cfg();
+    let (mut t, h) = (LeaseTable::default(), Hosts::default());
+    let mut relayed = msg(MessageType::Discover, mac(3));
+    relayed.set_giaddr(ip("198.51.100.1"));
+    run(&relayed, &mut t, &h, &a, at(0));
+    let mut take = select(mac(3), &a, ip("198.51.100.10"));
+    take.set_giaddr(ip("198.51.100.1"));
+    assert_eq!(
+        reply_type(&run(&take, &mut t, &h, &a, at(0))),
+        Some(MessageType::Ack)
+    );
+    let mut b = a.clone();
+    b.subnets.truncate(1);
+    let r = t.rebuild_pools(&b, &h, at(1));
+    assert_eq!(r.leases_outside.len(), 1);
+    assert_eq!(r.pools.len(), 1);
+    // Unicast renewal from the old address: NAK rather than silence.
+    let d = run(&renew(mac(3), ip("198.51.100.10")), &mut t, &h, &b, at(2));
+    assert_eq!(reply_type(&d), Some(MessageType::Nak), "{:?}", d.dropped);
+    // A stranger renewing there is still met with silence (RFC 2131 4.3.2).
+    let d = run(&renew(mac(4), ip("198.51.100.11")), &mut t, &h, &b, at(2));
+    assert_eq!(d.dropped, Some(DropReason::NoSubnet));
+}
+
+#[test]
+fn mode_off_answers_nothing_and_changes_nothing() {
+    let mut c = cfg();
+    let (mut t, h) = (LeaseTable::default(), Hosts::default());
+    let got = dora(mac(1), &mut t, &h, &c, at(0)).unwrap();
+    c.mode = Mode::Off;
+    let before = format!("{:?}", t.iter().collect::<Vec<_>>());
+    for m in [
+        msg(MessageType::Discover, mac(2)),
+        select(mac(2), &c, ip("192.0.2.11")),
+        renew(mac(1), got),
+        msg(MessageType::Inform, mac(1)),
+        pxe(mac(5), 7, "PXEClient:Arch:00007"),
+    ] {
+        let d = run(&m, &mut t, &h, &c, at(1));
+        assert!(d.reply.is_none() && d.persist.is_none(), "{d:?}");
+        assert_eq!(d.dropped, Some(DropReason::Off));
+    }
+    assert_eq!(before, format!("{:?}", t.iter().collect::<Vec<_>>()));
+    // Back on, the lease is still there and renews.
+    c.mode = Mode::Authoritative;
+    assert_eq!(
+        reply_type(&run(&renew(mac(1), got), &mut t, &h, &c, at(2))),
+        Some(MessageType::Ack)
+    );
+}
+
+#[test]
+fn config_changes_are_described_old_to_new() {
+    let a = cfg();
+    let mut b = pool_b(&a);
+    b.mode = Mode::Proxy;
+    b.subnets[0].routers = vec![ip("192.0.2.254")];
+    b.subnets.remove(1);
+    let lines = a.changes_to(&b);
+    assert_eq!(
+        lines,
+        vec![
+            "mode: authoritative → proxy".to_string(),
+            "subnet 198.51.100.0/24 removed (pools 198.51.100.10-198.51.100.20)".into(),
+            "subnet 192.0.2.0/24 pools: 192.0.2.10-192.0.2.14 → 192.0.2.20-192.0.2.24".into(),
+            "subnet 192.0.2.0/24 routers: 192.0.2.1 → 192.0.2.254".into(),
+        ]
+    );
+    assert!(a.changes_to(&a).is_empty());
+}
+
+/// One step of the sequences below, against config `c`.
+fn play(s: &Step, t: &mut LeaseTable, hosts: &Hosts, c: &DhcpConfig, now: u64) -> Option<Decision> {
+    let last_ip = |t: &LeaseTable, m: u8| t.lease_of(&mac(m)).map(|l| l.ip);
+    match *s {
+        Step::Dora(m) => {
+            dora(mac(m), t, hosts, c, at(now));
+            None
+        }
+        Step::Discover(m) => Some(run(
+            &msg(MessageType::Discover, mac(m)),
+            t,
+            hosts,
+            c,
+            at(now),
+        )),
+        Step::RequestAddr(m, last) => Some(run(
+            &select(mac(m), c, Ipv4Addr::new(192, 0, 2, last)),
+            t,
+            hosts,
+            c,
+            at(now),
+        )),
+        Step::Renew(m) => {
+            let r = renew(mac(m), last_ip(t, m).unwrap_or(Ipv4Addr::UNSPECIFIED));
+            Some(run(&r, t, hosts, c, at(now)))
+        }
+        Step::Release(m) => {
+            let mut r = msg(MessageType::Release, mac(m));
+            r.set_ciaddr(last_ip(t, m).unwrap_or(Ipv4Addr::UNSPECIFIED));
+            Some(run(&r, t, hosts, c, at(now)))
+        }
+        Step::Decline(m) => {
+            let mut r = msg(MessageType::Decline, mac(m));
+            if let Some(a) = last_ip(t, m) {
+                r.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
+            }
+            Some(run(&r, t, hosts, c, at(now)))
+        }
+        Step::Wait(_) => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    /// Requests interleaved with reconfigurations among overlapping pools and modes: every
+    /// address given or renewed is in the pools of the config it was decided with, and no
+    /// two MACs ever hold one address.
+    #[test]
+    fn reconfigured_pools_never_give_or_renew_outside_them(
+        steps in prop::collection::vec(prop_oneof![
+            6 => step().prop_map(|s| (s, None)),
+            1 => (0usize..5).prop_map(|k| (Step::Wait(0), Some(k))),
+        ], 1..100)
+    ) {
+        let base = cfg();
+        let configs: Vec<DhcpConfig> = [("192.0.2.10", "192.0.2.14", Mode::Authoritative),
+            ("192.0.2.12", "192.0.2.18", Mode::Authoritative),
+            ("192.0.2.20", "192.0.2.22", Mode::Authoritative),
+            ("192.0.2.10", "192.0.2.14", Mode::Off),
+            ("192.0.2.16", "192.0.2.29", Mode::Proxy)]
+            .iter()
+            .map(|(f, l, mode)| {
+                let mut c = base.clone();
+                c.mode = *mode;
+                c.subnets[0].pools = vec![Pool { first: ip(f), last: ip(l) }];
+                c
+            })
+            .collect();
+        let hosts = Hosts::new([
+            (mac(11), Host { reserved_ip: Some(ip("192.0.2.250")), hostname: None, dhcp_only: false }),
+        ]);
+        let mut t = LeaseTable::default();
+        let mut c = &configs[0];
+        let mut now = 0u64;
+        for (s, reconfigure) in steps {
+            if let Some(k) = reconfigure {
+                c = &configs[k];
+                let r = t.rebuild_pools(c, &hosts, at(now));
+                for l in &r.leases_outside {
+                    prop_assert!(!c.in_any_pool(l.ip) && hosts.get(&l.mac).and_then(|h| h.reserved_ip) != Some(l.ip));
+                }
+                continue;
+            }
+            if let Step::Wait(w) = s { now += u64::from(w); }
+            let d = play(&s, &mut t, &hosts, c, now);
+            if let Some(Decision { reply: Some(r), mac: Some(m), persist, .. }) = &d {
+                prop_assert!(c.mode != Mode::Off, "an answer in mode off");
+                let y = r.msg.yiaddr();
+                if !y.is_unspecified() {
+                    let reserved = hosts.get(m).and_then(|h| h.reserved_ip);
+                    prop_assert!(c.in_any_pool(y) || reserved == Some(y), "{y} given to {m} outside {:?}", c.subnets[0].pools);
+                }
+                if let Some(l) = persist {
+                    prop_assert!(c.in_any_pool(l.ip) || hosts.get(m).and_then(|h| h.reserved_ip) == Some(l.ip));
+                }
+            }
+            let mut holders: HashMap<Ipv4Addr, MacAddr> = HashMap::new();
+            for l in t.iter().filter(|l| l.state == LeaseState::Bound && l.holds_address(at(now))) {
+                if let Some(other) = holders.insert(l.ip, l.mac) {
+                    prop_assert!(false, "{} held by {} and {}", l.ip, other, l.mac);
+                }
+            }
+        }
+    }
+}
