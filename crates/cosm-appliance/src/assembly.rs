@@ -83,6 +83,13 @@ impl Assembly {
             .dhcp
             .as_ref()
             .is_some_and(|d| d.core.mode == cosm_netboot::dhcp::Mode::Authoritative);
+        // Site settings written through the console are in force from the start.
+        let stored = store.site_settings()?;
+        if let Some(s) = &stored {
+            boot.apply_os(&s.os);
+            tracing::info!("site settings from the store are in force (GET /api/v1/settings shows each value and where it came from)");
+        }
+        let live = Arc::new(crate::app::settings::Live::new(config, stored));
         let images = ImageRepo::open(config.images_dir.clone(), config.max_upload_bytes)
             .with_context(|| {
                 format!(
@@ -105,8 +112,14 @@ impl Assembly {
                 tracing::warn!("DHCP is on but TFTP is off (no [tftp] section): BIOS and UEFI PXE clients will not get their iPXE binary; iPXE and UEFI HTTP Boot clients still boot");
             }
             if let Some(settings) = config.dhcp.clone() {
-                let (handle, serve) =
-                    crate::dhcp_service::start(settings, store.clone(), timeline, stop_rx).await?;
+                let (handle, serve) = crate::dhcp_service::start(
+                    settings,
+                    store.clone(),
+                    timeline,
+                    stop_rx,
+                    live.subscribe(),
+                )
+                .await?;
                 dhcp_handle = Some(handle);
                 dhcp = Some(tokio::spawn(serve));
             } else {
@@ -135,6 +148,11 @@ impl Assembly {
                 enabled: config.ha_enabled,
                 webhook: config.alarm_webhook.clone(),
             })),
+            sessions: Arc::new(crate::app::console::Sessions::new(
+                config.session_idle,
+                config.session_max,
+            )),
+            settings: live,
         };
         let ha = tokio::spawn(crate::app::ha::run(app.clone()));
         Ok(Assembly {

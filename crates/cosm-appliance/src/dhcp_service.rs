@@ -141,12 +141,49 @@ async fn expire_dhcp_only(store: Store, expiry: std::time::Duration) {
     }
 }
 
-/// Starts DHCP; the returned future serves until `shutdown` changes.
+/// Puts the provisioning network of the site settings in force whenever they change:
+/// the server reloads its subnet, pool, options and mode without a restart.
+async fn follow_settings(
+    handle: DhcpHandle,
+    base: cosm_netboot::dhcp::DhcpConfig,
+    listen: server::Listen,
+    mut settings: watch::Receiver<cosm_wire::Settings>,
+) {
+    let mut first = true;
+    loop {
+        if !first && settings.changed().await.is_err() {
+            return;
+        }
+        first = false;
+        let Some(n) = settings.borrow_and_update().network.clone() else {
+            continue;
+        };
+        let new = crate::app::settings::dhcp_config(&base, &n);
+        if *handle.config() == new {
+            continue;
+        }
+        let call = handle.reconfigure(new, &listen);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
+            Ok(Ok(report)) => tracing::info!(
+                mode = %report.new_mode,
+                changes = ?report.changes,
+                leases_outside = report.pools.leases_outside.len(),
+                "DHCP reloaded with the site settings"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "DHCP kept its configuration: the site settings could not be applied"),
+            Err(_) => tracing::error!("DHCP did not take the site settings within 10 s"),
+        }
+    }
+}
+
+/// Starts DHCP; the returned future serves until `shutdown` changes. `site` is the site
+/// settings in force: their provisioning network is applied at start and on every change.
 pub async fn start(
     settings: DhcpSettings,
     store: Store,
     timeline: Arc<Timeline>,
     shutdown: watch::Receiver<bool>,
+    site: watch::Receiver<cosm_wire::Settings>,
 ) -> anyhow::Result<(DhcpHandle, impl std::future::Future<Output = ()>)> {
     let leases = store.leases()?;
     let (hosts_tx, hosts_rx) = watch::channel(Arc::new(hosts_of(&store)));
@@ -180,6 +217,7 @@ pub async fn start(
     });
     let n = leases.len();
     let mode = settings.core.mode;
+    let base = settings.core.clone();
     let (handle, serve) = server::start(
         settings.core,
         settings.listen.clone(),
@@ -196,5 +234,11 @@ pub async fn start(
         )
     })?;
     tracing::info!(addr = %handle.local_addr, mode = ?mode, leases = n, interface = ?settings.listen.interface, "DHCP listening");
+    tokio::spawn(follow_settings(
+        handle.clone(),
+        base,
+        settings.listen.clone(),
+        site,
+    ));
     Ok((handle, serve))
 }

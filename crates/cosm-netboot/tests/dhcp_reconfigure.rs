@@ -1,9 +1,5 @@
 //! The DHCP shell taking a new configuration while it runs: ISC dhclient in one network
 //! namespace, the server (in-process, through the crate's public API) in another.
-//!
-//! `perfdhcp_throughput` (ignored; run it with `--ignored --nocapture`) is the DHCP
-//! benchmark's method (scripts/bench-dhcp.sh) applied to the server alone, to compare the
-//! per-packet cost before and after a change to the shell.
 
 mod netns;
 
@@ -523,96 +519,4 @@ fn socket_settings_need_a_restart_and_proxy_mode_opens_its_port() {
     let report = server.reconfigure(off, &listen).unwrap();
     assert_eq!((report.old_mode, report.new_mode), (Mode::Proxy, Mode::Off));
     assert!(!pxe_bound(), "UDP 4011 stayed open after proxy mode");
-}
-
-// ---------------------------------------------------------------- perfdhcp benchmark
-
-/// (DISCOVERs sent, ACKs received) from a perfdhcp report.
-fn perfdhcp_counts(report: &str) -> Option<(u64, u64)> {
-    let mut section = "";
-    let (mut sent, mut acks) = (None, None);
-    for line in report.lines() {
-        if line.starts_with("***Statistics for: DISCOVER-OFFER") {
-            section = "do";
-        } else if line.starts_with("***Statistics for: REQUEST-ACK") {
-            section = "ra";
-        } else if let Some(v) = line.strip_prefix("sent packets:") {
-            if section == "do" {
-                sent = v.trim().parse().ok();
-            }
-        } else if let Some(v) = line.strip_prefix("received packets:") {
-            if section == "ra" {
-                acks = v.trim().parse().ok();
-            }
-        }
-    }
-    Some((sent?, acks?))
-}
-
-#[test]
-#[ignore = "a benchmark: run with --ignored --nocapture on an idle machine"]
-fn perfdhcp_throughput() {
-    require_root_tools(&["ip", "perfdhcp", "taskset"]);
-    let period: u64 = std::env::var("BENCH_PERIOD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| "1000 2000 4000 6000 8000 10000 12000 14000 16000 20000".into())
-        .split_whitespace()
-        .filter_map(|r| r.parse().ok())
-        .collect();
-    let srv = NetNs::new("dbs");
-    let cli = NetNs::new("dbc");
-    NetNs::link_pair(&srv, "198.51.100.1/24", &cli, "198.51.100.2/24");
-    // The same subnet and pool as scripts/bench-dhcp.sh; the server on CPU 0, perfdhcp on 1.
-    let cfg = config(
-        "198.51.100.1",
-        "198.51.100.0",
-        "198.51.100.10",
-        "198.51.100.250",
-        3600,
-    );
-    let server = Server::start(&srv, cfg, listen(None), Some(0));
-    println!(
-        "{:>8} {:>9} {:>9} {:>10} {:>8}",
-        "asked/s", "DISC", "ACK", "leases/s", "loss %"
-    );
-    let mut best = 0;
-    for rate in rates {
-        let mut cmd = cli.command("taskset");
-        cmd.args([
-            "-c",
-            "1",
-            "perfdhcp",
-            "-4",
-            "-l",
-            "198.51.100.2",
-            "-R",
-            "200",
-        ])
-        .args(["-r", &rate.to_string(), "-p", &period.to_string()])
-        .args(["-W", "500000", "198.51.100.1"]);
-        let out = netns::run_timeout(cmd, Duration::from_secs(period + 20)).unwrap();
-        let report = String::from_utf8_lossy(&out.stdout);
-        let (sent, acks) = perfdhcp_counts(&report)
-            .unwrap_or_else(|| panic!("no perfdhcp report at {rate}/s:\n{report}"));
-        let loss = if sent > 0 {
-            100.0 * (sent.saturating_sub(acks)) as f64 / sent as f64
-        } else {
-            100.0
-        };
-        let lps = acks / period;
-        println!("{rate:>8} {sent:>9} {acks:>9} {lps:>10} {loss:>8.2}");
-        if loss > 1.0 {
-            break;
-        }
-        best = best.max(lps);
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    println!(
-        "best within 1% loss: {best} leases/s ({} leases persisted)",
-        server.sink.leases.lock().unwrap().len()
-    );
-    drop(server);
 }

@@ -6,6 +6,7 @@
 //! agent links it.
 
 mod agent;
+mod console;
 mod ident;
 mod image;
 mod inventory;
@@ -19,6 +20,12 @@ mod vm;
 pub use agent::{
     ActionKind, ActionKindError, ActionResult, ActionStatus, AgentAction, DesiredState, Enroll,
     Enrolled, Heartbeat, HeartbeatReply, Observed, QueueAction, MAX_PEERS,
+};
+pub use console::{
+    CardDisk, DhcpModeSetting, EffectiveSetting, FailedStep, FieldError, InterfaceInfo, Login,
+    NetworkSettings, OsSettings, Progress, ProgressStep, RackCard, RackSnapshot, RoleRequirements,
+    SessionInfo, SetPassword, SettingSource, Settings, SettingsStep, SettingsView, StepState,
+    ValidateSettings, Validation,
 };
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
 pub use image::{valid_image_name, Image};

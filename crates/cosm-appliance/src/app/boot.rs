@@ -23,7 +23,8 @@ pub const RAMDISK_INITRD: &str = "initramfs.img";
 #[derive(Debug)]
 pub struct BootContext {
     pub settings: BootSettings,
-    pub kickstart: KickstartSettings,
+    /// Replaced when the site settings change (`apply_os`): read it with `kickstart()`.
+    kickstart: std::sync::RwLock<Arc<KickstartSettings>>,
     /// The image repository's directory (installer kernels and initrds).
     pub images_dir: std::path::PathBuf,
     /// Subnets, to give a machine with a reserved address its netmask, router and DNS.
@@ -138,13 +139,43 @@ impl BootContext {
         Ok(BootContext {
             install_key,
             install_needs_lease: false,
-            kickstart,
+            kickstart: std::sync::RwLock::new(Arc::new(kickstart)),
             images_dir: data_dir.join("images"),
             subnets,
             settings,
             enroll_token,
             timeline,
         })
+    }
+
+    /// The install settings in force.
+    pub fn kickstart(&self) -> Arc<KickstartSettings> {
+        self.kickstart
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts the OS settings of the site settings in force from the next boot script and
+    /// kickstart on. Installer image names that followed the old release follow the new one.
+    pub fn apply_os(&self, os: &cosm_wire::OsSettings) {
+        let mut slot = self.kickstart.write().unwrap_or_else(|e| e.into_inner());
+        let mut k = (**slot).clone();
+        if let Some(release) = cosm_kickstart::Release::parse(&os.release) {
+            let old = k.release.id();
+            if k.installer_kernel == format!("{old}-vmlinuz") {
+                k.installer_kernel = format!("{}-vmlinuz", release.id());
+            }
+            if k.installer_initrd == format!("{old}-initrd.img") {
+                k.installer_initrd = format!("{}-initrd.img", release.id());
+            }
+            k.release = release;
+        }
+        k.repo_url = os.mirror_url.clone();
+        k.root_password_hash = os.root_password_hash.clone();
+        k.ssh_keys = os.ssh_keys.clone();
+        k.timezone = os.timezone.clone();
+        *slot = Arc::new(k);
     }
 
     /// What a machine in this state boots, and the state shown on its console; `peer` is
@@ -204,7 +235,7 @@ impl BootContext {
                 ));
             }
         }
-        let k = &self.kickstart;
+        let k = self.kickstart();
         for name in [&k.installer_kernel, &k.installer_initrd] {
             if !super::images::has_image(&self.images_dir, name) {
                 return Err(format!(
@@ -241,7 +272,7 @@ impl BootContext {
 
     /// The kickstart a machine gets: its role's template for the configured release.
     pub fn render_kickstart(&self, m: &Machine) -> Result<String, AppError> {
-        let k = &self.kickstart;
+        let k = self.kickstart();
         let role = m
             .role
             .as_ref()

@@ -234,6 +234,10 @@ pub enum Op {
         host: MacAddr,
         lines: Vec<String>,
     },
+    /// Replaces the site settings (checked by `app::settings` before).
+    PutSettings(cosm_wire::Settings),
+    /// Sets the console admin's password hash.
+    SetAdminPassword(crate::store::PasswordHash),
     /// A host's agent reported its domains, operation outcomes and notes.
     ReportVms {
         host: MacAddr,
@@ -416,6 +420,8 @@ impl StoreCommand for Command {
             Op::DeleteSecGroup(name) => net::delete_secgroup(tx, name).map(|_| Outcome::Deleted),
             Op::CreatePort(req) => net::create_port(tx, req).map(|p| Outcome::Port(Box::new(p))),
             Op::DeletePort(mac) => net::delete_port(tx, *mac).map(|_| Outcome::Deleted),
+            Op::PutSettings(settings) => tx.put_site_settings(settings).map(|_| Outcome::Done),
+            Op::SetAdminPassword(hash) => tx.put_admin_password(hash).map(|_| Outcome::Done),
             Op::SetPortGroups { mac, groups } => {
                 net::set_port_groups(tx, *mac, groups).map(|p| Outcome::Port(Box::new(p)))
             }

@@ -20,6 +20,7 @@
 mod agents;
 pub mod boot;
 mod catalog;
+pub mod console;
 pub mod command;
 mod deploy;
 pub mod ha;
@@ -32,6 +33,7 @@ mod net;
 pub mod placement;
 pub mod power;
 pub mod rules;
+pub mod settings;
 pub mod timeline;
 pub mod tokens;
 pub mod vms;
@@ -115,6 +117,10 @@ pub struct App {
     pub overcommit: placement::Overcommit,
     /// Host HA: settings and what the engine has under way (in memory).
     pub ha: Arc<ha::Ha>,
+    /// Console sessions (in memory).
+    pub sessions: Arc<console::Sessions>,
+    /// The site settings in force.
+    pub settings: Arc<settings::Live>,
 }
 
 /// Reads whose cost grows with the store (a page of a list, the machine counts of
@@ -308,7 +314,7 @@ impl App {
             });
         }
         let text = boot.render_kickstart(&m)?;
-        let release = boot.kickstart.release.name().to_string();
+        let release = boot.kickstart().release.name().to_string();
         let m = self
             .store
             .run_machine(Op::StartInstall { mac, release })
@@ -318,7 +324,7 @@ impl App {
             cosm_wire::EventKind::Boot,
             format!(
                 "kickstart served ({}, role {})",
-                boot.kickstart.release.name(),
+                boot.kickstart().release.name(),
                 m.role.map(|r| r.to_string()).unwrap_or_default()
             ),
         );

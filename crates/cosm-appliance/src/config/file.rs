@@ -28,6 +28,27 @@ pub struct ConfigFile {
     pub vms: Vms,
     #[serde(default)]
     pub ha: Ha,
+    #[serde(default)]
+    pub console: Console,
+}
+
+/// The web console's sessions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// A session unused this long is over (default 1800 s).
+    pub session_idle_secs: u64,
+    /// A session is over this long after its login, used or not (default 12 h).
+    pub session_max_secs: u64,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            session_idle_secs: 1800,
+            session_max_secs: 12 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

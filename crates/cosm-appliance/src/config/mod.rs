@@ -72,6 +72,9 @@ pub struct Config {
     pub ha_enabled: bool,
     /// `[ha] alarm_webhook`: where alarm changes are POSTed.
     pub alarm_webhook: Option<String>,
+    /// `[console]`: how long a console session lasts unused, and at most.
+    pub session_idle: std::time::Duration,
+    pub session_max: std::time::Duration,
 }
 
 /// Bounds on enrolment from the provisioning network, where anyone holds the enrol token.
@@ -305,7 +308,17 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 ));
             }
         }
+        for (key, v) in [
+            ("console.session_idle_secs", f.console.session_idle_secs),
+            ("console.session_max_secs", f.console.session_max_secs),
+        ] {
+            if !(1..=30 * 86400).contains(&v) {
+                return Err(invalid(key, format!("{v} is outside 1..=2592000")));
+            }
+        }
         Ok(Config {
+            session_idle: std::time::Duration::from_secs(f.console.session_idle_secs),
+            session_max: std::time::Duration::from_secs(f.console.session_max_secs),
             ha_enabled: f.ha.enabled,
             alarm_webhook: f.ha.alarm_webhook.clone(),
             kickstart,

@@ -6,6 +6,7 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::app::console::{same_secret, CSRF_HEADER, SESSION_COOKIE};
 use crate::app::tokens;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -134,6 +135,9 @@ pub(super) async fn authenticate(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
     else {
+        if let Some(id) = session_cookie(req.headers()) {
+            return session(state, id, req, next).await;
+        }
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -181,6 +185,66 @@ pub(super) async fn authenticate(
     });
     next.run(req).await
 }
+
+/// The console session id in the request's cookies, if any.
+pub(super) fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A request made with a console session's cookie: the session's scope, like a token's,
+/// and for anything but a read the session's CSRF token in `X-CSRF-Token` (a cookie is
+/// sent by the browser whoever made the page that asks; the CSRF token only by the
+/// console's own script).
+async fn session(state: AppState, id: String, mut req: Request, next: Next) -> Response {
+    let Some(s) = state.app.sessions.get(&id) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the console session expired or was closed: log in again",
+        )
+        .into_response();
+    };
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        let sent = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !same_secret(sent, &s.csrf) {
+            tracing::warn!(user = %s.user, method = %req.method(), path = req.uri().path(), "console request refused: missing or wrong CSRF token");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "this request carries the console's session cookie but not its CSRF token (X-CSRF-Token): it did not come from the console",
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(Caller {
+        token_id: s.token_id,
+        name: format!("console session of {}", s.user),
+        grant: Grant::Token(s.scope),
+        mac: None,
+    });
+    req.extensions_mut().insert(SessionId(id));
+    req.extensions_mut().insert(s);
+    next.run(req).await
+}
+
+/// The id of the console session a request was made with (from its cookie).
+#[derive(Debug, Clone)]
+pub(super) struct SessionId(pub String);
 
 pub(super) fn agent_mac(caller: &Caller) -> Result<MacAddr, ApiError> {
     if caller.grant == Grant::Install {

@@ -294,6 +294,8 @@ pub(super) async fn delete_token(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     state.app.store.run(Op::DeleteToken(id)).await?;
+    // Console sessions opened with it end with it.
+    state.app.sessions.close_token(id);
     tracing::info!(caller = %caller.name, caller_token = caller.token_id, token = id, "API token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -32,6 +32,12 @@ impl ApiError {
         }
     }
 
+    /// With a `Retry-After` header (a 429).
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
     pub fn field(status: StatusCode, field: &str, message: impl Into<String>) -> ApiError {
         let mut e = ApiError::new(status, "invalid_field", message);
         e.body.field = Some(field.into());

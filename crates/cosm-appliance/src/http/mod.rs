@@ -14,6 +14,7 @@ mod agents;
 mod auth;
 mod boot;
 mod catalog;
+mod console;
 mod error;
 mod extract;
 mod images;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(vms::routes())
         .merge(power::routes())
         .merge(net::routes())
+        .merge(console::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -87,7 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/api/v1/openapi.json", get(ops::openapi_json))
-        .merge(boot::routes());
+        .merge(boot::routes())
+        .merge(console::open_routes());
     api.merge(open)
         .route_layer(middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -47,6 +47,8 @@ pub struct Changes {
     pub ha: u64,
     /// Tenant networks and security groups.
     pub net: u64,
+    /// Site settings and the console password.
+    pub settings: u64,
 }
 
 impl Changes {
@@ -60,6 +62,7 @@ impl Changes {
         self.images += other.images.min(1);
         self.vms += other.vms.min(1);
         self.ha += other.ha.min(1);
+        self.settings += other.settings.min(1);
         self.net += other.net.min(1);
     }
 

@@ -20,12 +20,14 @@ mod machines;
 mod net;
 mod roles;
 mod schema;
+mod settings;
 mod tokens;
 mod vms;
 
 pub use engine::{Changes, Page, Store, StoreCommand, StoreOptions, StoreStats, Tx};
 pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
+pub use settings::PasswordHash;
 pub use tokens::TokenRecord;
 pub use vms::port_hosts;
 

@@ -10,12 +10,19 @@ use cosm_wire::Machine;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 /// The schema this binary writes. Bump it together with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// `MIGRATIONS[i]` upgrades a store from schema `i + 1` to `i + 2`, inside the same write
 /// transaction that records the new version, so a crash mid-migration leaves the old schema.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: &[Migration] = &[build_indexes, vm_tables, ha_tables, net_tables, port_table];
+const MIGRATIONS: &[Migration] = &[
+    build_indexes,
+    vm_tables,
+    ha_tables,
+    net_tables,
+    port_table,
+    settings_table,
+];
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const MACHINES: TableDefinition<u64, &[u8]> = TableDefinition::new("machines");
@@ -72,6 +79,8 @@ pub(super) const NETWORK_VNIS: TableDefinition<u32, &str> = TableDefinition::new
 pub(super) const SECGROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("secgroups");
 /// Ports by MAC (`aa:bb:…`): VM NICs on tenant networks and host-owned ports.
 pub(super) const PORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("ports");
+/// Site settings and the console's admin password hash, by key (schema 7).
+pub(super) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 pub(super) const RULE_ORDER: TableDefinition<(i32, u64), ()> = TableDefinition::new("rule_order");
 
 /// Creates missing tables, seeds a new store (`seed` runs in the same transaction), and
@@ -109,6 +118,7 @@ pub(super) fn init(
         txn.open_table(NETWORK_VNIS)?;
         txn.open_table(SECGROUPS)?;
         txn.open_table(PORTS)?;
+        txn.open_table(SETTINGS)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             None => {
@@ -138,6 +148,12 @@ pub(super) fn init(
 
 /// Schema 4 → 5: tenant networks and security groups, created empty by `init`.
 fn net_tables(_txn: &WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Schema 6 → 7: site settings and the console password (issue 15), created empty by
+/// `init`.
+fn settings_table(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod boot;
 mod catalog;
 mod common;
+mod console;
 mod deploy;
 mod errors;
 mod images;
