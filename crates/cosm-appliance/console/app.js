@@ -1565,8 +1565,9 @@
     document.getElementById("logout").addEventListener("click", logout);
     window.addEventListener("hashchange", route);
     fillObserver.observe(document.getElementById("main"), { subtree: true, childList: true, attributes: true, attributeFilter: ["data-pct"] });
+    // Without a hash, replacing it fires hashchange, which routes.
     if (!location.hash) location.replace("#/rack");
-    route();
+    else route();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
