@@ -1258,7 +1258,7 @@
         const failures = [];
         for (const mac of macs) {
           try {
-            await api("POST", `${API}/machines/${encodeURIComponent(mac)}/redeploy`, {});
+            await api("POST", `${API}/machines/${encodeURIComponent(mac)}/redeploy`);
             state.deploySelected.delete(mac);
           } catch (e) {
             if (e.status === 401) return;
@@ -1294,7 +1294,7 @@
       h("ol", { class: "steps", testid: `steps-${m.mac}` }, (p.steps || []).map((s, i) => h("li", {
         class: `step step-${s.state}`, testid: `step-${m.mac}-${i}`, dataset: { state: s.state },
         title: s.message || null,
-      }, h("span", { class: "visually-hidden" }, `${s.state}: `), s.name, s.at ? h("span", { class: "at" }, ` ${fmtTime(s.at)}`) : null))),
+      }, h("span", { class: "visually-hidden" }, `${s.state}: `), s.name, s.at ? h("span", { class: "at" }, ` ${new Date(s.at).toLocaleTimeString()}`) : null))),
       failed ? h("div", { class: "failed", role: "alert", testid: `failed-${m.mac}` },
         h("strong", {}, `Failed at ${failed.step}: `), h("span", { testid: `failed-message-${m.mac}` }, failed.message),
         failed.log_tail && failed.log_tail.length

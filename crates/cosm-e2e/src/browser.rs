@@ -79,8 +79,7 @@ struct NetnsConnector {
 
 type ConnectFuture = Pin<
     Box<
-        dyn Future<Output = std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>>>
-            + Send,
+        dyn Future<Output = std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>>> + Send,
     >,
 >;
 
@@ -101,9 +100,10 @@ impl tower::Service<http::Uri> for NetnsConnector {
         Box::pin(async move {
             let host = uri.host().unwrap_or("127.0.0.1").to_string();
             let port = uri.port_u16().unwrap_or(80);
-            let stream = tokio::task::spawn_blocking(move || connect_in(netns.as_deref(), &host, port))
-                .await
-                .map_err(std::io::Error::other)??;
+            let stream =
+                tokio::task::spawn_blocking(move || connect_in(netns.as_deref(), &host, port))
+                    .await
+                    .map_err(std::io::Error::other)??;
             stream.set_nonblocking(true)?;
             stream.set_nodelay(true)?;
             Ok(hyper_util::rt::TokioIo::new(
@@ -125,7 +125,9 @@ fn connect_in(netns: Option<&str>, host: &str, port: u16) -> std::io::Result<std
 /// A loopback port that was free a moment ago (in `netns` when given).
 fn free_port(netns: Option<&str>) -> anyhow::Result<u16> {
     let pick = || -> std::io::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
     };
     Ok(match netns {
         None => pick()?,
@@ -232,20 +234,42 @@ impl Browser {
             netns: netns.map(str::to_string),
         };
         let url = format!("http://127.0.0.1:{port}");
-        let client = self
-            .rt
-            .block_on(async {
-                tokio::time::timeout(
-                    START_TIMEOUT,
-                    ClientBuilder::new(connector).capabilities(caps).connect(&url),
-                )
-                .await
-            })
-            .map_err(|_| anyhow!("no WebDriver session within {START_TIMEOUT:?}"))
-            .and_then(|r| r.map_err(|e| anyhow!("{e}")))
-            .with_context(|| {
-                format!("cannot open a Chromium session; chromedriver's log:\n{}", self.driver_log())
-            })?;
+        // A chromedriver that has just started listening may drop the first requests (and on
+        // a loaded machine Chromium is slow to start): try again until the deadline, as long
+        // as chromedriver runs.
+        let builder = {
+            let mut b = ClientBuilder::new(connector);
+            b.capabilities(caps);
+            b
+        };
+        let deadline = Instant::now() + START_TIMEOUT * 2;
+        let client = loop {
+            let attempt = self
+                .rt
+                .block_on(async {
+                    tokio::time::timeout(START_TIMEOUT, builder.connect(&url)).await
+                })
+                .map_err(|_| anyhow!("no WebDriver session within {START_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(|e| anyhow!("{e}")));
+            match attempt {
+                Ok(client) => break client,
+                Err(e) => {
+                    let exited = match self.driver.as_mut() {
+                        Some(d) => d.try_wait()?.is_some(),
+                        None => true,
+                    };
+                    if exited || Instant::now() > deadline {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "cannot open a Chromium session; chromedriver's log:\n{}",
+                                self.driver_log()
+                            )
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        };
         self.client = Some(client);
         // The window size flag applies to the first window; set it through WebDriver too, so
         // the viewport is the same whatever Chromium's version does with the flag.
@@ -256,14 +280,16 @@ impl Browser {
 
     /// The last lines of chromedriver's log (for error messages).
     pub fn driver_log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("chromedriver.log"))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join("chromedriver.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     fn client(&self) -> anyhow::Result<&Client> {
-        self.client.as_ref().ok_or_else(|| anyhow!("the browser session is closed"))
+        self.client
+            .as_ref()
+            .ok_or_else(|| anyhow!("the browser session is closed"))
     }
 
     /// Runs a WebDriver command to completion on the runtime.
@@ -277,7 +303,8 @@ impl Browser {
     /// Opens `url` and waits for the page to load.
     pub fn goto(&self, url: &str) -> anyhow::Result<()> {
         let c = self.client()?.clone();
-        self.block(c.goto(url)).with_context(|| format!("cannot open {url}"))
+        self.block(c.goto(url))
+            .with_context(|| format!("cannot open {url}"))
     }
 
     /// The current URL.
@@ -364,7 +391,8 @@ impl Browser {
     /// Clicks the first element matching `css`.
     pub fn click(&self, css: &str) -> anyhow::Result<()> {
         let e = self.find(css)?;
-        self.block(e.click()).with_context(|| format!("cannot click {css}"))
+        self.block(e.click())
+            .with_context(|| format!("cannot click {css}"))
     }
 
     /// Clears the input matching `css` and types `text` into it.
@@ -485,9 +513,9 @@ impl Browser {
         if let Some(client) = self.client.take() {
             // Closing the session quits Chromium; bounded, as a stuck browser must not hang
             // the test's teardown (the PIDs are killed below either way).
-            let _ = self
-                .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.close()).await });
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), client.close()).await
+            });
         }
         let Some(mut driver) = self.driver.take() else {
             return;
@@ -555,7 +583,12 @@ fn descendants(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(table.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            table
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     found.remove(0);

@@ -121,6 +121,11 @@ type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 /// answer), for as long as the test runs; returns the base URL.
 fn serve(handler: Handler) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    serve_on(listener, handler)
+}
+
+/// [`serve`] on a listener bound already (e.g. inside a network namespace).
+fn serve_on(listener: TcpListener, handler: Handler) -> String {
     let addr = listener.local_addr().expect("local address");
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
@@ -256,8 +261,34 @@ fn pointer_drag_and_drop_and_a_screenshot() -> anyhow::Result<()> {
         "{} is not a PNG",
         png.display()
     );
-    assert!(bytes.len() > 1000, "{} is too small to be a screenshot", png.display());
+    assert!(
+        bytes.len() > 1000,
+        "{} is too small to be a screenshot",
+        png.display()
+    );
     eprintln!("screenshot: {}", png.display());
+    Ok(())
+}
+
+/// Inside a network namespace: chromedriver and Chromium run there (`ip netns exec`), and
+/// the page is served on the namespace's own loopback, which the host cannot reach.
+#[test]
+fn pointer_drag_and_drop_inside_a_network_namespace() -> anyhow::Result<()> {
+    cosm_e2e::netns::require_root_tools(&["ip"]);
+    let ns = cosm_e2e::netns::NetNs::new("web")?;
+    let listener = cosm_e2e::bmc::in_netns(ns.name(), || TcpListener::bind("127.0.0.1:0"))??;
+    let base = serve_on(listener, Arc::new(fixture));
+    let browser = Browser::start_in(Some(ns.name()))?;
+    browser.goto(&format!("{base}/"))?;
+    browser.wait_for("[data-testid='card-52:54:00:00:00:01']", WAIT)?;
+    browser.drag(
+        "[data-testid='card-52:54:00:00:00:01']",
+        "[data-testid='column-host']",
+    )?;
+    browser.wait_for("[data-testid='column-host'][data-dropped='card']", WAIT)?;
+    browser.screenshot(&artifacts().join("drag-netns.png"))?;
+    drop(browser);
+    drop(ns);
     Ok(())
 }
 
@@ -271,7 +302,11 @@ fn drop_stops_chromedriver_and_chromium() -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
             .filter(|e| {
                 std::fs::read(e.path().join("cmdline"))
                     .map(|c| String::from_utf8_lossy(&c).contains(marker))
@@ -279,7 +314,10 @@ fn drop_stops_chromedriver_and_chromium() -> anyhow::Result<()> {
             })
             .count()
     };
-    assert!(naming(&marker) > 0, "no process names the browser's profile");
+    assert!(
+        naming(&marker) > 0,
+        "no process names the browser's profile"
+    );
     drop(browser);
     let deadline = std::time::Instant::now() + WAIT;
     while naming(&marker) > 0 {
@@ -373,16 +411,25 @@ fn stub_api(stub: &Arc<Mutex<Stub>>, r: &Request) -> Reply {
                 st.logged_in = true;
                 json("200 OK", session(&st))
             } else {
-                json("401 Unauthorized", serde_json::json!({"code": "unauthenticated", "message": "wrong password or token"}))
+                json(
+                    "401 Unauthorized",
+                    serde_json::json!({"code": "unauthenticated", "message": "wrong password or token"}),
+                )
             };
         }
         _ => {}
     }
     if !st.logged_in {
-        return json("401 Unauthorized", serde_json::json!({"code": "unauthenticated", "message": "log in"}));
+        return json(
+            "401 Unauthorized",
+            serde_json::json!({"code": "unauthenticated", "message": "log in"}),
+        );
     }
     if !matches!(r.method.as_str(), "GET" | "HEAD") && r.header("x-csrf-token") != Some(CSRF) {
-        return json("403 Forbidden", serde_json::json!({"code": "csrf", "message": "missing CSRF token"}));
+        return json(
+            "403 Forbidden",
+            serde_json::json!({"code": "csrf", "message": "missing CSRF token"}),
+        );
     }
     match (r.method.as_str(), path) {
         ("GET", "/api/v1/session") => json("200 OK", session(&st)),
@@ -390,22 +437,32 @@ fn stub_api(stub: &Arc<Mutex<Stub>>, r: &Request) -> Reply {
             st.logged_in = false;
             full("204 No Content", "text/plain", "")
         }
-        ("GET", "/api/v1/rack/stream") => Reply::Events(format!("event: rack\ndata: {}\n\n", rack())),
-        ("GET", "/api/v1/settings") => json("200 OK", serde_json::json!({
-            "settings": settings(),
-            "effective": [{"key": "dhcp.pool_start", "value": "192.0.2.100", "source": "default"}],
-            "interfaces": [{"name": "eth0", "addresses": ["192.0.2.1/24"], "mac": "52:54:00:aa:bb:cc"}],
-            "releases": ["rocky-9", "centos-stream-9"],
-        })),
+        ("GET", "/api/v1/rack/stream") => {
+            Reply::Events(format!("event: rack\ndata: {}\n\n", rack()))
+        }
+        ("GET", "/api/v1/settings") => json(
+            "200 OK",
+            serde_json::json!({
+                "settings": settings(),
+                "effective": [{"key": "dhcp.pool_start", "value": "192.0.2.100", "source": "default"}],
+                "interfaces": [{"name": "eth0", "addresses": ["192.0.2.1/24"], "mac": "52:54:00:aa:bb:cc"}],
+                "releases": ["rocky-9", "centos-stream-9"],
+            }),
+        ),
         ("POST", "/api/v1/settings/validate") => {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            let start = body["settings"]["network"]["pool_start"].as_str().unwrap_or("");
+            let start = body["settings"]["network"]["pool_start"]
+                .as_str()
+                .unwrap_or("");
             if body["step"] == "network" && !start.starts_with("192.0.2.") {
                 let message = format!("pool start {start} is outside the subnet 192.0.2.0/24");
-                json("422 Unprocessable Entity", serde_json::json!({
-                    "code": "invalid", "message": message,
-                    "errors": [{"field": "network.pool_start", "message": message}],
-                }))
+                json(
+                    "422 Unprocessable Entity",
+                    serde_json::json!({
+                        "code": "invalid", "message": message,
+                        "errors": [{"field": "network.pool_start", "message": message}],
+                    }),
+                )
             } else {
                 json("200 OK", serde_json::json!({"ok": true}))
             }
@@ -413,7 +470,10 @@ fn stub_api(stub: &Arc<Mutex<Stub>>, r: &Request) -> Reply {
         ("PUT", "/api/v1/settings") => {
             st.setup_complete = true;
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            json("200 OK", serde_json::json!({"settings": body, "effective": []}))
+            json(
+                "200 OK",
+                serde_json::json!({"settings": body, "effective": []}),
+            )
         }
         ("PUT", "/api/v1/admin/password") => full("204 No Content", "text/plain", ""),
         ("GET", "/api/v1/rules") => json("200 OK", serde_json::json!([])),
@@ -421,7 +481,10 @@ fn stub_api(stub: &Arc<Mutex<Stub>>, r: &Request) -> Reply {
         ("PUT", p) if p.starts_with("/api/v1/machines/") && p.ends_with("/role") => {
             json("200 OK", serde_json::json!({}))
         }
-        _ => json("404 Not Found", serde_json::json!({"code": "not_found", "message": "no such route"})),
+        _ => json(
+            "404 Not Found",
+            serde_json::json!({"code": "not_found", "message": "no such route"}),
+        ),
     }
 }
 
@@ -473,7 +536,10 @@ fn console_rack_plan_deploy_progress_and_session_expiry() -> anyhow::Result<()> 
     // The rack: cards from the stream, in their columns.
     let card1 = tid(&format!("card-{MAC1}"));
     browser.wait_for(&format!("{} {card1}", tid("column-unassigned")), WAIT)?;
-    browser.wait_for(&format!("{} {}", tid("column-host"), tid(&format!("card-{MAC3}"))), WAIT)?;
+    browser.wait_for(
+        &format!("{} {}", tid("column-host"), tid(&format!("card-{MAC3}"))),
+        WAIT,
+    )?;
     browser.wait_for("[data-testid='rack-live'][data-live='true']", WAIT)?;
     browser.screenshot(&artifacts().join("console-rack.png"))?;
 
@@ -485,7 +551,10 @@ fn console_rack_plan_deploy_progress_and_session_expiry() -> anyhow::Result<()> 
     assert!(badge.contains("2 CPUs < 4 required"), "badge: {badge}");
     // The keyboard way: machine 2's "Assign role" select.
     browser.select_option(&tid(&format!("assign-{MAC2}")), "web")?;
-    browser.wait_for(&format!("{} {}", tid("column-web"), tid(&format!("card-{MAC2}"))), WAIT)?;
+    browser.wait_for(
+        &format!("{} {}", tid("column-web"), tid(&format!("card-{MAC2}"))),
+        WAIT,
+    )?;
     assert_eq!(browser.text(&tid("plan-review"))?, "Review plan (2)");
     browser.screenshot(&artifacts().join("console-rack-planned.png"))?;
 
@@ -493,7 +562,10 @@ fn console_rack_plan_deploy_progress_and_session_expiry() -> anyhow::Result<()> 
     browser.click(&tid("plan-review"))?;
     browser.wait_for(&tid(&format!("plan-row-{MAC1}")), WAIT)?;
     let row = browser.text(&tid(&format!("plan-row-{MAC1}")))?;
-    assert!(row.contains("unassigned") && row.contains("host"), "plan row: {row}");
+    assert!(
+        row.contains("unassigned") && row.contains("host"),
+        "plan row: {row}"
+    );
     browser.screenshot(&artifacts().join("console-plan.png"))?;
     browser.click(&tid("plan-apply"))?;
     browser.wait_gone(&tid("plan-dialog"), WAIT)?;
@@ -506,6 +578,25 @@ fn console_rack_plan_deploy_progress_and_session_expiry() -> anyhow::Result<()> 
     assert_eq!(put1[0].header("x-csrf-token"), Some(CSRF));
     assert_eq!(browser.text(&tid("plan-review"))?, "Review plan (0)");
 
+    // Multi-select: tick two cards, drag one, both move; then discard the plan.
+    browser.click(&tid(&format!("select-{MAC1}")))?;
+    browser.click(&tid(&format!("select-{MAC2}")))?;
+    browser.wait_for(
+        &format!("{}[data-selected='true']", tid(&format!("card-{MAC2}"))),
+        WAIT,
+    )?;
+    browser.drag(&tid(&format!("card-{MAC2}")), &tid("column-storage"))?;
+    for mac in [MAC1, MAC2] {
+        browser.wait_for(
+            &format!("{} {}", tid("column-storage"), tid(&format!("card-{mac}"))),
+            WAIT,
+        )?;
+    }
+    assert_eq!(browser.text(&tid("plan-review"))?, "Review plan (2)");
+    browser.click(&tid("plan-discard"))?;
+    browser.wait_for(&format!("{} {card1}", tid("column-host")), WAIT)?;
+    assert_eq!(browser.text(&tid("plan-review"))?, "Review plan (0)");
+
     // Deploy: machine 3's progress bar, its steps and its failed step with the log tail.
     browser.click(&tid("nav-deploy"))?;
     let bar = tid(&format!("progress-{MAC3}"));
@@ -513,7 +604,10 @@ fn console_rack_plan_deploy_progress_and_session_expiry() -> anyhow::Result<()> 
     assert_eq!(browser.attr(&bar, "role")?.as_deref(), Some("progressbar"));
     assert_eq!(browser.attr(&bar, "aria-valuenow")?.as_deref(), Some("57"));
     let failed_step = tid(&format!("step-{MAC3}-2"));
-    assert_eq!(browser.attr(&failed_step, "data-state")?.as_deref(), Some("failed"));
+    assert_eq!(
+        browser.attr(&failed_step, "data-state")?.as_deref(),
+        Some("failed")
+    );
     let tail = browser.text(&tid(&format!("logtail-{MAC3}")))?;
     assert!(tail.contains("disk sda not found"), "log tail: {tail}");
     browser.screenshot(&artifacts().join("console-deploy.png"))?;
@@ -537,31 +631,51 @@ fn console_setup_wizard_refuses_a_pool_outside_the_subnet() -> anyhow::Result<()
     browser.wait_for("[data-testid='wizard-step'][data-step='network']", WAIT)?;
     browser.select_option(&tid("field-network.interface"), "eth0")?;
     browser.wait_for("[data-testid='field-network.appliance_ip']", WAIT)?;
-    assert_eq!(browser.value(&tid("field-network.appliance_ip"))?, "192.0.2.1");
+    assert_eq!(
+        browser.value(&tid("field-network.appliance_ip"))?,
+        "192.0.2.1"
+    );
     browser.type_text(&tid("field-network.pool_start"), "10.0.0.5")?;
     browser.type_text(&tid("field-network.pool_end"), "192.0.2.200")?;
     browser.click(&tid("wizard-next"))?;
     let summary = browser.wait_for_text(&tid("wizard-error"), "outside the subnet", WAIT)?;
     assert!(summary.contains("network.pool_start"), "summary: {summary}");
     let next_to_field = browser.text(&tid("error-network.pool_start"))?;
-    assert!(next_to_field.contains("pool start 10.0.0.5 is outside the subnet"), "{next_to_field}");
-    let described = browser.attr(&tid("field-network.pool_start"), "aria-describedby")?.unwrap_or_default();
-    assert!(described.contains("err-network-pool_start"), "aria-describedby: {described}");
+    assert!(
+        next_to_field.contains("pool start 10.0.0.5 is outside the subnet"),
+        "{next_to_field}"
+    );
+    let described = browser
+        .attr(&tid("field-network.pool_start"), "aria-describedby")?
+        .unwrap_or_default();
+    assert!(
+        described.contains("err-network-pool_start"),
+        "aria-describedby: {described}"
+    );
     browser.screenshot(&artifacts().join("console-wizard-refused.png"))?;
 
     browser.type_text(&tid("field-network.pool_start"), "192.0.2.100")?;
     browser.click(&tid("wizard-next"))?;
     browser.wait_for("[data-testid='wizard-step'][data-step='os']", WAIT)?;
-    browser.type_text(&tid("field-os.mirror_url"), "http://mirror.example/rocky/9/")?;
+    browser.type_text(
+        &tid("field-os.mirror_url"),
+        "http://mirror.example/rocky/9/",
+    )?;
     browser.click(&tid("wizard-next"))?;
     browser.wait_for("[data-testid='wizard-step'][data-step='roles']", WAIT)?;
     browser.type_text(&tid("field-roles.host.min_cpus"), "4")?;
     browser.click(&tid("wizard-next"))?;
     browser.wait_for("[data-testid='wizard-step'][data-step='admin']", WAIT)?;
     browser.type_text(&tid("field-admin.password"), "a long admin password")?;
-    browser.type_text(&tid("field-admin.password_confirm"), "a long admin password")?;
+    browser.type_text(
+        &tid("field-admin.password_confirm"),
+        "a long admin password",
+    )?;
     let review = browser.text(&tid("wizard-review"))?;
-    assert!(review.contains("network.pool_start") && review.contains("192.0.2.100"), "review: {review}");
+    assert!(
+        review.contains("network.pool_start") && review.contains("192.0.2.100"),
+        "review: {review}"
+    );
     browser.screenshot(&artifacts().join("console-wizard-review.png"))?;
     browser.click(&tid("wizard-apply"))?;
     browser.wait_for(&tid("wizard-done"), WAIT)?;
