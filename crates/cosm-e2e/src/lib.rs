@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod bmc;
+pub mod browser;
 pub mod guest;
 pub mod ha;
 pub mod libvirtd;
