@@ -416,7 +416,7 @@
       const byToken = form.querySelector("input[name=method]:checked").value === "token";
       submit.disabled = true;
       try {
-        setSession(await api("POST", `${API}/session`, byToken ? { token: value } : { password: value }, { no401: true }));
+        setSession(await api("POST", `${API}/login`, byToken ? { token: value } : { password: value }, { no401: true }));
         state.expired = false;
         location.hash = state.session.setup_complete || !isAdmin() ? "#/rack" : "#/setup";
       } catch (e) {
@@ -802,7 +802,7 @@
     }
     button.disabled = true;
     try {
-      await api("POST", `${API}/settings/validate`, { step: "admin", settings: w.settings });
+      await api("POST", `${API}/settings/validate`, { step: "all", settings: w.settings });
       if (w.password) await api("PUT", `${API}/admin/password`, { password: w.password });
       w.password = "";
       w.passwordConfirm = "";

@@ -405,7 +405,7 @@ fn stub_api(stub: &Arc<Mutex<Stub>>, r: &Request) -> Reply {
         ("GET", "/") => return full("200 OK", "text/html; charset=utf-8", INDEX_HTML),
         ("GET", "/ui/app.js") => return full("200 OK", "text/javascript; charset=utf-8", APP_JS),
         ("GET", "/ui/app.css") => return full("200 OK", "text/css; charset=utf-8", APP_CSS),
-        ("POST", "/api/v1/session") => {
+        ("POST", "/api/v1/login") => {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
             return if body["password"] == PASSWORD {
                 st.logged_in = true;
