@@ -1,5 +1,6 @@
 //! Runs the appliance: builds it ([`crate::assembly`]), serves HTTP and HTTPS on the API
-//! port ([`crate::api_tls`] has the certificate) until SIGINT or SIGTERM, then lets in-flight requests finish and closes the store.
+//! port ([`crate::api_tls`] has the certificate) until SIGINT or SIGTERM, then lets
+//! in-flight requests finish and closes the store.
 
 use crate::assembly::{Assembly, Network};
 use crate::config::Config;
