@@ -6,8 +6,10 @@
 //! [`http`] (the only code that knows HTTP) → [`app`] (every workflow and its
 //! preconditions, as store commands) → [`store`] (the only code that touches redb).
 //! [`config`] is the checked configuration; [`dhcp_service`] wires netboot's DHCP server to
-//! the application; [`metrics`] is the Prometheus registry.
+//! the application; [`metrics`] is the Prometheus registry; [`api_tls`] is the certificate of
+//! HTTPS on the API port.
 
+pub mod api_tls;
 pub mod app;
 pub mod assembly;
 pub mod config;

@@ -106,6 +106,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("  data_dir                  {}", c.data_dir.display());
             println!("  api.listen                {}", c.api_listen);
             println!("  api.max_body_bytes        {}", c.max_body_bytes);
+            // The certificate files are read and checked here too (exit 1 when they are
+            // wrong); a self-signed certificate not made yet is only described.
+            println!(
+                "  api HTTPS (same port)     {}",
+                cosm_appliance::api_tls::check(&c)?
+            );
             println!(
                 "  api connections           at most {}, closed after {} s without traffic",
                 c.http_limits.max_connections,

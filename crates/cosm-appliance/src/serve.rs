@@ -1,5 +1,6 @@
-//! Runs the appliance: builds it ([`crate::assembly`]), serves HTTP until SIGINT or
-//! SIGTERM, then lets in-flight requests finish and closes the store.
+//! Runs the appliance: builds it ([`crate::assembly`]), serves HTTP and HTTPS on the API
+//! port ([`crate::api_tls`] has the certificate) until SIGINT or SIGTERM, then lets
+//! in-flight requests finish and closes the store.
 
 use crate::assembly::{Assembly, Network};
 use crate::config::Config;
@@ -11,6 +12,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // with the default action (exit by signal instead of a clean stop).
     let shutdown = shutdown_signal()?;
     let limits = connection_limits(&config);
+    // Before the store opens: a wrong certificate setting stops the start at once.
+    let cert = crate::api_tls::load_or_create(&config)?;
+    if cert.created {
+        tracing::info!(cert = %cert.cert_file.display(), key = %cert.key_file.display(), "made a self-signed certificate for HTTPS on the API port");
+    }
     let assembly = Assembly::build(&config, Network::AsConfigured).await?;
     if let Some((token, path)) = &assembly.first_admin {
         // Shown once, on stderr, outside the log format so it is not lost in JSON logs.
@@ -26,10 +32,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on api.listen = {}", config.api_listen))?;
     let addr = listener.local_addr()?;
+    tracing::info!(
+        fingerprint = %cert.fingerprint,
+        cert = %cert.cert_file.display(),
+        "HTTPS on the API port: {}",
+        cert.describe()
+    );
     tracing::info!(%addr, "HTTP API listening");
-    crate::http::serve(listener, router, limits, shutdown)
-        .await
-        .context("HTTP server failed")?;
+    crate::http::serve(
+        listener,
+        router,
+        limits,
+        Some(cert.server_config.clone()),
+        shutdown,
+    )
+    .await
+    .context("HTTP server failed")?;
     assembly.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -349,6 +349,11 @@ pub struct Api {
     /// A connection with no traffic either way for this many seconds is closed (a silent
     /// client, an idle keep-alive); so is one whose request headers take longer.
     pub idle_timeout_secs: u64,
+    /// HTTPS on the same port: a PEM certificate chain and its PEM private key, both or
+    /// neither (relative to data_dir). Neither: a self-signed certificate made once in
+    /// data_dir.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 impl Default for Api {
@@ -358,6 +363,8 @@ impl Default for Api {
             max_body_bytes: 1024 * 1024,
             max_connections: 4096,
             idle_timeout_secs: 30,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

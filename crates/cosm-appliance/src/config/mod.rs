@@ -50,6 +50,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// HTTP connection bounds (`api.max_connections`, `api.idle_timeout_secs`).
     pub http_limits: HttpLimits,
+    /// The certificate of HTTPS on the API port (`api.tls_cert`, `api.tls_key`).
+    pub api_tls: ApiTls,
     pub events_per_machine: u64,
     /// `None` when DHCP is off.
     pub dhcp: Option<DhcpSettings>,
@@ -102,6 +104,21 @@ impl Default for EnrollLimits {
 pub struct HttpLimits {
     pub max_connections: usize,
     pub idle_timeout: std::time::Duration,
+}
+
+/// The self-signed certificate's file in data_dir (PEM).
+pub const SELF_SIGNED_CERT: &str = "console-cert.pem";
+/// The self-signed certificate's private key in data_dir (PEM, mode 0600).
+pub const SELF_SIGNED_KEY: &str = "console-key.pem";
+
+/// Where the certificate of HTTPS on the API port comes from (see [`crate::api_tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTls {
+    /// `api.tls_cert` and `api.tls_key`: the operator's PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Neither key: a self-signed certificate, made at the first start and kept in data_dir
+    /// (`console-cert.pem`, `console-key.pem`).
+    SelfSigned { cert: PathBuf, key: PathBuf },
 }
 
 /// How machines are installed.
@@ -283,6 +300,35 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 p
             }
         };
+        let api_tls = match (&f.api.tls_cert, &f.api.tls_key) {
+            (None, None) => ApiTls::SelfSigned {
+                cert: data_dir.join(SELF_SIGNED_CERT),
+                key: data_dir.join(SELF_SIGNED_KEY),
+            },
+            (Some(cert), Some(key)) => {
+                for (k, v) in [("api.tls_cert", cert), ("api.tls_key", key)] {
+                    if v.trim().is_empty() {
+                        return Err(invalid(k, "must not be empty".into()));
+                    }
+                }
+                ApiTls::Files {
+                    cert: rel(cert),
+                    key: rel(key),
+                }
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "api.tls_key",
+                    "is missing: api.tls_cert is set, and a certificate needs its private key (set both, or neither for a self-signed certificate)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "api.tls_cert",
+                    "is missing: api.tls_key is set, and a key needs its certificate (set both, or neither for a self-signed certificate)".into(),
+                ))
+            }
+        };
         let boot = install::boot_settings(&f.boot, dhcp.as_ref(), api_listen, &rel)
             .map_err(|(key, message)| invalid(&key, message))?;
         let tftp = match f.tftp {
@@ -343,6 +389,7 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 max_connections: f.api.max_connections,
                 idle_timeout: std::time::Duration::from_secs(f.api.idle_timeout_secs),
             },
+            api_tls,
             events_per_machine: f.events.retain_per_machine,
             dhcp,
         })
@@ -475,6 +522,42 @@ mod tests {
         let d = ok.dhcp.unwrap();
         assert_eq!(d.core.boot.http_base, "http://192.0.2.1:8080");
         assert_eq!(d.listen.addr.to_string(), "0.0.0.0:67");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let e = err("data_dir = \"/x\"\n[api]\ntls_cert = \"c.pem\"\n");
+        assert!(
+            e.contains("key `api.tls_key`") && e.contains("is missing"),
+            "{e}"
+        );
+        let e = err("data_dir = \"/x\"\n[api]\ntls_key = \"k.pem\"\n");
+        assert!(
+            e.contains("key `api.tls_cert`") && e.contains("is missing"),
+            "{e}"
+        );
+        let e = err("data_dir = \"/x\"\n[api]\ntls_cert = \"\"\ntls_key = \"k.pem\"\n");
+        assert!(e.contains("key `api.tls_cert`: must not be empty"), "{e}");
+        let c = Config::parse(
+            Path::new("/etc/cosm/a.toml"),
+            "data_dir = \"/x\"\n[api]\ntls_cert = \"c.pem\"\ntls_key = \"/etc/k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.api_tls,
+            ApiTls::Files {
+                cert: "/x/c.pem".into(),
+                key: "/etc/k.pem".into()
+            }
+        );
+        let c = Config::parse(Path::new("/etc/cosm/a.toml"), "data_dir = \"/x\"").unwrap();
+        assert_eq!(
+            c.api_tls,
+            ApiTls::SelfSigned {
+                cert: "/x/console-cert.pem".into(),
+                key: "/x/console-key.pem".into()
+            }
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod vms;
 pub use auth::{grants, Access, Caller};
 pub use error::ApiError;
 pub use openapi::ApiDoc;
-pub use serve::serve;
+pub use serve::{serve, Transport};
 
 use crate::app::App;
 use crate::metrics::{HttpLabels, Metrics};

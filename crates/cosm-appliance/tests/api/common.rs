@@ -14,6 +14,8 @@ pub(crate) struct TestApp {
     pub(crate) router: Router,
     pub(crate) admin: String,
     pub(crate) assembly: Assembly,
+    /// The checked config it was built from (for tests that serve it on a real listener).
+    pub(crate) config: Config,
     pub(crate) _dir: tempfile::TempDir,
 }
 
@@ -34,6 +36,15 @@ impl TestApp {
     /// With more `[agents]` keys and more sections at the end of the config (e.g. a
     /// `[dhcp]` section: the DHCP server itself is not started).
     pub(crate) async fn with_sections(max_body_bytes: usize, agents: &str, more: &str) -> TestApp {
+        Self::build(max_body_bytes, "", agents, more).await
+    }
+
+    /// With more `[api]` keys (e.g. `idle_timeout_secs = 1`).
+    pub(crate) async fn with_api(api: &str) -> TestApp {
+        Self::build(64 * 1024, api, "", "").await
+    }
+
+    async fn build(max_body_bytes: usize, api: &str, agents: &str, more: &str) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         // A boot directory staged from small stand-ins for iPXE and the ramdisk.
         let src = dir.path().join("src");
@@ -60,6 +71,7 @@ impl TestApp {
             r#"data_dir = "."
 [api]
 max_body_bytes = {max_body_bytes}
+{api}
 [agents]
 {beats}
 {agents}
@@ -89,6 +101,7 @@ max_upload_mib = 64
             router,
             admin: token,
             assembly,
+            config,
             _dir: dir,
         }
     }

@@ -1,6 +1,7 @@
 //! The REST API driven through the router (`tower::ServiceExt::oneshot`), with a real store
 //! in a temporary directory: every endpoint, authentication, and every error path. One
-//! file per resource; `common` holds the fixture.
+//! file per resource; `common` holds the fixture. `https` alone uses real sockets: the router
+//! served by `http::serve` with HTTP and HTTPS on one port, and the daemon binary itself.
 
 mod agents;
 mod auth;
@@ -10,6 +11,7 @@ mod common;
 mod console;
 mod deploy;
 mod errors;
+mod https;
 mod images;
 mod lifecycle;
 mod machines;
