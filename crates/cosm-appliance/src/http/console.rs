@@ -86,11 +86,22 @@ fn unauthorized(message: &str) -> ApiError {
 
 async fn login(
     State(state): State<AppState>,
+    transport: super::Transport,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
     let app = &state.app;
     let ip = peer.map(|c| c.0 .0.ip());
+    // A password or token sent in clear over the provisioning network is anyone's; the
+    // Secure cookie would not come back over plain HTTP either. Loopback is the exception
+    // (an SSH tunnel to the appliance).
+    if !transport.is_tls() && ip.is_some_and(|ip| !ip.is_loopback()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "https_required",
+            "log in over https:// (the same port speaks HTTPS): a password or token must not cross the network in clear",
+        ));
+    }
     if let Err(wait) = app.sessions.login_allowed(ip) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
