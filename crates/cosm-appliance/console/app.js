@@ -296,7 +296,7 @@
   /** Replaces the page: its title, then its content; returns the content container. */
   function page(title, ...content) {
     const main = document.getElementById("main");
-    main.replaceChildren(h("h1", { testid: "page-title" }, title), ...content);
+    main.replaceChildren(h("h1", { testid: "page-title" }, title), ...content.filter((c) => c !== null && c !== undefined && c !== false));
     document.title = `${title} · COSM`;
     return main;
   }
@@ -1266,9 +1266,10 @@
           }
         }
         const ok = macs.length - failures.length;
-        result.replaceChildren(
-          ok ? h("p", {}, `${ok} machine${ok === 1 ? "" : "s"} deploying: power ${ok === 1 ? "it" : "them"} on or reboot ${ok === 1 ? "it" : "them"} to network-boot the installer.`) : null,
-          failures.length ? h("div", { class: "error", role: "alert" }, h("p", {}, "Not deployed:"), h("ul", {}, failures.map((f) => h("li", {}, f)))) : null);
+        result.replaceChildren(...[
+          ok ? h("p", {}, `Deploy started for ${ok} machine${ok === 1 ? "" : "s"}: a machine whose agent is alive reboots into its installer; one with power settings is power-cycled; any other needs to be powered on or rebooted by hand.`) : null,
+          failures.length ? h("div", { class: "error", role: "alert" }, h("p", {}, "Not deployed:"), h("ul", {}, failures.map((f) => h("li", {}, f)))) : null,
+        ].filter(Boolean));
         draw();
       });
     }

@@ -185,6 +185,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     }
                 }
             }
+            print_site_settings(&c);
             Ok(())
         }
         Cmd::CreateToken {
@@ -209,5 +210,47 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+    }
+}
+
+/// The site settings in force (the console's wizard writes them to the store) with where
+/// each value comes from. The store is read only when no appliance holds it.
+fn print_site_settings(c: &Config) {
+    use cosm_appliance::app::settings;
+    let path = c.data_dir.join("cosm.redb");
+    let stored = if path.exists() {
+        match cosm_appliance::assembly::open_store(c) {
+            Ok(store) => match store.site_settings() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    println!("  site settings             cannot be read from the store: {e}");
+                    return;
+                }
+            },
+            Err(_) => {
+                println!("  site settings             the store is in use (is the appliance running?): GET /api/v1/settings shows the values in force and their sources");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let file = settings::from_config(c);
+    let stored = stored.flatten();
+    println!(
+        "  site settings             {} (store overrides file; file overrides built-in defaults):",
+        if stored.is_some() {
+            "set through the console or the API"
+        } else {
+            "from this file (the first-run wizard has not been applied)"
+        }
+    );
+    for e in settings::effective(&file, stored.as_ref()) {
+        let source = match e.source {
+            cosm_wire::SettingSource::Store => "store",
+            cosm_wire::SettingSource::File => "file",
+            cosm_wire::SettingSource::Default => "default",
+        };
+        println!("    {:<34} {:<40} [{source}]", e.key, e.value);
     }
 }

@@ -416,9 +416,43 @@ fn main() -> anyhow::Result<()> {
         vms(&rack)?;
     }
 
+    let fingerprint = rack
+        .app
+        .log_text()
+        .lines()
+        .find_map(|l| {
+            l.split("fingerprint ")
+                .nth(1)
+                .map(|f| f.split(['"', ' ', ',']).next().unwrap_or("").to_string())
+        })
+        .unwrap_or_else(|| "(see the appliance log)".into());
+    step("The web console: https://192.0.2.1:8080/ on the provisioning network (the API port speaks HTTPS too)");
+    println!("   self-signed certificate, SHA-256 fingerprint {fingerprint}");
+    println!("   log in with the admin token below (or the password set in its first-run wizard)");
+
     if args.keep {
         step("DEMO_KEEP=1: the rack and the appliance keep running");
         let ns = rack.ns.name().to_string();
+        // The console from this machine: a veth from here onto the rack's provisioning
+        // bridge, this side 192.0.2.254 (deleting the namespace deletes it).
+        let uplink = format!("{}u", &ns[..ns.len().min(12)]);
+        let mut add = std::process::Command::new("ip");
+        add.args(["link", "add", &uplink, "type", "veth", "peer", "name", "uplink", "netns", &ns]);
+        let _ = add.status();
+        let _ = rack.ns.run_ok({
+            let mut c = rack.ns.command("ip");
+            c.args(["link", "set", "uplink", "master", "br0", "up"]);
+            c
+        });
+        for args in [
+            vec!["addr", "add", "192.0.2.254/24", "dev", uplink.as_str()],
+            vec!["link", "set", uplink.as_str(), "up"],
+        ] {
+            let _ = std::process::Command::new("ip").args(&args).status();
+        }
+        println!("   web console from this machine: https://192.0.2.1:8080/ (through {uplink}, 192.0.2.254 on the rack's bridge)");
+        println!("   from your workstation: ssh -L 8443:192.0.2.1:8080 root@<this machine>, then https://localhost:8443/");
+        println!("   admin token: {}", rack.app.token());
         println!(
             "   export COSM_URL={} COSM_TOKEN={}",
             rack.app.url(),
