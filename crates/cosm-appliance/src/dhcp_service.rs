@@ -170,7 +170,9 @@ async fn follow_settings(
                 leases_outside = report.pools.leases_outside.len(),
                 "DHCP reloaded with the site settings"
             ),
-            Ok(Err(e)) => tracing::error!(error = %e, "DHCP kept its configuration: the site settings could not be applied"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "DHCP kept its configuration: the site settings could not be applied")
+            }
             Err(_) => tracing::error!("DHCP did not take the site settings within 10 s"),
         }
     }

@@ -66,15 +66,19 @@ fn put_group(rack: &Rack, name: &str, rules: Value) {
 fn wait_vteps(rack: &Rack) {
     // Active as well: a host that missed its beats under load is `lost` for a moment, and
     // VMs cannot be placed on it until its next beat.
-    wait_until("every host is active and reports its VXLAN endpoint", CONVERGE, || {
-        let hosts = rack.app.api("/api/v1/hosts")?;
-        Ok(hosts.as_array().is_some_and(|a| {
-            a.len() == rack.hosts.len()
-                && a.iter().all(|h| {
-                    h["capacity"]["vtep"].is_string() && h["machine_state"] == "active"
-                })
-        }))
-    })
+    wait_until(
+        "every host is active and reports its VXLAN endpoint",
+        CONVERGE,
+        || {
+            let hosts = rack.app.api("/api/v1/hosts")?;
+            Ok(hosts.as_array().is_some_and(|a| {
+                a.len() == rack.hosts.len()
+                    && a.iter().all(|h| {
+                        h["capacity"]["vtep"].is_string() && h["machine_state"] == "active"
+                    })
+            }))
+        },
+    )
     .unwrap();
 }
 

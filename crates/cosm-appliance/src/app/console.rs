@@ -332,9 +332,14 @@ pub fn card(
     }
 }
 
+/// Whether a timeline event completes a step.
+type StepDone = fn(&cosm_wire::Event) -> bool;
+
 /// The steps of a deploy, each with how to recognise on the timeline that it is done.
-const STEPS: [(&str, fn(&cosm_wire::Event) -> bool); 8] = [
-    ("Deploy requested", |e| e.to_state == Some(MachineState::Ready)),
+const STEPS: [(&str, StepDone); 8] = [
+    ("Deploy requested", |e| {
+        e.to_state == Some(MachineState::Ready)
+    }),
     ("Network boot (DHCP)", |e| {
         e.kind == EventKind::Dhcp && e.message.contains("ACK")
     }),
@@ -443,12 +448,28 @@ mod tests {
         use EventKind::*;
         vec![
             ev(Created, "recorded", None),
-            ev(StateChanged, "redeploy requested", Some(MachineState::Ready)),
+            ev(
+                StateChanged,
+                "redeploy requested",
+                Some(MachineState::Ready),
+            ),
             ev(Dhcp, "DHCPACK 192.0.2.100", None),
             ev(Boot, "script: Rocky Linux 9 installer", None),
-            ev(Boot, "kernel rocky-9-vmlinuz fetched from the image repository", None),
-            ev(Boot, "initrd rocky-9-initrd.img fetched from the image repository", None),
-            ev(StateChanged, "the installer fetched its kickstart", Some(MachineState::Deploying)),
+            ev(
+                Boot,
+                "kernel rocky-9-vmlinuz fetched from the image repository",
+                None,
+            ),
+            ev(
+                Boot,
+                "initrd rocky-9-initrd.img fetched from the image repository",
+                None,
+            ),
+            ev(
+                StateChanged,
+                "the installer fetched its kickstart",
+                Some(MachineState::Deploying),
+            ),
         ]
     }
 
@@ -470,7 +491,11 @@ mod tests {
         assert!(p.failed.is_none());
         let mut all = round();
         all.push(ev(EventKind::AgentRegistered, "enrolled", None));
-        all.push(ev(EventKind::StateChanged, "install finished", Some(MachineState::Deployed)));
+        all.push(ev(
+            EventKind::StateChanged,
+            "install finished",
+            Some(MachineState::Deployed),
+        ));
         all.push(ev(EventKind::Boot, "script → local disk", None));
         assert_eq!(progress(&all).unwrap().percent, 100);
     }
@@ -487,7 +512,12 @@ mod tests {
         let f = p.failed.unwrap();
         assert_eq!(f.step, "Agent enrolled");
         assert_eq!(f.message, "install failed: no disk");
-        assert_eq!(f.log_tail.len(), 7, "the round from its move to ready: {:?}", f.log_tail);
+        assert_eq!(
+            f.log_tail.len(),
+            7,
+            "the round from its move to ready: {:?}",
+            f.log_tail
+        );
         assert!(f.log_tail.last().unwrap().contains("no disk"));
         assert_eq!(p.steps[5].state, StepState::Failed);
     }

@@ -248,7 +248,10 @@ impl App {
         Ok(if !is_host(&m) {
             format!("it has role {role} and is {}", m.state)
         } else {
-            format!("it is {}, but its agent has not reported its hypervisor", m.state)
+            format!(
+                "it is {}, but its agent has not reported its hypervisor",
+                m.state
+            )
         })
     }
 

@@ -20,8 +20,8 @@
 mod agents;
 pub mod boot;
 mod catalog;
-pub mod console;
 pub mod command;
+pub mod console;
 mod deploy;
 pub mod ha;
 pub mod hosts;

@@ -286,8 +286,7 @@ pub fn check_os(o: &OsSettings) -> Vec<FieldError> {
     }
     let tz_ok = !o.timezone.is_empty()
         && o.timezone.len() <= 64
-        && o
-            .timezone
+        && o.timezone
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
         && !o.timezone.starts_with('/')
@@ -337,9 +336,10 @@ pub fn check_roles(roles: &BTreeMap<String, RoleRequirements>, ctx: &Context) ->
 /// The checks of one wizard step (or all of them).
 pub fn check(step: SettingsStep, s: &Settings, ctx: &Context) -> Vec<FieldError> {
     let mut out = Vec::new();
-    let net = |out: &mut Vec<FieldError>| match &s.network {
-        Some(n) => out.extend(check_network(n, ctx)),
-        None => {}
+    let net = |out: &mut Vec<FieldError>| {
+        if let Some(n) = &s.network {
+            out.extend(check_network(n, ctx))
+        }
     };
     match step {
         SettingsStep::Network => {
@@ -376,7 +376,10 @@ pub fn role_failures(inv: Option<&cosm_wire::Inventory>, r: &RoleRequirements) -
     }
     let mib = inv.memory_bytes >> 20;
     if mib < r.min_memory_mib {
-        out.push(format!("{mib} MiB memory < {} MiB required", r.min_memory_mib));
+        out.push(format!(
+            "{mib} MiB memory < {} MiB required",
+            r.min_memory_mib
+        ));
     }
     let disks = inv.disks.len() as u32;
     if disks < r.min_disks {
@@ -686,7 +689,10 @@ mod tests {
         let mut c = ctx();
         c.other_subnets = vec!["192.0.0.0/16".into()];
         let e = check_network(&net(), &c);
-        assert!(e[0].message.contains("overlaps the relayed subnet"), "{e:?}");
+        assert!(
+            e[0].message.contains("overlaps the relayed subnet"),
+            "{e:?}"
+        );
         let mut n = net();
         n.interface = "eth9".into();
         let e = check_network(&n, &ctx());
@@ -769,7 +775,10 @@ mod tests {
                 "largest disk 8 GiB < 20 GiB required"
             ]
         );
-        assert_eq!(role_failures(Some(&inv), &RoleRequirements::default()), Vec::<String>::new());
+        assert_eq!(
+            role_failures(Some(&inv), &RoleRequirements::default()),
+            Vec::<String>::new()
+        );
         assert_eq!(role_failures(None, &host).len(), 1);
     }
 
@@ -814,7 +823,10 @@ mod tests {
         let c = dhcp_config(&base, &n);
         assert_eq!(c.subnets[0], base.subnets[0], "the relayed subnet is kept");
         let p = &c.subnets[1];
-        assert_eq!((p.pools[0].first.to_string(), p.pools[0].last.to_string()), ("192.0.2.100".into(), "192.0.2.200".into()));
+        assert_eq!(
+            (p.pools[0].first.to_string(), p.pools[0].last.to_string()),
+            ("192.0.2.100".into(), "192.0.2.200".into())
+        );
         assert_eq!(p.routers, vec!["192.0.2.1".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(c.mode, Mode::Off);
         n.appliance_ip = "192.0.2.2".parse().unwrap();
@@ -839,15 +851,20 @@ mod tests {
         let mut stored = file.clone();
         stored.os.timezone = "Europe/Berlin".into();
         let eff = effective(&file, None);
-        let get = |eff: &[EffectiveSetting], k: &str| {
-            eff.iter().find(|e| e.key == k).cloned().unwrap()
-        };
+        let get =
+            |eff: &[EffectiveSetting], k: &str| eff.iter().find(|e| e.key == k).cloned().unwrap();
         assert_eq!(get(&eff, "os.timezone").source, SettingSource::File);
-        assert_eq!(get(&eff, "roles.host.min_cpus").source, SettingSource::Default);
+        assert_eq!(
+            get(&eff, "roles.host.min_cpus").source,
+            SettingSource::Default
+        );
         assert_eq!(get(&eff, "os.root_password_hash").value, "(set)");
         let eff = effective(&file, Some(&stored));
         let tz = get(&eff, "os.timezone");
-        assert_eq!((tz.value.as_str(), tz.source), ("Europe/Berlin", SettingSource::Store));
+        assert_eq!(
+            (tz.value.as_str(), tz.source),
+            ("Europe/Berlin", SettingSource::Store)
+        );
         assert_eq!(get(&eff, "network.pool_start").value, "192.0.2.100");
     }
 }

@@ -31,7 +31,10 @@ pub(super) fn open_routes() -> Router<AppState> {
             "/ui/app.js",
             get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
         )
-        .route("/ui/app.css", get(|| asset(APP_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/ui/app.css",
+            get(|| asset(APP_CSS, "text/css; charset=utf-8")),
+        )
         .route("/api/v1/login", post(login))
 }
 

@@ -63,7 +63,10 @@ async fn login(app: &TestApp, body: Value) -> Result<Browser<'_>, (StatusCode, V
         assert!(set.contains(attr), "cookie without {attr}: {set}");
     }
     let cookie = set.split(';').next().unwrap().to_string();
-    assert!(cookie.starts_with("cosm_session=") && cookie.len() > 40, "{set}");
+    assert!(
+        cookie.starts_with("cosm_session=") && cookie.len() > 40,
+        "{set}"
+    );
     let csrf = v["csrf"].as_str().unwrap().to_string();
     assert!(csrf.len() >= 32, "{v}");
     Ok(Browser { app, cookie, csrf })
@@ -110,7 +113,9 @@ async fn a_token_login_opens_a_cookie_session_whose_changes_need_the_csrf_token(
     assert_eq!(s, StatusCode::OK);
     // A change with the cookie alone (what a forged cross-site request carries) is refused.
     let body = json!({"mac": "52:54:00:00:15:01"});
-    let (s, v) = b.call("POST", "/api/v1/machines", false, Some(body.clone())).await;
+    let (s, v) = b
+        .call("POST", "/api/v1/machines", false, Some(body.clone()))
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(v["code"], "csrf");
     let (s, _, v) = request(
@@ -121,9 +126,18 @@ async fn a_token_login_opens_a_cookie_session_whose_changes_need_the_csrf_token(
         Some(body.clone()),
     )
     .await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")));
-    let (s, v) = app.call("GET", "/api/v1/machines/52:54:00:00:15:01", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "the refused request wrote nothing: {v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("csrf"))
+    );
+    let (s, v) = app
+        .call("GET", "/api/v1/machines/52:54:00:00:15:01", None)
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "the refused request wrote nothing: {v}"
+    );
     let (s, v) = b.call("POST", "/api/v1/machines", true, Some(body)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // Logging out ends the session.
@@ -131,7 +145,10 @@ async fn a_token_login_opens_a_cookie_session_whose_changes_need_the_csrf_token(
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = b.call("GET", "/api/v1/session", false, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("log in again"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("log in again"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -142,11 +159,20 @@ async fn a_read_token_session_reads_but_cannot_change_and_ends_when_the_token_is
     let (s, _) = b.call("GET", "/api/v1/machines", false, None).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = b
-        .call("POST", "/api/v1/machines", true, Some(json!({"mac": "52:54:00:00:15:02"})))
+        .call(
+            "POST",
+            "/api/v1/machines",
+            true,
+            Some(json!({"mac": "52:54:00:00:15:02"})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     let (s, v) = b.call("GET", "/api/v1/settings", false, None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "settings carry the root hash: {v}");
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "settings carry the root hash: {v}"
+    );
     let (_, tokens) = app.call("GET", "/api/v1/tokens", None).await;
     let id = tokens
         .as_array()
@@ -156,7 +182,9 @@ async fn a_read_token_session_reads_but_cannot_change_and_ends_when_the_token_is
         .unwrap()["id"]
         .as_u64()
         .unwrap();
-    let (s, _) = app.call("DELETE", &format!("/api/v1/tokens/{id}"), None).await;
+    let (s, _) = app
+        .call("DELETE", &format!("/api/v1/tokens/{id}"), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = b.call("GET", "/api/v1/machines", false, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -169,29 +197,56 @@ async fn a_read_token_session_reads_but_cannot_change_and_ends_when_the_token_is
 #[tokio::test]
 async fn the_admin_password_is_set_checked_and_guessing_is_slowed() {
     let app = TestApp::new().await;
-    let (s, v) = login(&app, json!({"password": "whatever-password"})).await.err().unwrap();
+    let (s, v) = login(&app, json!({"password": "whatever-password"}))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(v["message"].as_str().unwrap().contains("no admin password is set yet"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no admin password is set yet"),
+        "{v}"
+    );
     let (s, v) = app
-        .call("PUT", "/api/v1/admin/password", Some(json!({"password": "short"})))
+        .call(
+            "PUT",
+            "/api/v1/admin/password",
+            Some(json!({"password": "short"})),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["field"], "password");
     let good = "correct horse battery staple";
     let (s, v) = app
-        .call("PUT", "/api/v1/admin/password", Some(json!({"password": good})))
+        .call(
+            "PUT",
+            "/api/v1/admin/password",
+            Some(json!({"password": good})),
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let b = login(&app, json!({"password": good})).await.unwrap();
     let (_, v) = b.call("GET", "/api/v1/session", false, None).await;
-    assert_eq!((v["user"].as_str(), v["password_set"].as_bool()), (Some("admin"), Some(true)));
+    assert_eq!(
+        (v["user"].as_str(), v["password_set"].as_bool()),
+        (Some("admin"), Some(true))
+    );
     // The login before the password was set counts: nine more failures make ten.
     for _ in 0..9 {
-        let (s, _) = login(&app, json!({"password": "wrong password!"})).await.err().unwrap();
+        let (s, _) = login(&app, json!({"password": "wrong password!"}))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
     let (s, v) = login(&app, json!({"password": good})).await.err().unwrap();
-    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "after 10 failures even the right one waits: {v}");
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "after 10 failures even the right one waits: {v}"
+    );
 }
 
 #[tokio::test]
@@ -265,7 +320,11 @@ async fn settings_are_validated_stored_shown_with_their_source_and_in_force_at_o
     // The OS step applied: the next kickstart has it, without a restart.
     let mac = "52:54:00:00:15:03";
     let (s, v) = app
-        .call("POST", "/api/v1/machines", Some(json!({"mac": mac, "role": "web"})))
+        .call(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"mac": mac, "role": "web"})),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let ks = |app: &TestApp| {
@@ -292,7 +351,11 @@ async fn settings_are_validated_stored_shown_with_their_source_and_in_force_at_o
     assert_eq!(v["setup_complete"], true);
     assert_eq!(source(&v, "os.timezone")["source"], "store");
     assert_eq!(source(&v, "os.timezone")["value"], "Europe/Berlin");
-    assert_eq!(source(&v, "os.root_password_hash")["value"], "(set)", "secrets are not echoed");
+    assert_eq!(
+        source(&v, "os.root_password_hash")["value"],
+        "(set)",
+        "secrets are not echoed"
+    );
     let text = ks(&app).await;
     assert!(text.contains("Europe/Berlin"), "{text}");
     assert!(text.contains("ops@site"), "{text}");
@@ -343,9 +406,14 @@ async fn the_rack_stream_sends_the_rack_and_then_every_change() {
     };
     let first = next_rack().await;
     assert_eq!(first["machines"], json!([]));
-    assert!(first["roles"].as_array().unwrap().contains(&json!("host")), "{first}");
+    assert!(
+        first["roles"].as_array().unwrap().contains(&json!("host")),
+        "{first}"
+    );
     let mac = "52:54:00:00:15:04";
-    let (s, _) = app.call("POST", "/api/v1/machines", Some(json!({"mac": mac}))).await;
+    let (s, _) = app
+        .call("POST", "/api/v1/machines", Some(json!({"mac": mac})))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let second = next_rack().await;
     let card = &second["machines"][0];

@@ -437,7 +437,9 @@ fn main() -> anyhow::Result<()> {
         // bridge, this side 192.0.2.254 (deleting the namespace deletes it).
         let uplink = format!("{}u", &ns[..ns.len().min(12)]);
         let mut add = std::process::Command::new("ip");
-        add.args(["link", "add", &uplink, "type", "veth", "peer", "name", "uplink", "netns", &ns]);
+        add.args([
+            "link", "add", &uplink, "type", "veth", "peer", "name", "uplink", "netns", &ns,
+        ]);
         let _ = add.status();
         let _ = rack.ns.run_ok({
             let mut c = rack.ns.command("ip");
