@@ -45,6 +45,9 @@ pub struct Sessions {
     /// Failed logins per address in the current window: guessing is slowed to
     /// [`MAX_FAILURES`] tries a minute per address.
     failures: Mutex<HashMap<Option<std::net::IpAddr>, (u32, Instant)>>,
+    /// One argon2 computation at a time: logins from many addresses at once wait their
+    /// turn instead of taking every core from DHCP, boot and heartbeats.
+    hashing: tokio::sync::Semaphore,
 }
 
 /// Failed logins allowed per address and minute.
@@ -69,6 +72,7 @@ impl Sessions {
             idle,
             max,
             failures: Mutex::default(),
+            hashing: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -194,7 +198,9 @@ impl App {
             return Ok(false);
         };
         let password = password.to_string();
-        // argon2 costs tens of milliseconds of CPU on purpose: off the async workers.
+        // argon2 costs tens of milliseconds of CPU on purpose: off the async workers, one
+        // at a time.
+        let _turn = self.sessions.hashing.acquire().await;
         let ok = tokio::task::spawn_blocking(move || {
             argon2::PasswordHash::new(&stored.phc).is_ok_and(|h| {
                 argon2::Argon2::default()
@@ -219,6 +225,7 @@ impl App {
             }));
         }
         let password = password.to_string();
+        let _turn = self.sessions.hashing.acquire().await;
         let phc = tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon2::Argon2::default()
