@@ -236,7 +236,7 @@ fn the_console_sets_up_the_appliance_shows_a_machine_booting_gives_it_a_role_and
         },
     );
     println!(
-        "deployed and booted from disk {:?} after deploy",
+        "deployed and sent to its local disk {:?} after deploy",
         t0.elapsed()
     );
     let steps = b

@@ -361,7 +361,7 @@ const STEPS: [(&str, StepDone); 8] = [
     }),
     ("Agent enrolled", |e| e.kind == EventKind::AgentRegistered),
     ("Installed", |e| e.to_state == Some(MachineState::Deployed)),
-    ("Booted from disk", |e| {
+    ("Sent to its local disk", |e| {
         e.kind == EventKind::Boot && e.message.contains("local disk")
     }),
 ];
