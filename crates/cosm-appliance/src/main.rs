@@ -76,6 +76,10 @@ fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed: the process that read it is
+        // gone) is dropped; reporting that with `eprintln!` would panic the thread that
+        // logged, and the appliance would stop answering.
+        .log_internal_errors(false)
         .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),

@@ -34,6 +34,39 @@ struct Args {
     /// Seconds to wait for every machine's agent to register.
     #[arg(long, default_value_t = 420)]
     timeout: u64,
+    /// Where the web console is forwarded to on this machine with DEMO_KEEP=1.
+    #[arg(long, env = "DEMO_CONSOLE", default_value = "127.0.0.1:8443")]
+    console: String,
+    /// Internal: forward `--console` to the appliance inside this namespace, until killed.
+    #[arg(long, hide = true)]
+    forward_into: Option<String>,
+}
+
+/// Forwards TCP connections on `listen` (this machine) to the appliance's 192.0.2.1:8080
+/// inside the rack's namespace `ns`, each connection on its own pair of threads.
+fn forward(ns: &str, listen: &str) -> anyhow::Result<()> {
+    let l = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    for client in l.incoming().flatten() {
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            let up =
+                cosm_e2e::bmc::in_netns(&ns, || std::net::TcpStream::connect("192.0.2.1:8080"));
+            let Ok(Ok(up)) = up else { return };
+            let (Ok(mut from_client), Ok(mut to_up)) = (client.try_clone(), up.try_clone()) else {
+                return;
+            };
+            let t = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_up);
+                let _ = to_up.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut from_up, mut to_client) = (up, client);
+            let _ = std::io::copy(&mut from_up, &mut to_client);
+            let _ = to_client.shutdown(std::net::Shutdown::Write);
+            let _ = t.join();
+        });
+    }
+    Ok(())
 }
 
 /// The VM part of the demo: two tenant networks, three guests placed on two hosts (two
@@ -238,6 +271,9 @@ fn follow(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(ns) = &args.forward_into {
+        return forward(ns, &args.console);
+    }
     let machines = [
         (1u8, Firmware::BiosIpxeRom),
         (2, Firmware::UefiPxe),
@@ -433,27 +469,23 @@ fn main() -> anyhow::Result<()> {
     if args.keep {
         step("DEMO_KEEP=1: the rack and the appliance keep running");
         let ns = rack.ns.name().to_string();
-        // The console from this machine: a veth from here onto the rack's provisioning
-        // bridge, this side 192.0.2.254 (deleting the namespace deletes it).
-        let uplink = format!("{}u", &ns[..ns.len().min(12)]);
-        let mut add = std::process::Command::new("ip");
-        add.args([
-            "link", "add", &uplink, "type", "veth", "peer", "name", "uplink", "netns", &ns,
-        ]);
-        let _ = add.status();
-        let _ = rack.ns.run_ok({
-            let mut c = rack.ns.command("ip");
-            c.args(["link", "set", "uplink", "master", "br0", "up"]);
-            c
-        });
-        for args in [
-            vec!["addr", "add", "192.0.2.254/24", "dev", uplink.as_str()],
-            vec!["link", "set", uplink.as_str(), "up"],
-        ] {
-            let _ = std::process::Command::new("ip").args(&args).status();
-        }
-        println!("   web console from this machine: https://192.0.2.1:8080/ (through {uplink}, 192.0.2.254 on the rack's bridge)");
-        println!("   from your workstation: ssh -L 8443:192.0.2.1:8080 root@<this machine>, then https://localhost:8443/");
+        // The console from this machine: a forwarder on loopback into the namespace (no
+        // address of the rack's subnet is put on this machine, which may use it itself).
+        let forwarder = std::process::Command::new(std::env::current_exe()?)
+            .args(["--forward-into", &ns, "--console", &args.console])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start the console forwarder")?;
+        println!(
+            "   web console from this machine: https://{}/ (forwarded to 192.0.2.1:8080 in {ns})",
+            args.console
+        );
+        println!(
+            "   from your workstation: ssh -L 8443:{} root@<this machine>, then https://localhost:8443/",
+            args.console
+        );
         println!("   admin token: {}", rack.app.token());
         println!(
             "   export COSM_URL={} COSM_TOKEN={}",
@@ -480,7 +512,7 @@ fn main() -> anyhow::Result<()> {
                     .filter_map(|h| h.libvirtd.pid())
                     .map(|p| p.to_string()),
             )
-            .chain([rack.app.pid().to_string()])
+            .chain([rack.app.pid().to_string(), forwarder.id().to_string()])
             .collect();
         let host_ns: Vec<&str> = rack.hosts.iter().map(|h| h.ns.name()).collect();
         println!(
