@@ -82,7 +82,7 @@ struct Guarded {
 impl Guarded {
     fn stop(&mut self) {
         let pid = self.child.id();
-        let descendants = descendants(pid);
+        let descendants = crate::procs::descendants(pid);
         if let Ok(p) = i32::try_from(pid) {
             let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
         }
@@ -101,42 +101,6 @@ impl Guarded {
             }
         }
     }
-}
-
-/// Every process whose parent chain leads to `pid`, from /proc.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok());
-        if let Some(ppid) = ppid {
-            parents.push((p, ppid));
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 /// sushy-emulator serving one libvirt daemon's domains, with basic auth.

@@ -521,7 +521,7 @@ impl Browser {
             return;
         };
         let marker = self.dir.path().to_string_lossy().into_owned();
-        let mut pids = descendants(driver.id());
+        let mut pids = crate::procs::descendants(driver.id());
         pids.extend(processes_naming(&marker));
         if let Ok(p) = i32::try_from(driver.id()) {
             let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
@@ -553,52 +553,10 @@ impl Drop for Browser {
     }
 }
 
-/// `(pid, ppid)` of every process, from /proc.
-fn process_table() -> Vec<(u32, u32)> {
-    let mut table = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …; comm may hold spaces and parentheses.
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok());
-        if let Some(ppid) = ppid {
-            table.push((pid, ppid));
-        }
-    }
-    table
-}
-
-/// Every process whose parent chain leads to `pid`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let table = process_table();
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            table
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
 /// Every process whose command line contains `marker` (a session's unique temporary
 /// directory: only that session's Chromium processes name it).
 fn processes_naming(marker: &str) -> Vec<u32> {
-    process_table()
+    crate::procs::process_table()
         .into_iter()
         .filter(|(pid, _)| {
             std::fs::read(format!("/proc/{pid}/cmdline"))

@@ -11,6 +11,7 @@ pub mod guest;
 pub mod ha;
 pub mod libvirtd;
 pub mod netns;
+mod procs;
 pub mod rack;
 pub mod sdn;
 pub mod simagent;
