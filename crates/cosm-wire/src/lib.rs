@@ -9,6 +9,7 @@ mod agent;
 mod console;
 mod ident;
 mod image;
+mod install;
 mod inventory;
 mod machine;
 mod net;
@@ -29,6 +30,10 @@ pub use console::{
 };
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
 pub use image::{valid_image_name, Image};
+pub use install::{
+    valid_install_path, InstallFile, InstallMethod, InstallPlan, InstallProgress, InstallReport,
+    IMAGE_CHUNK_BYTES,
+};
 pub use inventory::{human_bytes, Cpu, Disk, Dmi, FirmwareMode, Inventory, Nic};
 pub use machine::{
     CreateMachine, Event, EventKind, Machine, MachineState, SetRole, SetState, UpdateMachine,

@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cosm_wire::{
-    DesiredState, Enroll, Enrolled, ErrorBody, Heartbeat, HeartbeatReply, MacAddr, Machine,
-    Observed,
+    DesiredState, Enroll, Enrolled, ErrorBody, Heartbeat, HeartbeatReply, InstallReport, MacAddr,
+    Machine, Observed,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -35,16 +35,6 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/agent/desired", allow(Agent, get(agent_desired)))
         .route("/api/v1/agent/observed", allow(Agent, post(agent_observed)))
-}
-
-/// An installer reports how the install ended (the kickstart's %post or %onerror).
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct InstallReport {
-    pub mac: MacAddr,
-    pub ok: bool,
-    #[serde(default)]
-    pub message: String,
 }
 
 /// A credential bound to one machine (agent credential, install token) acts only for it.
