@@ -29,7 +29,7 @@ pub use console::{
     ValidateSettings, Validation,
 };
 pub use ident::{MacAddr, MacPrefix, MachineId, ParseError, RoleName};
-pub use image::{valid_image_name, Image};
+pub use image::{valid_image_name, Image, ImageManifest, ImagePackage, OsImage};
 pub use install::{
     valid_install_path, InstallFile, InstallMethod, InstallPlan, InstallProgress, InstallReport,
     IMAGE_CHUNK_BYTES,
@@ -48,7 +48,7 @@ pub use power::{
     Alarm, AlarmKind, EvacuatedVm, EvacuatedVmStatus, Evacuation, EvacuationPhase, Peer, PeerSeen,
     PowerAction, PowerRequest, PowerSettings, PowerSettingsView, PowerState, PowerStatus, Severity,
 };
-pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec};
+pub use rule::{Role, RoleSpec, Rule, RuleMatch, RuleSpec, SetInstallMethod};
 pub use time::Timestamp;
 pub use vm::{
     BootRequest, BridgeName, CreateSnapshot, CreateVm, DesiredVm, DiskRequest, DomainPower,

@@ -12,6 +12,18 @@ pub struct Role {
     /// Seed roles (`center`, `web`, `host`, `storage`) cannot be deleted.
     pub builtin: bool,
     pub created_at: Timestamp,
+    /// How its machines are installed; `None`: by image when the repository has an image
+    /// for the role, else by kickstart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<crate::InstallMethod>,
+}
+
+/// Body of `PUT /api/v1/roles/{name}/install`: `null` goes back to automatic (image when
+/// one exists for the role, else kickstart).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetInstallMethod {
+    pub method: Option<crate::InstallMethod>,
 }
 
 /// Body of `POST /api/v1/roles`.

@@ -21,8 +21,20 @@ pub(crate) enum ImagesCmd {
         /// are looked up as `<release>-vmlinuz` and `<release>-initrd.img`.
         #[arg(long)]
         name: Option<String>,
+        /// A role image's manifest (`make os-image` writes `cosm-<role>-<release>.manifest.json`
+        /// beside the image): attached after the upload, it makes the image install the
+        /// manifest's role (see `cosmctl roles set-install`).
+        #[arg(long, value_name = "MANIFEST")]
+        manifest: Option<PathBuf>,
     },
-    /// List the images.
+    /// Attach a role image's manifest to an uploaded image (its size and sha256 must match).
+    Manifest {
+        /// The image's name in the repository.
+        name: String,
+        /// The manifest file (JSON, from `make os-image`).
+        manifest: PathBuf,
+    },
+    /// List the images: role images show their role and release.
     #[command(visible_alias = "ls")]
     List,
     /// Show one image's record.
@@ -100,11 +112,29 @@ fn sha256_of(path: &Path, total: u64) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// A role image's manifest from `make os-image`.
+fn read_manifest(path: &Path) -> Result<cosm_wire::ImageManifest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a role image manifest (make os-image writes one beside each image)",
+            path.display()
+        )
+    })
+}
+
 fn show_images(images: &[Image]) -> Result<()> {
-    let mut t = table(&["NAME", "SIZE", "SHA256", "UPLOADED"]);
+    let mut t = table(&["NAME", "ROLE", "RELEASE", "SIZE", "SHA256", "UPLOADED"]);
     for i in images {
+        let (role, release) = match &i.os {
+            Some(os) => (os.role.to_string(), os.release.clone()),
+            None => ("-".to_string(), "-".to_string()),
+        };
         t.add_row(vec![
             i.name.clone(),
+            role,
+            release,
             human_bytes(i.size_bytes),
             i.sha256[..16].to_string() + "…",
             time(i.uploaded_at),
@@ -116,7 +146,20 @@ fn show_images(images: &[Image]) -> Result<()> {
 /// Runs a `cosmctl images` subcommand.
 pub(crate) fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
     match cmd {
-        ImagesCmd::Upload { file, name } => {
+        ImagesCmd::Manifest { name, manifest } => {
+            let manifest = read_manifest(&manifest)?;
+            let reply = ctx
+                .api
+                .put(&format!("/images/{name}/manifest"), &manifest)?;
+            ctx.show(reply, |i: Image| show_images(&[i]))
+        }
+        ImagesCmd::Upload {
+            file,
+            name,
+            manifest,
+        } => {
+            // Read before the upload: a bad manifest is found before minutes of upload.
+            let manifest = manifest.as_deref().map(read_manifest).transpose()?;
             let name = match name {
                 Some(n) => n,
                 None => file
@@ -136,12 +179,30 @@ pub(crate) fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
             let reply = ctx
                 .api
                 .upload(&format!("/images/{name}"), &[("sha256", sha)], body)?;
+            let Some(manifest) = manifest.filter(|_| reply.status.is_success()) else {
+                return ctx.show(reply, |i: Image| {
+                    println!(
+                        "uploaded {} ({}, sha256 {})",
+                        i.name,
+                        human_bytes(i.size_bytes),
+                        i.sha256
+                    );
+                    Ok(())
+                });
+            };
+            let reply = ctx
+                .api
+                .put(&format!("/images/{name}/manifest"), &manifest)?;
             ctx.show(reply, |i: Image| {
+                let os = i.os.as_ref().context("the appliance kept no manifest")?;
                 println!(
-                    "uploaded {} ({}, sha256 {})",
+                    "uploaded {} ({}, sha256 {}): image for role {} ({}, {} packages)",
                     i.name,
                     human_bytes(i.size_bytes),
-                    i.sha256
+                    i.sha256,
+                    os.role,
+                    os.release,
+                    os.packages.len()
                 );
                 Ok(())
             })

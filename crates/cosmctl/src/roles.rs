@@ -22,6 +22,18 @@ pub(crate) enum RolesCmd {
         #[arg(long, value_name = "TEXT")]
         description: Option<String>,
     },
+    /// Set how a role's machines are installed: `image` (a role image from the repository,
+    /// streamed onto the disk by the agent ramdisk), `kickstart` (the distribution's
+    /// installer; needs a mirror), or `auto` (image when the repository has one for the
+    /// role, else kickstart; the default).
+    #[command(after_help = "Example:\n  cosmctl roles set-install host image")]
+    SetInstall {
+        /// Name of the role.
+        name: RoleName,
+        /// image, kickstart or auto.
+        #[arg(value_parser = ["image", "kickstart", "auto"])]
+        method: String,
+    },
     /// Delete a role. Built-in roles (center, web, host, storage) cannot be deleted.
     #[command(visible_alias = "delete")]
     Rm {
@@ -36,11 +48,12 @@ pub(crate) fn run(ctx: &Ctx, cmd: RolesCmd) -> Result<()> {
         RolesCmd::List => {
             let reply = ctx.api.get_all("/roles", &[])?;
             ctx.show(reply, |roles: Vec<Role>| {
-                let mut t = table(&["NAME", "BUILTIN", "DESCRIPTION", "CREATED"]);
+                let mut t = table(&["NAME", "BUILTIN", "INSTALL", "DESCRIPTION", "CREATED"]);
                 for r in &roles {
                     t.add_row(vec![
                         r.name.to_string(),
                         if r.builtin { "yes" } else { "no" }.to_string(),
+                        r.install.map_or("auto".to_string(), |m| m.to_string()),
                         dash(Some(&r.description)),
                         time(r.created_at),
                     ]);
@@ -55,6 +68,26 @@ pub(crate) fn run(ctx: &Ctx, cmd: RolesCmd) -> Result<()> {
             };
             let reply = ctx.api.post("/roles", &spec)?;
             ctx.show(reply, |r: Role| print(&format!("created role {}", r.name)))
+        }
+        RolesCmd::SetInstall { name, method } => {
+            let method = match method.as_str() {
+                "auto" => None,
+                m => Some(
+                    m.parse::<cosm_wire::InstallMethod>()
+                        .map_err(anyhow::Error::msg)?,
+                ),
+            };
+            let body = cosm_wire::SetInstallMethod { method };
+            let reply = ctx.api.put(&format!("/roles/{name}/install"), &body)?;
+            ctx.show(reply, |r: Role| {
+                print(&format!(
+                    "role {} is installed by {}",
+                    r.name,
+                    r.install
+                        .map_or("image when one exists, else kickstart".to_string(), |m| m
+                            .to_string())
+                ))
+            })
         }
         RolesCmd::Rm { name } => {
             let reply = ctx.api.delete(&format!("/roles/{name}"))?;

@@ -3,6 +3,7 @@
 //! state (the iPXE [`Target`]), its kickstart, and TFTP requests onto timelines. The open
 //! HTTP endpoints that serve all this are in `http::boot`.
 
+use super::install::InstallChoice;
 use super::timeline::Timeline;
 use super::{tokens, AppError, Store};
 use crate::config::{BootSettings, KickstartSettings};
@@ -179,12 +180,14 @@ impl BootContext {
     }
 
     /// What a machine in this state boots, and the state shown on its console; `peer` is
-    /// the address the script was asked from.
+    /// the address the script was asked from; `install` how a ready machine is installed
+    /// (its role's method, [`crate::app::App::install_choice`]).
     pub fn target(
         &self,
         mac: MacAddr,
         machine: Option<&Machine>,
         peer: Option<std::net::IpAddr>,
+        install: &InstallChoice,
     ) -> (String, Target) {
         let state = machine.map(super::effective_state);
         let shown = machine
@@ -200,8 +203,11 @@ impl BootContext {
             },
             Some(MachineState::Ready | MachineState::Deploying) => match machine
                 .ok_or_else(|| "no machine record".to_string())
-                .and_then(|m| self.installer(m, peer))
-            {
+                .and_then(|m| match install {
+                    InstallChoice::Kickstart => self.installer(m, peer),
+                    InstallChoice::Image(image) => self.image_installer(m, image, peer),
+                    InstallChoice::Missing(why) => Err(why.clone()),
+                }) {
                 Ok(t) => t,
                 Err(why) => {
                     self.timeline.note(
@@ -223,18 +229,7 @@ impl BootContext {
     /// machine's kickstart, whose URL carries the machine's install token.
     fn installer(&self, m: &Machine, peer: Option<std::net::IpAddr>) -> Result<Target, String> {
         let mac = m.mac;
-        if self.install_needs_lease {
-            // Firmware has no secret: the address DHCP gave the machine is the best proof
-            // of who asks. Anyone else asking for this MAC's script gets no install token.
-            let holder = peer.and_then(|p| self.timeline.mac_of(p));
-            if holder != Some(mac) {
-                let from = peer.map_or("an unknown address".to_string(), |p| p.to_string());
-                let holder = holder.map_or("none".to_string(), |h| h.to_string());
-                return Err(format!(
-                    "its installer script (with the install token) is only given to the address DHCP leased to it; this request came from {from} (lease holder: {holder})"
-                ));
-            }
-        }
+        self.check_lease_holder(mac, peer)?;
         let k = self.kickstart();
         for name in [&k.installer_kernel, &k.installer_initrd] {
             if !super::images::has_image(&self.images_dir, name) {
@@ -267,6 +262,80 @@ impl BootContext {
             )
             .trim_end()
             .to_string(),
+        })
+    }
+
+    /// The agent ramdisk told to install the machine from `image`: `cosm.install=` is the
+    /// URL of its install plan, with the install token.
+    fn image_installer(
+        &self,
+        m: &Machine,
+        image: &cosm_wire::Image,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Target, String> {
+        self.check_lease_holder(m.mac, peer)?;
+        if !super::images::has_image(&self.images_dir, &image.name) {
+            return Err(format!(
+                "the role image {:?} is recorded but its file is missing from the image repository",
+                image.name
+            ));
+        }
+        let Target::Linux {
+            kernel_url,
+            initrd_url,
+            initrd_name,
+            args,
+            ..
+        } = self.ramdisk(m.mac)
+        else {
+            unreachable!("the ramdisk is a Linux target")
+        };
+        Ok(Target::Linux {
+            label: format!("image install ({})", image.name),
+            kernel_url,
+            initrd_url,
+            initrd_name,
+            args: format!(
+                "{args} cosm.install={}/boot/install/{}?token={}",
+                self.settings.appliance_url,
+                m.mac,
+                self.install_key.token(m)
+            ),
+        })
+    }
+
+    /// The install token goes only to the address this appliance's DHCP leased to the
+    /// machine, when DHCP here is authoritative.
+    fn check_lease_holder(
+        &self,
+        mac: MacAddr,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), String> {
+        if self.install_needs_lease {
+            // Firmware has no secret: the address DHCP gave the machine is the best proof
+            // of who asks. Anyone else asking for this MAC's script gets no install token.
+            let holder = peer.and_then(|p| self.timeline.mac_of(p));
+            if holder != Some(mac) {
+                let from = peer.map_or("an unknown address".to_string(), |p| p.to_string());
+                let holder = holder.map_or("none".to_string(), |h| h.to_string());
+                return Err(format!(
+                    "its installer script (with the install token) is only given to the address DHCP leased to it; this request came from {from} (lease holder: {holder})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A machine's reserved address with its subnet's prefix, router and DNS; `None`
+    /// without a reservation or when no subnet holds it.
+    pub fn reserved_network(&self, m: &Machine) -> Option<super::install::StaticNetwork> {
+        let ip = m.reserved_ip?;
+        let sub = self.subnets.iter().find(|s| s.contains(ip))?;
+        Some(super::install::StaticNetwork {
+            address: ip,
+            prefix_len: sub.prefix_len,
+            gateway: sub.routers.first().copied(),
+            dns: sub.dns.clone(),
         })
     }
 

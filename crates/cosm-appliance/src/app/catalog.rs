@@ -15,6 +15,7 @@ pub(super) fn create_role(tx: &mut Tx<'_>, spec: &RoleSpec) -> Result<Role, Stor
         description: spec.description.clone(),
         builtin: false,
         created_at: tx.at,
+        install: None,
     };
     tx.put_role(&role)?;
     Ok(role)
@@ -136,6 +137,60 @@ pub(super) fn delete_token(tx: &mut Tx<'_>, id: u64) -> Result<(), StoreError> {
 
 pub(super) fn delete_image(tx: &mut Tx<'_>, name: &str) -> Result<(), StoreError> {
     removed(tx.remove_image(name)?, "image", name.to_string())
+}
+
+/// Attaches a role image's manifest: the image must be the file the manifest describes
+/// (same size and sha256) and the role must exist.
+pub(super) fn set_image_manifest(
+    tx: &mut Tx<'_>,
+    name: &str,
+    manifest: &cosm_wire::ImageManifest,
+) -> Result<cosm_wire::Image, StoreError> {
+    let mut image = tx.find_image(name)?.ok_or_else(|| StoreError::NotFound {
+        what: "image",
+        key: name.to_string(),
+    })?;
+    if !manifest.sha256.eq_ignore_ascii_case(&image.sha256) || manifest.size != image.size_bytes {
+        return Err(StoreError::Conflict {
+            code: "manifest_mismatch",
+            message: format!(
+                "the manifest describes a file of {} bytes with sha256 {}, but image {name} has {} bytes with sha256 {}: upload the image this manifest was built with",
+                manifest.size, manifest.sha256, image.size_bytes, image.sha256
+            ),
+        });
+    }
+    if manifest.raw_size == 0 || manifest.packages.is_empty() || manifest.release.trim().is_empty()
+    {
+        return Err(StoreError::Invalid {
+            field: "manifest",
+            message: "a role image's manifest needs release, raw_size and its packages".into(),
+        });
+    }
+    tx.require_role(&manifest.role)?;
+    image.os = Some(cosm_wire::OsImage {
+        role: manifest.role.clone(),
+        release: manifest.release.clone(),
+        raw_size: manifest.raw_size,
+        kernel: manifest.kernel.clone(),
+        packages: manifest.packages.clone(),
+    });
+    tx.put_image(&image)?;
+    Ok(image)
+}
+
+/// Sets how a role's machines are installed (`None`: automatic).
+pub(super) fn set_install_method(
+    tx: &mut Tx<'_>,
+    name: &RoleName,
+    method: Option<cosm_wire::InstallMethod>,
+) -> Result<Role, StoreError> {
+    let mut role = tx.find_role(name)?.ok_or_else(|| StoreError::NotFound {
+        what: "role",
+        key: name.to_string(),
+    })?;
+    role.install = method;
+    tx.put_role(&role)?;
+    Ok(role)
 }
 
 /// `NotFound` when a removal found nothing to remove.

@@ -67,6 +67,10 @@ pub enum Op {
     Resume {
         mac: MacAddr,
     },
+    /// A deployed machine's installed agent beats for the first time: it is `active`.
+    Activate {
+        mac: MacAddr,
+    },
     /// Start an install over: back to `ready` and, when its agent is alive, a reboot.
     Redeploy {
         mac: MacAddr,
@@ -77,6 +81,9 @@ pub enum Op {
     StartInstall {
         mac: MacAddr,
         release: String,
+        /// An image install: the image's name (`None`: a kickstart).
+        #[serde(default)]
+        image: Option<String>,
     },
     /// The installer reports how the install ended: `deploying` → `deployed` or `failed`.
     ReportInstall {
@@ -146,6 +153,16 @@ pub enum Op {
     /// any record of the same name.
     PutImage(Image),
     DeleteImage(String),
+    /// A role image's manifest is attached to its uploaded file.
+    SetImageManifest {
+        name: String,
+        manifest: cosm_wire::ImageManifest,
+    },
+    /// How a role's machines are installed (`None`: automatic).
+    SetInstallMethod {
+        role: RoleName,
+        method: Option<cosm_wire::InstallMethod>,
+    },
     /// Records a VM on the best of `candidates` (or the one it asks for) where it fits.
     CreateVm {
         new: NewVm,
@@ -267,6 +284,7 @@ pub enum Outcome {
     Network(Box<cosm_wire::Network>),
     SecGroup(Box<cosm_wire::SecurityGroup>),
     Port(Box<cosm_wire::Port>),
+    Image(Box<Image>),
 }
 
 impl Outcome {
@@ -310,6 +328,7 @@ impl StoreCommand for Command {
             Op::DeleteMachine { mac } => machines::delete(tx, *mac).map(|_| Outcome::Deleted),
             Op::MarkLost { mac, reason } => machines::mark_lost(tx, *mac, reason).map(M),
             Op::Resume { mac } => machines::resume(tx, *mac).map(M),
+            Op::Activate { mac } => machines::activate(tx, *mac).map(M),
             Op::RecordEvent { mac, kind, message } => {
                 machines::record_event(tx, *mac, *kind, message).map(|_| Outcome::Done)
             }
@@ -318,7 +337,11 @@ impl StoreCommand for Command {
                 by,
                 agent_alive,
             } => deploy::redeploy(tx, *mac, by, *agent_alive).map(M),
-            Op::StartInstall { mac, release } => deploy::start_install(tx, *mac, release).map(M),
+            Op::StartInstall {
+                mac,
+                release,
+                image,
+            } => deploy::start_install(tx, *mac, release, image.as_deref()).map(M),
             Op::ReportInstall { mac, ok, message } => {
                 deploy::report_install(tx, *mac, *ok, message).map(M)
             }
@@ -358,6 +381,12 @@ impl StoreCommand for Command {
             Op::PutLease(lease) => tx.put_lease(lease).map(|_| Outcome::Done),
             Op::PutImage(image) => tx.put_image(image).map(|_| Outcome::Done),
             Op::DeleteImage(name) => catalog::delete_image(tx, name).map(|_| Outcome::Deleted),
+            Op::SetImageManifest { name, manifest } => {
+                catalog::set_image_manifest(tx, name, manifest).map(|i| Outcome::Image(Box::new(i)))
+            }
+            Op::SetInstallMethod { role, method } => {
+                catalog::set_install_method(tx, role, *method).map(Outcome::Role)
+            }
             Op::CreateVm {
                 new,
                 candidates,

@@ -351,7 +351,9 @@ const STEPS: [(&str, StepDone); 8] = [
         e.kind == EventKind::Dhcp && e.message.contains("ACK")
     }),
     ("Installer script", |e| {
-        e.kind == EventKind::Boot && e.message.contains("installer")
+        // The kickstart's installer, or the agent ramdisk told to install an image.
+        e.kind == EventKind::Boot
+            && (e.message.contains("installer") || e.message.contains("image install ("))
     }),
     ("Installer kernel and initrd", |e| {
         e.kind == EventKind::Boot && e.message.contains("initrd") && e.message.contains("fetched")

@@ -72,11 +72,17 @@ pub(super) fn start_install(
     tx: &mut Tx<'_>,
     mac: MacAddr,
     release: &str,
+    image: Option<&str>,
 ) -> Result<Machine, StoreError> {
     let mut m = tx.machine(mac)?;
     installable(&m)?;
     if m.state == MachineState::Ready {
-        let why = format!("the installer fetched its kickstart ({release})");
+        let why = match image {
+            None => format!("the installer fetched its kickstart ({release})"),
+            Some(image) => {
+                format!("its installer fetched the install plan of image {image} ({release})")
+            }
+        };
         transition(tx, &mut m, MachineState::Deploying, &why)?;
         tx.put_machine(&mut m)?;
     }

@@ -9,7 +9,7 @@
 
 use super::{AppError, Op, Store};
 use crate::store::StoreError;
-use cosm_wire::{valid_image_name, Image, Timestamp};
+use cosm_wire::{valid_image_name, Image, Timestamp, IMAGE_CHUNK_BYTES};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
@@ -92,6 +92,7 @@ impl ImageRepo {
             file: Some(file),
             hasher: Sha256::new(),
             size: 0,
+            chunks: Chunks::default(),
         })
     }
 
@@ -151,6 +152,40 @@ pub struct Upload {
     file: Option<tokio::fs::File>,
     hasher: Sha256,
     size: u64,
+    chunks: Chunks,
+}
+
+/// sha256 of each [`IMAGE_CHUNK_BYTES`] of a stream, as it passes.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    current: Sha256,
+    filled: u64,
+    done: Vec<String>,
+}
+
+impl Chunks {
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (IMAGE_CHUNK_BYTES - self.filled) as usize;
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.current.update(now);
+            self.filled += now.len() as u64;
+            if self.filled == IMAGE_CHUNK_BYTES {
+                self.done
+                    .push(hex::encode(std::mem::take(&mut self.current).finalize()));
+                self.filled = 0;
+            }
+            data = rest;
+        }
+    }
+
+    /// The list, the last (shorter) chunk included.
+    pub fn finish(mut self) -> Vec<String> {
+        if self.filled > 0 {
+            self.done.push(hex::encode(self.current.finalize()));
+        }
+        self.done
+    }
 }
 
 impl Drop for Upload {
@@ -171,6 +206,7 @@ impl Upload {
             });
         }
         self.hasher.update(data);
+        self.chunks.update(data);
         let file = self.file.as_mut().expect("the file is open until finish");
         file.write_all(data)
             .await
@@ -219,6 +255,8 @@ impl Upload {
             size_bytes: size,
             sha256: actual,
             uploaded_at: Timestamp::now(),
+            chunks: std::mem::take(&mut self.chunks).finish(),
+            os: None,
         };
         store.run(Op::PutImage(image.clone())).await?;
         tracing::info!(image = %name, size, sha256 = %image.sha256, "image stored");
@@ -229,4 +267,32 @@ impl Upload {
 /// Whether a file exists for a recorded image (for boot decisions).
 pub fn has_image(dir: &Path, name: &str) -> bool {
     valid_image_name(name) && dir.join(name).is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_hashes_do_not_depend_on_how_the_stream_is_cut() {
+        let data: Vec<u8> = (0..(2 * IMAGE_CHUNK_BYTES + 12345))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut whole = Chunks::default();
+        whole.update(&data);
+        let whole = whole.finish();
+        let mut pieces = Chunks::default();
+        for piece in data.chunks(65_521) {
+            pieces.update(piece);
+        }
+        assert_eq!(whole, pieces.finish());
+        assert_eq!(whole.len(), 3);
+        let last = &data[2 * IMAGE_CHUNK_BYTES as usize..];
+        assert_eq!(whole[2], hex::encode(Sha256::digest(last)));
+        assert_eq!(
+            whole[0],
+            hex::encode(Sha256::digest(&data[..IMAGE_CHUNK_BYTES as usize]))
+        );
+        assert!(Chunks::default().finish().is_empty());
+    }
 }

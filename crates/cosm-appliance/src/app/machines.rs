@@ -390,6 +390,23 @@ pub(super) fn resume(tx: &mut Tx<'_>, mac: MacAddr) -> Result<Machine, StoreErro
     Ok(m)
 }
 
+/// A deployed machine whose agent beats runs its installed system (a deployed machine
+/// boots from its disk, never the ramdisk): it becomes `active`. Any other state: nothing.
+pub(super) fn activate(tx: &mut Tx<'_>, mac: MacAddr) -> Result<Machine, StoreError> {
+    let mut m = tx.machine(mac)?;
+    if m.state != MachineState::Deployed {
+        return Ok(m);
+    }
+    transition(
+        tx,
+        &mut m,
+        MachineState::Active,
+        "its installed system's agent is running (first heartbeat since the install)",
+    )?;
+    tx.put_machine(&mut m)?;
+    Ok(m)
+}
+
 pub(super) fn record_event(
     tx: &mut Tx<'_>,
     mac: MacAddr,

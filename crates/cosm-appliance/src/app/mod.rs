@@ -26,6 +26,7 @@ mod deploy;
 pub mod ha;
 pub mod hosts;
 pub mod images;
+pub mod install;
 pub mod lifecycle;
 pub mod liveness;
 mod machines;
@@ -228,6 +229,18 @@ impl App {
     pub async fn heartbeat(&self, mac: MacAddr, beat: Heartbeat) -> Result<Machine, AppError> {
         self.liveness.beat(mac, beat);
         let m = known_machine(&self.store, mac, "; enrol again")?;
+        if m.state == MachineState::Deployed {
+            return match self.store.run_machine(Op::Activate { mac }).await {
+                Ok(active) => {
+                    tracing::info!(%mac, "machine active: its installed agent beats");
+                    Ok(active)
+                }
+                Err(e) => {
+                    tracing::warn!(%mac, error = %e, "a deployed machine's agent beats but it cannot become active");
+                    Ok(m)
+                }
+            };
+        }
         if m.state != MachineState::Lost {
             return Ok(m);
         }
@@ -317,7 +330,11 @@ impl App {
         let release = boot.kickstart().release.name().to_string();
         let m = self
             .store
-            .run_machine(Op::StartInstall { mac, release })
+            .run_machine(Op::StartInstall {
+                mac,
+                release,
+                image: None,
+            })
             .await?;
         boot.timeline.note(
             mac,

@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cosm_wire::{
-    DesiredState, Enroll, Enrolled, ErrorBody, Heartbeat, HeartbeatReply, InstallReport, MacAddr,
-    Machine, Observed,
+    DesiredState, Enroll, Enrolled, ErrorBody, Heartbeat, HeartbeatReply, InstallProgress,
+    InstallReport, MacAddr, Machine, Observed,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -32,6 +32,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/agent/heartbeat",
             allow(Agent, post(agent_heartbeat)),
+        )
+        .route(
+            "/api/v1/agent/install-progress",
+            allow(Install, post(agent_install_progress)),
         )
         .route("/api/v1/agent/desired", allow(Agent, get(agent_desired)))
         .route("/api/v1/agent/observed", allow(Agent, post(agent_observed)))
@@ -69,6 +73,21 @@ pub(super) async fn agent_install_report(
     let m = state.app.store.run_machine(op).await?;
     tracing::info!(mac = %body.mac, ok = body.ok, "install report");
     Ok(Json(m))
+}
+
+/// An image install's progress: a line on the deploying machine's timeline. Needs the
+/// machine's install token.
+#[utoipa::path(post, path = "/api/v1/agent/install-progress", tag = "agents", request_body = InstallProgress,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn agent_install_progress(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    ApiJson(body): ApiJson<InstallProgress>,
+) -> Result<StatusCode, ApiError> {
+    own_machine(&caller, body.mac)?;
+    state.app.install_progress(&body)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// An agent enrols with its inventory and receives its own credential. A machine that

@@ -15,13 +15,14 @@ use super::error::ApiError;
 use super::extract::single_range_only;
 use super::AppState;
 use crate::app::boot::BootContext;
+use crate::app::install::InstallChoice;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use cosm_netboot::ipxe::{Firmware, Script, Target};
-use cosm_wire::{EventKind, MacAddr};
+use cosm_wire::{EventKind, InstallPlan, MacAddr, MachineState};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,7 +75,13 @@ async fn ipxe_script(
     };
     let machine = state.app.store.machine(mac)?;
     let peer = peer.map(|c| c.0 .0.ip());
-    let (shown, target) = ctx.target(mac, machine.as_ref(), peer);
+    let install = match &machine {
+        Some(m) if matches!(m.state, MachineState::Ready | MachineState::Deploying) => {
+            state.app.install_choice(m)?
+        }
+        _ => InstallChoice::Kickstart,
+    };
+    let (shown, target) = ctx.target(mac, machine.as_ref(), peer, &install);
     let what = match &target {
         Target::Linux { label, .. } => label.clone(),
         Target::LocalDisk => "local disk".into(),
@@ -151,7 +158,7 @@ impl FileQuery {
     /// The boot step a fetch is, from the `step=` the scripts add: kernel, initrd or file.
     fn step(&self) -> &str {
         match self.step.as_deref() {
-            Some(s @ ("kernel" | "initrd")) => s,
+            Some(s @ ("kernel" | "initrd" | "image")) => s,
             _ => "file",
         }
     }
@@ -257,6 +264,18 @@ async fn boot_kickstart(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
+/// A ready machine's image install plan (→ deploying), only with its install token.
+async fn boot_install_plan(
+    State(state): State<AppState>,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+    Query(q): Query<KickstartQuery>,
+) -> Result<Json<InstallPlan>, ApiError> {
+    let mac = parse_mac(Some(&mac))?;
+    let plan = state.app.install_plan(mac, q.token.as_deref()).await?;
+    tracing::info!(%mac, image = %plan.image, "install plan served");
+    Ok(Json(plan))
+}
+
 /// Image-repository files for installers (kernel, initrd), open like the other boot files.
 async fn boot_image(
     State(state): State<AppState>,
@@ -283,6 +302,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/boot/ipxe", get(ipxe_script))
         .route("/boot/report", get(boot_report))
         .route("/boot/ks/{mac}", get(boot_kickstart))
+        .route("/boot/install/{mac}", get(boot_install_plan))
         .route("/boot/images/{name}", get(boot_image).head(boot_image))
         .route("/boot/{*file}", get(boot_file).head(boot_file))
 }

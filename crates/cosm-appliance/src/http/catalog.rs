@@ -13,7 +13,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use cosm_wire::{
     CreateToken, CreatedToken, ErrorBody, Lease, LeaseState, Role, RoleSpec, Rule, RuleSpec,
-    TokenInfo,
+    SetInstallMethod, TokenInfo,
 };
 use std::collections::HashMap;
 
@@ -27,6 +27,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/roles/{name}",
             allow(Read, get(show_role)).merge(allow(Admin, delete(delete_role))),
+        )
+        .route(
+            "/api/v1/roles/{name}/install",
+            allow(Admin, axum::routing::put(set_install_method)),
         )
         .route(
             "/api/v1/rules",
@@ -114,6 +118,31 @@ pub(super) async fn delete_role(
     state.app.store.run(Op::DeleteRole(name.clone())).await?;
     tracing::info!(caller = %caller.name, role = %name, "role deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How a role's machines are installed: `kickstart`, `image`, or `null` (automatic: by
+/// image when the repository has an image for the role, else by kickstart).
+#[utoipa::path(put, path = "/api/v1/roles/{name}/install", tag = "roles",
+    params(("name" = String, Path, description = "role name")),
+    request_body = SetInstallMethod,
+    responses((status = 200, body = Role), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn set_install_method(
+    State(state): State<AppState>,
+    caller: axum::Extension<Caller>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<SetInstallMethod>,
+) -> Result<Json<Role>, ApiError> {
+    let role = parse_role(&name)?;
+    let op = Op::SetInstallMethod {
+        role: role.clone(),
+        method: body.method,
+    };
+    let Outcome::Role(r) = state.app.store.run(op).await? else {
+        unreachable!("SetInstallMethod gives a role")
+    };
+    let method = r.install.map_or("automatic".to_string(), |m| m.to_string());
+    tracing::info!(caller = %caller.name, %role, %method, "install method set");
+    Ok(Json(r))
 }
 
 /// Role rules, in evaluation order, one page at a time (`Link` rel="next" while more

@@ -30,6 +30,10 @@ pub(super) fn routes() -> Router<AppState> {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route(
+            "/api/v1/images/{name}/manifest",
+            allow(Admin, put(set_manifest)),
+        )
+        .route(
             "/api/v1/images/{name}/content",
             allow(Read, get(download_image).head(download_image)),
         )
@@ -72,6 +76,33 @@ pub(super) async fn upload_image(
     }
     let image = upload.finish(&state.app.store).await?;
     Ok((StatusCode::CREATED, Json(image)).into_response())
+}
+
+/// Attach a role image's manifest (`make os-image` writes it beside the image): the image
+/// then installs machines of the manifest's role. Its size and sha256 must be the uploaded
+/// file's.
+#[utoipa::path(put, path = "/api/v1/images/{name}/manifest", tag = "images",
+    params(("name" = String, Path, description = "image name")),
+    request_body = cosm_wire::ImageManifest,
+    responses((status = 200, body = Image), (status = 404), (status = 409, description = "the manifest describes another file"), (status = 422)))]
+pub(super) async fn set_manifest(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    super::extract::ApiJson(manifest): super::extract::ApiJson<cosm_wire::ImageManifest>,
+) -> Result<Json<Image>, ApiError> {
+    state.app.images()?;
+    crate::app::images::check_name(&name)?;
+    let op = crate::app::Op::SetImageManifest {
+        name: name.clone(),
+        manifest,
+    };
+    let crate::app::Outcome::Image(image) = state.app.store.run(op).await? else {
+        unreachable!("SetImageManifest gives an image")
+    };
+    if let Some(os) = &image.os {
+        tracing::info!(image = %name, role = %os.role, release = %os.release, packages = os.packages.len(), "role image manifest attached");
+    }
+    Ok(Json(*image))
 }
 
 /// Every image, by name, one page at a time (`Link` rel="next" while more follow).

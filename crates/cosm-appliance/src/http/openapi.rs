@@ -31,7 +31,7 @@ impl utoipa::Modify for BearerAuth {
         machines::queue_action, agents::agent_enroll, agents::agent_heartbeat,
         agents::agent_desired, agents::agent_observed,
         catalog::list_tokens, catalog::create_token, catalog::delete_token,
-        machines::machine_kickstart, machines::redeploy_machine, machines::reregister_machine, agents::agent_install_report,
+        machines::machine_kickstart, machines::redeploy_machine, machines::reregister_machine, agents::agent_install_report, agents::agent_install_progress, catalog::set_install_method, images::set_manifest,
         images::list_images, images::show_image, images::upload_image,
         images::delete_image, images::download_image,
         vms::create_vm, vms::list_vms, vms::show_vm, vms::delete_vm, vms::start_vm, vms::stop_vm,

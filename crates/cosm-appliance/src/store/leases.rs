@@ -51,6 +51,10 @@ impl<C: StoreCommand> Store<C> {
 }
 
 impl Tx<'_> {
+    pub fn find_image(&self, name: &str) -> Result<Option<Image>, StoreError> {
+        self.get(IMAGES, name)
+    }
+
     pub fn put_lease(&mut self, lease: &Lease) -> Result<(), StoreError> {
         self.txn
             .open_table(LEASES)?

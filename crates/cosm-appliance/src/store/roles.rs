@@ -29,6 +29,7 @@ pub(super) fn seed(txn: &WriteTransaction, now: Timestamp) -> Result<(), StoreEr
             description: description.to_string(),
             builtin: true,
             created_at: now,
+            install: None,
         };
         roles.insert(name, encode(&role).as_slice())?;
     }

@@ -13,6 +13,7 @@ mod deploy;
 mod errors;
 mod https;
 mod images;
+mod install;
 mod lifecycle;
 mod machines;
 mod net;

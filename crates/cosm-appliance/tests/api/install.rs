@@ -1,0 +1,281 @@
+//! Image installs (issue 16) through the API: role images with their manifests, the install
+//! method per role, the plan behind `cosm.install=`, progress, the report, and `active` at
+//! the installed agent's first heartbeat.
+
+use super::common::*;
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+fn manifest(role: &str, data: &[u8]) -> Value {
+    json!({"name": "cosm-test", "role": role, "release": "debian-12", "file": "x.img.zst",
+           "size": data.len(), "sha256": sha256_hex(data), "raw_size": 64u64 << 20,
+           "kernel": "6.1.0-56-amd64", "source_date_epoch": 1700000000,
+           "packages": [{"name": "bash", "version": "5.2.15-2+b7", "arch": "amd64", "sha256": "ab"}]})
+}
+
+/// The `cosm.install=` URL of a machine's iPXE script, if it has one.
+async fn install_url(app: &TestApp, mac: &str) -> Option<String> {
+    let (s, _, script) = get_text(app, &format!("/boot/ipxe?mac={mac}&arch=bios"), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{script}");
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cosm.install="))
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it_active() {
+    let app = TestApp::new().await;
+    // 9 MiB + 5: three chunks, the last one short.
+    let data: Vec<u8> = (0..(9u32 << 20) + 5).map(|i| (i % 253) as u8).collect();
+    upload_image(&app, "cosm-web.img.zst", &data).await;
+
+    // A manifest of another file is refused and leaves the image as it was.
+    let mut other = manifest("web", &data);
+    other["sha256"] = json!(sha256_hex(b"another file"));
+    let (s, e) = app
+        .call(
+            "PUT",
+            "/api/v1/images/cosm-web.img.zst/manifest",
+            Some(other),
+        )
+        .await;
+    assert_error(s, &e, StatusCode::CONFLICT, None);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload the image this manifest was built with"),
+        "{e}"
+    );
+    let (s, e) = app
+        .call(
+            "PUT",
+            "/api/v1/images/cosm-web.img.zst/manifest",
+            Some(manifest("no-such-role", &data)),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s}: {e}");
+    // A read token cannot attach one.
+    let read = app.read_token().await;
+    let (s, _) = app
+        .call_as(
+            Some(&read),
+            "PUT",
+            "/api/v1/images/cosm-web.img.zst/manifest",
+            Some(manifest("web", &data)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, image) = app
+        .call(
+            "PUT",
+            "/api/v1/images/cosm-web.img.zst/manifest",
+            Some(manifest("web", &data)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{image}");
+    assert_eq!(image["os"]["role"], "web");
+    assert_eq!(image["os"]["packages"][0]["name"], "bash");
+    let chunks = image["chunks"].as_array().unwrap().clone();
+    assert_eq!(chunks.len(), 3, "{image}");
+    assert_eq!(chunks[2], json!(sha256_hex(&data[8 << 20..])));
+
+    // A ready web machine now boots the ramdisk told to install; a storage machine (no
+    // image for its role) still gets the kickstart's installer path (here: no installer
+    // images, so the plain ramdisk) and no plan.
+    let mac = "52:54:00:00:1a:01";
+    let inventory = json!({"cpu": {"model": "QEMU", "sockets": 1, "cores": 2, "threads": 2}, "memory_bytes": 1u64 << 30,
+        "disks": [{"name": "vdb", "size_bytes": 10u64 << 30}, {"name": "vda", "size_bytes": 10u64 << 30}], "firmware": "bios", "kernel": "6.1.0"});
+    let enroll = app.enroll_token().await;
+    let (s, v) = app
+        .call_as(
+            Some(&enroll),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": inventory})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app
+        .call(
+            "PUT",
+            &format!("/api/v1/machines/{mac}/role"),
+            Some(json!({"role": "web"})),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("ready")));
+    let url = install_url(&app, mac).await.expect("an image install");
+    let path = url
+        .strip_prefix("http://192.0.2.1:8080")
+        .unwrap_or_else(|| panic!("{url}"));
+    let storage = "52:54:00:00:1a:02";
+    app.call(
+        "POST",
+        "/api/v1/machines",
+        Some(json!({"mac": storage, "role": "storage"})),
+    )
+    .await;
+    assert_eq!(install_url(&app, storage).await, None);
+
+    // The plan is open, like a kickstart: nothing without the token.
+    let (s, _, _) = get_text(&app, &format!("/boot/install/{mac}"), &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = get_text(&app, &format!("/boot/install/{mac}?token=wrong"), &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "ready");
+    let (s, _, plan) = get_text(&app, path, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["image"], "cosm-web.img.zst");
+    assert_eq!(plan["sha256"], json!(sha256_hex(&data)));
+    assert_eq!(plan["chunks"], json!(chunks));
+    assert_eq!(plan["disk"], "vda", "the first disk by name: {plan}");
+    assert_eq!(plan["root_partition"], "root");
+    let files = plan["files"].as_array().unwrap();
+    let hostname = files.iter().find(|f| f["path"] == "/etc/hostname").unwrap();
+    assert_eq!(hostname["content"], "web-001a01\n");
+    assert!(plan["image_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/boot/images/cosm-web.img.zst?mac=52:54:00:00:1a:01&step=image"));
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "deploying");
+    let token = url.split("token=").nth(1).unwrap().to_string();
+
+    // Progress lands on the timeline; another machine's install token cannot post it.
+    let progress = json!({"mac": mac, "phase": "streaming", "bytes": 4u64 << 20,
+                          "total": data.len(), "mib_per_s": 9.5});
+    let (s, e) = app
+        .call_as(
+            Some(&read),
+            "POST",
+            "/api/v1/agent/install-progress",
+            Some(progress.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+    let (s, e) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/install-progress",
+            Some(progress),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+    // The installer enrols the installed system with the install token, then reports.
+    let (s, enrolled) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": inventory})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{enrolled}");
+    let credential = enrolled["credential"].as_str().unwrap().to_string();
+    let (s, m) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(json!({"mac": mac, "ok": true, "message": "written to /dev/vda"})),
+        )
+        .await;
+    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deployed")));
+    // The installed agent's first heartbeat: active.
+    let (s, _) = app
+        .call_as(
+            Some(&credential),
+            "POST",
+            "/api/v1/agent/heartbeat",
+            Some(json!({"cpu_percent": 1.0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "active", "{m}");
+    let (_, ev) = app
+        .call("GET", &format!("/api/v1/machines/{mac}/events"), None)
+        .await;
+    let ev = ev.to_string();
+    for line in [
+        "install plan served: image cosm-web.img.zst",
+        "installing: streaming 44% (4.0 MiB of 9.0 MiB) at 9.5 MiB/s",
+        "its installer fetched the install plan of image cosm-web.img.zst (debian-12)",
+        "first heartbeat since the install",
+    ] {
+        assert!(ev.contains(line), "no {line:?} in {ev}");
+    }
+
+    // The role set to kickstart: the same image no longer installs it.
+    let (s, r) = app
+        .call(
+            "PUT",
+            "/api/v1/roles/web/install",
+            Some(json!({"method": "kickstart"})),
+        )
+        .await;
+    assert_eq!(
+        (s, r["install"].as_str()),
+        (StatusCode::OK, Some("kickstart"))
+    );
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/machines/{mac}/redeploy"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(install_url(&app, mac).await, None);
+    // `image` for a role without an image: its machines are not installed, and the
+    // timeline says why.
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/api/v1/roles/storage/install",
+            Some(json!({"method": "image"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // The timeline keeps one "install …" note per machine every 2 s.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(install_url(&app, storage).await, None);
+    // Timeline notes are written in the background: wait for it (bounded).
+    let mut ev = Value::Null;
+    for _ in 0..50 {
+        ev = app
+            .call("GET", &format!("/api/v1/machines/{storage}/events"), None)
+            .await
+            .1;
+        if ev
+            .to_string()
+            .contains("no image in the repository is for role storage")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        ev.to_string()
+            .contains("no image in the repository is for role storage"),
+        "{ev}"
+    );
+    let (s, e) = app
+        .call(
+            "PUT",
+            "/api/v1/roles/web/install",
+            Some(json!({"method": "iso"})),
+        )
+        .await;
+    assert!(s.is_client_error(), "{e}");
+}
