@@ -14,9 +14,13 @@
 //! - [`peers`] — on hypervisor hosts: answers peer probes, probes the peers the
 //!   appliance names, and the opt-in self-fence.
 //! - [`run`] — the heartbeat loop, which never waits for a controller.
+//! - [`install`] — `cosm-agent install`: writes an image onto this machine's disk, grows
+//!   its partition table, configures and enrols the installed system (the ramdisk, with
+//!   `cosm.install=` on the kernel line).
 
 pub mod controller;
 pub mod enrolment;
+pub mod install;
 pub mod inventory;
 pub mod network;
 pub mod peers;

@@ -3,7 +3,9 @@
 //! `run` enrols with the appliance, heartbeats and converges to its desired state (its
 //! controllers carry out the queued actions on their own threads; with `--hypervisor` or
 //! `--simulate-vms`, the VM controller makes the host's VMs match);
-//! `inventory` prints what the agent reports about this machine's hardware.
+//! `install` writes an image onto this machine's disk and configures it (the ramdisk, when
+//! booted with `cosm.install=`); `inventory` prints what the agent reports about this
+//! machine's hardware.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -149,6 +151,31 @@ enum Cmd {
         #[arg(long, env = "COSM_VTEP_DEV", value_name = "IFNAME")]
         vtep_dev: Option<String>,
     },
+    /// Install this machine from an image: OVERWRITES A WHOLE DISK.
+    ///
+    /// Fetches the install plan at --plan (the appliance's URL with the machine's install
+    /// token, what the agent ramdisk finds as cosm.install= on the kernel line), then:
+    /// streams the plan's zstd-compressed disk image onto the disk, checking every 4 MiB
+    /// chunk's sha256 against the plan before a byte of it reaches the disk; grows the
+    /// GPT to the disk and the root partition to its end; mounts the root (ext4), writes
+    /// the plan's files, enrols the installed system's agent with the install token and
+    /// stores its credential there; and reports the outcome to the appliance, with
+    /// progress along the way. The disk is the plan's, or the first non-removable disk
+    /// large enough; everything on it is lost.
+    ///
+    /// Exit status: 0 installed and reported, 1 failed (reported when the appliance could
+    /// be reached), 2 installed but the report could not be delivered. It never reboots;
+    /// the ramdisk's /init does.
+    Install {
+        /// The install plan's URL, e.g.
+        /// http://192.0.2.1:8080/boot/install/52:54:00:12:34:56?token=<install token>.
+        #[arg(long, value_name = "URL")]
+        plan: String,
+        /// Write this whole disk (its device node, e.g. /dev/sdb) instead of the plan's
+        /// or the first large enough.
+        #[arg(long, value_name = "DEVICE")]
+        disk: Option<PathBuf>,
+    },
     /// Print this machine's hardware inventory (what the agent reports to the appliance).
     Inventory {
         /// Filesystem root to read `proc/` and `sys/` from (a copy of another machine's, or a
@@ -262,6 +289,12 @@ fn main() {
                 eprintln!("error: {e:#}");
                 std::process::exit(1);
             }
+        }
+        Cmd::Install { plan, disk } => {
+            let mut opts = cosm_agent::install::Options::new(plan);
+            opts.disk = disk;
+            let outcome = cosm_agent::install::run(&opts);
+            std::process::exit(outcome.exit_code());
         }
         Cmd::Inventory { root, json } => {
             if let Err(e) = print_inventory(&root, json) {
