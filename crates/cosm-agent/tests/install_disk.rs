@@ -381,7 +381,7 @@ fn debugfs(dev: &Path, request: &str) -> String {
 
 fn prerequisites() {
     need_root();
-    need("sfdisk", "util-linux");
+    need("sfdisk", "fdisk");
     need("losetup", "util-linux");
     need("sgdisk", "gdisk");
     need("mkfs.ext4", "e2fsprogs");

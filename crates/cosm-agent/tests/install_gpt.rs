@@ -33,7 +33,7 @@ fn image_on_bigger_disk(
 
 #[test]
 fn a_grown_table_is_valid_and_root_ends_at_the_last_usable_lba() {
-    need("sfdisk", "util-linux");
+    need("sfdisk", "fdisk");
     need("sgdisk", "gdisk");
     let t = tempfile::tempdir().unwrap();
     let parts = [
@@ -94,7 +94,7 @@ fn a_grown_table_is_valid_and_root_ends_at_the_last_usable_lba() {
 
 #[test]
 fn a_root_that_is_not_last_is_refused_and_nothing_changes() {
-    need("sfdisk", "util-linux");
+    need("sfdisk", "fdisk");
     let t = tempfile::tempdir().unwrap();
     let parts = [
         &format!("start=2048, size=40960, type={LINUX_TYPE}, name=\"root\"")[..],
