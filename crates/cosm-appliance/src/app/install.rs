@@ -8,7 +8,7 @@
 //! kickstart's and serves nothing without that token, which is only handed to the address
 //! DHCP leased to the machine (authoritative mode).
 
-use super::{installable, App, AppError, Op};
+use super::{App, AppError, Op};
 use crate::store::StoreError;
 use cosm_wire::{
     EventKind, Image, InstallFile, InstallMethod, InstallPlan, InstallProgress, MacAddr, Machine,
@@ -69,18 +69,7 @@ impl App {
         token: Option<&str>,
     ) -> Result<InstallPlan, AppError> {
         let boot = self.boot()?;
-        let m = self.store.machine(mac)?.ok_or_else(|| AppError::NotFound {
-            message: format!("no machine {mac}"),
-        })?;
-        installable(&m)?;
-        if !token.is_some_and(|t| boot.install_key.accepts(&m, t)) {
-            tracing::warn!(%mac, with_token = token.is_some(), "install plan refused: no valid install token");
-            return Err(AppError::Forbidden {
-                message: format!(
-                    "the install plan of {mac} needs its install token (?token=): the cosm.install= URL of its boot script carries it; a token of an earlier install round no longer works"
-                ),
-            });
-        }
+        let m = self.installing_machine(mac, token, "the install plan", "cosm.install=")?;
         let image = match self.install_choice(&m)? {
             InstallChoice::Image(i) => i,
             InstallChoice::Kickstart => {

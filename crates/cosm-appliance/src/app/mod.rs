@@ -304,6 +304,32 @@ impl App {
         self.store.run_machine(op).await
     }
 
+    /// The machine an installer asks for `what` (its kickstart, its install plan), when it
+    /// may be installed and `token` is its current install token (the `url` of its boot
+    /// script carries it); else nothing is served: 404, 409 or 403.
+    pub(super) fn installing_machine(
+        &self,
+        mac: MacAddr,
+        token: Option<&str>,
+        what: &str,
+        url: &str,
+    ) -> Result<Machine, AppError> {
+        let boot = self.boot()?;
+        let m = self.store.machine(mac)?.ok_or_else(|| AppError::NotFound {
+            message: format!("no machine {mac}"),
+        })?;
+        installable(&m)?;
+        if !token.is_some_and(|t| boot.install_key.accepts(&m, t)) {
+            tracing::warn!(%mac, with_token = token.is_some(), "{what} refused: no valid install token");
+            return Err(AppError::Forbidden {
+                message: format!(
+                    "{what} of {mac} needs its install token (?token=): the {url} URL of its boot script carries it; a token of an earlier install round no longer works"
+                ),
+            });
+        }
+        Ok(m)
+    }
+
     /// The installer of `mac` fetches its kickstart with the install token its boot script
     /// gave it: rendered, then the machine moves to `deploying` (a refused move serves
     /// nothing). Without that token nothing is served and nothing moves: the URL is open
@@ -314,18 +340,7 @@ impl App {
         token: Option<&str>,
     ) -> Result<String, AppError> {
         let boot = self.boot()?;
-        let m = self.store.machine(mac)?.ok_or_else(|| AppError::NotFound {
-            message: format!("no machine {mac}"),
-        })?;
-        installable(&m)?;
-        if !token.is_some_and(|t| boot.install_key.accepts(&m, t)) {
-            tracing::warn!(%mac, with_token = token.is_some(), "kickstart refused: no valid install token");
-            return Err(AppError::Forbidden {
-                message: format!(
-                    "the kickstart of {mac} needs its install token (?token=): the inst.ks= URL of its boot script carries it; a token of an earlier install round no longer works"
-                ),
-            });
-        }
+        let m = self.installing_machine(mac, token, "the kickstart", "inst.ks=")?;
         let text = boot.render_kickstart(&m)?;
         let release = boot.kickstart().release.name().to_string();
         let m = self
