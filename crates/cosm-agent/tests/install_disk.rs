@@ -299,6 +299,7 @@ fn serve(conn: TcpStream, served: &Served, calls: &Mutex<Vec<Call>>) -> std::io:
                         pending_actions: Vec::new(),
                         install_round: 1,
                         discovered_by_dhcp: false,
+                        awaits_installed_agent: false,
                     },
                     credential: "cosm_node_credential_1".into(),
                     heartbeat_secs: 5,

@@ -113,6 +113,11 @@ pub struct Machine {
     /// enrolled it counts against `dhcp.max_unknown_leases` and expires.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discovered_by_dhcp: bool,
+    /// Set when an install report made the machine `deployed`: its installed system's
+    /// agent has not beaten yet. Its first heartbeat makes it `active`. A machine an
+    /// operator moved to `deployed` is never activated by heartbeats.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaits_installed_agent: bool,
 }
 
 /// Body of `POST /api/v1/machines`: pre-register a MAC, optionally with its role.

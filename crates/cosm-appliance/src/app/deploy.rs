@@ -115,6 +115,7 @@ pub(super) fn report_install(
         (MachineState::Failed, format!("install failed: {message}"))
     };
     transition(tx, &mut m, to, &why)?;
+    m.awaits_installed_agent = ok;
     tx.put_machine(&mut m)?;
     Ok(m)
 }

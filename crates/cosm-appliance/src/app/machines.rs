@@ -110,6 +110,10 @@ pub(super) fn transition(
 ) -> Result<(), StoreError> {
     check_move(m, to)?;
     let from = m.state;
+    if from == MachineState::Deployed && to != MachineState::Lost {
+        // Out of `deployed` (not just unheard for a while): no first beat is awaited.
+        m.awaits_installed_agent = false;
+    }
     if to == MachineState::Lost {
         m.lost_from = Some(from);
     } else if from == MachineState::Lost {
@@ -176,6 +180,7 @@ pub(super) fn create(tx: &mut Tx<'_>, spec: &CreateMachine) -> Result<Machine, S
         lost_from: None,
         install_round: 0,
         discovered_by_dhcp: false,
+        awaits_installed_agent: false,
         desired_generation: 0,
         pending_actions: Vec::new(),
     };
@@ -390,11 +395,12 @@ pub(super) fn resume(tx: &mut Tx<'_>, mac: MacAddr) -> Result<Machine, StoreErro
     Ok(m)
 }
 
-/// A deployed machine whose agent beats runs its installed system (a deployed machine
-/// boots from its disk, never the ramdisk): it becomes `active`. Any other state: nothing.
+/// A machine an install report made `deployed` whose agent beats runs its installed
+/// system (a deployed machine boots from its disk, never the ramdisk): it becomes
+/// `active`. Any other machine: nothing.
 pub(super) fn activate(tx: &mut Tx<'_>, mac: MacAddr) -> Result<Machine, StoreError> {
     let mut m = tx.machine(mac)?;
-    if m.state != MachineState::Deployed {
+    if m.state != MachineState::Deployed || !m.awaits_installed_agent {
         return Ok(m);
     }
     transition(

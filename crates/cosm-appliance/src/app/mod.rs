@@ -229,7 +229,7 @@ impl App {
     pub async fn heartbeat(&self, mac: MacAddr, beat: Heartbeat) -> Result<Machine, AppError> {
         self.liveness.beat(mac, beat);
         let m = known_machine(&self.store, mac, "; enrol again")?;
-        if m.state == MachineState::Deployed {
+        if m.state == MachineState::Deployed && m.awaits_installed_agent {
             return match self.store.run_machine(Op::Activate { mac }).await {
                 Ok(active) => {
                     tracing::info!(%mac, "machine active: its installed agent beats");

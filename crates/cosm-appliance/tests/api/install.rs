@@ -279,3 +279,43 @@ async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it
         .await;
     assert!(s.is_client_error(), "{e}");
 }
+
+#[tokio::test]
+async fn heartbeats_do_not_activate_a_machine_an_operator_moved_to_deployed() {
+    let app = TestApp::new().await;
+    let mac = "52:54:00:00:1a:03";
+    let enroll = app.enroll_token().await;
+    let (s, v) = app
+        .call_as(
+            Some(&enroll),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": {}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let credential = v["credential"].as_str().unwrap().to_string();
+    app.call(
+        "PUT",
+        &format!("/api/v1/machines/{mac}/role"),
+        Some(json!({"role": "host"})),
+    )
+    .await;
+    walk(&app, mac, &["deploying", "deployed"]).await;
+    // Its agent beats (a host already up, as the rack's hosts are): the operator's next
+    // move to `active` must still be theirs to make.
+    let (s, _) = app
+        .call_as(
+            Some(&credential),
+            "POST",
+            "/api/v1/agent/heartbeat",
+            Some(json!({"cpu_percent": 1.0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "deployed", "{m}");
+    walk(&app, mac, &["active"]).await;
+}
