@@ -20,8 +20,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # crates/cosm-e2e/tests/power.rs. nftables (nft): the appliance cut off from its hosts in
 # crates/cosm-e2e/tests/ha.rs and the tenant-network rules (crates/cosm-sdn/tests/linux.rs, which also
 # needs netcat-openbsd for its TCP checks). tcpdump: ARP seen or not across tenant networks
-# (crates/cosm-e2e/tests/sdn.rs).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver
+# (crates/cosm-e2e/tests/sdn.rs). ndisc6 (rdisc6, a router-discovery client that solicits and decodes
+# router advertisements): crates/cosm-netboot/tests/router_advertisements.rs.
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver ndisc6
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa iperf3
@@ -40,7 +41,7 @@ help:
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
-	@echo "make fuzz   - fuzz DHCP packets, TFTP requests and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
+	@echo "make fuzz   - fuzz DHCP packets, TFTP requests, router solicitations and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
 
 all: build
@@ -101,12 +102,13 @@ bench: toolchain deps image
 	$(TARGET_DIR)/release/ha-bench
 	$(TARGET_DIR)/release/sdn-bench
 
-# Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
-# through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz
+# Fuzz the DHCP packet path, the TFTP request parser, the router-solicitation check
+# (crates/cosm-netboot/fuzz) and the HTTP API through its router (crates/cosm-appliance/fuzz)
+# for FUZZ_SECONDS each (default 60). cargo-fuzz
 # needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
 FUZZ_SECONDS ?= 60
 # Each target (fuzz directory:target) runs for FUZZ_SECONDS, one after the other.
-FUZZ_TARGETS := cosm-netboot:dhcp_packet cosm-netboot:tftp_request cosm-appliance:http_request
+FUZZ_TARGETS := cosm-netboot:dhcp_packet cosm-netboot:tftp_request cosm-netboot:ra_solicitation cosm-appliance:http_request
 fuzz: toolchain
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	for t in $(FUZZ_TARGETS); do \
