@@ -9,7 +9,7 @@ mod netns;
 
 use cosm_netboot::ra::packet::{self, router_advertisement, ROUTER_ADVERTISEMENT};
 use cosm_netboot::ra::schedule::{Timing, PER_SOURCE_BURST};
-use cosm_netboot::ra::{self, Advertising, RaHandle, Segment};
+use cosm_netboot::ra::{self, Advertising, RaHandle, RaObserver, Segment};
 use cosm_wire::MacAddr;
 use netns::{require_root_tools, run_ok, run_timeout, NetNs};
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn6};
@@ -28,10 +28,21 @@ const SLOW: Timing = Timing {
     max_interval_ms: 80_000,
 };
 
+/// The MACs the sender said it answered, in order.
+#[derive(Debug, Default)]
+struct Answered(std::sync::Mutex<Vec<MacAddr>>);
+
+impl RaObserver for Answered {
+    fn answered(&self, mac: MacAddr) {
+        self.0.lock().unwrap().push(mac);
+    }
+}
+
 /// The sender on a thread of its own inside a namespace (its socket is there); stopped and
 /// joined on drop.
 struct Sender {
     handle: RaHandle,
+    answered: std::sync::Arc<Answered>,
     stop: watch::Sender<bool>,
     _segment: watch::Sender<Option<Segment>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -43,6 +54,8 @@ impl Sender {
         let (stop, stop_rx) = watch::channel(false);
         let (tx, rx) = std::sync::mpsc::channel();
         let ns_name = ns.name().to_string();
+        let answered = std::sync::Arc::new(Answered::default());
+        let observer = answered.clone();
         let thread = std::thread::spawn(move || {
             netns::enter(&ns_name);
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -50,7 +63,7 @@ impl Sender {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let (handle, serve) = ra::start(segment_rx, timing, stop_rx);
+                let (handle, serve) = ra::start(segment_rx, timing, observer, stop_rx);
                 tx.send(handle).unwrap();
                 serve.await;
             });
@@ -60,6 +73,7 @@ impl Sender {
             .expect("the sender thread did not start within 10 s");
         Sender {
             handle,
+            answered,
             stop,
             _segment: segment,
             thread: Some(thread),
@@ -481,6 +495,9 @@ fn invalid_solicitations_get_nothing_and_a_flood_gets_a_bounded_answer() {
         unicast.len()
     );
     assert!(stats.rate_limited.load(Ordering::Relaxed) > 0);
+    // The solicitations carried the host's MAC: the observer heard of each answer by it.
+    let told = sender.answered.0.lock().unwrap().clone();
+    assert_eq!(told, vec![b_mac; unicast.len()]);
     // The sender still serves: once the bucket refilled, rdisc6 is answered.
     std::thread::sleep(Duration::from_secs(2));
     let (ok, out, took) = rdisc6(&b, &b_if, true, 1000);

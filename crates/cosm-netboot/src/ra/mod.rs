@@ -81,6 +81,21 @@ pub struct RaStats {
     pub send_failed: AtomicU64,
 }
 
+/// Told of each unicast answer to a host's solicitation, by the link-layer address the
+/// solicitation carried (a network-booting machine's MAC); called on the sender's task,
+/// so it must not block.
+pub trait RaObserver: Send + Sync + 'static {
+    fn answered(&self, mac: MacAddr);
+}
+
+/// An observer that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl RaObserver for NoObserver {
+    fn answered(&self, _mac: MacAddr) {}
+}
+
 /// The interface advertised on, once the socket is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advertising {
@@ -116,6 +131,7 @@ impl RaHandle {
 pub fn start(
     segment: watch::Receiver<Option<Segment>>,
     timing: Timing,
+    observer: Arc<dyn RaObserver>,
     shutdown: watch::Receiver<bool>,
 ) -> (RaHandle, impl Future<Output = ()>) {
     let stats = Arc::new(RaStats::default());
@@ -124,7 +140,10 @@ pub fn start(
         stats: stats.clone(),
         status,
     };
-    (handle, serve(segment, timing, shutdown, stats, status_tx))
+    (
+        handle,
+        serve(segment, timing, observer, shutdown, stats, status_tx),
+    )
 }
 
 /// Why one socket's service ended.
@@ -138,6 +157,7 @@ enum Ended {
 async fn serve(
     mut segment: watch::Receiver<Option<Segment>>,
     timing: Timing,
+    observer: Arc<dyn RaObserver>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<RaStats>,
     status: watch::Sender<Option<Advertising>>,
@@ -172,6 +192,7 @@ async fn serve(
                 run(
                     link,
                     timing,
+                    &*observer,
                     &clock,
                     &mut segment,
                     &mut shutdown,
@@ -398,6 +419,7 @@ fn millis(clock: &Instant) -> u64 {
 async fn run(
     mut link: Link,
     timing: Timing,
+    observer: &dyn RaObserver,
     clock: &Instant,
     segment: &mut watch::Receiver<Option<Segment>>,
     shutdown: &mut watch::Receiver<bool>,
@@ -434,6 +456,9 @@ async fn run(
                             let kind = if due.solicitations > 0 { &stats.solicited } else { &stats.periodic };
                             kind.fetch_add(1, Ordering::Relaxed);
                             stats.answered.fetch_add(u64::from(due.solicitations), Ordering::Relaxed);
+                            if let Some(mac) = due.mac {
+                                observer.answered(mac);
+                            }
                         }
                         Err(e) => {
                             stats.send_failed.fetch_add(1, Ordering::Relaxed);

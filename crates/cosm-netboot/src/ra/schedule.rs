@@ -14,6 +14,7 @@
 
 use super::packet::Solicitation;
 use crate::rate::RateLimiter;
+use cosm_wire::MacAddr;
 use std::net::Ipv6Addr;
 
 /// RFC 4861 §10: the most an answer to a solicitation may be delayed.
@@ -100,6 +101,8 @@ pub enum Destination {
 pub struct Due {
     pub to: Destination,
     pub solicitations: u32,
+    /// A unicast answer's host, by the link-layer address its solicitation carried.
+    pub mac: Option<MacAddr>,
 }
 
 /// What became of a solicitation.
@@ -123,10 +126,19 @@ pub struct Scheduler {
     /// Solicitations the next multicast advertisement answers.
     multicast_answers: u32,
     last_multicast_ms: Option<u64>,
-    /// (due, to, solicitations answered), unordered.
-    unicast: Vec<(u64, Ipv6Addr, u32)>,
+    /// Unicast answers waiting for their delay, unordered.
+    unicast: Vec<Pending>,
     per_source: RateLimiter<Ipv6Addr>,
     segment: RateLimiter<()>,
+}
+
+/// A unicast answer waiting for its delay.
+#[derive(Debug)]
+struct Pending {
+    due_ms: u64,
+    to: Ipv6Addr,
+    solicitations: u32,
+    mac: Option<MacAddr>,
 }
 
 fn is_link_local(a: &Ipv6Addr) -> bool {
@@ -152,8 +164,9 @@ impl Scheduler {
         let delay = random % (MAX_RA_DELAY_TIME_MS + 1);
         match s.source.filter(is_link_local) {
             Some(src) => {
-                if let Some(pending) = self.unicast.iter_mut().find(|u| u.1 == src) {
-                    pending.2 += 1;
+                if let Some(pending) = self.unicast.iter_mut().find(|u| u.to == src) {
+                    pending.solicitations += 1;
+                    pending.mac = pending.mac.or(s.source_mac);
                     return Answer::Shared;
                 }
                 if self.unicast.len() >= MAX_PENDING
@@ -163,7 +176,12 @@ impl Scheduler {
                     return Answer::RateLimited;
                 }
                 let at_ms = now_ms + delay;
-                self.unicast.push((at_ms, src, 1));
+                self.unicast.push(Pending {
+                    due_ms: at_ms,
+                    to: src,
+                    solicitations: 1,
+                    mac: s.source_mac,
+                });
                 Answer::Unicast { at_ms }
             }
             None => {
@@ -190,7 +208,7 @@ impl Scheduler {
     pub fn next_due_ms(&self) -> u64 {
         self.unicast
             .iter()
-            .map(|u| u.0)
+            .map(|u| u.due_ms)
             .fold(self.next_multicast_ms, u64::min)
     }
 
@@ -198,11 +216,12 @@ impl Scheduler {
     /// schedules the next at a random interval (`random`) from now.
     pub fn take_due(&mut self, now_ms: u64, random: u64) -> Vec<Due> {
         let mut out = Vec::new();
-        self.unicast.retain(|&(at, to, n)| {
-            if at <= now_ms {
+        self.unicast.retain(|p| {
+            if p.due_ms <= now_ms {
                 out.push(Due {
-                    to: Destination::Unicast(to),
-                    solicitations: n,
+                    to: Destination::Unicast(p.to),
+                    solicitations: p.solicitations,
+                    mac: p.mac,
                 });
                 false
             } else {
@@ -213,6 +232,7 @@ impl Scheduler {
             out.push(Due {
                 to: Destination::AllNodes,
                 solicitations: std::mem::take(&mut self.multicast_answers),
+                mac: None,
             });
             self.last_multicast_ms = Some(now_ms);
             self.next_multicast_ms = now_ms + self.timing.pick(random);
@@ -266,7 +286,8 @@ mod tests {
             due,
             vec![Due {
                 to: Destination::AllNodes,
-                solicitations: 0
+                solicitations: 0,
+                mac: None,
             }]
         );
         assert_eq!(s.next_due_ms(), 4_000, "random 0 → the shortest interval");
@@ -287,14 +308,21 @@ mod tests {
         let a = s.solicited(&from("fe80::1"), 100, 250);
         assert_eq!(a, Answer::Unicast { at_ms: 350 });
         assert_eq!(s.next_due_ms(), 350);
-        // Its retransmission before the answer left shares it.
-        assert_eq!(s.solicited(&from("fe80::1"), 200, 0), Answer::Shared);
+        // Its retransmission before the answer left shares it, and the answer is known by
+        // the link-layer address the solicitations carried.
+        let mac = MacAddr::new([0x52, 0x54, 0, 0xc0, 0x53, 1]);
+        let with_mac = Solicitation {
+            source_mac: Some(mac),
+            ..from("fe80::1")
+        };
+        assert_eq!(s.solicited(&with_mac, 200, 0), Answer::Shared);
         assert!(s.take_due(349, 0).is_empty());
         assert_eq!(
             s.take_due(350, 0),
             vec![Due {
                 to: Destination::Unicast("fe80::1".parse().unwrap()),
-                solicitations: 2
+                solicitations: 2,
+                mac: Some(mac),
             }]
         );
         // The delay never exceeds MAX_RA_DELAY_TIME.
@@ -320,7 +348,8 @@ mod tests {
             s.take_due(3_100, 0),
             vec![Due {
                 to: Destination::AllNodes,
-                solicitations: 3
+                solicitations: 3,
+                mac: None,
             }]
         );
         // Long after the last multicast: just the delay.
