@@ -11,7 +11,7 @@ use crate::config::DhcpSettings;
 use crate::store::StoreError;
 use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink, Listen};
 use cosm_netboot::dhcp::{DhcpConfig, Host, Hosts, Mode};
-use cosm_netboot::ra::{self, schedule::Timing, RaHandle, Segment};
+use cosm_netboot::ra::{self, schedule::Timing, RaHandle, RaObserver, Segment};
 use cosm_wire::{EventKind, Lease, MacAddr};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -145,6 +145,39 @@ async fn expire_dhcp_only(store: Store, expiry: std::time::Duration) {
     }
 }
 
+/// Puts each answer to a machine's router solicitation on its timeline: the step that
+/// ends its firmware's wait for IPv6 autoconfiguration.
+#[derive(Debug)]
+struct RaTimeline {
+    timeline: Arc<Timeline>,
+    hosts: watch::Receiver<Arc<Hosts>>,
+}
+
+/// The timeline line of an answered router solicitation.
+pub const RA_ANSWERED: &str =
+    "router advertisement sent in answer to its IPv6 router solicitation (not a default router, no prefix)";
+
+impl RaObserver for RaTimeline {
+    fn answered(&self, mac: MacAddr) {
+        let timeline = self.timeline.clone();
+        let mut hosts = self.hosts.clone();
+        // Firmware solicits a router as it sends its first DISCOVER, which is what records
+        // a new machine; the answer can leave before that record exists. Wait for it, a
+        // little (answers are rate-limited, so these waits are few).
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !hosts.borrow_and_update().is_known(&mac) {
+                    if hosts.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            timeline.note(mac, EventKind::Dhcp, RA_ANSWERED.to_string());
+        });
+    }
+}
+
 /// Where router advertisements go under a DHCP config: the DHCP segment while the mode
 /// is authoritative (in proxy mode another server owns the segment), nowhere otherwise.
 fn ra_segment(cfg: &DhcpConfig, listen: &Listen) -> Option<Segment> {
@@ -254,6 +287,10 @@ pub async fn start(
     if let Some(expiry) = settings.discovered_expiry {
         tokio::spawn(expire_dhcp_only(store.clone(), expiry));
     }
+    let ra_timeline = RaTimeline {
+        timeline: timeline.clone(),
+        hosts: hosts_rx.clone(),
+    };
     let sink = Arc::new(StoreSink {
         store,
         hosts: hosts_rx.clone(),
@@ -284,7 +321,8 @@ pub async fn start(
     // (none while the mode is not authoritative); it logs where it advertises, or why not.
     let (ra_tx, ra_handle, ra_serve) = if settings.router_advertisements {
         let (tx, rx) = watch::channel(None);
-        let (ra_handle, ra_serve) = ra::start(rx, Timing::PROVISIONING, shutdown);
+        let (ra_handle, ra_serve) =
+            ra::start(rx, Timing::PROVISIONING, Arc::new(ra_timeline), shutdown);
         steer_ra(Some(&tx), &handle.config(), &settings.listen);
         (Some(tx), Some(ra_handle), Some(ra_serve))
     } else {
