@@ -39,7 +39,7 @@ help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA (root)"
+	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA, PXE power-on → ramdisk (vs dnsmasq) (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz DHCP packets, TFTP requests, router solicitations and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
@@ -90,7 +90,8 @@ demo: toolchain deps build image
 	./scripts/demo.sh
 
 # vm-bench is not pinned to a CPU: its rack's QEMU guests need both cores. Nor is ha-bench: its
-# rack's agents and a thousand simulated hosts share both cores with the appliance.
+# rack's agents and a thousand simulated hosts share both cores with the appliance. Nor is
+# pxe-bench: its QEMU machine (TCG, two vCPUs) and the server it boots from share both cores.
 bench: toolchain deps image
 	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
@@ -101,6 +102,7 @@ bench: toolchain deps image
 	$(TARGET_DIR)/release/vm-bench
 	$(TARGET_DIR)/release/ha-bench
 	$(TARGET_DIR)/release/sdn-bench
+	$(TARGET_DIR)/release/pxe-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser, the router-solicitation check
 # (crates/cosm-netboot/fuzz) and the HTTP API through its router (crates/cosm-appliance/fuzz)
