@@ -70,7 +70,7 @@ pub(super) fn dhcp_settings(
         (Some(true), Mode::Proxy) => {
             return Err((
                 k("router_advertisements"),
-                "true needs mode = \"authoritative\": in proxy mode another DHCP server owns the segment, and router advertisements there are its network's business".into(),
+                "true needs mode = \"authoritative\": in proxy mode another DHCP server owns the segment, and what its IPv6 hosts are told is that network's business (set it to false, or leave it out)".into(),
             ))
         }
         (Some(on), _) => on,

@@ -134,6 +134,7 @@ pub fn start(
     observer: Arc<dyn RaObserver>,
     shutdown: watch::Receiver<bool>,
 ) -> (RaHandle, impl Future<Output = ()>) {
+    debug_assert_eq!(timing.check(), Ok(()), "RFC 4861 intervals");
     let stats = Arc::new(RaStats::default());
     let (status_tx, status) = watch::channel(None);
     let handle = RaHandle {
