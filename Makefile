@@ -22,7 +22,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # needs netcat-openbsd for its TCP checks). tcpdump: ARP seen or not across tenant networks
 # (crates/cosm-e2e/tests/sdn.rs). fdisk (sfdisk), gdisk (sgdisk), e2fsprogs (mkfs.ext4, debugfs, e2fsck): the
 # image installer's GPT and loop-device tests (crates/cosm-agent/tests/install_gpt.rs, install_disk.rs).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver fdisk gdisk e2fsprogs
+# ndisc6 (rdisc6, a router-discovery client that solicits and decodes router advertisements):
+# crates/cosm-e2e/tests/router_advertisements.rs.
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver fdisk gdisk e2fsprogs ndisc6
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa iperf3
@@ -39,9 +41,9 @@ help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA (root)"
+	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA, PXE power-on → ramdisk (vs dnsmasq) (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
-	@echo "make fuzz   - fuzz DHCP packets, TFTP requests and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
+	@echo "make fuzz   - fuzz DHCP packets, TFTP requests, router solicitations and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
 
 all: build
@@ -90,7 +92,8 @@ demo: toolchain deps build image
 	./scripts/demo.sh
 
 # vm-bench is not pinned to a CPU: its rack's QEMU guests need both cores. Nor is ha-bench: its
-# rack's agents and a thousand simulated hosts share both cores with the appliance.
+# rack's agents and a thousand simulated hosts share both cores with the appliance. Nor is
+# pxe-bench: its QEMU machine (TCG, two vCPUs) and the server it boots from share both cores.
 bench: toolchain deps image
 	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
@@ -101,13 +104,15 @@ bench: toolchain deps image
 	$(TARGET_DIR)/release/vm-bench
 	$(TARGET_DIR)/release/ha-bench
 	$(TARGET_DIR)/release/sdn-bench
+	$(TARGET_DIR)/release/pxe-bench
 
-# Fuzz the DHCP packet path, the TFTP request parser (crates/cosm-netboot/fuzz) and the HTTP API
-# through its router (crates/cosm-appliance/fuzz) for FUZZ_SECONDS each (default 60). cargo-fuzz
+# Fuzz the DHCP packet path, the TFTP request parser, the router-solicitation check
+# (crates/cosm-netboot/fuzz) and the HTTP API through its router (crates/cosm-appliance/fuzz)
+# for FUZZ_SECONDS each (default 60). cargo-fuzz
 # needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
 FUZZ_SECONDS ?= 60
 # Each target (fuzz directory:target) runs for FUZZ_SECONDS, one after the other.
-FUZZ_TARGETS := cosm-netboot:dhcp_packet cosm-netboot:tftp_request cosm-appliance:http_request
+FUZZ_TARGETS := cosm-netboot:dhcp_packet cosm-netboot:tftp_request cosm-netboot:ra_solicitation cosm-appliance:http_request
 fuzz: toolchain
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	for t in $(FUZZ_TARGETS); do \

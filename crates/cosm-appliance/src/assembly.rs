@@ -1,6 +1,6 @@
 //! The one place the appliance is put together from its configuration: the store, the
 //! first admin token, the boot directory, the image repository, liveness and its monitor,
-//! DHCP and TFTP when configured, and the metrics. `serve` runs what this builds, and the
+//! DHCP (with IPv6 router advertisements) and TFTP when configured, and the metrics. `serve` runs what this builds, and the
 //! API tests build the same thing (without the network services) through [`Assembly::build`].
 
 use crate::app::boot::{BootContext, TftpTimeline};
@@ -99,6 +99,7 @@ impl Assembly {
             })?;
         let mut tftp = None;
         let mut dhcp_handle = None;
+        let mut ra_handle = None;
         let mut dhcp = None;
         if network == Network::AsConfigured {
             if let Some(settings) = config.tftp.clone() {
@@ -112,7 +113,7 @@ impl Assembly {
                 tracing::warn!("DHCP is on but TFTP is off (no [tftp] section): BIOS and UEFI PXE clients will not get their iPXE binary; iPXE and UEFI HTTP Boot clients still boot");
             }
             if let Some(settings) = config.dhcp.clone() {
-                let (handle, serve) = crate::dhcp_service::start(
+                let started = crate::dhcp_service::start(
                     settings,
                     store.clone(),
                     timeline,
@@ -120,13 +121,14 @@ impl Assembly {
                     live.subscribe(),
                 )
                 .await?;
-                dhcp_handle = Some(handle);
-                dhcp = Some(tokio::spawn(serve));
+                dhcp_handle = Some(started.dhcp);
+                ra_handle = started.ra;
+                dhcp = Some(tokio::spawn(started.serve));
             } else {
                 tracing::info!("DHCP is off (no [dhcp] section, or mode = \"off\")");
             }
         }
-        let metrics = Metrics::new(store.clone(), dhcp_handle, tftp);
+        let metrics = Metrics::new(store.clone(), dhcp_handle, ra_handle, tftp);
         let liveness = Arc::new(Liveness::new(
             std::time::Duration::from_secs(config.heartbeat_secs.into()),
             config.missed_beats,

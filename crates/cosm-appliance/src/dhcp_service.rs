@@ -1,13 +1,17 @@
 //! Runs the netboot DHCP server inside the appliance: leases become durable through the
 //! store (grouped commits), known machines and their reservations come from the store,
-//! and each machine's DHCP steps land on its timeline.
+//! and each machine's DHCP steps land on its timeline. Beside it, while the DHCP mode in
+//! force is authoritative and `dhcp.router_advertisements` is on, netboot's IPv6 router
+//! advertisement sender on the same segment (`dhcp.interface`, or the interface holding
+//! the server address).
 
 use crate::app::timeline::Timeline;
 use crate::app::{Op, Store};
 use crate::config::DhcpSettings;
 use crate::store::StoreError;
-use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink};
-use cosm_netboot::dhcp::{Host, Hosts};
+use cosm_netboot::dhcp::server::{self, DhcpHandle, LeaseSink, Listen};
+use cosm_netboot::dhcp::{DhcpConfig, Host, Hosts, Mode};
+use cosm_netboot::ra::{self, schedule::Timing, RaHandle, RaObserver, Segment};
 use cosm_wire::{EventKind, Lease, MacAddr};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -141,13 +145,75 @@ async fn expire_dhcp_only(store: Store, expiry: std::time::Duration) {
     }
 }
 
+/// Puts each answer to a machine's router solicitation on its timeline: the step that
+/// ends its firmware's wait for IPv6 autoconfiguration.
+#[derive(Debug)]
+struct RaTimeline {
+    timeline: Arc<Timeline>,
+    hosts: watch::Receiver<Arc<Hosts>>,
+}
+
+/// The timeline line of an answered router solicitation.
+pub const RA_ANSWERED: &str =
+    "router advertisement sent in answer to its IPv6 router solicitation (not a default router, no prefix)";
+
+impl RaObserver for RaTimeline {
+    fn answered(&self, mac: MacAddr) {
+        let timeline = self.timeline.clone();
+        let mut hosts = self.hosts.clone();
+        // Firmware solicits a router as it sends its first DISCOVER, which is what records
+        // a new machine; the answer can leave before that record exists. Wait for it, a
+        // little (answers are rate-limited, so these waits are few).
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !hosts.borrow_and_update().is_known(&mac) {
+                    if hosts.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            timeline.note(mac, EventKind::Dhcp, RA_ANSWERED.to_string());
+        });
+    }
+}
+
+/// Where router advertisements go under a DHCP config: the DHCP segment while the mode
+/// is authoritative (in proxy mode another server owns the segment), nowhere otherwise.
+fn ra_segment(cfg: &DhcpConfig, listen: &Listen) -> Option<Segment> {
+    (cfg.mode == Mode::Authoritative).then(|| match &listen.interface {
+        Some(name) => Segment::Interface(name.clone()),
+        None => Segment::HoldingAddress(cfg.server_id),
+    })
+}
+
+/// Points the router-advertisement sender at what the DHCP config in force says.
+fn steer_ra(ra: Option<&watch::Sender<Option<Segment>>>, cfg: &DhcpConfig, listen: &Listen) {
+    let Some(tx) = ra else { return };
+    let want = ra_segment(cfg, listen);
+    tx.send_if_modified(|now| {
+        if *now == want {
+            return false;
+        }
+        match &want {
+            None => tracing::info!(mode = %cfg.mode, "router advertisements paused: the DHCP mode is not authoritative"),
+            Some(seg) if now.is_none() => tracing::info!(segment = %seg, "router advertisements resumed: the DHCP mode is authoritative"),
+            Some(seg) => tracing::info!(segment = %seg, "router advertisements move"),
+        }
+        *now = want.clone();
+        true
+    });
+}
+
 /// Puts the provisioning network of the site settings in force whenever they change:
-/// the server reloads its subnet, pool, options and mode without a restart.
+/// the server reloads its subnet, pool, options and mode without a restart, and router
+/// advertisements follow the mode.
 async fn follow_settings(
     handle: DhcpHandle,
-    base: cosm_netboot::dhcp::DhcpConfig,
-    listen: server::Listen,
+    base: DhcpConfig,
+    listen: Listen,
     mut settings: watch::Receiver<cosm_wire::Settings>,
+    ra: Option<watch::Sender<Option<Segment>>>,
 ) {
     let mut first = true;
     loop {
@@ -159,34 +225,45 @@ async fn follow_settings(
             continue;
         };
         let new = crate::app::settings::dhcp_config(&base, &n);
-        if *handle.config() == new {
-            continue;
-        }
-        let call = handle.reconfigure(new, &listen);
-        match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
-            Ok(Ok(report)) => tracing::info!(
-                mode = %report.new_mode,
-                changes = ?report.changes,
-                leases_outside = report.pools.leases_outside.len(),
-                "DHCP reloaded with the site settings"
-            ),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "DHCP kept its configuration: the site settings could not be applied")
+        if *handle.config() != new {
+            let call = handle.reconfigure(new, &listen);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
+                Ok(Ok(report)) => tracing::info!(
+                    mode = %report.new_mode,
+                    changes = ?report.changes,
+                    leases_outside = report.pools.leases_outside.len(),
+                    "DHCP reloaded with the site settings"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "DHCP kept its configuration: the site settings could not be applied")
+                }
+                Err(_) => tracing::error!("DHCP did not take the site settings within 10 s"),
             }
-            Err(_) => tracing::error!("DHCP did not take the site settings within 10 s"),
         }
+        steer_ra(ra.as_ref(), &handle.config(), &listen);
     }
 }
 
-/// Starts DHCP; the returned future serves until `shutdown` changes. `site` is the site
-/// settings in force: their provisioning network is applied at start and on every change.
+/// What [`start`] started.
+#[derive(Debug)]
+pub struct DhcpService<F> {
+    pub dhcp: DhcpHandle,
+    /// The router-advertisement sender, when `dhcp.router_advertisements` is on.
+    pub ra: Option<RaHandle>,
+    /// Serves both until `shutdown` changes.
+    pub serve: F,
+}
+
+/// Starts DHCP (and router advertisements when on); the returned future serves until
+/// `shutdown` changes. `site` is the site settings in force: their provisioning network is
+/// applied at start and on every change.
 pub async fn start(
     settings: DhcpSettings,
     store: Store,
     timeline: Arc<Timeline>,
     shutdown: watch::Receiver<bool>,
     site: watch::Receiver<cosm_wire::Settings>,
-) -> anyhow::Result<(DhcpHandle, impl std::future::Future<Output = ()>)> {
+) -> anyhow::Result<DhcpService<impl std::future::Future<Output = ()>>> {
     let leases = store.leases()?;
     let (hosts_tx, hosts_rx) = watch::channel(Arc::new(hosts_of(&store)));
     // Reload known machines whenever a commit wrote machine records (the change feed
@@ -210,6 +287,10 @@ pub async fn start(
     if let Some(expiry) = settings.discovered_expiry {
         tokio::spawn(expire_dhcp_only(store.clone(), expiry));
     }
+    let ra_timeline = RaTimeline {
+        timeline: timeline.clone(),
+        hosts: hosts_rx.clone(),
+    };
     let sink = Arc::new(StoreSink {
         store,
         hosts: hosts_rx.clone(),
@@ -226,7 +307,7 @@ pub async fn start(
         leases,
         hosts_rx,
         sink,
-        shutdown,
+        shutdown.clone(),
     )
     .await
     .map_err(|e| {
@@ -236,11 +317,38 @@ pub async fn start(
         )
     })?;
     tracing::info!(addr = %handle.local_addr, mode = ?mode, leases = n, interface = ?settings.listen.interface, "DHCP listening");
+    // Router advertisements: the sender follows the segment the DHCP config in force names
+    // (none while the mode is not authoritative); it logs where it advertises, or why not.
+    let (ra_tx, ra_handle, ra_serve) = if settings.router_advertisements {
+        let (tx, rx) = watch::channel(None);
+        let (ra_handle, ra_serve) =
+            ra::start(rx, Timing::PROVISIONING, Arc::new(ra_timeline), shutdown);
+        steer_ra(Some(&tx), &handle.config(), &settings.listen);
+        (Some(tx), Some(ra_handle), Some(ra_serve))
+    } else {
+        tracing::info!(
+            "router advertisements off (dhcp.router_advertisements = false, or proxy mode)"
+        );
+        (None, None, None)
+    };
     tokio::spawn(follow_settings(
         handle.clone(),
         base,
         settings.listen.clone(),
         site,
+        ra_tx,
     ));
-    Ok((handle, serve))
+    let serve = async move {
+        match ra_serve {
+            Some(ra_serve) => {
+                tokio::join!(serve, ra_serve);
+            }
+            None => serve.await,
+        }
+    };
+    Ok(DhcpService {
+        dhcp: handle,
+        ra: ra_handle,
+        serve,
+    })
 }

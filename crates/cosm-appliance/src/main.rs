@@ -167,6 +167,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     );
                     println!("  dhcp.probe_timeout_ms     {}", d.listen.probe_timeout_ms);
                     println!(
+                        "  dhcp.router_advertisements {}",
+                        if d.router_advertisements {
+                            "on while the mode is authoritative (IPv6 RAs: router lifetime 0, no prefix)"
+                        } else {
+                            "off"
+                        }
+                    );
+                    println!(
                         "  dhcp.boot                 BIOS {}, UEFI {}, next-server {}, HTTP {}",
                         core.boot.bios_file,
                         core.boot.uefi_x64_file,

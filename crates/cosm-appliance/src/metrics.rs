@@ -5,6 +5,7 @@
 
 use crate::app::Store;
 use cosm_netboot::dhcp::server::DhcpHandle;
+use cosm_netboot::ra::RaHandle;
 use cosm_netboot::tftp::TftpHandle;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -34,7 +35,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: Store, dhcp: Option<DhcpHandle>, tftp: Option<TftpHandle>) -> Metrics {
+    pub fn new(
+        store: Store,
+        dhcp: Option<DhcpHandle>,
+        ra: Option<RaHandle>,
+        tftp: Option<TftpHandle>,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("cosm");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -50,6 +56,9 @@ impl Metrics {
         registry.register_collector(Box::new(StoreCollector { store }));
         if let Some(dhcp) = dhcp {
             registry.register_collector(Box::new(DhcpCollector { dhcp }));
+        }
+        if let Some(ra) = ra {
+            registry.register_collector(Box::new(RaCollector { ra }));
         }
         if let Some(tftp) = tftp {
             registry.register_collector(Box::new(TftpCollector { tftp }));
@@ -248,6 +257,60 @@ impl Collector for DhcpCollector {
             let labels = vec![("subnet", subnet.as_str())];
             ConstGauge::new(*n as i64).encode(size.encode_family(&labels)?)?;
         }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct RaCollector {
+    ra: RaHandle,
+}
+
+impl Collector for RaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = &self.ra.stats;
+        let mut sent = encoder.encode_descriptor(
+            "ra_sent_packets",
+            "IPv6 router advertisements sent on the provisioning segment: periodic (to all nodes) or in answer to router solicitations.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, c) in [("periodic", &st.periodic), ("solicited", &st.solicited)] {
+            let labels = vec![("kind", kind)];
+            ConstCounter::new(c.load(Ordering::Relaxed)).encode(sent.encode_family(&labels)?)?;
+        }
+        let mut rs = encoder.encode_descriptor(
+            "ra_solicitations",
+            "Router solicitations received, by outcome: answered (several retransmissions may share one answer), rate_limited, invalid (hop limit not 255, bad options).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, c) in [
+            ("answered", &st.answered),
+            ("rate_limited", &st.rate_limited),
+            ("invalid", &st.invalid),
+        ] {
+            let labels = vec![("outcome", outcome)];
+            ConstCounter::new(c.load(Ordering::Relaxed)).encode(rs.encode_family(&labels)?)?;
+        }
+        let failed = encoder.encode_descriptor(
+            "ra_send_failures",
+            "Router advertisements the kernel would not send (no link-local address yet, interface down).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(st.send_failed.load(Ordering::Relaxed)).encode(failed)?;
+        let active = encoder.encode_descriptor(
+            "ra_advertising",
+            "1 while router advertisements are sent on an interface (the DHCP mode is authoritative and the interface has a link-local address).",
+            None,
+            MetricType::Gauge,
+        )?;
+        let on = self
+            .ra
+            .advertising()
+            .is_some_and(|a| a.link_local.is_some());
+        ConstGauge::new(i64::from(on)).encode(active)?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! A virtual rack: a network namespace with a bridge (192.0.2.1/24, the appliance's
-//! provisioning network), the appliance inside it serving DHCP, TFTP and HTTP boot, and
+//! provisioning network, IPv6 on for its router advertisements), the appliance inside it
+//! serving DHCP, TFTP and HTTP boot, and
 //! QEMU machines (`-accel tcg`) on tap devices, each booting from the network with one of
 //! the four firmware paths real servers use; and hypervisor hosts ([`Host`]): namespaces on
 //! the rack's bridge, each with its own libvirtd and a real `cosm-agent`. Used by
@@ -114,16 +115,109 @@ fn ip(ns: &NetNs, args: &[&str]) -> anyhow::Result<()> {
     ns.run_ok(c).map(|_| ())
 }
 
+/// The rack's provisioning segment inside `ns`: bridge `br0` with 192.0.2.1/24 and IPv6 on
+/// (its link-local address, without duplicate address detection, made once a machine's
+/// tap joins), so the appliance can send router advertisements on it. The namespace's
+/// other interfaces keep IPv6 off.
+pub fn provisioning_bridge(ns: &NetNs) -> anyhow::Result<()> {
+    ip(ns, &["link", "add", "br0", "type", "bridge"])?;
+    ip(ns, &["addr", "add", "192.0.2.1/24", "dev", "br0"])?;
+    let mut sysctl = ns.command("sysctl");
+    sysctl.args([
+        "-qw",
+        "net.ipv6.conf.br0.accept_dad=0",
+        "net.ipv6.conf.br0.disable_ipv6=0",
+    ]);
+    ns.run_ok(sysctl)
+        .context("cannot turn IPv6 on for the rack's bridge")?;
+    ip(ns, &["link", "set", "br0", "up"])
+}
+
+/// Powers on QEMU machine number `n` (1..=99) on `ns`'s `br0`: MAC 52:54:00:c0:53:<n>, a
+/// tap on the bridge, an empty 4 GiB disk and its serial console in `dir`, network boot
+/// with `firmware`. The caller owns the process (it is `ns`'s child, killed by PID).
+pub fn spawn_machine(ns: &NetNs, dir: &Path, n: u8, firmware: Firmware) -> anyhow::Result<Vm> {
+    let mac = format!("52:54:00:c0:53:{n:02x}");
+    let tap = format!("tap{n}");
+    ip(ns, &["tuntap", "add", &tap, "mode", "tap"])?;
+    ip(ns, &["link", "set", &tap, "master", "br0", "up"])?;
+    let (cpus, memory_mib, disk_bytes) = (2u32, 512u32, 4u64 << 30);
+    let disk = dir.join(format!("disk{n}.img"));
+    std::fs::File::create(&disk)?.set_len(disk_bytes)?;
+    let serial = dir.join(format!("serial{n}.log"));
+    let mut q = ns.command("qemu-system-x86_64");
+    q.args(["-accel", "tcg", "-display", "none", "-monitor", "none"])
+        .args(["-smp", &cpus.to_string(), "-m", &memory_mib.to_string()])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"])
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ]);
+    if firmware.uefi() {
+        let vars = dir.join(format!("vars{n}.fd"));
+        std::fs::copy(OVMF_VARS, &vars).context("cannot copy the OVMF variable store")?;
+        q.arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    let nic = match firmware {
+        // QEMU's default ROM for virtio-net is iPXE (BIOS and UEFI in one file).
+        Firmware::BiosIpxeRom | Firmware::UefiIpxeRom => {
+            format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")
+        }
+        // No option ROM: OVMF's own virtio-net driver and network stack.
+        Firmware::UefiPxe | Firmware::UefiHttp => {
+            format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile=")
+        }
+    };
+    q.arg("-device").arg(nic);
+    if firmware == Firmware::UefiHttp {
+        // OVMF tries PXE before HTTP; switch PXE off so the HTTP Boot path is taken.
+        q.args([
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv4PXESupport,string=n",
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv6PXESupport,string=n",
+        ]);
+    }
+    let stderr = std::fs::File::create(dir.join(format!("qemu{n}.err")))?;
+    q.stdout(Stdio::null()).stderr(stderr);
+    let pid = ns.spawn(q)?;
+    Ok(Vm {
+        mac,
+        firmware,
+        cpus,
+        memory_mib,
+        disk_bytes,
+        pid,
+        serial,
+    })
+}
+
 impl Rack {
-    /// Namespace `<prefix>…`, bridge `br0` with 192.0.2.1/24, and the appliance on it:
-    /// DHCP pool 192.0.2.100–199, TFTP on port 69, HTTP API and boot on 192.0.2.1:8080.
-    /// `extra_config` is appended to the appliance's config.
+    /// Namespace `<prefix>…`, bridge `br0` with 192.0.2.1/24 ([`provisioning_bridge`]),
+    /// and the appliance on it: DHCP pool 192.0.2.100–199 with router advertisements,
+    /// TFTP on port 69, HTTP API and boot on 192.0.2.1:8080. `extra_config` is appended
+    /// to the appliance's config.
     pub fn start(prefix: &str, extra_config: &str) -> anyhow::Result<Rack> {
+        Rack::start_with(prefix, extra_config, true)
+    }
+
+    /// [`Rack::start`], with the appliance's IPv6 router advertisements on or off
+    /// (`dhcp.router_advertisements`; the bridge has IPv6 either way).
+    pub fn start_with(
+        prefix: &str,
+        extra_config: &str,
+        router_advertisements: bool,
+    ) -> anyhow::Result<Rack> {
         require_rack_parts()?;
         let ns = NetNs::new(prefix)?;
-        ip(&ns, &["link", "add", "br0", "type", "bridge"])?;
-        ip(&ns, &["addr", "add", "192.0.2.1/24", "dev", "br0"])?;
-        ip(&ns, &["link", "set", "br0", "up"])?;
+        provisioning_bridge(&ns)?;
         // `extra_config` may set its own [agents].
         let agents = if extra_config.contains("[agents]") {
             ""
@@ -140,6 +234,7 @@ agent_dir = "{ramdisk}"
 [dhcp]
 server_id = "192.0.2.1"
 interface = "br0"
+router_advertisements = {router_advertisements}
 [[dhcp.subnets]]
 cidr = "192.0.2.0/24"
 pools = ["192.0.2.100-192.0.2.199"]
@@ -158,68 +253,11 @@ routers = ["192.0.2.1"]
     }
 
     /// Powers on machine number `n` (1..=99): MAC 52:54:00:c0:53:<n>, a tap on the bridge,
-    /// an empty 4 GiB disk, network boot with `firmware`. Returns its index in `vms`.
+    /// an empty 4 GiB disk, network boot with `firmware` ([`spawn_machine`]). Returns its
+    /// index in `vms`.
     pub fn power_on(&mut self, n: u8, firmware: Firmware) -> anyhow::Result<usize> {
-        let mac = format!("52:54:00:c0:53:{n:02x}");
-        let tap = format!("tap{n}");
-        ip(&self.ns, &["tuntap", "add", &tap, "mode", "tap"])?;
-        ip(&self.ns, &["link", "set", &tap, "master", "br0", "up"])?;
-        let (cpus, memory_mib, disk_bytes) = (2u32, 512u32, 4u64 << 30);
-        let disk = self.dir.path().join(format!("disk{n}.img"));
-        std::fs::File::create(&disk)?.set_len(disk_bytes)?;
-        let serial = self.dir.path().join(format!("serial{n}.log"));
-        let mut q = self.ns.command("qemu-system-x86_64");
-        q.args(["-accel", "tcg", "-display", "none", "-monitor", "none"])
-            .args(["-smp", &cpus.to_string(), "-m", &memory_mib.to_string()])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
-            .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"])
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ]);
-        if firmware.uefi() {
-            let vars = self.dir.path().join(format!("vars{n}.fd"));
-            std::fs::copy(OVMF_VARS, &vars).context("cannot copy the OVMF variable store")?;
-            q.arg("-drive")
-                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-                .arg("-drive")
-                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
-        }
-        let nic = match firmware {
-            // QEMU's default ROM for virtio-net is iPXE (BIOS and UEFI in one file).
-            Firmware::BiosIpxeRom | Firmware::UefiIpxeRom => {
-                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")
-            }
-            // No option ROM: OVMF's own virtio-net driver and network stack.
-            Firmware::UefiPxe | Firmware::UefiHttp => {
-                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile=")
-            }
-        };
-        q.arg("-device").arg(nic);
-        if firmware == Firmware::UefiHttp {
-            // OVMF tries PXE before HTTP; switch PXE off so the HTTP Boot path is taken.
-            q.args([
-                "-fw_cfg",
-                "name=opt/org.tianocore/IPv4PXESupport,string=n",
-                "-fw_cfg",
-                "name=opt/org.tianocore/IPv6PXESupport,string=n",
-            ]);
-        }
-        let stderr = std::fs::File::create(self.dir.path().join(format!("qemu{n}.err")))?;
-        q.stdout(Stdio::null()).stderr(stderr);
-        let pid = self.ns.spawn(q)?;
-        self.vms.push(Vm {
-            mac,
-            firmware,
-            cpus,
-            memory_mib,
-            disk_bytes,
-            pid,
-            serial,
-        });
+        let vm = spawn_machine(&self.ns, self.dir.path(), n, firmware)?;
+        self.vms.push(vm);
         Ok(self.vms.len() - 1)
     }
 

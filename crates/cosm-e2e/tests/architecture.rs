@@ -8,7 +8,8 @@
 //!    the application layer can be driven without HTTP.
 //! 3. The appliance's top-level modules import each other without cycles, so the layers
 //!    (http over app over store) stay layers.
-//! 4. Protocol cores (netboot's `dhcp::core`, `dhcp::leases`, `ipxe`, `boot_arch`) and the
+//! 4. Protocol cores (netboot's `dhcp::core`, `dhcp::leases`, `ipxe`, `boot_arch`,
+//!    `ra::packet`, `ra::schedule`) and the
 //!    appliance's `lifecycle`, `rules` and `placement` do no I/O and read no clock: they are pure and
 //!    tested with plain unit tests; the shells own sockets, files and time.
 //! 5. Crate dependencies point one way: netboot, the agent and cosmctl never link the
@@ -356,7 +357,14 @@ const REDB: &str = "redb";
 const HTTP: &str = "axum tower tower_http";
 const IO: &str = "UdpSocket TcpStream TcpListener socket2 tokio::net tokio::fs tokio::io std::fs \
                   std::process io::Read io::Write SystemTime::now Instant::now";
-const NETBOOT_CORES: &[&str] = &["dhcp/core.rs", "dhcp/leases.rs", "ipxe.rs", "boot_arch.rs"];
+const NETBOOT_CORES: &[&str] = &[
+    "dhcp/core.rs",
+    "dhcp/leases.rs",
+    "ipxe.rs",
+    "boot_arch.rs",
+    "ra/packet.rs",
+    "ra/schedule.rs",
+];
 
 fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

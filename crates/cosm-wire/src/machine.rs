@@ -217,7 +217,8 @@ pub enum EventKind {
     RuleMatched,
     /// Hostname or reserved address changed.
     Updated,
-    /// A DHCP step of its boot: DISCOVER, OFFER, REQUEST, ACK, NAK, DECLINE, RELEASE.
+    /// A DHCP step of its boot: DISCOVER, OFFER, REQUEST, ACK, NAK, DECLINE, RELEASE; and
+    /// the IPv6 router advertisement answering its firmware's router solicitation.
     Dhcp,
     /// Its agent enrolled (or enrolled again).
     AgentRegistered,

@@ -268,6 +268,11 @@ pub struct Dhcp {
     pub client_port: u16,
     #[serde(default = "default_relay_port")]
     pub relay_port: u16,
+    /// ICMPv6 router advertisements on the provisioning segment (router lifetime 0, no
+    /// prefix), which end network-boot firmware's wait for IPv6 autoconfiguration. Unset:
+    /// on in authoritative mode, off in proxy mode.
+    #[serde(default)]
+    pub router_advertisements: Option<bool>,
     #[serde(default)]
     pub boot: DhcpBoot,
     #[serde(default)]

@@ -160,6 +160,9 @@ pub struct DhcpSettings {
     pub listen: Listen,
     /// Machines DHCP alone recorded are deleted after this long; `None`: kept.
     pub discovered_expiry: Option<std::time::Duration>,
+    /// Send IPv6 router advertisements on the provisioning segment while the DHCP mode in
+    /// force is authoritative (`dhcp.router_advertisements`).
+    pub router_advertisements: bool,
 }
 
 impl Config {
@@ -522,6 +525,39 @@ mod tests {
         let d = ok.dhcp.unwrap();
         assert_eq!(d.core.boot.http_base, "http://192.0.2.1:8080");
         assert_eq!(d.listen.addr.to_string(), "0.0.0.0:67");
+    }
+
+    #[test]
+    fn router_advertisements_default_to_the_mode_and_are_refused_in_proxy_mode() {
+        let authoritative = "data_dir = \"/x\"\n[dhcp]\nserver_id = \"192.0.2.1\"\n";
+        let subnet = "[[dhcp.subnets]]\ncidr = \"192.0.2.0/24\"\n";
+        let proxy = "data_dir = \"/x\"\n[dhcp]\nmode = \"proxy\"\nserver_id = \"192.0.2.1\"\n";
+        let ra = |text: &str| {
+            Config::parse(Path::new("/x.toml"), text)
+                .unwrap_or_else(|e| panic!("{text}: {e}"))
+                .dhcp
+                .unwrap()
+                .router_advertisements
+        };
+        assert!(
+            ra(&format!("{authoritative}{subnet}")),
+            "on by default when authoritative"
+        );
+        assert!(!ra(proxy), "off by default in proxy mode");
+        assert!(!ra(&format!(
+            "{authoritative}router_advertisements = false\n{subnet}"
+        )));
+        assert!(ra(&format!(
+            "{authoritative}router_advertisements = true\n{subnet}"
+        )));
+        assert!(!ra(&format!("{proxy}router_advertisements = false\n")));
+        let e = err(&format!("{proxy}router_advertisements = true\n"));
+        assert!(
+            e.contains("key `dhcp.router_advertisements`")
+                && e.contains("authoritative")
+                && e.contains("proxy mode"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -64,6 +64,18 @@ pub(super) fn dhcp_settings(
             ))
         }
     };
+    // In proxy mode another DHCP server owns the segment, and so do its routers: what IPv6
+    // hosts there are told is theirs to say.
+    let router_advertisements = match (d.router_advertisements, mode) {
+        (Some(true), Mode::Proxy) => {
+            return Err((
+                k("router_advertisements"),
+                "true needs mode = \"authoritative\": in proxy mode another DHCP server owns the segment, and what its IPv6 hosts are told is that network's business (set it to false, or leave it out)".into(),
+            ))
+        }
+        (Some(on), _) => on,
+        (None, mode) => mode == Mode::Authoritative,
+    };
     let listen: SocketAddrV4 = d.listen.parse().map_err(|_| {
         (
             k("listen"),
@@ -239,5 +251,6 @@ pub(super) fn dhcp_settings(
         core,
         listen,
         discovered_expiry,
+        router_advertisements,
     }))
 }

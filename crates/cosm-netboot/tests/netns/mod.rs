@@ -2,7 +2,8 @@
 //! (which this crate cannot depend on: it pulls in the agent and libvirt), cut to what the
 //! tests here use.
 //!
-//! A [`NetNs`] is a namespace of its own with `lo` up and IPv6 disabled; [`NetNs::link_pair`]
+//! A [`NetNs`] is a namespace of its own with `lo` up and IPv6 disabled (or on, with
+//! [`NetNs::new_ipv6`]); [`NetNs::link_pair`]
 //! joins two with a veth pair. [`NetNs::spawn`] starts a process inside (`ip netns exec`,
 //! which execs, so the PID is the program's). Dropping a `NetNs` kills, by PID, every
 //! process started through it and every other process still inside it, then deletes the
@@ -10,7 +11,8 @@
 //! server run in-process binds its sockets there.
 //!
 //! Needs root: [`require_root_tools`] panics with the Debian package to install rather
-//! than skipping. Addresses: TEST-NET-1/2 only; nothing routes out of the namespaces.
+//! than skipping. Addresses: TEST-NET-1/2 and IPv6 link-local only; nothing routes out of
+//! the namespaces.
 
 #![allow(dead_code)]
 
@@ -37,6 +39,17 @@ impl NetNs {
     /// Creates `<prefix><pid>n<counter>` (at most 12 characters, so that the veth ends
     /// `<name>-<k>` fit the kernel's 15), brings `lo` up and disables IPv6.
     pub(crate) fn new(prefix: &str) -> NetNs {
+        Self::create(prefix, false)
+    }
+
+    /// Like [`NetNs::new`], but with IPv6 on and duplicate address detection off, so the
+    /// link-local addresses of the veth ends made later are usable at once (the router
+    /// advertisement tests).
+    pub(crate) fn new_ipv6(prefix: &str) -> NetNs {
+        Self::create(prefix, true)
+    }
+
+    fn create(prefix: &str, ipv6: bool) -> NetNs {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let suffix = format!("{}n{n}", std::process::id());
         let keep = prefix.len().min(12usize.saturating_sub(suffix.len()));
@@ -50,11 +63,21 @@ impl NetNs {
         };
         run_ok(ip(&["-n", &ns.name, "link", "set", "lo", "up"]));
         let mut sysctl = ns.command("sysctl");
-        sysctl.args([
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]);
+        if ipv6 {
+            sysctl.args([
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=0",
+                "net.ipv6.conf.default.disable_ipv6=0",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]);
+        } else {
+            sysctl.args([
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]);
+        }
         run_ok(sysctl);
         ns
     }
@@ -185,6 +208,7 @@ pub(crate) fn require_root_tools(tools: &[&str]) {
             "perfdhcp" => "kea-admin",
             "taskset" => "util-linux",
             "sysctl" => "procps",
+            "rdisc6" => "ndisc6",
             _ => "that ships it",
         };
         panic!("`{tool}` is missing: install the Debian package {package} (`make deps` does)");
