@@ -20,8 +20,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # crates/cosm-e2e/tests/power.rs. nftables (nft): the appliance cut off from its hosts in
 # crates/cosm-e2e/tests/ha.rs and the tenant-network rules (crates/cosm-sdn/tests/linux.rs, which also
 # needs netcat-openbsd for its TCP checks). tcpdump: ARP seen or not across tenant networks
-# (crates/cosm-e2e/tests/sdn.rs).
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver
+# (crates/cosm-e2e/tests/sdn.rs). gdisk (sgdisk -v) and e2fsprogs (mkfs.ext4 -d, debugfs, e2fsck): the image
+# install tests judge the grown GPT and read the installed root back (crates/cosm-agent/tests/install_*.rs).
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver gdisk e2fsprogs
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa iperf3
