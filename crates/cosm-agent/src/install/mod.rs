@@ -382,7 +382,7 @@ fn install(
         progress.update(progress::STREAMING, bytes)
     })?;
     progress.update(progress::VERIFYING, streamed.compressed);
-    sink.finish().map_err(|source| stream::StreamError::Write {
+    let (_, zeroed) = sink.finish().map_err(|source| stream::StreamError::Write {
         at: plan.raw_size,
         source,
     })?;
@@ -399,7 +399,10 @@ fn install(
         mib_per_s(streamed.compressed, elapsed),
         mib_per_s(streamed.raw, elapsed),
     );
-    eprintln!("install: {written}");
+    eprintln!(
+        "install: {written}; {} of zero blocks zeroed rather than written",
+        human_bytes(zeroed)
+    );
 
     // Partition table.
     progress.update(progress::PARTITIONING, streamed.compressed);
