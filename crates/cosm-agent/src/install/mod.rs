@@ -268,8 +268,10 @@ fn fetch_plan(http: &reqwest::blocking::Client, src: &PlanSource) -> anyhow::Res
         match got {
             Ok(p) => return Ok(p),
             Err(e) if attempt < 5 && retryable(&e) && !e.is_decode() => {
+                // Without the URL: it carries the install token.
                 eprintln!(
-                    "install: the plan: {e}; trying again in {} s",
+                    "install: the plan: {}; trying again in {} s",
+                    e.without_url(),
                     pause.as_secs()
                 );
                 std::thread::sleep(pause);
