@@ -785,10 +785,9 @@ pub(crate) mod tests {
         w.write_all(&sample_raw(4096)).unwrap();
         w.write_all(&[0u8; 4096]).unwrap();
         let (_, zeroed) = w.finish().unwrap();
-        assert_eq!(
-            zeroed, 4096,
-            "a regular file on Linux supports FALLOC_FL_ZERO_RANGE"
-        );
+        // ext4 and xfs zero the range in place; tmpfs cannot (EOPNOTSUPP), and then the
+        // zeros are written: either way the file must read back right.
+        assert!(zeroed == 4096 || zeroed == 0, "{zeroed}");
         let mut back = Vec::new();
         use std::io::Seek;
         f.rewind().unwrap();
