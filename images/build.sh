@@ -7,14 +7,20 @@
 # The ramdisk's /init loads the modules in dependency order, brings up every NIC, takes a
 # DHCP lease on the first that gets one (busybox udhcpc), and runs
 # `cosm-agent run --cmdline /proc/cmdline`, so the kernel command line carries
-# cosm.appliance=URL and cosm.token=TOKEN.
+# cosm.appliance=URL and cosm.token=TOKEN. With cosm.install=<plan URL> it instead runs
+# `cosm-agent install --plan <plan URL>` (an image install) and reboots, whatever the outcome.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . images/common.sh
-# Network and disk drivers: VMs (virtio), Intel NICs, SATA and NVMe disks. Their
-# dependencies come from modules.dep.
-MODULES="virtio_pci virtio_net e1000 e1000e igb ixgbe virtio_blk virtio_scsi sd_mod ahci nvme"
+# Network and disk drivers: VMs (virtio), Intel NICs, SATA and NVMe disks; and ext4 for image
+# installs (`cosm-agent install` mounts the installed root to configure it). Debian's kernel
+# has ext4, jbd2, mbcache and crc16 as modules (CONFIG_EXT4_FS=m); ext4 and jbd2 ask the crypto
+# API for "crc32c" at mount time, which modules.dep does not list and this ramdisk has no
+# modprobe to load on demand: crc32c_generic (and crc32c-intel, which fails harmlessly on a CPU
+# without SSE4.2) are loaded before ext4. The partition-table parsers (GPT, MBR) are built in.
+# Their dependencies come from modules.dep.
+MODULES="virtio_pci virtio_net e1000 e1000e igb ixgbe virtio_blk virtio_scsi sd_mod ahci nvme crc32c_generic crc32c_intel ext4"
 BUDGET_BYTES=$((40 * 1024 * 1024))
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
@@ -86,11 +92,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "cosm ramdisk: loading drivers" > /dev/console
-for m in $(cat /etc/modules.load); do insmod "/lib/modules/$m" 2>/dev/null; done
+while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.load
 ip link set lo up
 sleep 1
 got=""
-for tries in 1 2 3 4 5; do
+for _ in 1 2 3 4 5; do
   for path in /sys/class/net/*; do
     n=${path##*/}
     [ "$n" = lo ] && continue
@@ -125,12 +131,32 @@ if [ -n "$ks" ]; then
       ok=false; msg="installer stand-in: a %post step failed"
     fi
     say "$msg; reporting"
-    wget -q -O /dev/null --header "Authorization: Bearer $token" --header "Content-Type: application/json" \
-      --post-data "{\"mac\": \"$mac\", \"ok\": $ok, \"message\": \"$msg\"}" "$appliance/api/v1/agent/install-report" &&
-      say "install reported; rebooting" || say "the install report failed"
+    if wget -q -O /dev/null --header "Authorization: Bearer $token" --header "Content-Type: application/json" \
+      --post-data "{\"mac\": \"$mac\", \"ok\": $ok, \"message\": \"$msg\"}" "$appliance/api/v1/agent/install-report"; then
+      say "install reported; rebooting"
+    else
+      say "the install report failed"
+    fi
   else
     say "cannot fetch the kickstart"
   fi
+  sleep 2
+  reboot -f
+fi
+# Image install: booted with cosm.install=<plan URL> (the URL carries the install token), the
+# agent writes the plan's image onto the disk, configures and enrols the installed system
+# and reports to the appliance; then the machine reboots, success or not (the next network
+# boot goes to the local disk, or back here if the appliance says so).
+plan=$(sed -n 's/.*cosm\.install=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$plan" ]; then
+  echo "cosm ramdisk: installing from an image (cosm.install=)" > /dev/console
+  /bin/cosm-agent install --plan "$plan" > /dev/console 2>&1
+  rc=$?
+  case $rc in
+    0) echo "cosm ramdisk: install done and reported; rebooting" > /dev/console ;;
+    2) echo "cosm ramdisk: install done, but the report did not reach the appliance; rebooting" > /dev/console ;;
+    *) echo "cosm ramdisk: install FAILED (cosm-agent exit status $rc, see above); rebooting" > /dev/console ;;
+  esac
   sleep 2
   reboot -f
 fi

@@ -268,8 +268,10 @@ fn fetch_plan(http: &reqwest::blocking::Client, src: &PlanSource) -> anyhow::Res
         match got {
             Ok(p) => return Ok(p),
             Err(e) if attempt < 5 && retryable(&e) && !e.is_decode() => {
+                // Without the URL: it carries the install token.
                 eprintln!(
-                    "install: the plan: {e}; trying again in {} s",
+                    "install: the plan: {}; trying again in {} s",
+                    e.without_url(),
                     pause.as_secs()
                 );
                 std::thread::sleep(pause);
@@ -382,7 +384,7 @@ fn install(
         progress.update(progress::STREAMING, bytes)
     })?;
     progress.update(progress::VERIFYING, streamed.compressed);
-    sink.finish().map_err(|source| stream::StreamError::Write {
+    let (_, zeroed) = sink.finish().map_err(|source| stream::StreamError::Write {
         at: plan.raw_size,
         source,
     })?;
@@ -399,7 +401,10 @@ fn install(
         mib_per_s(streamed.compressed, elapsed),
         mib_per_s(streamed.raw, elapsed),
     );
-    eprintln!("install: {written}");
+    eprintln!(
+        "install: {written}; {} of zero blocks zeroed rather than written",
+        human_bytes(zeroed)
+    );
 
     // Partition table.
     progress.update(progress::PARTITIONING, streamed.compressed);

@@ -109,7 +109,7 @@ pub enum StreamError {
         got: String,
         want: String,
     },
-    #[error("cannot write the disk at byte {at} of the raw image")]
+    #[error("cannot write the disk (after {at} bytes of the raw image)")]
     Write {
         at: u64,
         #[source]
@@ -343,41 +343,118 @@ pub fn stream_image<R: Read, W: Write>(
     ))
 }
 
-/// A writer that hands its inner writer only whole `block`-byte writes (at offsets that
-/// are multiples of `block`), except the last one at [`BlockWriter::finish`]: large,
-/// aligned writes for a disk, whatever sizes the decoder produces.
-#[derive(Debug)]
-pub struct BlockWriter<W> {
-    inner: W,
-    buf: Vec<u8>,
-    block: usize,
+/// Where [`BlockWriter`] puts the raw image: positioned writes, and zeroing a range without
+/// sending zeros where the device can.
+pub trait BlockTarget {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Zeroes `len` bytes at `offset`; `Ok(false)` when it cannot (then zeros are written).
+    fn zero_at(&mut self, offset: u64, len: u64) -> io::Result<bool>;
 }
 
-impl<W: Write> BlockWriter<W> {
-    pub fn new(inner: W, block: usize) -> Self {
+impl BlockTarget for std::fs::File {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, data, offset)
+    }
+
+    /// `fallocate(FALLOC_FL_ZERO_RANGE)`: on a block device the kernel sends WRITE ZEROES
+    /// (or writes zero pages itself) and drops the range from the page cache.
+    fn zero_at(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        use nix::fcntl::FallocateFlags as F;
+        let (Ok(at), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(false);
+        };
+        match nix::fcntl::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(self),
+            F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE,
+            at,
+            n,
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl<T: BlockTarget + ?Sized> BlockTarget for &mut T {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(data, offset)
+    }
+    fn zero_at(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        (**self).zero_at(offset, len)
+    }
+}
+
+/// A writer that puts what it is given onto a [`BlockTarget`] in whole `block`-byte
+/// pieces at offsets that are multiples of `block` (the last piece, at
+/// [`BlockWriter::finish`], may be shorter): large aligned writes, whatever sizes the
+/// decoder produces. A block of zeros is zeroed rather than written (an image's free
+/// space is mostly zeros, which the device may not need to be sent).
+#[derive(Debug)]
+pub struct BlockWriter<T> {
+    target: T,
+    buf: Vec<u8>,
+    block: usize,
+    /// Where `buf` goes.
+    offset: u64,
+    /// Bytes zeroed rather than written.
+    zeroed: u64,
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    let (chunks, rest) = b.split_at(b.len() - b.len() % 16);
+    chunks
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+        && rest.iter().all(|&x| x == 0)
+}
+
+impl<T: BlockTarget> BlockWriter<T> {
+    pub fn new(target: T, block: usize) -> Self {
         BlockWriter {
-            inner,
+            target,
             buf: Vec::with_capacity(block),
             block,
+            offset: 0,
+            zeroed: 0,
         }
     }
 
-    /// Writes what is left and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.inner.write_all(&self.buf)?;
+    fn put(&mut self) -> io::Result<()> {
+        let len = self.buf.len() as u64;
+        let zeroed = len == self.block as u64
+            && all_zero(&self.buf)
+            && self.target.zero_at(self.offset, len)?;
+        if zeroed {
+            self.zeroed += len;
+        } else {
+            self.target.write_at(&self.buf, self.offset).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{len} bytes at byte {}: {e}", self.offset),
+                )
+            })?;
+        }
+        self.offset += len;
         self.buf.clear();
-        self.inner.flush()?;
-        Ok(self.inner)
+        Ok(())
+    }
+
+    /// Writes what is left; returns the target and the bytes zeroed rather than written.
+    pub fn finish(mut self) -> io::Result<(T, u64)> {
+        if !self.buf.is_empty() {
+            self.put()?;
+        }
+        Ok((self.target, self.zeroed))
     }
 }
 
-impl<W: Write> Write for BlockWriter<W> {
+impl<T: BlockTarget> Write for BlockWriter<T> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let take = (self.block - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..take]);
         if self.buf.len() == self.block {
-            self.inner.write_all(&self.buf)?;
-            self.buf.clear();
+            self.put()?;
         }
         Ok(take)
     }
@@ -629,32 +706,94 @@ pub(crate) mod tests {
         let e = stream_image(&plan, &z[..], Full(200_000), &mut |_| {}).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "cannot write the disk at byte 200000 of the raw image"
+            "cannot write the disk (after 200000 bytes of the raw image)"
         );
     }
 
+    /// A disk in memory that logs its calls; it may refuse to zero.
+    #[derive(Debug, Default)]
+    struct Mem {
+        bytes: Vec<u8>,
+        calls: Vec<(&'static str, u64, u64)>,
+        can_zero: bool,
+    }
+    impl BlockTarget for Mem {
+        fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+            self.calls.push(("write", offset, data.len() as u64));
+            let end = offset as usize + data.len();
+            if self.bytes.len() < end {
+                self.bytes.resize(end, 0xee);
+            }
+            self.bytes[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+        fn zero_at(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+            if !self.can_zero {
+                return Ok(false);
+            }
+            self.calls.push(("zero", offset, len));
+            let end = (offset + len) as usize;
+            if self.bytes.len() < end {
+                self.bytes.resize(end, 0xee);
+            }
+            self.bytes[offset as usize..end].fill(0);
+            Ok(true)
+        }
+    }
+
     #[test]
-    fn block_writer_writes_whole_blocks() {
-        #[derive(Default)]
-        struct Log(Vec<usize>, Vec<u8>);
-        impl Write for Log {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0.push(buf.len());
-                self.1.extend_from_slice(buf);
-                Ok(buf.len())
+    fn block_writer_writes_whole_aligned_blocks_and_zeroes_zero_blocks() {
+        // Data, a zero block, data that starts with zeros, a short zero tail.
+        let mut data = sample_raw(4096);
+        data.extend(vec![0u8; 4096]);
+        data.extend(vec![0u8; 100]);
+        data.extend(sample_raw(3996));
+        data.extend(vec![0u8; 1000]);
+        for can_zero in [true, false] {
+            let mut w = BlockWriter::new(
+                Mem {
+                    can_zero,
+                    ..Mem::default()
+                },
+                4096,
+            );
+            for piece in data.chunks(777) {
+                w.write_all(piece).unwrap();
             }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
+            w.flush().unwrap();
+            let (mem, zeroed) = w.finish().unwrap();
+            assert_eq!(mem.bytes, data);
+            let kind = if can_zero { "zero" } else { "write" };
+            assert_eq!(
+                mem.calls,
+                [
+                    ("write", 0, 4096),
+                    (kind, 4096, 4096),
+                    ("write", 8192, 4096),
+                    ("write", 12288, 1000)
+                ]
+            );
+            assert_eq!(zeroed, if can_zero { 4096 } else { 0 });
         }
-        let data = sample_raw(10_000);
-        let mut w = BlockWriter::new(Log::default(), 4096);
-        for piece in data.chunks(777) {
-            w.write_all(piece).unwrap();
-        }
-        w.flush().unwrap();
-        let log = w.finish().unwrap();
-        assert_eq!(log.0, vec![4096, 4096, 10_000 - 8192]);
-        assert_eq!(log.1, data);
+    }
+
+    #[test]
+    fn a_zeroed_range_of_a_file_reads_back_as_zeros() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&sample_raw(3 * 4096)).unwrap();
+        let mut w = BlockWriter::new(&mut f, 4096);
+        w.write_all(&sample_raw(4096)).unwrap();
+        w.write_all(&[0u8; 4096]).unwrap();
+        let (_, zeroed) = w.finish().unwrap();
+        // ext4 and xfs zero the range in place; tmpfs cannot (EOPNOTSUPP), and then the
+        // zeros are written: either way the file must read back right.
+        assert!(zeroed == 4096 || zeroed == 0, "{zeroed}");
+        let mut back = Vec::new();
+        use std::io::Seek;
+        f.rewind().unwrap();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back[..4096], sample_raw(4096)[..]);
+        assert!(back[4096..8192].iter().all(|&b| b == 0));
+        assert_eq!(back[8192..], sample_raw(3 * 4096)[8192..]);
     }
 }
