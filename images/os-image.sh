@@ -54,10 +54,18 @@ say() { printf '[%s] os-image %s: %s\n' "$(elapsed)" "$ROLE" "$*"; }
 die() { printf 'os-image %s: %s\n' "$ROLE" "$*" >&2; exit 1; }
 mib() { echo "$(( ($1 + 524288) / 1048576 )) MiB"; }
 
-for tool in mmdebstrap apt-get apt-ftparchive dpkg-deb dpkg-query mkfs.ext4 debugfs mkfs.fat mcopy sfdisk zstd jq sha256sum readelf tar bc; do
+for tool in mmdebstrap apt-get apt-ftparchive dpkg-deb dpkg-query mkfs.ext4 debugfs mkfs.fat mcopy sfdisk zstd jq sha256sum readelf tar bc flock; do
   command -v "$tool" >/dev/null || die "needs $tool (Debian packages: mmdebstrap, apt-utils, dpkg, e2fsprogs, dosfstools, mtools, fdisk, zstd, jq, binutils, bc; \`make deps\` installs them)"
 done
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap installs packages into a chroot)"
+
+# One build of a role at a time (they share the role's root file system cache).
+mkdir -p "$OSCACHE"
+exec 9> "$OSCACHE/.build-$ROLE.lock"
+if ! flock -n 9; then
+  say "waiting for another build of $ROLE ($OSCACHE/.build-$ROLE.lock)"
+  flock 9
+fi
 
 WORK=$(mktemp -d /var/tmp/cosm-os-image.XXXXXX)
 chmod 0755 "$WORK"  # apt's download sandbox (user _apt) writes into it
