@@ -69,9 +69,19 @@ fi
 
 WORK=$(mktemp -d /var/tmp/cosm-os-image.XXXXXX)
 chmod 0755 "$WORK"  # apt's download sandbox (user _apt) writes into it
+# The local repository of the lock's .debs, for mmdebstrap. It is under /tmp because
+# mmdebstrap bind-mounts it into the chroot at the same path and empties the chroot's /tmp
+# at the end: no trace of it (with its random name) is left in the image.
+REPO=$(mktemp -d /tmp/cosm-os-repo.XXXXXX)
+chmod 0755 "$REPO"
 cleanup() {
-  # mmdebstrap unmounts what it mounted; nothing else here is mounted.
-  rm -rf "$WORK"
+  # mmdebstrap unmounts what it mounted. If it failed before its file-mirror hook undid its
+  # bind mount of the repository, undo it (never anything else).
+  local m
+  while read -r m; do
+    case $m in */tmp/mmdebstrap.*"$REPO") umount "$m" || true ;; esac
+  done < <(findmnt -rn -o TARGET 2>/dev/null)
+  rm -rf "$WORK" "$REPO"
 }
 trap cleanup EXIT
 
@@ -94,7 +104,7 @@ private_apt() {
     -o Dir::Cache::archives="$d/archives" -o Dir::Etc::SourceList="$d/sources.list" \
     -o Dir::Etc::SourceParts=/nonexistent -o Dir::State::status=/dev/null \
     -o Acquire::Check-Valid-Until=false -o APT::Architecture="$OS_ARCH" \
-    -o Debug::NoLocking=true "$@"
+    -o Debug::NoLocking=true -o APT::Sandbox::User=root "$@"
 }
 
 # --update-lock: install the role's packages from Debian's mirror with mmdebstrap (the same
@@ -202,27 +212,13 @@ if [ -f "$ROOTFS" ]; then
 else
   read -r _ _ kver _ < <(grep "^pkg $KERNEL_PKG " "$LOCK")
   KDEB=$(deb_file "$KERNEL_PKG" "$kver" amd64)
-  mapfile -t MODULE_EXCLUDES_DEPENDENT < <(os_module_closure "$KDEB")
-  say "rootfs: leaving out the kernel modules of ${#MODULE_EXCLUDES[@]} trees and ${#MODULE_EXCLUDES_DEPENDENT[@]} modules that need them"
-  say "rootfs: installing $(grep -c '^pkg ' "$LOCK") packages with mmdebstrap (a few minutes)"
-  # A local repository of exactly the lock's .debs (mmdebstrap finds the Essential
-  # packages of a dists/ layout, not of a flat one).
-  mkdir -p "$WORK/repo/pool" "$WORK/repo/dists/$OS_RELEASE/main/binary-$OS_ARCH"
-  while read -r _ name ver arch _; do
-    ln "$(deb_file "$name" "$ver" "$arch")" "$WORK/repo/pool/" 2>/dev/null || cp "$(deb_file "$name" "$ver" "$arch")" "$WORK/repo/pool/"
-  done < <(grep '^pkg ' "$LOCK")
-  (cd "$WORK/repo" && apt-ftparchive -q packages pool > "dists/$OS_RELEASE/main/binary-$OS_ARCH/Packages" 2>/dev/null &&
-    apt-ftparchive -q -o APT::FTPArchive::Release::Suite="$OS_RELEASE" -o APT::FTPArchive::Release::Codename="$OS_RELEASE" \
-      -o APT::FTPArchive::Release::Architectures="$OS_ARCH" -o APT::FTPArchive::Release::Components=main \
-      release "dists/$OS_RELEASE" > "$WORK/Release" && mv "$WORK/Release" "dists/$OS_RELEASE/Release")
+  mapfile -t DEBS < <(grep '^pkg ' "$LOCK" | while read -r _ name ver arch _; do deb_file "$name" "$ver" "$arch"; done)
   t=$(date +%s)
-  os_mmdebstrap "$ROLE" "$WORK/rootfs.tar" "deb [trusted=yes] file://$WORK/repo $OS_RELEASE main" -- \
-    --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount --verbose \
-    > "$WORK/mmdebstrap.log" 2>&1 || {
-      grep -v "^rm: cannot remove" "$WORK/mmdebstrap.log" | tail -n 40 >&2
-      cp "$WORK/mmdebstrap.log" /var/tmp/cosm-os-image-mmdebstrap.log
-      die "mmdebstrap failed (its whole log: /var/tmp/cosm-os-image-mmdebstrap.log)"
-    }
+  os_build_rootfs "$ROLE" "$WORK/rootfs.tar" "$REPO" "$KDEB" "$WORK/mmdebstrap.log" "${DEBS[@]}" || {
+    grep -v "^rm: cannot remove" "$WORK/mmdebstrap.log" | tail -n 40 >&2
+    cp "$WORK/mmdebstrap.log" /var/tmp/cosm-os-image-mmdebstrap.log
+    die "mmdebstrap failed (its whole log: /var/tmp/cosm-os-image-mmdebstrap.log)"
+  }
   say "rootfs installed in $(( $(date +%s) - t )) s; checking its kernel modules"
   mkdir -p "$R"
   tar -xpf "$WORK/rootfs.tar" --numeric-owner --xattrs --xattrs-include='*' -C "$R"

@@ -334,3 +334,26 @@ os_mmdebstrap() { # role tarball mirror... [-- extra-args...]
   # The hooks are the functions above, run by images/os/hook.sh.
   SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH mmdebstrap "${args[@]}" "$OS_RELEASE" "$out" "${mirrors[@]}"
 }
+
+# A build's root file system: the role's packages from exactly the given .debs (a local
+# repository of them, $3, which must be under /tmp: see images/os-image.sh), into the
+# tarball $2; mmdebstrap's output goes to the log $5. $4: the kernel .deb, whose
+# modules.dep says which modules need the excluded ones.
+os_build_rootfs() { # role tarball repo-dir kernel-deb log deb...
+  local role=$1 out=$2 repo=$3 kdeb=$4 log=$5 deb
+  shift 5
+  mapfile -t MODULE_EXCLUDES_DEPENDENT < <(os_module_closure "$kdeb")
+  say "rootfs: leaving out the kernel modules of ${#MODULE_EXCLUDES[@]} trees and ${#MODULE_EXCLUDES_DEPENDENT[@]} modules that need them"
+  say "rootfs: installing $# packages with mmdebstrap (a few minutes)"
+  # mmdebstrap finds the Essential packages of a dists/ layout, not of a flat repository.
+  mkdir -p "$repo/pool" "$repo/dists/$OS_RELEASE/main/binary-$OS_ARCH"
+  for deb in "$@"; do
+    ln "$deb" "$repo/pool/" 2>/dev/null || cp "$deb" "$repo/pool/"
+  done
+  (cd "$repo" && apt-ftparchive -q packages pool > "dists/$OS_RELEASE/main/binary-$OS_ARCH/Packages" 2>/dev/null &&
+    apt-ftparchive -q -o APT::FTPArchive::Release::Suite="$OS_RELEASE" -o APT::FTPArchive::Release::Codename="$OS_RELEASE" \
+      -o APT::FTPArchive::Release::Architectures="$OS_ARCH" -o APT::FTPArchive::Release::Components=main \
+      release "dists/$OS_RELEASE" > Release.new && mv Release.new "dists/$OS_RELEASE/Release")
+  os_mmdebstrap "$role" "$out" "deb [trusted=yes] file://$repo $OS_RELEASE main" -- \
+    --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount --verbose > "$log" 2>&1
+}
