@@ -292,7 +292,7 @@ if [ "$ROLE" != base ] && [ -f images/os/base.lock ]; then
   # What the role adds over base, from the packages' Installed-Size.
   added=$(awk 'NR == FNR { if ($1 == "pkg") base[$2] = 1; next } $1 == "pkg" && !($2 in base) { n++; kib += $6; names = names " " $2 } END { printf "%d %d%s", n, kib, names }' images/os/base.lock "$LOCK")
   read -r n kib names <<< "$added"
-  say "role $ROLE adds $n packages, $((kib / 1024)) MB installed size over base:$names"
+  say "role $ROLE adds $n packages, $((kib / 1024)) MiB installed size (dpkg) over base:$names"
 fi
 
 # ext4: content + ~25%, rounded up to 64 MiB; inodes for the files + 50% at least.

@@ -95,7 +95,10 @@ fn partitions(disk: &Path) -> Vec<serde_json::Value> {
     let v: serde_json::Value =
         serde_json::from_str(&run_checked(c, Duration::from_secs(30)).unwrap()).unwrap();
     assert_eq!(v["partitiontable"]["label"], "gpt", "{v}");
-    v["partitiontable"]["partitions"].as_array().unwrap().clone()
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// The byte offset of the partition named `root`.
@@ -226,10 +229,7 @@ fn the_base_image_builds_reproducibly_and_its_manifest_lists_every_installed_pac
         images[0].1["sha256"], images[1].1["sha256"],
         "two builds of the same inputs differ"
     );
-    assert_eq!(
-        manifest_bytes, &images[1].2,
-        "the two manifests differ"
-    );
+    assert_eq!(manifest_bytes, &images[1].2, "the two manifests differ");
 
     assert_eq!(manifest["name"], format!("cosm-{ROLE}-bookworm"));
     assert_eq!(manifest["role"], ROLE);
@@ -237,7 +237,10 @@ fn the_base_image_builds_reproducibly_and_its_manifest_lists_every_installed_pac
     assert_eq!(manifest["kernel"], "6.1.0-56-amd64");
     assert_eq!(manifest["source_date_epoch"], 1_700_000_000);
     assert_eq!(manifest["agent_sha256"], sha256_file(&agent).as_str());
-    assert!(manifest["rootfs_bytes"].as_u64().unwrap() > 100 << 20, "{manifest}");
+    assert!(
+        manifest["rootfs_bytes"].as_u64().unwrap() > 100 << 20,
+        "{manifest}"
+    );
 
     // The raw image: its checksum, the layout the installer relies on, and the packages.
     let raw = dir.path().join("raw.img");
@@ -251,8 +254,7 @@ fn the_base_image_builds_reproducibly_and_its_manifest_lists_every_installed_pac
     assert_eq!(parts.len(), 2, "{parts:?}");
     assert_eq!(parts[0]["name"], "esp");
     assert_eq!(
-        parts[0]["type"],
-        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+        parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
         "an EFI system partition"
     );
     assert_eq!(parts[0]["size"].as_u64(), Some(64 * 2048), "64 MiB");
@@ -294,7 +296,11 @@ fn the_base_image_builds_reproducibly_and_its_manifest_lists_every_installed_pac
             )
         })
         .collect();
-    assert!(installed.len() > 100, "{} packages installed", installed.len());
+    assert!(
+        installed.len() > 100,
+        "{} packages installed",
+        installed.len()
+    );
     assert_eq!(
         installed.difference(&listed).collect::<Vec<_>>(),
         Vec::<&(String, String, String)>::new(),
@@ -321,17 +327,31 @@ fn the_base_image_builds_reproducibly_and_its_manifest_lists_every_installed_pac
         &format!("dump /usr/local/bin/cosm-agent {}", agent_inside.display()),
     );
     assert_eq!(sha256_file(&agent_inside), sha256_file(&agent));
-    assert!(cat("/etc/systemd/system/cosm-agent.service").contains("ExecStart=/usr/local/bin/cosm-agent"));
-    let wants = debugfs(&raw, offset, "ls -l /etc/systemd/system/multi-user.target.wants");
+    assert!(cat("/etc/systemd/system/cosm-agent.service")
+        .contains("ExecStart=/usr/local/bin/cosm-agent"));
+    let wants = debugfs(
+        &raw,
+        offset,
+        "ls -l /etc/systemd/system/multi-user.target.wants",
+    );
     assert!(wants.contains("cosm-agent.service"), "{wants}");
     let etc = debugfs(&raw, offset, "ls /etc");
-    assert!(!etc.contains("cosm "), "/etc/cosm ships with the image: {etc}");
+    assert!(
+        !etc.contains("cosm "),
+        "/etc/cosm ships with the image: {etc}"
+    );
     let ssh = debugfs(&raw, offset, "ls /etc/ssh");
-    assert!(!ssh.contains("ssh_host_"), "SSH host keys in the image: {ssh}");
+    assert!(
+        !ssh.contains("ssh_host_"),
+        "SSH host keys in the image: {ssh}"
+    );
     assert!(cat("/etc/hostname").starts_with("cosm"));
     assert!(cat("/etc/fstab").contains("x-systemd.growfs"));
     let network = cat("/etc/systemd/network/90-cosm-dhcp.network");
-    assert!(network.contains("Name=en* eth*") && network.contains("DHCP=yes"), "{network}");
+    assert!(
+        network.contains("Name=en* eth*") && network.contains("DHCP=yes"),
+        "{network}"
+    );
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -400,9 +420,7 @@ fn boots_and_grows(firmware: Firmware) {
         .set_len(raw_size + GROW_BYTES)
         .unwrap();
     let mut relocate = Command::new("sfdisk");
-    relocate
-        .args(["--relocate", "gpt-bak-std"])
-        .arg(&disk);
+    relocate.args(["--relocate", "gpt-bak-std"]).arg(&disk);
     run_checked(relocate, Duration::from_secs(30)).unwrap();
     let mut grow = Command::new("sh");
     grow.arg("-c")
@@ -423,8 +441,10 @@ fn boots_and_grows(firmware: Firmware) {
     let serial = dir.path().join("serial.log");
     let qmp = dir.path().join("qmp.sock");
     let mut vm = ns.command("qemu-system-x86_64");
-    vm.args(["-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none"])
-        .arg("-no-reboot");
+    vm.args([
+        "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
+    ])
+    .arg("-no-reboot");
     if let Firmware::Uefi = firmware {
         let vars = dir.path().join("OVMF_VARS.fd");
         std::fs::copy(cosm_e2e::rack::OVMF_VARS, &vars).unwrap();
@@ -448,7 +468,11 @@ fn boots_and_grows(firmware: Firmware) {
         .stderr(Stdio::null());
     let started = Instant::now();
     let pid = ns.spawn(vm).unwrap();
-    let console = || strip_ansi(&String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()));
+    let console = || {
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&serial).unwrap_or_default(),
+        ))
+    };
     let mut grown_at = None;
     let agent_at = loop {
         let text = console();
