@@ -24,7 +24,8 @@
 # Environment: IMAGE_OUT (output folder, default images/out/os), AGENT_BIN (the agent
 # binary; default images/out/cosm-agent, images/out/cosm-agent-libvirt for `host`),
 # SOURCE_DATE_EPOCH (default 1700000000), OS_CACHE (default images/cache/os),
-# ZSTD_LEVEL (default 3).
+# ZSTD_LEVEL (default 3), OS_TMP (where the root file system is unpacked; default /dev/shm
+# when it has 3 GiB free).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . images/common.sh
@@ -81,7 +82,7 @@ cleanup() {
   while read -r m; do
     case $m in */tmp/mmdebstrap.*"$REPO") umount "$m" || true ;; esac
   done < <(findmnt -rn -o TARGET 2>/dev/null)
-  rm -rf "$WORK" "$REPO"
+  rm -rf "$WORK" "$REPO" "${R:-}"
 }
 trap cleanup EXIT
 
@@ -203,11 +204,17 @@ say "${#LOCKED[@]} .debs checked against $LOCK"
 # The root file system: cached by the lock and the scripts that shape it.
 key=$(cat "$LOCK" images/os/rootfs.sh images/os/hook.sh images/common.sh <(echo "$SOURCE_DATE_EPOCH") | sha256sum | cut -c1-16)
 ROOTFS=$OSCACHE/rootfs/$ROLE-$key.tar.zst
-R=$WORK/root
+# The unpacked root file system: in memory when there is room (unpacking and removing
+# thousands of files on a busy disk costs tens of seconds); OS_TMP chooses.
+tmp=${OS_TMP:-}
+if [ -z "$tmp" ]; then
+  tmp=$WORK
+  if [ -d /dev/shm ] && [ "$(df --output=avail -B1 /dev/shm | tail -n 1)" -gt $((3 << 30)) ]; then tmp=/dev/shm; fi
+fi
+R=$(mktemp -d "$tmp/cosm-os-root.XXXXXX")
 mkdir -p "$OSCACHE/rootfs"
 if [ -f "$ROOTFS" ]; then
   say "rootfs (cached) $ROOTFS"
-  mkdir -p "$R"
   tar --zstd -xpf "$ROOTFS" --numeric-owner --xattrs --xattrs-include='*' -C "$R"
 else
   read -r _ _ kver _ < <(grep "^pkg $KERNEL_PKG " "$LOCK")
@@ -220,7 +227,6 @@ else
     die "mmdebstrap failed (its whole log: /var/tmp/cosm-os-image-mmdebstrap.log)"
   }
   say "rootfs installed in $(( $(date +%s) - t )) s; checking its kernel modules"
-  mkdir -p "$R"
   tar -xpf "$WORK/rootfs.tar" --numeric-owner --xattrs --xattrs-include='*' -C "$R"
   os_check_modules "$R" "$KDEB" || die "the kernel modules are not consistent"
   say "rootfs: caching it"
@@ -277,14 +283,23 @@ AGENT_SHA256=$(sha256sum "$AGENT" | cut -d' ' -f1)
 find "$R" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch -h -d "@$SOURCE_DATE_EPOCH"
 touch -h -d "@$SOURCE_DATE_EPOCH" "$R"
 
-ROOTFS_BYTES=$(du -sb "$R" | cut -f1)
-ROOTFS_ALLOC=$(du -s -B1 "$R" | cut -f1)
-NFILES=$(find "$R" | wc -l)
+# Sizes from the files themselves, not from where they are unpacked (tmpfs and ext4 count
+# directories differently), so that the file system's size is the same on every machine.
+# content: the bytes of the files (each hard-linked file once) and symbolic links;
+# ext4: the 4 KiB blocks they take, and a block per directory and per long symbolic link.
+sizes() { # dir -> "content-bytes ext4-bytes entries"
+  find "$1" -printf '%y %i %s\n' | awk '
+    $1 == "f" { if (!($2 in seen)) { seen[$2] = 1; c += $3; b += int(($3 + 4095) / 4096) * 4096 } }
+    $1 == "l" { c += $3; if ($3 >= 60) b += 4096 }
+    $1 == "d" { b += 4096 }
+    { n++ } END { printf "%d %d %d\n", c, b, n }'
+}
+read -r ROOTFS_BYTES ROOTFS_ALLOC NFILES < <(sizes "$R")
 say "rootfs $(mib "$ROOTFS_BYTES") unpacked ($ROOTFS_BYTES bytes, $NFILES files; $(mib "$ROOTFS_ALLOC") in 4 KiB blocks)"
 size_report() {
   local d
   for d in usr/lib/modules usr/lib/x86_64-linux-gnu usr/bin usr/sbin usr/share usr/lib/systemd usr/lib/firmware boot var etc; do
-    [ -e "$R/$d" ] && printf '    %-28s %s\n' "/$d" "$(mib "$(du -sb "$R/$d" | cut -f1)")"
+    [ -e "$R/$d" ] && printf '    %-28s %s\n' "/$d" "$(mib "$(sizes "$R/$d" | cut -d' ' -f1)")"
   done
 }
 size_report
@@ -293,30 +308,55 @@ if [ "$ROLE" != base ] && [ -f images/os/base.lock ]; then
   added=$(awk 'NR == FNR { if ($1 == "pkg") base[$2] = 1; next } $1 == "pkg" && !($2 in base) { n++; kib += $6; names = names " " $2 } END { printf "%d %d%s", n, kib, names }' images/os/base.lock "$LOCK")
   read -r n kib names <<< "$added"
   say "role $ROLE adds $n packages, $((kib / 1024)) MiB installed size (dpkg) over base:$names"
+  if [ -f "$OUT/cosm-base-$OS_RELEASE.manifest.json" ]; then
+    base_bytes=$(jq .rootfs_bytes "$OUT/cosm-base-$OS_RELEASE.manifest.json")
+    say "role $ROLE: rootfs $(mib "$ROOTFS_BYTES"), $(mib $((ROOTFS_BYTES - base_bytes))) more than base's $(mib "$base_bytes") (measured)"
+  fi
 fi
 
-# ext4: content + ~25%, rounded up to 64 MiB; inodes for the files + 50% at least.
+# The disk: GPT, the ESP at 1 MiB, the root file system after it (content + ~25%, rounded
+# up to 64 MiB), 1 MiB at the end for the backup GPT. The root file system is made in
+# place (at its offset), without an intermediate image.
 root_mib=$(( (ROOTFS_ALLOC * 5 / 4 + (64 << 20) - 1) / (64 << 20) ))
 root_mib=$(( root_mib * 64 ))
+RAW=$WORK/$NAME.img
+esp_start=2048
+root_start=$(( esp_start + ESP_MIB * 2048 ))
+root_sectors=$(( root_mib * 2048 ))
+disk_sectors=$(( root_start + root_sectors + 2048 ))
+ESP_OFFSET=$(( esp_start * 512 ))
+ROOT_OFFSET=$(( root_start * 512 ))
+say "disk: GPT, esp ${ESP_MIB} MiB + root ${root_mib} MiB"
+rm -f "$RAW"
+truncate -s $((disk_sectors * 512)) "$RAW"
+sfdisk -q --no-reread --no-tell-kernel "$RAW" <<EOT
+label: gpt
+label-id: $DISK_GUID
+unit: sectors
+first-lba: 2048
+start=$esp_start, size=$((ESP_MIB * 2048)), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$ESP_PARTUUID, name="esp", attrs="LegacyBIOSBootable"
+start=$root_start, size=$root_sectors, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=$ROOT_PARTUUID, name="root"
+EOT
+
+# ext4, with inodes for the files + 50% at least.
 inodes=$(( root_mib * 1048576 / 16384 ))
 [ "$inodes" -ge $((NFILES * 3 / 2)) ] || inodes=$((NFILES * 3 / 2))
 say "ext4 ${root_mib} MiB, $inodes inodes"
-rm -f "$WORK/root.img"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -t ext4 -b 4096 -I 256 -N "$inodes" -L root \
-  -U "$ROOT_FS_UUID" -E "hash_seed=$ROOT_FS_UUID,root_owner=0:0,nodiscard" \
-  -d "$R" "$WORK/root.img" "${root_mib}M" > "$WORK/mkfs.ext4.log" 2>&1 || { cat "$WORK/mkfs.ext4.log" >&2; die "mkfs.ext4 failed"; }
+  -U "$ROOT_FS_UUID" -E "hash_seed=$ROOT_FS_UUID,root_owner=0:0,nodiscard,offset=$ROOT_OFFSET" \
+  -d "$R" "$RAW" "${root_mib}M" > "$WORK/mkfs.ext4.log" 2>&1 || { cat "$WORK/mkfs.ext4.log" >&2; die "mkfs.ext4 failed"; }
 # mkfs.ext4 -d copies the files' ctime (the time of extraction here): pin it, and the other
 # inode times, to SOURCE_DATE_EPOCH.
 (cd "$R" && find . -mindepth 1 -printf '%P\n') | LC_ALL=C sort > "$WORK/paths"
 grep -q '"' "$WORK/paths" && die "a file name in the root file system has a double quote: debugfs cannot pin its times"
 awk -v t="@$SOURCE_DATE_EPOCH" 'BEGIN { print "sif / ctime " t; print "sif / atime " t; print "sif / crtime " t }
   { printf "sif \"/%s\" ctime %s\nsif \"/%s\" atime %s\nsif \"/%s\" crtime %s\n", $0, t, $0, t, $0, t }' "$WORK/paths" > "$WORK/debugfs.cmds"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/debugfs.cmds" "$WORK/root.img" > "$WORK/debugfs.log" 2>&1
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/debugfs.cmds" "$RAW?offset=$ROOT_OFFSET" > "$WORK/debugfs.log" 2>&1
 grep -v -e '^debugfs' "$WORK/debugfs.log" | grep -q . && { head "$WORK/debugfs.log" >&2; die "debugfs could not pin the inode times"; }
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH e2fsck -fn "$WORK/root.img" > "$WORK/fsck.log" 2>&1 || { cat "$WORK/fsck.log" >&2; die "the root file system does not pass e2fsck"; }
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH e2fsck -fn "$RAW?offset=$ROOT_OFFSET" > "$WORK/fsck.log" 2>&1 || { cat "$WORK/fsck.log" >&2; die "the root file system does not pass e2fsck"; }
 
 # The ESP: kernel, initrd, systemd-boot (UEFI), syslinux (BIOS); files copied in a fixed
-# order with their times set, so the FAT image is the same every build.
+# order with their times set, so the FAT file system is the same every build.
 say "esp: kernel $(mib "$(stat -c %s "$R/boot/vmlinuz-$KREL_IMG")"), initrd $(mib "$(stat -c %s "$R/boot/initrd.img-$KREL_IMG")")"
 B=$WORK/bootdebs
 mkdir -p "$B"
@@ -334,8 +374,11 @@ printf 'default cosm.conf\ntimeout 0\n' > "$E/loader/loader.conf"
 printf 'title COSM %s (Debian 12)\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' "$ROLE" "$CMDLINE" > "$E/loader/entries/cosm.conf"
 printf 'SERIAL 0 115200\nDEFAULT cosm\nPROMPT 0\nTIMEOUT 0\nLABEL cosm\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND %s\n' "$CMDLINE" > "$E/syslinux/syslinux.cfg"
 find "$E" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-rm -f "$WORK/esp.img"
-mkfs.fat -C -F 32 -n ESP -i "$ESP_VOLUME_ID" --invariant "$WORK/esp.img" $((ESP_MIB * 1024)) > "$WORK/mkfs.fat.log"
+# Made apart (64 MiB) and copied in: mtools misreads a FAT at an offset in a larger file.
+ESP=$WORK/esp.img
+# --invariant fixes the times and the volume id; -i after it sets the id.
+mkfs.fat -C -F 32 -n ESP --invariant -i "$ESP_VOLUME_ID" "$ESP" $((ESP_MIB * 1024)) > "$WORK/mkfs.fat.log" 2>&1 ||
+  { cat "$WORK/mkfs.fat.log" >&2; die "mkfs.fat failed"; }
 # Directories first (each copied empty, which keeps its time), then the files, in sorted
 # order: mcopy -s would follow the host's directory order.
 mkdir -p "$WORK/empty"
@@ -343,12 +386,12 @@ mkdir -p "$WORK/empty"
   rm -rf "$WORK/empty/${d##*/}"; mkdir "$WORK/empty/${d##*/}"
   touch -d "@$SOURCE_DATE_EPOCH" "$WORK/empty/${d##*/}"
   parent=$(dirname "$d"); [ "$parent" = . ] && parent=""
-  TZ=UTC mcopy -s -m -i "$WORK/esp.img" "$WORK/empty/${d##*/}" "::/$parent"
+  TZ=UTC mcopy -s -m -i "$ESP" "$WORK/empty/${d##*/}" "::/$parent"
 done
 (cd "$E" && find . -type f -printf '%P\n' | LC_ALL=C sort) | while read -r f; do
-  TZ=UTC mcopy -m -i "$WORK/esp.img" "$E/$f" "::/$f"
+  TZ=UTC mcopy -m -i "$ESP" "$E/$f" "::/$f"
 done
-"$B/usr/bin/syslinux" --install --directory /syslinux "$WORK/esp.img"
+"$B/usr/bin/syslinux" --install --directory /syslinux "$ESP"
 # The syslinux installer stamps ldlinux.sys and ldlinux.c32 (and the deleted entries of
 # their first copies) with the current time: set those directory entries' times too.
 fat_time=$(TZ=UTC date -d "@$SOURCE_DATE_EPOCH" '+%H %M %S %Y %m %d')
@@ -361,33 +404,15 @@ pinned=0
 while read -r off; do
   [ $((off % 32)) = 0 ] || continue
   # bytes 13-19: creation time (10 ms, time, date), access date; 22-25: write time, date.
-  printf '%b' "$stamp" | dd of="$WORK/esp.img" bs=1 seek=$((off + 13)) conv=notrunc status=none
-  printf '%b' "$(le16 $ftime)$(le16 $fdate)" | dd of="$WORK/esp.img" bs=1 seek=$((off + 22)) conv=notrunc status=none
+  printf '%b' "$stamp" | dd of="$ESP" bs=1 seek=$((off + 13)) conv=notrunc status=none
+  printf '%b' "$(le16 $ftime)$(le16 $fdate)" | dd of="$ESP" bs=1 seek=$((off + 22)) conv=notrunc status=none
   pinned=$((pinned + 1))
-done < <(LC_ALL=C grep -obaP '[L\xe5]DLINUX (SYS|C32)' "$WORK/esp.img" | cut -d: -f1)
+done < <(LC_ALL=C grep -obaP '[L\xe5]DLINUX (SYS|C32)' "$ESP" | cut -d: -f1)
 [ "$pinned" -ge 2 ] || die "did not find syslinux's files in the ESP to pin their times"
-fsck.fat -n "$WORK/esp.img" > "$WORK/fsck.fat.log" 2>&1 || { cat "$WORK/fsck.fat.log" >&2; die "the ESP does not pass fsck.fat"; }
-
-# The disk: GPT, the ESP at 1 MiB, the root file system after it, 1 MiB at the end for
-# the backup GPT.
-say "disk: GPT, esp ${ESP_MIB} MiB + root ${root_mib} MiB"
-RAW=$WORK/$NAME.img
-esp_start=2048
-root_start=$(( esp_start + ESP_MIB * 2048 ))
-root_sectors=$(( root_mib * 2048 ))
-disk_sectors=$(( root_start + root_sectors + 2048 ))
-rm -f "$RAW"
-truncate -s $((disk_sectors * 512)) "$RAW"
-sfdisk -q --no-reread --no-tell-kernel "$RAW" <<EOF
-label: gpt
-label-id: $DISK_GUID
-unit: sectors
-first-lba: 2048
-start=$esp_start, size=$((ESP_MIB * 2048)), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$ESP_PARTUUID, name="esp", attrs="LegacyBIOSBootable"
-start=$root_start, size=$root_sectors, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=$ROOT_PARTUUID, name="root"
-EOF
-dd if="$WORK/esp.img" of="$RAW" bs=1M seek=1 conv=notrunc,sparse status=none
-dd if="$WORK/root.img" of="$RAW" bs=1M seek=$((root_start / 2048)) conv=notrunc,sparse status=none
+fsck.fat -n "$ESP" > "$WORK/fsck.fat.log" 2>&1 || { cat "$WORK/fsck.fat.log" >&2; die "the ESP does not pass fsck.fat"; }
+dd if="$ESP" of="$RAW" bs=1M seek=$((ESP_OFFSET >> 20)) conv=notrunc status=none
+rm -f "$ESP"
+# BIOS: syslinux's GPT-aware MBR boot code in the first 440 bytes.
 dd if="$B/usr/lib/SYSLINUX/gptmbr.bin" of="$RAW" bs=440 count=1 conv=notrunc status=none
 RAW_SIZE=$(stat -c %s "$RAW")
 RAW_SHA256=$(sha256sum "$RAW" | cut -d' ' -f1)
