@@ -30,6 +30,8 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 const GROW_BYTES: u64 = 1 << 30;
 /// systemd's console line when it has started the agent (colours removed).
 const AGENT_MARKER: &str = "Started cosm-agent.service";
+/// The serial getty's prompt (the image's hostname is `cosm`).
+const LOGIN: &str = "cosm login:";
 /// The kernel's line when the root file system grows to its partition.
 const RESIZED: &str = "EXT4-fs (vda2): resized filesystem to ";
 
@@ -511,16 +513,47 @@ fn boots_and_grows(firmware: Firmware) {
         grown_at.unwrap_or(agent_at).as_secs_f64()
     );
 
-    // A clean power-off (ACPI button), so what is on the disk is current, then look at it.
-    qmp_powerdown(&qmp).unwrap();
+    // The getty on the serial console (systemd-logind, which handles the power button, is
+    // up by then: a press before it is lost).
+    let login_at = loop {
+        if console().contains(LOGIN) {
+            break started.elapsed();
+        }
+        if ns.try_wait(pid).unwrap().is_some() || started.elapsed() > BOOT_TIMEOUT {
+            panic!(
+                "{firmware:?}: no `{LOGIN}` on the serial console within {BOOT_TIMEOUT:?}:\n{}",
+                console()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    println!(
+        "{firmware:?}: login prompt on ttyS0 {:.1} s after power-on",
+        login_at.as_secs_f64()
+    );
+
+    // A clean power-off (the ACPI power button, pressed again every 30 s), so what is on
+    // the disk is current; then look at it.
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut pressed = Instant::now() - Duration::from_secs(60);
     let status = loop {
         if let Some(status) = ns.try_wait(pid).unwrap() {
             break status;
         }
         if Instant::now() > deadline {
             let _ = ns.kill(pid);
-            panic!("{firmware:?}: the guest did not power off within 90 s of the ACPI button");
+            let text = console();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{firmware:?}: the guest did not power off within 90 s of the ACPI button; \
+                 the console ends with:\n{}",
+                tail.join("\n")
+            );
+        }
+        if pressed.elapsed() > Duration::from_secs(30) {
+            qmp_powerdown(&qmp).unwrap();
+            pressed = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(250));
     };
