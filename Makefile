@@ -23,8 +23,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # (crates/cosm-e2e/tests/sdn.rs). fdisk (sfdisk), gdisk (sgdisk), e2fsprogs (mkfs.ext4, debugfs, e2fsck): the
 # image installer's GPT and loop-device tests (crates/cosm-agent/tests/install_gpt.rs, install_disk.rs).
 # ndisc6 (rdisc6, a router-discovery client that solicits and decodes router advertisements):
-# crates/cosm-e2e/tests/router_advertisements.rs.
-APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver fdisk gdisk e2fsprogs ndisc6
+# crates/cosm-e2e/tests/router_advertisements.rs. mmdebstrap, apt-utils (apt-ftparchive: a local
+# repository of the pinned .debs), dosfstools (mkfs.fat, fsck.fat), mtools (mcopy; the syslinux
+# installer runs it), syslinux, syslinux-common and systemd-boot-efi (the boot loaders; the image
+# takes the lock's pinned copies of them), zstd: the OS images (images/os-image.sh, make os-image)
+# and their tests (crates/cosm-e2e/tests/os_image.rs, image_install.rs).
+APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver fdisk gdisk e2fsprogs ndisc6 mmdebstrap apt-utils dosfstools mtools syslinux syslinux-common systemd-boot-efi zstd
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa iperf3
@@ -35,7 +39,7 @@ BENCH_PACKAGES := tftpd-hpa iperf3
 # whichever of these it lacks.
 PIP_PACKAGES := openapi-spec-validator pykickstart sushy-tools virtualbmc libvirt-python bcrypt
 
-.PHONY: all build test check demo bench deps clean help toolchain fuzz image
+.PHONY: all build test check demo bench deps clean help toolchain fuzz image os-image os-image-lock
 
 help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
@@ -45,6 +49,7 @@ help:
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz DHCP packets, TFTP requests, router solicitations and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
+	@echo "make os-image ROLE=base|host|storage|web|center - a role's Debian 12 disk image with the agent (images/out/os: .img.zst and manifest); make os-image-lock ROLE=... pins its packages again"
 
 all: build
 
@@ -66,7 +71,9 @@ deps:
 build: toolchain deps
 	$(CARGO) build --workspace --bins
 
-test: toolchain deps build image
+# The OS image tests (crates/cosm-e2e/tests/os_image.rs) boot the base image: it is built first
+# (ROLE=base unless given; its root file system is cached, so a rebuild takes about a minute).
+test: toolchain deps build image os-image
 	$(CARGO) test --workspace --no-fail-fast
 
 # The agent ramdisk (images/out/vmlinuz + initramfs.img) and the test guest's initrd
@@ -83,6 +90,16 @@ image: toolchain deps
 	$(CARGO) build --release -p cosm-agent --no-default-features
 	AGENT_BIN=$(TARGET_DIR)/release/cosm-agent ./images/build.sh
 	./images/guest.sh
+
+# A role's OS image (images/os-image.sh): minimized Debian 12 with the agent, a GPT disk image
+# (images/out/os/cosm-$(ROLE)-bookworm.img.zst) and its manifest. Its packages are pinned by
+# images/os/$(ROLE).lock; os-image-lock resolves them again against Debian's mirror.
+ROLE ?= base
+os-image: toolchain deps image
+	./images/os-image.sh $(ROLE)
+
+os-image-lock: deps
+	./images/os-image.sh --update-lock $(ROLE)
 
 check: toolchain deps
 	$(CARGO) fmt --all -- --check

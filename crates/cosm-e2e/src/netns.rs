@@ -298,6 +298,13 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "python3" => "python3",
         "sleep" | "cat" | "false" | "timeout" => "coreutils",
         "sh" => "dash",
+        "mmdebstrap" => "mmdebstrap",
+        "apt-ftparchive" => "apt-utils",
+        "zstd" => "zstd",
+        "sfdisk" => "fdisk",
+        "debugfs" | "mkfs.ext4" => "e2fsprogs",
+        "mkfs.fat" => "dosfstools",
+        "mcopy" => "mtools",
         _ => return None,
     })
 }
