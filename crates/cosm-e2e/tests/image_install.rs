@@ -1,0 +1,274 @@
+//! Real installs end to end (issue 16), on the virtual rack: empty QEMU machines (SeaBIOS
+//! and OVMF, each with the NIC's iPXE ROM) of a role installed by image PXE-boot the agent
+//! ramdisk, whose agent streams the role image from the appliance onto the disk (every
+//! 4 MiB chunk checked before it is written), grows the partition table, writes the
+//! machine's files and a fresh agent credential, and reports; the next boot goes to the
+//! local disk, where the installed Debian's `cosm-agent` service beats with that
+//! credential and the machine becomes `active`. A third machine gets an image whose file
+//! on the appliance was damaged after its upload (one byte flipped): its install fails
+//! naming the chunk and byte range, and it ends `failed`, not `deployed`.
+//!
+//! The image is `images/out/os/cosm-base-bookworm.img.zst` from `make os-image ROLE=base`
+//! (`make test` builds it first). The three machines share one rack, so the suite boots
+//! them once.
+
+use cosm_e2e::netns::require_root_tools;
+use cosm_e2e::rack::{Firmware, Rack};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "cosm-base-bookworm.img.zst";
+const MANIFEST: &str = "cosm-base-bookworm.manifest.json";
+const CHUNK: u64 = 4 << 20;
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn os_image_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/out/os")
+}
+
+/// The base image and its manifest, or a failure saying how to build them.
+fn base_image() -> (PathBuf, PathBuf) {
+    let dir = os_image_dir();
+    let (image, manifest) = (dir.join(IMAGE), dir.join(MANIFEST));
+    for f in [&image, &manifest] {
+        assert!(
+            f.exists(),
+            "{} is missing: build the base role image with `make os-image ROLE=base` (`make test` does)",
+            f.display()
+        );
+    }
+    (image, manifest)
+}
+
+struct Machine {
+    n: u8,
+    mac: String,
+    firmware: Firmware,
+    vm: usize,
+    powered_on: Instant,
+}
+
+#[test]
+fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_image_fails() {
+    require_root_tools(&["ip", "qemu-system-x86_64", "curl"]);
+    let (image, manifest) = base_image();
+    let mut rack = Rack::start("img", "").unwrap();
+
+    // A role for the base image, and `web` for the damaged copy.
+    ok(rack
+        .app
+        .cosmctl(&["roles", "add", "base", "--description", "the base image"]));
+    let out = ok(rack.app.cosmctl(&[
+        "images",
+        "upload",
+        image.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]));
+    assert!(out.contains("image for role base"), "{out}");
+    let damaged = "cosm-web-damaged.img.zst";
+    let mut web_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    web_manifest["role"] = "web".into();
+    let web_manifest_path = rack.app.dir.path().join("web.manifest.json");
+    std::fs::write(&web_manifest_path, web_manifest.to_string()).unwrap();
+    ok(rack.app.cosmctl(&[
+        "images",
+        "upload",
+        image.to_str().unwrap(),
+        "--name",
+        damaged,
+        "--manifest",
+        web_manifest_path.to_str().unwrap(),
+    ]));
+    let list = ok(rack.app.cosmctl(&["images", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains(IMAGE) && l.contains("base") && l.contains("debian-12")),
+        "{list}"
+    );
+    let roles = ok(rack.app.cosmctl(&["roles", "list"]));
+    assert!(roles.contains("auto"), "{roles}");
+    // The stored copy rots after its upload: one byte in its third chunk.
+    let stored = rack.app.dir.path().join("data/images").join(damaged);
+    let size = std::fs::metadata(&stored).unwrap().len();
+    let flipped_at = (2 * CHUNK + 12345).min(size - 1);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[flipped_at as usize] ^= 0x01;
+    std::fs::write(&stored, &bytes).unwrap();
+    drop(bytes);
+    let bad_chunk = flipped_at / CHUNK;
+
+    let mut machines = Vec::new();
+    for (n, firmware, role) in [
+        (21u8, Firmware::BiosIpxeRom, "base"),
+        (22, Firmware::UefiIpxeRom, "base"),
+        (23, Firmware::BiosIpxeRom, "web"),
+    ] {
+        let mac = format!("52:54:00:c0:53:{n:02x}");
+        ok(rack.app.cosmctl(&["machines", "add", &mac, "--role", role]));
+        let vm = rack.power_on(n, firmware).unwrap();
+        machines.push(Machine {
+            n,
+            mac,
+            firmware,
+            vm,
+            powered_on: Instant::now(),
+        });
+    }
+
+    // Bounded: TCG, three machines on two cores.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut done_at: Vec<Option<Instant>> = vec![None; machines.len()];
+    loop {
+        for (i, m) in machines.iter().enumerate() {
+            if done_at[i].is_some() {
+                continue;
+            }
+            let want = if i < 2 { "active" } else { "failed" };
+            let state = rack
+                .app
+                .api(&format!("/api/v1/machines/{}", m.mac))
+                .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default();
+            if state == want {
+                done_at[i] = Some(Instant::now());
+            }
+        }
+        if done_at.iter().all(Option::is_some) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let mut why = String::new();
+            for m in &machines {
+                why.push_str(&format!(
+                    "\n== {} ({}) timeline: {:#?}\n-- serial console (tail):\n{}",
+                    m.mac,
+                    m.firmware.label(),
+                    rack.timeline(&m.mac),
+                    tail(&rack.serial(m.vm), 60)
+                ));
+            }
+            panic!("not every machine ended as expected within 900 s:{why}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    for (i, m) in machines.iter().take(2).enumerate() {
+        let events = rack.timeline(&m.mac);
+        let at = |what: &str, pred: &dyn Fn(&str, &str) -> bool| {
+            events
+                .iter()
+                .position(|(k, msg)| pred(k, msg))
+                .unwrap_or_else(|| panic!("{}: no {what} in {events:#?}", m.mac))
+        };
+        let script = at("image-install script", &|k, msg| {
+            k == "boot" && msg.contains(&format!("→ image install ({IMAGE})"))
+        });
+        let kernel = at("ramdisk kernel", &|k, msg| {
+            k == "boot" && msg.contains("kernel") && msg.contains("vmlinuz")
+        });
+        let plan = at("install plan", &|k, msg| {
+            k == "boot" && msg.contains("install plan served")
+        });
+        let deploying = at("ready → deploying", &|k, msg| {
+            k == "state_changed" && msg.contains("deploying")
+        });
+        let streaming = at("streaming progress", &|k, msg| {
+            k == "boot" && msg.contains("installing: streaming")
+        });
+        let enrolled = at("the installed system's credential", &|k, _| {
+            k == "agent_registered"
+        });
+        let deployed = at("deploying → deployed", &|k, msg| {
+            k == "state_changed" && msg.contains("install finished")
+        });
+        let disk = at("local-disk script", &|k, msg| {
+            k == "boot" && msg.contains("→ local disk")
+        });
+        let active = at("deployed → active", &|k, msg| {
+            k == "state_changed" && msg.contains("first heartbeat since the install")
+        });
+        assert!(
+            script < kernel
+                && kernel < plan
+                && plan <= deploying
+                && deploying < streaming
+                && streaming < enrolled
+                && enrolled < deployed
+                && deployed < disk
+                && disk < active,
+            "{}: steps out of order: {events:#?}",
+            m.mac
+        );
+        let finished = &events[deployed].1;
+        // The installed Debian booted from the disk: its getty greets with the hostname
+        // the installer wrote (`<role>-<last 6 hex digits of the MAC>`).
+        let hostname = format!("base-c053{:02x}", m.n);
+        let serial = rack.serial(m.vm);
+        assert!(
+            serial.contains(&format!("{hostname} login:")),
+            "{}: no login prompt of {hostname} on the serial console:\n{}",
+            m.mac,
+            tail(&serial, 80)
+        );
+        println!(
+            "{} ({}): power-on → active in {:.1} s; {}",
+            m.mac,
+            m.firmware.label(),
+            done_at[i]
+                .unwrap()
+                .duration_since(m.powered_on)
+                .as_secs_f64(),
+            finished
+        );
+    }
+
+    // The damaged image: failed with the chunk and its byte range, never deployed.
+    let bad = &machines[2];
+    let events = rack.timeline(&bad.mac);
+    let failed = events
+        .iter()
+        .find(|(k, msg)| k == "state_changed" && msg.contains("install failed"))
+        .unwrap_or_else(|| panic!("no failed install in {events:#?}"));
+    let range = format!(
+        "bytes {}..{}",
+        bad_chunk * CHUNK,
+        ((bad_chunk + 1) * CHUNK).min(size)
+    );
+    assert!(
+        failed.1.contains(&format!("chunk {bad_chunk}")) && failed.1.contains(&range),
+        "the failure does not name chunk {bad_chunk} ({range}) where byte {flipped_at} was flipped: {}",
+        failed.1
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|(k, msg)| k == "state_changed" && msg.contains("install finished")),
+        "{events:#?}"
+    );
+    println!(
+        "{} ({}): damaged image → failed in {:.1} s: {}",
+        bad.mac,
+        bad.firmware.label(),
+        done_at[2]
+            .unwrap()
+            .duration_since(bad.powered_on)
+            .as_secs_f64(),
+        failed.1
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
