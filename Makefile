@@ -39,7 +39,7 @@ BENCH_PACKAGES := tftpd-hpa iperf3
 # whichever of these it lacks.
 PIP_PACKAGES := openapi-spec-validator pykickstart sushy-tools virtualbmc libvirt-python bcrypt
 
-.PHONY: all build test check demo bench deps clean help toolchain fuzz image os-image os-image-lock
+.PHONY: all build test check demo bench deps clean help toolchain fuzz image os-image os-images os-image-lock
 
 help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
@@ -71,9 +71,10 @@ deps:
 build: toolchain deps
 	$(CARGO) build --workspace --bins
 
-# The OS image tests (crates/cosm-e2e/tests/os_image.rs) boot the base image: it is built first
-# (ROLE=base unless given; its root file system is cached, so a rebuild takes about a minute).
-test: toolchain deps build image os-image
+# The OS image tests (crates/cosm-e2e/tests/os_image.rs, image_install.rs) boot the base and host
+# images: they are built first (their root file systems are cached, so a rebuild takes about a
+# minute each).
+test: toolchain deps build image os-images
 	$(CARGO) test --workspace --no-fail-fast
 
 # The agent ramdisk (images/out/vmlinuz + initramfs.img) and the test guest's initrd
@@ -98,6 +99,11 @@ ROLE ?= base
 os-image: toolchain deps image
 	./images/os-image.sh $(ROLE)
 
+# The role images the tests and the demo install: base and host.
+os-images: toolchain deps image
+	./images/os-image.sh base
+	./images/os-image.sh host
+
 os-image-lock: deps
 	./images/os-image.sh --update-lock $(ROLE)
 
@@ -105,13 +111,13 @@ check: toolchain deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-demo: toolchain deps build image
+demo: toolchain deps build image os-images
 	./scripts/demo.sh
 
 # vm-bench is not pinned to a CPU: its rack's QEMU guests need both cores. Nor is ha-bench: its
 # rack's agents and a thousand simulated hosts share both cores with the appliance. Nor is
 # pxe-bench: its QEMU machine (TCG, two vCPUs) and the server it boots from share both cores.
-bench: toolchain deps image
+bench: toolchain deps image os-images
 	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
 	./scripts/bench-dhcp.sh
@@ -122,6 +128,7 @@ bench: toolchain deps image
 	$(TARGET_DIR)/release/ha-bench
 	$(TARGET_DIR)/release/sdn-bench
 	$(TARGET_DIR)/release/pxe-bench
+	$(TARGET_DIR)/release/install-bench
 
 # Fuzz the DHCP packet path, the TFTP request parser, the router-solicitation check
 # (crates/cosm-netboot/fuzz) and the HTTP API through its router (crates/cosm-appliance/fuzz)

@@ -137,11 +137,23 @@ pub fn provisioning_bridge(ns: &NetNs) -> anyhow::Result<()> {
 /// tap on the bridge, an empty 4 GiB disk and its serial console in `dir`, network boot
 /// with `firmware`. The caller owns the process (it is `ns`'s child, killed by PID).
 pub fn spawn_machine(ns: &NetNs, dir: &Path, n: u8, firmware: Firmware) -> anyhow::Result<Vm> {
+    spawn_machine_with(ns, dir, n, firmware, 512)
+}
+
+/// [`spawn_machine`] with `memory_mib` of memory (an installed hypervisor host running a
+/// guest needs more than the ramdisk's 512 MiB).
+pub fn spawn_machine_with(
+    ns: &NetNs,
+    dir: &Path,
+    n: u8,
+    firmware: Firmware,
+    memory_mib: u32,
+) -> anyhow::Result<Vm> {
     let mac = format!("52:54:00:c0:53:{n:02x}");
     let tap = format!("tap{n}");
     ip(ns, &["tuntap", "add", &tap, "mode", "tap"])?;
     ip(ns, &["link", "set", &tap, "master", "br0", "up"])?;
-    let (cpus, memory_mib, disk_bytes) = (2u32, 512u32, 4u64 << 30);
+    let (cpus, disk_bytes) = (2u32, 4u64 << 30);
     let disk = dir.join(format!("disk{n}.img"));
     std::fs::File::create(&disk)?.set_len(disk_bytes)?;
     let serial = dir.join(format!("serial{n}.log"));
@@ -256,7 +268,17 @@ routers = ["192.0.2.1"]
     /// an empty 4 GiB disk, network boot with `firmware` ([`spawn_machine`]). Returns its
     /// index in `vms`.
     pub fn power_on(&mut self, n: u8, firmware: Firmware) -> anyhow::Result<usize> {
-        let vm = spawn_machine(&self.ns, self.dir.path(), n, firmware)?;
+        self.power_on_with(n, firmware, 512)
+    }
+
+    /// [`Rack::power_on`] with `memory_mib` of memory.
+    pub fn power_on_with(
+        &mut self,
+        n: u8,
+        firmware: Firmware,
+        memory_mib: u32,
+    ) -> anyhow::Result<usize> {
+        let vm = spawn_machine_with(&self.ns, self.dir.path(), n, firmware, memory_mib)?;
         self.vms.push(vm);
         Ok(self.vms.len() - 1)
     }

@@ -8,10 +8,16 @@
 //! on the appliance was damaged after its upload (one byte flipped): its install fails
 //! naming the chunk and byte range, and it ends `failed`, not `deployed`.
 //!
-//! The image is `images/out/os/cosm-base-bookworm.img.zst` from `make os-image ROLE=base`
-//! (`make test` builds it first). The three machines share one rack, so the suite boots
-//! them once.
+//! A fourth machine, of role `host`, installs the host image (libvirt and QEMU inside) and,
+//! once active, runs a VM created through `/api/v1/vms`: the tiny test guest, under QEMU
+//! TCG inside the QEMU TCG machine, prints its marker on the console the appliance shows.
+//! That is the whole mission in one test: an empty machine to a running VM.
+//!
+//! The images are `images/out/os/cosm-{base,host}-bookworm.img.zst` from `make os-image
+//! ROLE=base` and `ROLE=host` (`make test` builds both first). The four machines share one
+//! rack, so the suite boots them once.
 
+use cosm_e2e::guest::{api_console, guest_vm_request, upload_guest, wait_vm};
 use cosm_e2e::netns::require_root_tools;
 use cosm_e2e::rack::{Firmware, Rack};
 use std::path::{Path, PathBuf};
@@ -19,6 +25,8 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "cosm-base-bookworm.img.zst";
 const MANIFEST: &str = "cosm-base-bookworm.manifest.json";
+const HOST_IMAGE: &str = "cosm-host-bookworm.img.zst";
+const HOST_MANIFEST: &str = "cosm-host-bookworm.manifest.json";
 const CHUNK: u64 = 4 << 20;
 
 fn ok(out: std::process::Output) -> String {
@@ -35,14 +43,14 @@ fn os_image_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/out/os")
 }
 
-/// The base image and its manifest, or a failure saying how to build them.
-fn base_image() -> (PathBuf, PathBuf) {
+/// A role's image and its manifest, or a failure saying how to build them.
+fn role_image(role: &str, image: &str, manifest: &str) -> (PathBuf, PathBuf) {
     let dir = os_image_dir();
-    let (image, manifest) = (dir.join(IMAGE), dir.join(MANIFEST));
+    let (image, manifest) = (dir.join(image), dir.join(manifest));
     for f in [&image, &manifest] {
         assert!(
             f.exists(),
-            "{} is missing: build the base role image with `make os-image ROLE=base` (`make test` does)",
+            "{} is missing: build the {role} role image with `make os-image ROLE={role}` (`make test` does)",
             f.display()
         );
     }
@@ -60,7 +68,8 @@ struct Machine {
 #[test]
 fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_image_fails() {
     require_root_tools(&["ip", "qemu-system-x86_64", "curl"]);
-    let (image, manifest) = base_image();
+    let (image, manifest) = role_image("base", IMAGE, MANIFEST);
+    let (host_image, host_manifest) = role_image("host", HOST_IMAGE, HOST_MANIFEST);
     let mut rack = Rack::start("img", "").unwrap();
 
     // A role for the base image, and `web` for the damaged copy.
@@ -90,6 +99,14 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         "--manifest",
         web_manifest_path.to_str().unwrap(),
     ]));
+    let out = ok(rack.app.cosmctl(&[
+        "images",
+        "upload",
+        host_image.to_str().unwrap(),
+        "--manifest",
+        host_manifest.to_str().unwrap(),
+    ]));
+    assert!(out.contains("image for role host"), "{out}");
     let list = ok(rack.app.cosmctl(&["images", "list"]));
     assert!(
         list.lines()
@@ -109,14 +126,16 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
     let bad_chunk = flipped_at / CHUNK;
 
     let mut machines = Vec::new();
-    for (n, firmware, role) in [
-        (21u8, Firmware::BiosIpxeRom, "base"),
-        (22, Firmware::UefiIpxeRom, "base"),
-        (23, Firmware::BiosIpxeRom, "web"),
+    // The host runs libvirtd and a guest beside its agent: more memory than the ramdisk's.
+    for (n, firmware, role, memory_mib) in [
+        (21u8, Firmware::BiosIpxeRom, "base", 512),
+        (22, Firmware::UefiIpxeRom, "base", 512),
+        (23, Firmware::BiosIpxeRom, "web", 512),
+        (24, Firmware::BiosIpxeRom, "host", 1536),
     ] {
         let mac = format!("52:54:00:c0:53:{n:02x}");
         ok(rack.app.cosmctl(&["machines", "add", &mac, "--role", role]));
-        let vm = rack.power_on(n, firmware).unwrap();
+        let vm = rack.power_on_with(n, firmware, memory_mib).unwrap();
         machines.push(Machine {
             n,
             mac,
@@ -134,7 +153,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
             if done_at[i].is_some() {
                 continue;
             }
-            let want = if i < 2 { "active" } else { "failed" };
+            let want = if i == 2 { "failed" } else { "active" };
             let state = rack
                 .app
                 .api(&format!("/api/v1/machines/{}", m.mac))
@@ -163,7 +182,12 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         std::thread::sleep(Duration::from_secs(1));
     }
 
-    for (i, m) in machines.iter().take(2).enumerate() {
+    for (i, m) in machines.iter().enumerate().filter(|(i, _)| *i != 2) {
+        let (role, image) = if i == 3 {
+            ("host", HOST_IMAGE)
+        } else {
+            ("base", IMAGE)
+        };
         let events = rack.timeline(&m.mac);
         let at = |what: &str, pred: &dyn Fn(&str, &str) -> bool| {
             events
@@ -172,7 +196,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
                 .unwrap_or_else(|| panic!("{}: no {what} in {events:#?}", m.mac))
         };
         let script = at("image-install script", &|k, msg| {
-            k == "boot" && msg.contains(&format!("→ image install ({IMAGE})"))
+            k == "boot" && msg.contains(&format!("→ image install ({image})"))
         });
         let kernel = at("ramdisk kernel", &|k, msg| {
             k == "boot" && msg.contains("kernel") && msg.contains("vmlinuz")
@@ -213,7 +237,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         let finished = &events[deployed].1;
         // The installed Debian booted from the disk: its getty greets with the hostname
         // the installer wrote (`<role>-<last 6 hex digits of the MAC>`).
-        let hostname = format!("base-c053{:02x}", m.n);
+        let hostname = format!("{role}-c053{:02x}", m.n);
         let serial = rack.serial(m.vm);
         assert!(
             serial.contains(&format!("{hostname} login:")),
@@ -265,6 +289,45 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
             .duration_since(bad.powered_on)
             .as_secs_f64(),
         failed.1
+    );
+
+    // The installed host runs a VM made through the API: the test guest, nested TCG.
+    let host = &machines[3];
+    upload_guest(&rack).unwrap();
+    let name = format!("nested-{}", std::process::id());
+    let mut body = guest_vm_request(&name, 128);
+    body["nics"] = serde_json::json!([]);
+    body["host"] = serde_json::json!(host.mac);
+    let asked = Instant::now();
+    let v = rack.app.api_send("POST", "/api/v1/vms", &body).unwrap();
+    assert_eq!(v["host"], host.mac.as_str(), "{v}");
+    wait_vm(
+        &rack.app,
+        &name,
+        "running on the installed host",
+        Duration::from_secs(600),
+        |v| v["state"] == "running",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let c = api_console(&rack.app, &name).unwrap();
+        if c.boots.iter().any(|(mark, _)| *mark == name) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} on {} never printed its marker within 600 s; console: {:?}\nhost serial (tail):\n{}",
+            host.mac,
+            c,
+            tail(&rack.serial(host.vm), 40)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!(
+        "{}: VM {name} created through /api/v1/vms printed its marker {:.1} s after the request (nested TCG)",
+        host.mac,
+        asked.elapsed().as_secs_f64()
     );
 }
 

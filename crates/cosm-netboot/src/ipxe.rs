@@ -106,8 +106,12 @@ impl Script<'_> {
                     Firmware::Bios => {
                         s.push_str("sanboot --no-describe --drive 0x80 || goto failed_boot\n")
                     }
-                    // Back to the firmware's boot manager, which tries the next option.
-                    Firmware::Uefi => s.push_str("exit 0\n"),
+                    // Back to the firmware's boot manager with a failure status, so that it
+                    // tries the next boot option (the disk). An image returning
+                    // EFI_SUCCESS makes a UEFI boot manager stop and show its menu instead
+                    // (UEFI 2.x, 3.1.1; OVMF opens its setup screen): `exit 0` would leave
+                    // an installed machine there.
+                    Firmware::Uefi => s.push_str("exit 1\n"),
                 }
             }
             Target::PowerOff { reason } => {
@@ -213,7 +217,7 @@ mod tests {
         assert!(bios.contains("sanboot --no-describe --drive 0x80"));
         assert!(!bios.contains("kernel "));
         let uefi = script(Firmware::Uefi, Target::LocalDisk);
-        assert!(uefi.contains("\nexit 0\n") && !uefi.contains("sanboot"));
+        assert!(uefi.contains("\nexit 1\n") && !uefi.contains("sanboot"));
     }
 
     #[test]

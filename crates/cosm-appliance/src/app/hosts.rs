@@ -161,10 +161,13 @@ impl HostReports {
     }
 }
 
-/// Whether a machine may hold VMs: role `host`, installed.
+/// Whether a machine may hold VMs (and HA watches it): role `host`, installed, and not
+/// still booting its freshly installed system (an image install's machine is a host from
+/// its installed agent's first heartbeat on).
 pub(super) fn is_host(m: &cosm_wire::Machine) -> bool {
     m.role.as_ref().is_some_and(|r| r.as_str() == "host")
         && matches!(m.state, MachineState::Deployed | MachineState::Active)
+        && !m.awaits_installed_agent
 }
 
 /// Checks the numbers of a create request the way a host's libvirt would refuse them.
@@ -245,7 +248,12 @@ impl App {
             return Ok("no such machine".into());
         };
         let role = m.role.as_ref().map_or("none", |r| r.as_str());
-        Ok(if !is_host(&m) {
+        Ok(if m.awaits_installed_agent {
+            format!(
+                "it has role {role} and is {}, booting its installed system (its agent has not beaten from there yet)",
+                m.state
+            )
+        } else if !is_host(&m) {
             format!("it has role {role} and is {}", m.state)
         } else {
             format!(

@@ -377,6 +377,14 @@ pub(super) fn mark_lost(
             m.state
         )));
     }
+    if m.state == MachineState::Deployed && m.awaits_installed_agent {
+        // Its installer's agent stopped on purpose: the machine is rebooting into its
+        // installed system, which takes a real server minutes. Its first heartbeat from
+        // there makes it active; until then it is neither lost nor a host HA watches.
+        return Err(StoreError::conflict(format!(
+            "machine {mac} is deployed and booting its installed system: its installer's agent stopped on purpose"
+        )));
+    }
     transition(tx, &mut m, MachineState::Lost, reason)?;
     tx.put_machine(&mut m)?;
     Ok(m)

@@ -319,3 +319,102 @@ async fn heartbeats_do_not_activate_a_machine_an_operator_moved_to_deployed() {
     assert_eq!(m["state"], "deployed", "{m}");
     walk(&app, mac, &["active"]).await;
 }
+
+/// A machine an image install made `deployed` reboots into its installed system, which
+/// takes a real server minutes: it is not declared lost meanwhile, and a host is not
+/// offered to VM placement (nor watched by HA) until its installed agent beats.
+#[tokio::test]
+async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_beats() {
+    // A lost window of one second.
+    let app = TestApp::with(64 * 1024, "heartbeat_secs = 1\nmissed_beats = 1").await;
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    upload_image(&app, "cosm-host.img.zst", &data).await;
+    let (s, e) = app
+        .call(
+            "PUT",
+            "/api/v1/images/cosm-host.img.zst/manifest",
+            Some(manifest("host", &data)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let mac = "52:54:00:00:1a:04";
+    let inventory = json!({"cpu": {"model": "QEMU", "sockets": 1, "cores": 2, "threads": 2}, "memory_bytes": 4u64 << 30,
+        "disks": [{"name": "vda", "size_bytes": 10u64 << 30}], "firmware": "uefi", "kernel": "6.1.0"});
+    let enroll = app.enroll_token().await;
+    let (s, v) = app
+        .call_as(
+            Some(&enroll),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": inventory.clone()})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    app.call(
+        "PUT",
+        &format!("/api/v1/machines/{mac}/role"),
+        Some(json!({"role": "host"})),
+    )
+    .await;
+    let url = install_url(&app, mac).await.expect("an image install");
+    let (s, _, plan) = get_text(&app, url.strip_prefix("http://192.0.2.1:8080").unwrap(), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    let (s, enrolled) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": inventory})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{enrolled}");
+    let credential = enrolled["credential"].as_str().unwrap().to_string();
+    let (s, m) = app
+        .call_as(
+            Some(&token),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(json!({"mac": mac, "ok": true, "message": "written to /dev/vda"})),
+        )
+        .await;
+    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deployed")));
+
+    // Three lost windows of silence: still deployed, and no host for a VM, even with its
+    // hypervisor reported.
+    let report = json!({"capacity": {"vcpus": 2, "memory_mib": 4096, "storage_bytes": 8u64 << 30,
+                                     "migration_uri": "qemu+tcp://192.0.2.104/system"},
+                        "domains": [], "results": []});
+    let (s, e) = app
+        .call_as(Some(&credential), "POST", "/api/v1/agent/vms", Some(report))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "deployed", "{m}");
+    let vm = json!({"name": "early", "kind": "tcg", "vcpus": 1, "memory_mib": 64, "host": mac});
+    let (s, e) = app.call("POST", "/api/v1/vms", Some(vm.clone())).await;
+    assert!(
+        s.is_client_error() && e.to_string().contains("booting its installed system"),
+        "a VM was placed on a host still booting: {e}"
+    );
+
+    // Its installed agent beats: active, and a host.
+    let (s, _) = app
+        .call_as(
+            Some(&credential),
+            "POST",
+            "/api/v1/agent/heartbeat",
+            Some(json!({"cpu_percent": 1.0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(m["state"], "active", "{m}");
+    let (s, e) = app.call("POST", "/api/v1/vms", Some(vm)).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+}

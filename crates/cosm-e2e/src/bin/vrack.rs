@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 appliance on it (DHCP, TFTP, HTTP boot, API on 192.0.2.1:8080), and QEMU machines (-accel tcg) \
 with empty disks that boot from the network: SeaBIOS with the iPXE option ROM, OVMF's own PXE \
 (which TFTP-loads ipxe.efi) and OVMF's UEFI HTTP Boot. Each machine's boot steps are printed as \
-they reach the appliance's timeline; at the end a table shows the rack.\n\nWith --hosts N \
+they reach the appliance's timeline. They get roles (base, host, base), and are deployed from the \
+role images of `make os-image` (uploaded with their manifests): the ramdisk agent streams the image \
+onto the disk and the machine reboots into its installed Debian, whose agent makes it active. At \
+the end a table shows the rack.\n\nWith --hosts N \
 (DEMO_HOSTS=N), N hypervisor hosts come up first: namespaces on the bridge at 192.0.2.11 and up, \
 each with its own libvirtd (qemu+tcp://ADDR/system for migrations) and a cosm-agent, made active \
-`host` machines.\n\nNeeds root and the packages `make deps` installs, and the agent ramdisk from \
-`make image`."
+`host` machines.\n\nNeeds root and the packages `make deps` installs, the agent ramdisk from \
+`make image` and the base and host images from `make os-images`."
 )]
 struct Args {
     /// Leave the rack and the appliance running and print how to reach them with cosmctl.
@@ -280,13 +283,25 @@ fn main() -> anyhow::Result<()> {
         (3, Firmware::UefiHttp),
     ];
     step("A private provisioning network: a namespace with bridge br0 = 192.0.2.1/24; the appliance serves DHCP, TFTP and HTTP boot on it");
-    // Installed machines here run no real OS (CentOS media cannot be fetched), so their
-    // agents stop after the install: a long missed-beat window keeps them from turning
-    // `lost` while the demo runs.
-    let mut rack = Rack::start(
-        "cosmdemo",
-        "[agents]\nheartbeat_secs = 2\nmissed_beats = 100\n[kickstart]\nrelease = \"rocky-9\"\nrepo_url = \"http://192.0.2.1:8080/repo/rocky-9/\"\n",
-    )?;
+    let os_images = cosm_e2e::rack::ramdisk_dir().join("os");
+    let role_images: Vec<(&str, std::path::PathBuf, std::path::PathBuf)> = ["base", "host"]
+        .into_iter()
+        .map(|role| {
+            (
+                role,
+                os_images.join(format!("cosm-{role}-bookworm.img.zst")),
+                os_images.join(format!("cosm-{role}-bookworm.manifest.json")),
+            )
+        })
+        .collect();
+    for (role, image, manifest) in &role_images {
+        anyhow::ensure!(
+            image.exists() && manifest.exists(),
+            "{} is missing: build the {role} role image with `make os-image ROLE={role}` (`make demo` does)",
+            image.display()
+        );
+    }
+    let mut rack = Rack::start("cosmdemo", "[agents]\nheartbeat_secs = 2\n")?;
     println!(
         "   namespace {}, API {}, data in {}",
         rack.ns.name(),
@@ -341,28 +356,23 @@ fn main() -> anyhow::Result<()> {
         |kind, _| kind == "agent_registered",
     )?;
 
-    step("Giving the machines roles with cosmctl: each becomes ready to install");
-    for (vm, role) in rack.vms.iter().zip(["web", "host", "storage"]) {
-        let out = rack.app.cosmctl(&["machines", "set-role", &vm.mac, role]);
-        print!("   {}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            eprintln!("   {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-
-    step("Putting the installer into the image repository (cosmctl images upload)");
-    println!("   CentOS/Rocky media cannot be downloaded here: the installer is a stand-in built from the");
-    println!("   agent ramdisk, which fetches its kickstart (inst.ks=) and makes the calls the kickstart's");
-    println!("   %post makes (agent binary, enrolment, install report), then reboots.");
-    let images = cosm_e2e::rack::ramdisk_dir();
-    for (file, name) in [
-        ("vmlinuz", "rocky-9-vmlinuz"),
-        ("initramfs.img", "rocky-9-initrd.img"),
-    ] {
-        let path = images.join(file);
-        let out = rack
-            .app
-            .cosmctl(&["images", "upload", &path.to_string_lossy(), "--name", name]);
+    step("Role images into the image repository (cosmctl images upload --manifest): minimized Debian 12 with the agent inside, from `make os-image`");
+    let out = rack
+        .app
+        .cosmctl(&["roles", "add", "base", "--description", "the base OS image: Debian 12, systemd, SSH, cosm-agent"]);
+    anyhow::ensure!(
+        out.status.success(),
+        "roles add base failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (_, image, manifest) in &role_images {
+        let out = rack.app.cosmctl(&[
+            "images",
+            "upload",
+            &image.to_string_lossy(),
+            "--manifest",
+            &manifest.to_string_lossy(),
+        ]);
         print!("   {}", String::from_utf8_lossy(&out.stdout));
         anyhow::ensure!(
             out.status.success(),
@@ -370,8 +380,19 @@ fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    show(&rack, &["images", "list"]);
+    show(&rack, &["roles", "list"]);
 
-    step("Deploying: cosmctl machines deploy MAC (the agent reboots into the installer)");
+    step("Giving the machines roles with cosmctl: each becomes ready to install (install method: image, since its role has one)");
+    for (vm, role) in rack.vms.iter().zip(["base", "host", "base"]) {
+        let out = rack.app.cosmctl(&["machines", "set-role", &vm.mac, role]);
+        print!("   {}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("   {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    step("Deploying: cosmctl machines deploy MAC (the ramdisk agent reboots, streams its role image onto the disk, writes hostname, network and a fresh agent credential, and reboots into the installed OS)");
     for vm in &rack.vms {
         let out = rack.app.cosmctl(&["machines", "deploy", &vm.mac]);
         print!("   {}", String::from_utf8_lossy(&out.stdout));
@@ -384,7 +405,9 @@ fn main() -> anyhow::Result<()> {
         &mut seen,
         started,
         Duration::from_secs(args.timeout),
-        |kind, message| kind == "boot" && message.contains("→ local disk"),
+        |kind, message| {
+            kind == "state_changed" && message.contains("first heartbeat since the install")
+        },
     )?;
 
     step(&format!(
