@@ -45,11 +45,12 @@ help:
 	@echo "make demo   - build, then a virtual rack: three QEMU machines (BIOS, UEFI PXE, UEFI HTTP Boot) network-boot, get roles, are deployed; DEMO_HOSTS=N adds N hypervisor hosts (libvirtd + agent)"
 	@echo "make test   - the whole test suite (installs what it needs first)"
 	@echo "make check  - cargo fmt --check and clippy -D warnings"
-	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA, PXE power-on → ramdisk (vs dnsmasq) (root)"
+	@echo "make bench  - DHCP (vs Kea, dnsmasq), TFTP (vs tftpd-hpa, atftpd, dnsmasq), HTTP boot, agent heartbeats, heartbeats under list load, VMs, host HA, PXE power-on → ramdisk (vs dnsmasq), image installs power-on → active per firmware (root)"
 	@echo "make deps   - install the system packages and Python tools the tests need"
 	@echo "make fuzz   - fuzz DHCP packets, TFTP requests, router solicitations and HTTP requests through the API router, FUZZ_SECONDS each (default 60)"
 	@echo "make image  - build the agent ramdisk (images/out): prints sizes and sha256"
 	@echo "make os-image ROLE=base|host|storage|web|center - a role's Debian 12 disk image with the agent (images/out/os: .img.zst and manifest); make os-image-lock ROLE=... pins its packages again"
+	@echo "make os-images - the base and host images (what make test, make demo and make bench install)"
 
 all: build
 

@@ -205,7 +205,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
             k == "boot" && msg.contains("install plan served")
         });
         let deploying = at("ready → deploying", &|k, msg| {
-            k == "state_changed" && msg.contains("deploying")
+            k == "state_changed" && msg.contains("fetched the install plan")
         });
         let streaming = at("streaming progress", &|k, msg| {
             k == "boot" && msg.contains("installing: streaming")
@@ -224,9 +224,9 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         });
         assert!(
             script < kernel
-                && kernel < plan
-                && plan <= deploying
-                && deploying < streaming
+                && kernel < deploying
+                && deploying < plan
+                && plan < streaming
                 && streaming < enrolled
                 && enrolled < deployed
                 && deployed < disk
@@ -237,10 +237,17 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         let finished = &events[deployed].1;
         // The installed Debian booted from the disk: its getty greets with the hostname
         // the installer wrote (`<role>-<last 6 hex digits of the MAC>`).
+        // The agent may beat before the getty prints its prompt: wait for it (bounded).
         let hostname = format!("{role}-c053{:02x}", m.n);
-        let serial = rack.serial(m.vm);
+        let prompt = format!("{hostname} login:");
+        let until = Instant::now() + Duration::from_secs(120);
+        let mut serial = rack.serial(m.vm);
+        while !serial.contains(&prompt) && Instant::now() < until {
+            std::thread::sleep(Duration::from_secs(1));
+            serial = rack.serial(m.vm);
+        }
         assert!(
-            serial.contains(&format!("{hostname} login:")),
+            serial.contains(&prompt),
             "{}: no login prompt of {hostname} on the serial console:\n{}",
             m.mac,
             tail(&serial, 80)

@@ -357,7 +357,12 @@ async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_
     )
     .await;
     let url = install_url(&app, mac).await.expect("an image install");
-    let (s, _, plan) = get_text(&app, url.strip_prefix("http://192.0.2.1:8080").unwrap(), &[]).await;
+    let (s, _, plan) = get_text(
+        &app,
+        url.strip_prefix("http://192.0.2.1:8080").unwrap(),
+        &[],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{plan}");
     let token = url.split("token=").nth(1).unwrap().to_string();
     let (s, enrolled) = app

@@ -357,9 +357,13 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     step("Role images into the image repository (cosmctl images upload --manifest): minimized Debian 12 with the agent inside, from `make os-image`");
-    let out = rack
-        .app
-        .cosmctl(&["roles", "add", "base", "--description", "the base OS image: Debian 12, systemd, SSH, cosm-agent"]);
+    let out = rack.app.cosmctl(&[
+        "roles",
+        "add",
+        "base",
+        "--description",
+        "the base OS image: Debian 12, systemd, SSH, cosm-agent",
+    ]);
     anyhow::ensure!(
         out.status.success(),
         "roles add base failed: {}",
