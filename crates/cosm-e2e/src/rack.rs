@@ -381,6 +381,29 @@ routers = ["192.0.2.1"]
     }
 }
 
+/// One step of a machine's timeline, for [`assert_steps_in_order`]: what a failure calls
+/// it, and whether an event (kind, message) is it.
+pub type Step<'a> = (&'a str, &'a dyn Fn(&str, &str) -> bool);
+
+/// Asserts that every step is on `events` (kind, message, oldest first), each one's first
+/// occurrence after the one before; the failure names `who`, the step and the timeline.
+pub fn assert_steps_in_order(who: &str, events: &[(String, String)], steps: &[Step<'_>]) {
+    let mut last: Option<(usize, &str)> = None;
+    for (what, is) in steps {
+        let at = events
+            .iter()
+            .position(|(k, m)| is(k, m))
+            .unwrap_or_else(|| panic!("{who}: no {what} in {events:#?}"));
+        if let Some((before, name)) = last {
+            assert!(
+                before < at,
+                "{who}: {what} (event {at}) is not after {name} (event {before}): {events:#?}"
+            );
+        }
+        last = Some((at, what));
+    }
+}
+
 /// The rack's appliance API as hosts' agents reach it.
 pub const APPLIANCE_URL: &str = "http://192.0.2.1:8080";
 

@@ -11,6 +11,7 @@
 
 use cosm_e2e::browser::Browser;
 use cosm_e2e::netns::require_root_tools;
+use cosm_e2e::ok_stdout;
 use cosm_e2e::rack::{ramdisk_dir, Firmware, Rack};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,16 +36,6 @@ fn shot(b: &Browser, name: &str) {
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len > 5_000, "{} is only {len} bytes", path.display());
     println!("screenshot {}", path.display());
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `f` (at most `timeout`) until it is true.
@@ -81,9 +72,11 @@ fn the_console_sets_up_the_appliance_shows_a_machine_booting_gives_it_a_role_and
         ("initramfs.img", "rocky-9-initrd.img"),
     ] {
         let path = ramdisk_dir().join(file);
-        ok(rack
-            .app
-            .cosmctl(&["images", "upload", path.to_str().unwrap(), "--name", name]));
+        ok_stdout(
+            &rack
+                .app
+                .cosmctl(&["images", "upload", path.to_str().unwrap(), "--name", name]),
+        );
     }
     let b = Browser::start_in(Some(rack.ns.name())).unwrap();
 
@@ -252,7 +245,7 @@ fn the_console_sets_up_the_appliance_shows_a_machine_booting_gives_it_a_role_and
     let m = rack.app.api(&format!("/api/v1/machines/{mac}")).unwrap();
     assert_eq!(m["state"], "deployed", "{m}");
     // The kickstart it got has the wizard's time zone.
-    let ks = ok(rack.app.cosmctl(&["kickstart", "render", &mac]));
+    let ks = ok_stdout(&rack.app.cosmctl(&["kickstart", "render", &mac]));
     assert!(ks.contains("Europe/Berlin"), "{ks}");
 
     // The other pages render for the record.

@@ -11,19 +11,10 @@
 //! it was served is checked with ksvalidator here, as the templates' own tests do.
 
 use cosm_e2e::netns::require_root_tools;
-use cosm_e2e::rack::{ramdisk_dir, Firmware, Rack};
+use cosm_e2e::ok_stdout;
+use cosm_e2e::rack::{assert_steps_in_order, ramdisk_dir, Firmware, Rack};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn a_host_pxe_boots_the_installer_is_deployed_and_then_boots_from_disk() {
@@ -43,20 +34,23 @@ fn a_host_pxe_boots_the_installer_is_deployed_and_then_boots_from_disk() {
         ("initramfs.img", "rocky-9-initrd.img"),
     ] {
         let path = images.join(file);
-        let out =
-            ok(rack
-                .app
-                .cosmctl(&["images", "upload", path.to_str().unwrap(), "--name", name]));
+        let out = ok_stdout(&rack.app.cosmctl(&[
+            "images",
+            "upload",
+            path.to_str().unwrap(),
+            "--name",
+            name,
+        ]));
         assert!(out.contains(&format!("uploaded {name}")), "{out}");
     }
-    let list = ok(rack.app.cosmctl(&["images", "list"]));
+    let list = ok_stdout(&rack.app.cosmctl(&["images", "list"]));
     assert!(
         list.contains("rocky-9-vmlinuz") && list.contains("rocky-9-initrd.img"),
         "{list}"
     );
 
     let mac = "52:54:00:c0:53:07";
-    ok(rack.app.cosmctl(&[
+    ok_stdout(&rack.app.cosmctl(&[
         "machines",
         "add",
         mac,
@@ -91,41 +85,34 @@ fn a_host_pxe_boots_the_installer_is_deployed_and_then_boots_from_disk() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    let at = |what: &str, pred: &dyn Fn(&str, &str) -> bool| {
-        events
-            .iter()
-            .position(|(k, m)| pred(k, m))
-            .unwrap_or_else(|| panic!("no {what} in {events:#?}"))
-    };
-    let script = at("installer script", &|k, m| {
-        k == "boot" && m.contains("Rocky Linux 9 installer")
-    });
-    let kernel = at("installer kernel", &|k, m| {
-        k == "boot" && m.contains("kernel rocky-9-vmlinuz fetched from the image repository")
-    });
-    let initrd = at("installer initrd", &|k, m| {
-        k == "boot" && m.contains("initrd rocky-9-initrd.img fetched from the image repository")
-    });
-    let deploying = at("ready → deploying", &|k, m| {
-        k == "state_changed" && m.contains("fetched its kickstart")
-    });
-    let enrolled = at("the installed agent's enrolment", &|k, _| {
-        k == "agent_registered"
-    });
-    let deployed = at("deploying → deployed", &|k, m| {
-        k == "state_changed" && m.contains("install finished")
-    });
-    let disk = at("local-disk script", &|k, m| {
-        k == "boot" && m.contains("→ local disk")
-    });
-    assert!(
-        script < kernel
-            && kernel < initrd
-            && initrd < deploying
-            && deploying < enrolled
-            && enrolled < deployed
-            && deployed < disk,
-        "steps out of order: {events:#?}"
+    assert_steps_in_order(
+        mac,
+        &events,
+        &[
+            ("installer script", &|k, m| {
+                k == "boot" && m.contains("Rocky Linux 9 installer")
+            }),
+            ("installer kernel", &|k, m| {
+                k == "boot"
+                    && m.contains("kernel rocky-9-vmlinuz fetched from the image repository")
+            }),
+            ("installer initrd", &|k, m| {
+                k == "boot"
+                    && m.contains("initrd rocky-9-initrd.img fetched from the image repository")
+            }),
+            ("ready → deploying", &|k, m| {
+                k == "state_changed" && m.contains("fetched its kickstart")
+            }),
+            ("the installed agent's enrolment", &|k, _| {
+                k == "agent_registered"
+            }),
+            ("deploying → deployed", &|k, m| {
+                k == "state_changed" && m.contains("install finished")
+            }),
+            ("local-disk script", &|k, m| {
+                k == "boot" && m.contains("→ local disk")
+            }),
+        ],
     );
     let m = rack.app.api(&format!("/api/v1/machines/{mac}")).unwrap();
     assert_eq!(m["state"], "deployed", "{m}");
@@ -136,7 +123,7 @@ fn a_host_pxe_boots_the_installer_is_deployed_and_then_boots_from_disk() {
     );
 
     // The kickstart it was served is valid RHEL 9 syntax and is the host template.
-    let ks = ok(rack.app.cosmctl(&["kickstart", "render", mac]));
+    let ks = ok_stdout(&rack.app.cosmctl(&["kickstart", "render", mac]));
     assert!(
         ks.contains("\nqemu-kvm\n") && ks.contains("--hostname=hv1"),
         "{ks}"
@@ -161,6 +148,6 @@ fn a_host_pxe_boots_the_installer_is_deployed_and_then_boots_from_disk() {
     );
 
     // Redeploy starts over: back to ready, and the next boot installs again.
-    let out = ok(rack.app.cosmctl(&["machines", "redeploy", mac]));
+    let out = ok_stdout(&rack.app.cosmctl(&["machines", "redeploy", mac]));
     assert!(out.contains("is ready"), "{out}");
 }

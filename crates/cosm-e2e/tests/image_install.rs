@@ -19,7 +19,8 @@
 
 use cosm_e2e::guest::{api_console, guest_vm_request, upload_guest, wait_vm};
 use cosm_e2e::netns::require_root_tools;
-use cosm_e2e::rack::{Firmware, Rack};
+use cosm_e2e::ok_stdout;
+use cosm_e2e::rack::{assert_steps_in_order, Firmware, Rack};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,16 +29,6 @@ const MANIFEST: &str = "cosm-base-bookworm.manifest.json";
 const HOST_IMAGE: &str = "cosm-host-bookworm.img.zst";
 const HOST_MANIFEST: &str = "cosm-host-bookworm.manifest.json";
 const CHUNK: u64 = 4 << 20;
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn os_image_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/out/os")
@@ -73,10 +64,12 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
     let mut rack = Rack::start("img", "").unwrap();
 
     // A role for the base image, and `web` for the damaged copy.
-    ok(rack
-        .app
-        .cosmctl(&["roles", "add", "base", "--description", "the base image"]));
-    let out = ok(rack.app.cosmctl(&[
+    ok_stdout(
+        &rack
+            .app
+            .cosmctl(&["roles", "add", "base", "--description", "the base image"]),
+    );
+    let out = ok_stdout(&rack.app.cosmctl(&[
         "images",
         "upload",
         image.to_str().unwrap(),
@@ -90,7 +83,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
     web_manifest["role"] = "web".into();
     let web_manifest_path = rack.app.dir.path().join("web.manifest.json");
     std::fs::write(&web_manifest_path, web_manifest.to_string()).unwrap();
-    ok(rack.app.cosmctl(&[
+    ok_stdout(&rack.app.cosmctl(&[
         "images",
         "upload",
         image.to_str().unwrap(),
@@ -99,7 +92,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         "--manifest",
         web_manifest_path.to_str().unwrap(),
     ]));
-    let out = ok(rack.app.cosmctl(&[
+    let out = ok_stdout(&rack.app.cosmctl(&[
         "images",
         "upload",
         host_image.to_str().unwrap(),
@@ -107,13 +100,13 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         host_manifest.to_str().unwrap(),
     ]));
     assert!(out.contains("image for role host"), "{out}");
-    let list = ok(rack.app.cosmctl(&["images", "list"]));
+    let list = ok_stdout(&rack.app.cosmctl(&["images", "list"]));
     assert!(
         list.lines()
             .any(|l| l.contains(IMAGE) && l.contains("base") && l.contains("debian-12")),
         "{list}"
     );
-    let roles = ok(rack.app.cosmctl(&["roles", "list"]));
+    let roles = ok_stdout(&rack.app.cosmctl(&["roles", "list"]));
     assert!(roles.contains("auto"), "{roles}");
     // The stored copy rots after its upload: one byte in its third chunk.
     let stored = rack.app.dir.path().join("data/images").join(damaged);
@@ -134,7 +127,7 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
         (24, Firmware::BiosIpxeRom, "host", 1536),
     ] {
         let mac = format!("52:54:00:c0:53:{n:02x}");
-        ok(rack.app.cosmctl(&["machines", "add", &mac, "--role", role]));
+        ok_stdout(&rack.app.cosmctl(&["machines", "add", &mac, "--role", role]));
         let vm = rack.power_on_with(n, firmware, memory_mib).unwrap();
         machines.push(Machine {
             n,
@@ -189,52 +182,45 @@ fn machines_install_from_a_role_image_boot_it_and_become_active_and_a_damaged_im
             ("base", IMAGE)
         };
         let events = rack.timeline(&m.mac);
-        let at = |what: &str, pred: &dyn Fn(&str, &str) -> bool| {
-            events
-                .iter()
-                .position(|(k, msg)| pred(k, msg))
-                .unwrap_or_else(|| panic!("{}: no {what} in {events:#?}", m.mac))
-        };
-        let script = at("image-install script", &|k, msg| {
-            k == "boot" && msg.contains(&format!("→ image install ({image})"))
-        });
-        let kernel = at("ramdisk kernel", &|k, msg| {
-            k == "boot" && msg.contains("kernel") && msg.contains("vmlinuz")
-        });
-        let plan = at("install plan", &|k, msg| {
-            k == "boot" && msg.contains("install plan served")
-        });
-        let deploying = at("ready → deploying", &|k, msg| {
-            k == "state_changed" && msg.contains("fetched the install plan")
-        });
-        let streaming = at("streaming progress", &|k, msg| {
-            k == "boot" && msg.contains("installing: streaming")
-        });
-        let enrolled = at("the installed system's credential", &|k, _| {
-            k == "agent_registered"
-        });
-        let deployed = at("deploying → deployed", &|k, msg| {
-            k == "state_changed" && msg.contains("install finished")
-        });
-        let disk = at("local-disk script", &|k, msg| {
-            k == "boot" && msg.contains("→ local disk")
-        });
-        let active = at("deployed → active", &|k, msg| {
-            k == "state_changed" && msg.contains("first heartbeat since the install")
-        });
-        assert!(
-            script < kernel
-                && kernel < deploying
-                && deploying < plan
-                && plan < streaming
-                && streaming < enrolled
-                && enrolled < deployed
-                && deployed < disk
-                && disk < active,
-            "{}: steps out of order: {events:#?}",
-            m.mac
+        let script = format!("→ image install ({image})");
+        assert_steps_in_order(
+            &m.mac,
+            &events,
+            &[
+                ("image-install script", &|k, msg| {
+                    k == "boot" && msg.contains(&script)
+                }),
+                ("ramdisk kernel", &|k, msg| {
+                    k == "boot" && msg.contains("kernel") && msg.contains("vmlinuz")
+                }),
+                ("ready → deploying", &|k, msg| {
+                    k == "state_changed" && msg.contains("fetched the install plan")
+                }),
+                ("install plan", &|k, msg| {
+                    k == "boot" && msg.contains("install plan served")
+                }),
+                ("streaming progress", &|k, msg| {
+                    k == "boot" && msg.contains("installing: streaming")
+                }),
+                ("the installed system's credential", &|k, _| {
+                    k == "agent_registered"
+                }),
+                ("deploying → deployed", &|k, msg| {
+                    k == "state_changed" && msg.contains("install finished")
+                }),
+                ("local-disk script", &|k, msg| {
+                    k == "boot" && msg.contains("→ local disk")
+                }),
+                ("deployed → active", &|k, msg| {
+                    k == "state_changed" && msg.contains("first heartbeat since the install")
+                }),
+            ],
         );
-        let finished = &events[deployed].1;
+        let finished = events
+            .iter()
+            .find(|(k, msg)| k == "state_changed" && msg.contains("install finished"))
+            .map(|(_, msg)| msg.clone())
+            .unwrap_or_default();
         // The installed Debian booted from the disk: its getty greets with the hostname
         // the installer wrote (`<role>-<last 6 hex digits of the MAC>`).
         // The agent may beat before the getty prints its prompt: wait for it (bounded).

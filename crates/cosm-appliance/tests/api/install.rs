@@ -23,6 +23,30 @@ async fn install_url(app: &TestApp, mac: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What the installer does at the end: enrols the installed system with the install token,
+/// then reports success (→ `deployed`). Returns the installed agent's credential.
+async fn enrol_and_report(app: &TestApp, token: &str, mac: &str, inventory: Value) -> String {
+    let (s, enrolled) = app
+        .call_as(
+            Some(token),
+            "POST",
+            "/api/v1/agent/enroll",
+            Some(json!({"mac": mac, "inventory": inventory})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{enrolled}");
+    let (s, m) = app
+        .call_as(
+            Some(token),
+            "POST",
+            "/api/v1/agent/install-report",
+            Some(json!({"mac": mac, "ok": true, "message": "written to /dev/vda"})),
+        )
+        .await;
+    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deployed")));
+    enrolled["credential"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it_active() {
     let app = TestApp::new().await;
@@ -170,25 +194,7 @@ async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
     // The installer enrols the installed system with the install token, then reports.
-    let (s, enrolled) = app
-        .call_as(
-            Some(&token),
-            "POST",
-            "/api/v1/agent/enroll",
-            Some(json!({"mac": mac, "inventory": inventory})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{enrolled}");
-    let credential = enrolled["credential"].as_str().unwrap().to_string();
-    let (s, m) = app
-        .call_as(
-            Some(&token),
-            "POST",
-            "/api/v1/agent/install-report",
-            Some(json!({"mac": mac, "ok": true, "message": "written to /dev/vda"})),
-        )
-        .await;
-    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deployed")));
+    let credential = enrol_and_report(&app, &token, mac, inventory).await;
     // The installed agent's first heartbeat: active.
     let (s, _) = app
         .call_as(
@@ -365,25 +371,7 @@ async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_
     .await;
     assert_eq!(s, StatusCode::OK, "{plan}");
     let token = url.split("token=").nth(1).unwrap().to_string();
-    let (s, enrolled) = app
-        .call_as(
-            Some(&token),
-            "POST",
-            "/api/v1/agent/enroll",
-            Some(json!({"mac": mac, "inventory": inventory})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{enrolled}");
-    let credential = enrolled["credential"].as_str().unwrap().to_string();
-    let (s, m) = app
-        .call_as(
-            Some(&token),
-            "POST",
-            "/api/v1/agent/install-report",
-            Some(json!({"mac": mac, "ok": true, "message": "written to /dev/vda"})),
-        )
-        .await;
-    assert_eq!((s, m["state"].as_str()), (StatusCode::OK, Some("deployed")));
+    let credential = enrol_and_report(&app, &token, mac, inventory).await;
 
     // Three lost windows of silence: still deployed, and no host for a VM, even with its
     // hypervisor reported.
