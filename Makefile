@@ -29,6 +29,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # takes the lock's pinned copies of them), zstd: the OS images (images/os-image.sh, make os-image)
 # and their tests (crates/cosm-e2e/tests/os_image.rs, image_install.rs).
 APT_PACKAGES := curl iproute2 python3 python3-venv python3-pip jq procps iputils-ping isc-dhcp-client kea-admin kea-dhcp4-server dnsmasq-base qemu-system-x86 ipxe-qemu ipxe ovmf atftp util-linux isc-dhcp-relay kmod cpio binutils bc shellcheck libvirt-dev pkg-config libvirt-clients qemu-utils libvirt-daemon-system ipmitool python3-dev gcc nftables netcat-openbsd tcpdump chromium chromium-driver fdisk gdisk e2fsprogs ndisc6 mmdebstrap apt-utils dosfstools mtools syslinux syslinux-common systemd-boot-efi zstd
+# Whether a Debian package is installed. Not `dpkg -s`: it succeeds for a package dpkg only
+# knows of ("unknown ok not-installed", as qemu-utils is on a fresh Debian 12 cloud image).
+PKG_INSTALLED := pkg_installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }; pkg_installed
 # Only `make bench` needs these: TFTP peers (atftpd is unpacked from its .deb by the script,
 # because it conflicts with tftpd-hpa as a package).
 BENCH_PACKAGES := tftpd-hpa iperf3
@@ -58,7 +61,7 @@ toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo is not installed: install Rust (https://rustup.rs) and rerun"; exit 1; }
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do $(PKG_INSTALLED) $$p || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing"; exit 1; fi; \
@@ -119,7 +122,7 @@ demo: toolchain deps build image os-images
 # rack's agents and a thousand simulated hosts share both cores with the appliance. Nor is
 # pxe-bench: its QEMU machine (TCG, two vCPUs) and the server it boots from share both cores.
 bench: toolchain deps image os-images
-	@for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
+	@for p in $(BENCH_PACKAGES); do $(PKG_INSTALLED) $$p || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p; done
 	$(CARGO) build --release --bins
 	./scripts/bench-dhcp.sh
 	./scripts/bench-tftp.sh

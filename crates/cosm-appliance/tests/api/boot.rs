@@ -74,7 +74,7 @@ async fn ipxe_script_follows_the_machine_state() {
     );
     let (_, _, uefi) = get_text(&app, &format!("/boot/ipxe?mac={mac}&arch=uefi"), &[]).await;
     assert!(
-        uefi.contains("\nexit 0\n") && !uefi.contains("sanboot"),
+        uefi.contains("\nexit 1\n") && !uefi.contains("sanboot"),
         "{uefi}"
     );
     // Each script fetch is on the machine's timeline.
