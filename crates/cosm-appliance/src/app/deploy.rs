@@ -53,9 +53,14 @@ pub(super) fn redeploy(
     Ok(m)
 }
 
-/// Whether a machine in this state may be given its kickstart.
+/// Whether a machine in this state may be given its kickstart or install plan. A machine
+/// declared lost while ready counts as ready: the agent that stopped beating was the one
+/// told to reboot into the installer.
 pub fn installable(m: &Machine) -> Result<(), StoreError> {
-    if matches!(m.state, MachineState::Ready | MachineState::Deploying) {
+    if matches!(
+        super::effective_state(m),
+        MachineState::Ready | MachineState::Deploying
+    ) {
         Ok(())
     } else {
         Err(StoreError::Conflict {
@@ -76,6 +81,9 @@ pub(super) fn start_install(
 ) -> Result<Machine, StoreError> {
     let mut m = tx.machine(mac)?;
     installable(&m)?;
+    if let (MachineState::Lost, Some(from)) = (m.state, m.lost_from) {
+        transition(tx, &mut m, from, "its installer is heard from")?;
+    }
     if m.state == MachineState::Ready {
         let why = match image {
             None => format!("the installer fetched its kickstart ({release})"),

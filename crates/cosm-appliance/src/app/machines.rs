@@ -121,8 +121,9 @@ pub(super) fn transition(
     }
     m.state = to;
     m.state_since = tx.at;
-    if to == MachineState::Ready {
-        // A new install round: the install token of the last one stops working.
+    if to == MachineState::Ready && from != MachineState::Lost {
+        // A new install round: the install token of the last one stops working. (Back
+        // from lost is the same round: the boot script it already has keeps working.)
         m.install_round += 1;
     }
     tx.event(

@@ -75,8 +75,15 @@ async fn ipxe_script(
     };
     let machine = state.app.store.machine(mac)?;
     let peer = peer.map(|c| c.0 .0.ip());
+    // A machine lost while ready (its agent went quiet: it is rebooting into its installer)
+    // boots as what it was, so it gets its installer all the same.
     let install = match &machine {
-        Some(m) if matches!(m.state, MachineState::Ready | MachineState::Deploying) => {
+        Some(m)
+            if matches!(
+                crate::app::effective_state(m),
+                MachineState::Ready | MachineState::Deploying
+            ) =>
+        {
             state.app.install_choice(m)?
         }
         _ => InstallChoice::Kickstart,

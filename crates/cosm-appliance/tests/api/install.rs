@@ -47,6 +47,28 @@ async fn enrol_and_report(app: &TestApp, token: &str, mac: &str, inventory: Valu
     enrolled["credential"].as_str().unwrap().to_string()
 }
 
+/// One heartbeat of the agent holding `credential`.
+async fn beat(app: &TestApp, credential: &str) {
+    let (s, e) = app
+        .call_as(
+            Some(credential),
+            "POST",
+            "/api/v1/agent/heartbeat",
+            Some(json!({"cpu_percent": 1.0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+}
+
+/// The machine's lifecycle state.
+async fn state(app: &TestApp, mac: &str) -> String {
+    let (s, m) = app
+        .call("GET", &format!("/api/v1/machines/{mac}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    m["state"].as_str().unwrap_or_default().to_string()
+}
+
 #[tokio::test]
 async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it_active() {
     let app = TestApp::new().await;
@@ -147,10 +169,7 @@ async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _, _) = get_text(&app, &format!("/boot/install/{mac}?token=wrong"), &[]).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (_, m) = app
-        .call("GET", &format!("/api/v1/machines/{mac}"), None)
-        .await;
-    assert_eq!(m["state"], "ready");
+    assert_eq!(state(&app, mac).await, "ready");
     let (s, _, plan) = get_text(&app, path, &[]).await;
     assert_eq!(s, StatusCode::OK, "{plan}");
     let plan: Value = serde_json::from_str(&plan).unwrap();
@@ -166,10 +185,7 @@ async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it
         .as_str()
         .unwrap()
         .ends_with("/boot/images/cosm-web.img.zst?mac=52:54:00:00:1a:01&step=image"));
-    let (_, m) = app
-        .call("GET", &format!("/api/v1/machines/{mac}"), None)
-        .await;
-    assert_eq!(m["state"], "deploying");
+    assert_eq!(state(&app, mac).await, "deploying");
     let token = url.split("token=").nth(1).unwrap().to_string();
 
     // Progress lands on the timeline; another machine's install token cannot post it.
@@ -196,19 +212,8 @@ async fn a_role_image_installs_its_role_by_plan_and_the_installed_agent_makes_it
     // The installer enrols the installed system with the install token, then reports.
     let credential = enrol_and_report(&app, &token, mac, inventory).await;
     // The installed agent's first heartbeat: active.
-    let (s, _) = app
-        .call_as(
-            Some(&credential),
-            "POST",
-            "/api/v1/agent/heartbeat",
-            Some(json!({"cpu_percent": 1.0})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (_, m) = app
-        .call("GET", &format!("/api/v1/machines/{mac}"), None)
-        .await;
-    assert_eq!(m["state"], "active", "{m}");
+    beat(&app, &credential).await;
+    assert_eq!(state(&app, mac).await, "active");
     let (_, ev) = app
         .call("GET", &format!("/api/v1/machines/{mac}/events"), None)
         .await;
@@ -310,28 +315,15 @@ async fn heartbeats_do_not_activate_a_machine_an_operator_moved_to_deployed() {
     walk(&app, mac, &["deploying", "deployed"]).await;
     // Its agent beats (a host already up, as the rack's hosts are): the operator's next
     // move to `active` must still be theirs to make.
-    let (s, _) = app
-        .call_as(
-            Some(&credential),
-            "POST",
-            "/api/v1/agent/heartbeat",
-            Some(json!({"cpu_percent": 1.0})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (_, m) = app
-        .call("GET", &format!("/api/v1/machines/{mac}"), None)
-        .await;
-    assert_eq!(m["state"], "deployed", "{m}");
+    beat(&app, &credential).await;
+    assert_eq!(state(&app, mac).await, "deployed");
     walk(&app, mac, &["active"]).await;
 }
 
-/// A machine an image install made `deployed` reboots into its installed system, which
-/// takes a real server minutes: it is not declared lost meanwhile, and a host is not
-/// offered to VM placement (nor watched by HA) until its installed agent beats.
-#[tokio::test]
-async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_beats() {
-    // A lost window of one second.
+/// An appliance whose lost window is one second, with a host image in its repository and
+/// `mac` enrolled by its ramdisk agent and given the role `host` (ready). Returns it and
+/// the machine's inventory.
+async fn lost_window_app_with_a_ready_host(mac: &str) -> (TestApp, Value) {
     let app = TestApp::with(64 * 1024, "heartbeat_secs = 1\nmissed_beats = 1").await;
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
     upload_image(&app, "cosm-host.img.zst", &data).await;
@@ -343,7 +335,6 @@ async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{e}");
-    let mac = "52:54:00:00:1a:04";
     let inventory = json!({"cpu": {"model": "QEMU", "sockets": 1, "cores": 2, "threads": 2}, "memory_bytes": 4u64 << 30,
         "disks": [{"name": "vda", "size_bytes": 10u64 << 30}], "firmware": "uefi", "kernel": "6.1.0"});
     let enroll = app.enroll_token().await;
@@ -356,12 +347,63 @@ async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    app.call(
-        "PUT",
-        &format!("/api/v1/machines/{mac}/role"),
-        Some(json!({"role": "host"})),
+    let (s, v) = app
+        .call(
+            "PUT",
+            &format!("/api/v1/machines/{mac}/role"),
+            Some(json!({"role": "host"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::OK, Some("ready")),
+        "{v}"
+    );
+    (app, inventory)
+}
+
+/// A ready machine told to deploy reboots into its installer; its agent stops beating and,
+/// on a short lost window, it is declared lost before its installer asks for anything. It
+/// still boots as what it was: its boot script installs it, the install token it already
+/// had keeps working (being lost is not a new install round), and the plan takes it on to
+/// `deploying`.
+#[tokio::test]
+async fn a_ready_machine_lost_while_rebooting_into_its_installer_is_still_installed() {
+    let mac = "52:54:00:00:1a:05";
+    let (app, _) = lost_window_app_with_a_ready_host(mac).await;
+    let before = install_url(&app, mac).await.expect("an image install");
+    let mut waited = 0;
+    while state(&app, mac).await != "lost" {
+        assert!(waited < 100, "not declared lost within 10 s of silence");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let now = install_url(&app, mac)
+        .await
+        .expect("a machine lost while ready boots its image installer");
+    assert_eq!(now, before, "the same install round, the same token");
+    let (s, _, plan) = get_text(
+        &app,
+        before.strip_prefix("http://192.0.2.1:8080").unwrap(),
+        &[],
     )
     .await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    assert_eq!(state(&app, mac).await, "deploying");
+    let (_, ev) = app
+        .call("GET", &format!("/api/v1/machines/{mac}/events"), None)
+        .await;
+    let ev = ev.to_string();
+    assert!(ev.contains("its installer is heard from"), "{ev}");
+}
+
+/// A machine an image install made `deployed` reboots into its installed system, which
+/// takes a real server minutes: it is not declared lost meanwhile, and a host is not
+/// offered to VM placement (nor watched by HA) until its installed agent beats.
+#[tokio::test]
+async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_beats() {
+    let mac = "52:54:00:00:1a:04";
+    let (app, inventory) = lost_window_app_with_a_ready_host(mac).await;
     let url = install_url(&app, mac).await.expect("an image install");
     let (s, _, plan) = get_text(
         &app,
@@ -383,10 +425,7 @@ async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let (_, m) = app
-        .call("GET", &format!("/api/v1/machines/{mac}"), None)
-        .await;
-    assert_eq!(m["state"], "deployed", "{m}");
+    assert_eq!(state(&app, mac).await, "deployed");
     let vm = json!({"name": "early", "kind": "tcg", "vcpus": 1, "memory_mib": 64, "host": mac});
     let (s, e) = app.call("POST", "/api/v1/vms", Some(vm.clone())).await;
     assert!(
@@ -395,19 +434,8 @@ async fn a_machine_booting_its_installed_system_is_not_lost_nor_a_host_until_it_
     );
 
     // Its installed agent beats: active, and a host.
-    let (s, _) = app
-        .call_as(
-            Some(&credential),
-            "POST",
-            "/api/v1/agent/heartbeat",
-            Some(json!({"cpu_percent": 1.0})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (_, m) = app
-        .call("GET", &format!("/api/v1/machines/{mac}"), None)
-        .await;
-    assert_eq!(m["state"], "active", "{m}");
+    beat(&app, &credential).await;
+    assert_eq!(state(&app, mac).await, "active");
     let (s, e) = app.call("POST", "/api/v1/vms", Some(vm)).await;
     assert_eq!(s, StatusCode::CREATED, "{e}");
 }
