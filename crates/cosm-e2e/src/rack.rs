@@ -26,9 +26,9 @@ pub enum Firmware {
     BiosIpxeRom,
     /// OVMF running the NIC's iPXE option ROM (its UEFI driver).
     UefiIpxeRom,
-    /// OVMF's own PXE (no option ROM): TFTP-loads ipxe.efi, which fetches its script.
+    /// OVMF's own PXE (no option ROM): TFTP-loads snponly.efi (iPXE), which fetches its script.
     UefiPxe,
-    /// OVMF's UEFI HTTP Boot (PXE switched off): loads ipxe.efi over HTTP.
+    /// OVMF's UEFI HTTP Boot (PXE switched off): loads snponly.efi over HTTP.
     UefiHttp,
 }
 
@@ -98,7 +98,7 @@ pub fn require_rack_parts() -> anyhow::Result<()> {
     for (path, package) in [
         (OVMF_CODE, "ovmf"),
         (OVMF_VARS, "ovmf"),
-        ("/usr/lib/ipxe/ipxe.efi", "ipxe"),
+        ("/usr/lib/ipxe/snponly.efi", "ipxe"),
         ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
         ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
     ] {

@@ -3,8 +3,8 @@
 //! firmware path real servers use:
 //! 1. SeaBIOS with the NIC's iPXE option ROM;
 //! 2. OVMF with the NIC's iPXE option ROM;
-//! 3. OVMF's own PXE, which TFTP-loads ipxe.efi, which fetches its script over HTTP;
-//! 4. OVMF's UEFI HTTP Boot, which loads ipxe.efi over HTTP.
+//! 3. OVMF's own PXE, which TFTP-loads snponly.efi, which fetches its script over HTTP;
+//! 4. OVMF's UEFI HTTP Boot, which loads snponly.efi over HTTP.
 //!
 //! Each test asserts "agent registered" on the appliance's timeline and "enrolled as" on
 //! the machine's serial console, and that the timeline shows the steps of that path in
@@ -78,15 +78,15 @@ fn boots_to_agent(firmware: Firmware, n: u8) {
     }
     match firmware {
         Firmware::UefiPxe => {
-            let tftp = step("TFTP of ipxe.efi", "tftp", "TFTP ipxe.efi requested");
+            let tftp = step("TFTP of snponly.efi", "tftp", "TFTP snponly.efi requested");
             assert!(ack < tftp && tftp < script, "{events:#?}");
             step("PXE DISCOVER", "dhcp", "(PXE uefi)");
         }
         Firmware::UefiHttp => {
             let http = step(
-                "HTTP fetch of ipxe.efi",
+                "HTTP fetch of snponly.efi",
                 "boot",
-                "file ipxe.efi fetched over HTTP",
+                "file snponly.efi fetched over HTTP",
             );
             assert!(ack < http && http < script, "{events:#?}");
             step("HTTP Boot DISCOVER", "dhcp", "(HTTP Boot uefi)");

@@ -813,7 +813,7 @@ mod tests {
             boot: Boot {
                 tftp_server: "192.0.2.1".parse().unwrap(),
                 bios_file: "undionly.kpxe".into(),
-                uefi_x64_file: "ipxe.efi".into(),
+                uefi_x64_file: "snponly.efi".into(),
                 uefi_arm64_file: None,
                 http_base: "http://192.0.2.1:8080".into(),
             },

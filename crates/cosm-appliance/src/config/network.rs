@@ -231,7 +231,10 @@ pub(super) fn dhcp_settings(
         boot: Boot {
             tftp_server,
             bios_file: d.boot.bios_file.unwrap_or_else(|| "undionly.kpxe".into()),
-            uefi_x64_file: d.boot.uefi_x64_file.unwrap_or_else(|| "ipxe.efi".into()),
+            // snponly.efi drives the NIC through the firmware's own SNP and hands it back on
+            // exit; ipxe.efi (its own drivers) hangs OVMF when it exits to the next boot
+            // option, which is how a deployed UEFI machine reaches its disk.
+            uefi_x64_file: d.boot.uefi_x64_file.unwrap_or_else(|| "snponly.efi".into()),
             uefi_arm64_file: d.boot.uefi_arm64_file,
             http_base,
         },

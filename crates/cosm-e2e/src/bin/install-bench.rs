@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     runs: u8,
     /// Which firmware, comma-separated: bios (SeaBIOS + iPXE ROM), uefi (OVMF + iPXE ROM),
-    /// uefi-pxe (OVMF's PXE → ipxe.efi), uefi-http (OVMF's HTTP Boot → ipxe.efi).
+    /// uefi-pxe (OVMF's PXE → snponly.efi), uefi-http (OVMF's HTTP Boot → snponly.efi).
     #[arg(
         long,
         value_delimiter = ',',

@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: u8,
     /// `bios` (SeaBIOS + iPXE ROM), `uefi` (OVMF + iPXE ROM) or `uefi-pxe` (OVMF's own
-    /// PXE, which TFTP-loads ipxe.efi; COSM only: the dnsmasq setups here serve iPXE
+    /// PXE, which TFTP-loads snponly.efi; COSM only: the dnsmasq setups here serve iPXE
     /// clients).
     #[arg(long, default_value = "bios")]
     firmware: String,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
     long_about = "Bring up a virtual rack: a network namespace with a bridge (192.0.2.1/24), the COSM \
 appliance on it (DHCP, TFTP, HTTP boot, API on 192.0.2.1:8080), and QEMU machines (-accel tcg) \
 with empty disks that boot from the network: SeaBIOS with the iPXE option ROM, OVMF's own PXE \
-(which TFTP-loads ipxe.efi) and OVMF's UEFI HTTP Boot. Each machine's boot steps are printed as \
+(which TFTP-loads snponly.efi) and OVMF's UEFI HTTP Boot. Each machine's boot steps are printed as \
 they reach the appliance's timeline. They get roles (base, host, base), and are deployed from the \
 role images of `make os-image` (uploaded with their manifests): the ramdisk agent streams the image \
 onto the disk and the machine reboots into its installed Debian, whose agent makes it active. At \
