@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cosm_netboot::ipxe::{Firmware, Script, Target};
-use cosm_wire::{EventKind, InstallPlan, MacAddr, MachineState};
+use cosm_wire::{EventKind, InstallPlan, MacAddr};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,17 +75,10 @@ async fn ipxe_script(
     };
     let machine = state.app.store.machine(mac)?;
     let peer = peer.map(|c| c.0 .0.ip());
-    // A machine lost while ready (its agent went quiet: it is rebooting into its installer)
-    // boots as what it was, so it gets its installer all the same.
+    // The same rule as the kickstart and the plan: a machine lost while ready (rebooting
+    // into its installer) is installed all the same.
     let install = match &machine {
-        Some(m)
-            if matches!(
-                crate::app::effective_state(m),
-                MachineState::Ready | MachineState::Deploying
-            ) =>
-        {
-            state.app.install_choice(m)?
-        }
+        Some(m) if crate::app::installable(m).is_ok() => state.app.install_choice(m)?,
         _ => InstallChoice::Kickstart,
     };
     let (shown, target) = ctx.target(mac, machine.as_ref(), peer, &install);
