@@ -329,7 +329,7 @@ impl Collector for TftpCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(st.active.load(Ordering::Relaxed) as i64).encode(active)?;
+        ConstGauge::new(st.active.load(Ordering::Acquire) as i64).encode(active)?;
         let counters = [
             ("tftp_started_transfers", "TFTP read requests accepted.", &st.started),
             ("tftp_completed_transfers", "TFTP transfers the client acknowledged to the end.", &st.completed),

@@ -147,9 +147,27 @@ impl NsGuest {
             "-l",
             "arp",
         ])
-        .stdout(file.reopen()?)
-        .stderr(Stdio::null());
+        .stdout(file.reopen()?);
+        let err = tempfile::NamedTempFile::new()?;
+        c.stderr(err.reopen()?);
         let pid = self.ns.spawn(c)?;
+        // tcpdump says "listening on" once its socket is open: only from then on is a packet
+        // sure to be seen (on a busy machine it can take a second or more to get there).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let said = std::fs::read_to_string(err.path())?;
+            if said.contains("listening on") {
+                break;
+            }
+            if Instant::now() > deadline || self.ns.try_wait(pid)?.is_some() {
+                let _ = self.ns.kill(pid);
+                anyhow::bail!(
+                    "tcpdump in {} did not start listening: {said}",
+                    self.ns.name()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(Capture {
             file,
             pid,

@@ -271,7 +271,7 @@ fn an_address_that_answers_ping_is_quarantined_not_offered() {
     route.args(["route", "add", "192.0.2.1/32", "dev", &c_if]);
     cli.run_ok(route).unwrap();
 
-    let config = dhcp_config_with(&s_if, "probe_timeout_ms = 500");
+    let config = dhcp_config_with(&s_if, "probe_timeout_ms = 2000");
     let app = Appliance::start_with(Some(srv.name()), &config).unwrap();
 
     let dir = tempfile::tempdir().unwrap();

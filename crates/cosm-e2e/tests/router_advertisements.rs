@@ -69,11 +69,12 @@ fn segment() -> (NetNs, NetNs, String, String, String, String) {
     (srv, host, s_if, h_if, mac, lls.swap_remove(0))
 }
 
-/// `rdisc6` from the host: up to `tries` solicitations, one second apart. Returns whether
+/// `rdisc6` from the host: up to `tries` solicitations, three seconds apart (an answer may
+/// wait up to half a second by RFC 4861, more on a busy machine). Returns whether
 /// an advertisement came, and what rdisc6 printed.
 fn rdisc6(host: &NetNs, iface: &str, tries: u32) -> (bool, String) {
     let mut cmd = host.command("rdisc6");
-    cmd.args(["-1", "-n", "-r", &tries.to_string(), "-w", "1000", iface]);
+    cmd.args(["-1", "-n", "-r", &tries.to_string(), "-w", "3000", iface]);
     let out = host.run_timeout(cmd, Duration::from_secs(30)).unwrap();
     (
         out.status.success(),

@@ -430,7 +430,6 @@ impl Drop for Transfer {
     fn drop(&mut self) {
         let end = TransferEnd::of(self.outcome.as_ref());
         let sent = self.outcome.as_ref().map_or(0, |o| o.acked_bytes);
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
         let counter = match end {
             TransferEnd::Complete => &self.stats.completed,
@@ -438,6 +437,9 @@ impl Drop for Transfer {
             _ => &self.stats.aborted,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // Last, and released: whoever reads `active` at zero (acquiring) also sees how every
+        // transfer ended.
+        self.stats.active.fetch_sub(1, Ordering::Release);
         let (peer, path, size) = (self.peer, &self.path, self.size);
         match (end, &self.outcome) {
             (TransferEnd::Complete | TransferEnd::SizeProbe, _) => {

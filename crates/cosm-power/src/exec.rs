@@ -223,7 +223,9 @@ esac"#,
             dir.path(),
             &format!("sleep 300 & echo $! > {}/child\nwait", dir.path().display()),
         );
-        let d = Exec::new(cmd, mac(), None, Duration::from_millis(500));
+        // Long enough for the script to have started its child and written its PID on a
+        // busy machine, far below the child's 300 s.
+        let d = Exec::new(cmd, mac(), None, Duration::from_secs(3));
         let e = d.act(PowerAction::Off).await.unwrap_err();
         assert!(matches!(e, PowerError::Timeout { .. }), "{e}");
         let child: u32 = std::fs::read_to_string(dir.path().join("child"))
@@ -248,9 +250,11 @@ esac"#,
             dir.path(),
             r#"case "$1" in status) echo maybe;; *) sleep 30;; esac"#,
         );
-        let d = Exec::new(cmd, mac(), None, Duration::from_millis(500));
+        let d = Exec::new(cmd.clone(), mac(), None, Duration::from_millis(500));
         let e = d.act(PowerAction::Off).await.unwrap_err();
         assert!(matches!(e, PowerError::Timeout { .. }), "{e}");
+        // The status answer is garbage, not late: given all the time it needs.
+        let d = Exec::new(cmd, mac(), None, Duration::from_secs(10));
         let e = d.status().await.unwrap_err().to_string();
         assert!(e.contains("\"maybe\""), "{e}");
     }

@@ -425,10 +425,10 @@ fn a_security_group_allows_only_what_its_rules_allow() {
     }
     s.world.spawn(&g2.ns, &["nc", "-lk", "80"]);
     // The listeners are up when g1 can reach g2's (egress is open, g2 is unsecured).
-    eventually("g2's listener", Duration::from_secs(5), || {
+    eventually("g2's listener", Duration::from_secs(30), || {
         connects(&g1, g2.ip, 80)
     });
-    eventually("g1's listener on 22", Duration::from_secs(5), || {
+    eventually("g1's listener on 22", Duration::from_secs(30), || {
         connects(&g2, g1.ip, 22)
     });
 

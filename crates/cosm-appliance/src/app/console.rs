@@ -546,11 +546,12 @@ mod tests {
 
     #[test]
     fn sessions_expire_when_idle_and_can_be_closed() {
-        let s = Sessions::new(Duration::from_millis(50), Duration::from_secs(60));
+        // One second idle: long enough that the first `get` is surely within it.
+        let s = Sessions::new(Duration::from_secs(1), Duration::from_secs(60));
         let (id, sess) = s.open("admin", Scope::Admin, 0);
         assert_eq!(s.get(&id).unwrap().csrf, sess.csrf);
         assert!(s.get("not-a-session").is_none());
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(1500));
         assert!(s.get(&id).is_none(), "an idle session expires");
         let (id, _) = s.open("t", Scope::Read, 7);
         s.close_token(7);

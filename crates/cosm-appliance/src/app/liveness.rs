@@ -175,12 +175,14 @@ mod tests {
     fn overdue_once_then_back() {
         let l = Liveness::new(Duration::from_millis(100), 3);
         let mac = MacAddr::new([2, 0, 0, 0, 0, 1]);
+        // The beat's own instant lies between these two.
+        let before = Instant::now();
         assert!(!l.beat(mac, Heartbeat::default()));
-        let now = Instant::now();
-        assert!(l.overdue(now + Duration::from_millis(250)).is_empty());
-        assert_eq!(l.overdue(now + Duration::from_millis(400)).len(), 1);
+        let after = Instant::now();
+        assert!(l.overdue(before + Duration::from_millis(250)).is_empty());
+        assert_eq!(l.overdue(after + Duration::from_millis(400)).len(), 1);
         assert!(
-            l.overdue(now + Duration::from_millis(800)).is_empty(),
+            l.overdue(after + Duration::from_millis(800)).is_empty(),
             "marked only once"
         );
         assert!(
@@ -202,10 +204,11 @@ mod tests {
             !l.is_silent(unseen, start),
             "just after a restart nobody is silent"
         );
+        let before = Instant::now();
         l.beat(seen, Heartbeat::default());
-        let now = Instant::now();
-        assert!(!l.is_silent(seen, now + Duration::from_millis(250)));
-        assert!(l.is_silent(seen, now + Duration::from_millis(350)));
+        let after = Instant::now();
+        assert!(!l.is_silent(seen, before + Duration::from_millis(250)));
+        assert!(l.is_silent(seen, after + Duration::from_millis(350)));
         assert!(l.is_silent(unseen, start + Duration::from_millis(350)));
         l.beat(seen, Heartbeat::default());
         assert!(!l.is_silent(seen, Instant::now()));

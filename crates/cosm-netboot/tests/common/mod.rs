@@ -56,7 +56,7 @@ impl Server {
     /// Waits (at most `limit`) until no transfer is in progress.
     pub(crate) fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        while self.handle.stats.active.load(Ordering::Relaxed) != 0 {
+        while self.handle.stats.active.load(Ordering::Acquire) != 0 {
             if Instant::now() > deadline {
                 return false;
             }
@@ -200,7 +200,11 @@ impl Client {
             if Instant::now() > deadline {
                 return Err(format!("no end after {limit:?} (last block {last})"));
             }
-            let Some((reply, from)) = self.recv(Duration::from_millis(500)) else {
+            // The request is sent again only after 5 s without an answer: sent again sooner,
+            // a slow first answer on a busy machine would start a second transfer beside the
+            // first (the server cannot tell a retransmitted RRQ from a new one).
+            let wait = if tid.is_some() { 500 } else { 5000 };
+            let Some((reply, from)) = self.recv(Duration::from_millis(wait)) else {
                 match tid {
                     Some(t) => self.send(t, &ack(last)),
                     None => self.send(server, rrq),
