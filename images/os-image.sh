@@ -178,10 +178,24 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   say "resolving: ${#missing[@]} of ${#LOCKED[@]} .debs are not in $OSCACHE; updating the package lists"
   private_apt update >/dev/null 2>"$WORK/apt.err" || { cat "$WORK/apt.err" >&2; die "apt-get update failed (is Debian's mirror reachable?)"; }
+  # All in one apt-get run (one connection, pipelined: seconds, where one run per package
+  # takes a second each); if that fails, one by one below, which names the package.
+  specs=()
+  for line in "${missing[@]}"; do
+    read -r _ name ver arch _ <<< "$line"
+    if [ "$arch" = all ]; then specs+=("$name=$ver"); else specs+=("$name:$arch=$ver"); fi
+  done
+  say "downloading ${#missing[@]} .debs"
+  t=$(date +%s)
+  if (cd "$OSCACHE" && private_apt download "${specs[@]}" >/dev/null 2>"$WORK/apt.err"); then
+    say "downloaded ${#missing[@]} .debs in $(( $(date +%s) - t )) s"
+    missing=()
+  fi
   i=0
   for line in "${missing[@]}"; do
     read -r _ name ver arch sum _ <<< "$line"
     i=$((i + 1))
+    [ -f "$(deb_file "$name" "$ver" "$arch")" ] && continue
     say "downloading $i/${#missing[@]} $name $ver"
     spec="$name=$ver"
     [ "$arch" = all ] || spec="$name:$arch=$ver"
