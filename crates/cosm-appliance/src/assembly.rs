@@ -133,7 +133,11 @@ impl Assembly {
             std::time::Duration::from_secs(config.heartbeat_secs.into()),
             config.missed_beats,
         ));
-        let monitor = tokio::spawn(liveness::monitor(liveness.clone(), store.clone()));
+        let monitor = tokio::spawn(liveness::monitor(
+            liveness.clone(),
+            store.clone(),
+            config.first_boot,
+        ));
         let app = App {
             store,
             liveness,

@@ -129,6 +129,16 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 c.enroll_limits.per_sec,
                 c.enroll_limits.burst
             );
+            println!(
+                "  first boot                {}",
+                match c.first_boot {
+                    Some(d) => format!(
+                        "an installed system's agent must beat within {} s of the install report, else the machine is failed",
+                        d.as_secs()
+                    ),
+                    None => "waits forever for an installed system's agent (first_boot_secs = 0)".into(),
+                }
+            );
             println!("  events.retain_per_machine {}", c.events_per_machine);
             println!("  boot.dir                  {}", c.boot.dir.display());
             println!("  boot.ipxe_dir             {}", c.boot.ipxe_dir.display());

@@ -71,6 +71,14 @@ pub enum Op {
     Activate {
         mac: MacAddr,
     },
+    /// A machine an install made `deployed` whose installed agent has not beaten within
+    /// `limit_secs` of the report: it is `failed`, `last_step` (its timeline's newest
+    /// entry) in the reason.
+    FirstBootOverdue {
+        mac: MacAddr,
+        limit_secs: u64,
+        last_step: String,
+    },
     /// Start an install over: back to `ready` and, when its agent is alive, a reboot.
     Redeploy {
         mac: MacAddr,
@@ -327,6 +335,11 @@ impl StoreCommand for Command {
             }
             Op::DeleteMachine { mac } => machines::delete(tx, *mac).map(|_| Outcome::Deleted),
             Op::MarkLost { mac, reason } => machines::mark_lost(tx, *mac, reason).map(M),
+            Op::FirstBootOverdue {
+                mac,
+                limit_secs,
+                last_step,
+            } => machines::first_boot_overdue(tx, *mac, *limit_secs, last_step).map(M),
             Op::Resume { mac } => machines::resume(tx, *mac).map(M),
             Op::Activate { mac } => machines::activate(tx, *mac).map(M),
             Op::RecordEvent { mac, kind, message } => {

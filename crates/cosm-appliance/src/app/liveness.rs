@@ -143,13 +143,29 @@ impl Liveness {
     }
 }
 
-/// Marks machines lost when their heartbeats stop; runs until aborted. Which machines can
-/// be lost is the `MarkLost` command's decision (see `app::machines`).
-pub async fn monitor(liveness: std::sync::Arc<Liveness>, store: Store) {
+/// Marks machines lost when their heartbeats stop, and machines whose installed system's
+/// agent never beat `failed` after `first_boot` (when set); runs until aborted. Which
+/// machines can be lost is the `MarkLost` command's decision (see `app::machines`).
+pub async fn monitor(
+    liveness: std::sync::Arc<Liveness>,
+    store: Store,
+    first_boot: Option<Duration>,
+) {
     let tick = (liveness.heartbeat / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
+    // A deadline counts from the install report, but never from before this start: a
+    // machine that booted while the appliance was down gets its whole time to beat.
+    let started = cosm_wire::Timestamp::now();
+    let mut next_scan = Instant::now();
     loop {
         interval.tick().await;
+        if let Some(limit) = first_boot {
+            if Instant::now() >= next_scan {
+                next_scan = Instant::now()
+                    + (limit / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                first_boot_deadlines(&store, limit, started).await;
+            }
+        }
         liveness.watch(Instant::now());
         for (mac, silent) in liveness.overdue(Instant::now()) {
             let reason = format!(
@@ -162,6 +178,59 @@ pub async fn monitor(liveness: std::sync::Arc<Liveness>, store: Store) {
                     tracing::warn!(%mac, silent_secs = silent.as_secs(), "machine lost: heartbeats stopped")
                 }
                 Err(e) => tracing::debug!(%mac, error = %e, "a silent machine is not marked lost"),
+            }
+        }
+    }
+}
+
+/// Fails the machines an install made `deployed` whose installed agent has not beaten
+/// within `limit` of the report (or of `started`, when later).
+async fn first_boot_deadlines(store: &Store, limit: Duration, started: cosm_wire::Timestamp) {
+    let reader = store.clone();
+    let deployed = tokio::task::spawn_blocking(move || {
+        reader.machines(None, Some(cosm_wire::MachineState::Deployed))
+    })
+    .await;
+    let deployed = match deployed {
+        Ok(Ok(machines)) => machines,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the deployed machines");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the deployed machines");
+            return;
+        }
+    };
+    let now = cosm_wire::Timestamp::now().as_millis();
+    let limit_ms = limit.as_millis() as u64;
+    for m in deployed.into_iter().filter(|m| m.awaits_installed_agent) {
+        let since = m.state_since.as_millis().max(started.as_millis());
+        if now.saturating_sub(since) < limit_ms {
+            continue;
+        }
+        let last_step = match store.events(m.mac, 1) {
+            Ok(evs) => evs
+                .last()
+                .map(|e| format!("{} ({})", e.message, e.at))
+                .unwrap_or_else(|| "nothing".into()),
+            Err(e) => format!("(the timeline could not be read: {e})"),
+        };
+        let op = Op::FirstBootOverdue {
+            mac: m.mac,
+            limit_secs: limit.as_secs(),
+            last_step,
+        };
+        match store.run_machine(op).await {
+            Ok(m) if m.state == cosm_wire::MachineState::Failed => tracing::warn!(
+                mac = %m.mac,
+                limit_secs = limit.as_secs(),
+                "deployed machine failed: its installed system's agent never beat"
+            ),
+            // Its agent beat, or it was redeployed, meanwhile.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(mac = %m.mac, error = %e, "a deployed machine past its first-boot deadline is not marked failed")
             }
         }
     }

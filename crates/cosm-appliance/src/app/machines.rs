@@ -422,6 +422,34 @@ pub(super) fn activate(tx: &mut Tx<'_>, mac: MacAddr) -> Result<Machine, StoreEr
     Ok(m)
 }
 
+/// A machine an install made `deployed` whose installed agent has not beaten `limit_secs`
+/// after the report (its `state_since`) is `failed`: its installed system did not come up
+/// (a disk the firmware does not boot, a kernel that panics, a network that never gets an
+/// address). Anything else, or a deadline not reached yet by this command's time: nothing.
+pub(super) fn first_boot_overdue(
+    tx: &mut Tx<'_>,
+    mac: MacAddr,
+    limit_secs: u64,
+    last_step: &str,
+) -> Result<Machine, StoreError> {
+    let mut m = tx.machine(mac)?;
+    let waited_ms = tx.at.as_millis().saturating_sub(m.state_since.as_millis());
+    if m.state != MachineState::Deployed
+        || !m.awaits_installed_agent
+        || waited_ms < limit_secs.saturating_mul(1000)
+    {
+        return Ok(m);
+    }
+    let why = format!(
+        "its installed system's agent did not beat within {limit_secs} s of the install \
+         report (agents.first_boot_secs): the installed system did not come up; last on \
+         its timeline: {last_step}"
+    );
+    transition(tx, &mut m, MachineState::Failed, &why)?;
+    tx.put_machine(&mut m)?;
+    Ok(m)
+}
+
 pub(super) fn record_event(
     tx: &mut Tx<'_>,
     mac: MacAddr,

@@ -220,6 +220,9 @@ pub struct Agents {
     /// Enrolments that create a machine, per second (sustained), and in a burst.
     pub enroll_per_sec: u32,
     pub enroll_burst: u32,
+    /// A machine an install made `deployed` whose installed system's agent has not beaten
+    /// this many seconds after the install report is `failed`; 0: it waits forever.
+    pub first_boot_secs: u32,
 }
 
 impl Default for Agents {
@@ -230,6 +233,7 @@ impl Default for Agents {
             max_discovered: 4096,
             enroll_per_sec: 50,
             enroll_burst: 1000,
+            first_boot_secs: 1800,
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct Config {
     pub dhcp: Option<DhcpSettings>,
     pub heartbeat_secs: u32,
     pub missed_beats: u32,
+    /// How long a machine an install made `deployed` may boot its installed system before
+    /// it is `failed` (`agents.first_boot_secs`); `None`: forever.
+    pub first_boot: Option<std::time::Duration>,
     /// Bounds on enrolment (see `app::agents`).
     pub enroll_limits: EnrollLimits,
     pub boot: BootSettings,
@@ -268,6 +271,15 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
                 format!("{} is outside 1..=3600", f.agents.heartbeat_secs),
             ));
         }
+        if f.agents.first_boot_secs > 86_400 {
+            return Err(invalid(
+                "agents.first_boot_secs",
+                format!(
+                    "{} is more than a day (86400); 0 waits forever",
+                    f.agents.first_boot_secs
+                ),
+            ));
+        }
         if !(1..=100).contains(&f.agents.missed_beats) {
             return Err(invalid(
                 "agents.missed_beats",
@@ -379,6 +391,8 @@ impl TryFrom<(&Path, file::ConfigFile)> for Config {
             tftp,
             heartbeat_secs: f.agents.heartbeat_secs,
             missed_beats: f.agents.missed_beats,
+            first_boot: (f.agents.first_boot_secs > 0)
+                .then(|| std::time::Duration::from_secs(f.agents.first_boot_secs.into())),
             enroll_limits: EnrollLimits {
                 max_discovered: f.agents.max_discovered,
                 per_sec: f.agents.enroll_per_sec,
@@ -470,6 +484,21 @@ mod tests {
             e.contains("key `vms.memory_overcommit`") && e.contains("0.1..=64"),
             "{e}"
         );
+        let e = err("data_dir = \"/x\"\n[agents]\nfirst_boot_secs = 90000\n");
+        assert!(
+            e.contains("key `agents.first_boot_secs`") && e.contains("0 waits forever"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_first_boot_deadline_defaults_to_half_an_hour_and_0_turns_it_off() {
+        let parse =
+            |text: &str| Config::parse(Path::new("/etc/cosm/appliance.toml"), text).unwrap();
+        let c = parse("data_dir = \"/x\"\n");
+        assert_eq!(c.first_boot, Some(std::time::Duration::from_secs(1800)));
+        let c = parse("data_dir = \"/x\"\n[agents]\nfirst_boot_secs = 0\n");
+        assert_eq!(c.first_boot, None);
     }
 
     /// Hardening (issue 11, item 17): machines are never sent to `http://0.0.0.0:8080`.

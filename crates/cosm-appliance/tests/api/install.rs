@@ -324,7 +324,14 @@ async fn heartbeats_do_not_activate_a_machine_an_operator_moved_to_deployed() {
 /// `mac` enrolled by its ramdisk agent and given the role `host` (ready). Returns it and
 /// the machine's inventory.
 async fn lost_window_app_with_a_ready_host(mac: &str) -> (TestApp, Value) {
-    let app = TestApp::with(64 * 1024, "heartbeat_secs = 1\nmissed_beats = 1").await;
+    let app = host_image_app("heartbeat_secs = 1\nmissed_beats = 1").await;
+    let inventory = ready_host(&app, mac).await;
+    (app, inventory)
+}
+
+/// An appliance with these `[agents]` keys and an image for the `host` role.
+async fn host_image_app(agents: &str) -> TestApp {
+    let app = TestApp::with(64 * 1024, agents).await;
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
     upload_image(&app, "cosm-host.img.zst", &data).await;
     let (s, e) = app
@@ -335,6 +342,12 @@ async fn lost_window_app_with_a_ready_host(mac: &str) -> (TestApp, Value) {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{e}");
+    app
+}
+
+/// Enrols `mac` with the discovery ramdisk's inventory and gives it the `host` role: it is
+/// `ready`, to be installed from the host image. Returns its inventory.
+async fn ready_host(app: &TestApp, mac: &str) -> Value {
     let inventory = json!({"cpu": {"model": "QEMU", "sockets": 1, "cores": 2, "threads": 2}, "memory_bytes": 4u64 << 30,
         "disks": [{"name": "vda", "size_bytes": 10u64 << 30}], "firmware": "uefi", "kernel": "6.1.0"});
     let enroll = app.enroll_token().await;
@@ -359,7 +372,77 @@ async fn lost_window_app_with_a_ready_host(mac: &str) -> (TestApp, Value) {
         (StatusCode::OK, Some("ready")),
         "{v}"
     );
-    (app, inventory)
+    inventory
+}
+
+/// `ready` → plan fetched → enrolled and reported: `deployed`. Returns the installed
+/// agent's credential.
+async fn install(app: &TestApp, mac: &str, inventory: Value) -> String {
+    let url = install_url(app, mac).await.expect("an image install");
+    let (s, _, plan) = get_text(app, url.strip_prefix("http://192.0.2.1:8080").unwrap(), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    enrol_and_report(app, &token, mac, inventory).await
+}
+
+/// A machine whose installed system never starts its agent does not stay `deployed`
+/// forever: `agents.first_boot_secs` after its install report it is `failed`, and its
+/// timeline says why and what it did last. One whose agent beats in time is `active` and
+/// stays so; a failed one can be installed again.
+#[tokio::test]
+async fn an_installed_system_whose_agent_never_beats_fails_at_the_first_boot_deadline() {
+    let app = host_image_app("heartbeat_secs = 1\nmissed_beats = 3\nfirst_boot_secs = 4").await;
+    let (silent, beating) = ("52:54:00:00:1a:06", "52:54:00:00:1a:07");
+    let inventory = ready_host(&app, silent).await;
+    let silent_credential = install(&app, silent, inventory).await;
+    let inventory = ready_host(&app, beating).await;
+    let credential = install(&app, beating, inventory).await;
+    let reported = std::time::Instant::now();
+
+    // Before the deadline both are deployed; the beating one's agent beats every second.
+    let mut failed_after = None;
+    while reported.elapsed() < std::time::Duration::from_secs(30) {
+        beat(&app, &credential).await;
+        let elapsed = reported.elapsed();
+        let st = state(&app, silent).await;
+        if st == "failed" {
+            failed_after = Some(elapsed);
+            break;
+        }
+        assert_eq!(st, "deployed", "{elapsed:?} after the report");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let failed_after = failed_after.expect("still deployed 30 s after the report (deadline 4 s)");
+    assert!(
+        failed_after >= std::time::Duration::from_secs(4),
+        "failed {failed_after:?} after the report, before its 4 s deadline"
+    );
+    assert_eq!(state(&app, beating).await, "active");
+    let (_, ev) = app
+        .call("GET", &format!("/api/v1/machines/{silent}/events"), None)
+        .await;
+    let last = ev.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to_state"], "failed", "{ev}");
+    let message = last["message"].as_str().unwrap();
+    for words in [
+        "did not beat within 4 s of the install report (agents.first_boot_secs)",
+        "last on its timeline: install finished: written to /dev/vda",
+    ] {
+        assert!(message.contains(words), "{words:?} not in {message:?}");
+    }
+
+    // Its agent beating late does not make it active (a failed install is the operator's
+    // to look at); it is installed again.
+    beat(&app, &silent_credential).await;
+    assert_eq!(state(&app, silent).await, "failed");
+    let (s, m) = app
+        .call("POST", &format!("/api/v1/machines/{silent}/redeploy"), None)
+        .await;
+    assert_eq!(
+        (s, m["state"].as_str()),
+        (StatusCode::OK, Some("ready")),
+        "{m}"
+    );
 }
 
 /// A ready machine told to deploy reboots into its installer; its agent stops beating and,
