@@ -173,14 +173,6 @@ os_dpkgopts() {
   for k in 'gconv-modules*' 'UTF-*.so' UNICODE.so ISO8859-1.so; do
     echo "path-include=/usr/lib/x86_64-linux-gnu/gconv/$k"
   done
-  # udev's hardware database: without the tables of names that only label desktop and
-  # laptop hardware (the vendors of every MAC prefix, USB, Bluetooth, ACPI and FireWire
-  # devices; 4.8 MB of sources and as much of the hwdb.bin made from them). What a server
-  # uses stays: PCI names, classes, keyboards (a BMC's virtual one), sensors, DMI quirks.
-  for k in 20-OUI 20-usb-vendor-model 20-bluetooth-vendor-product 20-acpi-vendor 80-ieee1394-unit-function; do
-    echo "path-exclude=/lib/udev/hwdb.d/$k.hwdb"
-    echo "path-exclude=/usr/lib/udev/hwdb.d/$k.hwdb"
-  done
   for d in "${MODULE_EXCLUDES[@]}"; do
     case $d in
       *.ko) echo "path-exclude=/lib/modules/*/kernel/$d" ;;
