@@ -34,6 +34,8 @@ pub struct Assembly {
     pub first_admin: Option<(String, std::path::PathBuf)>,
     stop: watch::Sender<bool>,
     monitor: JoinHandle<()>,
+    /// The first-boot deadline's monitor (`agents.first_boot_secs`; none when 0).
+    first_boot: Option<JoinHandle<()>>,
     ha: JoinHandle<()>,
     dhcp: Option<JoinHandle<()>>,
 }
@@ -133,11 +135,10 @@ impl Assembly {
             std::time::Duration::from_secs(config.heartbeat_secs.into()),
             config.missed_beats,
         ));
-        let monitor = tokio::spawn(liveness::monitor(
-            liveness.clone(),
-            store.clone(),
-            config.first_boot,
-        ));
+        let monitor = tokio::spawn(liveness::monitor(liveness.clone(), store.clone()));
+        let first_boot = config
+            .first_boot
+            .map(|limit| tokio::spawn(liveness::first_boot_monitor(store.clone(), limit)));
         let app = App {
             store,
             liveness,
@@ -170,6 +171,7 @@ impl Assembly {
             first_admin,
             stop,
             monitor,
+            first_boot,
             ha,
             dhcp,
         })
@@ -181,6 +183,10 @@ impl Assembly {
         let _ = self.stop.send(true);
         self.monitor.abort();
         let _ = self.monitor.await;
+        if let Some(t) = self.first_boot {
+            t.abort();
+            let _ = t.await;
+        }
         self.ha.abort();
         let _ = self.ha.await;
         if let Some(t) = self.dhcp {

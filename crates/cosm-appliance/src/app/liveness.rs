@@ -143,29 +143,13 @@ impl Liveness {
     }
 }
 
-/// Marks machines lost when their heartbeats stop, and machines whose installed system's
-/// agent never beat `failed` after `first_boot` (when set); runs until aborted. Which
-/// machines can be lost is the `MarkLost` command's decision (see `app::machines`).
-pub async fn monitor(
-    liveness: std::sync::Arc<Liveness>,
-    store: Store,
-    first_boot: Option<Duration>,
-) {
+/// Marks machines lost when their heartbeats stop; runs until aborted. Which machines can
+/// be lost is the `MarkLost` command's decision (see `app::machines`).
+pub async fn monitor(liveness: std::sync::Arc<Liveness>, store: Store) {
     let tick = (liveness.heartbeat / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
-    // A deadline counts from the install report, but never from before this start: a
-    // machine that booted while the appliance was down gets its whole time to beat.
-    let started = cosm_wire::Timestamp::now();
-    let mut next_scan = Instant::now();
     loop {
         interval.tick().await;
-        if let Some(limit) = first_boot {
-            if Instant::now() >= next_scan {
-                next_scan = Instant::now()
-                    + (limit / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                first_boot_deadlines(&store, limit, started).await;
-            }
-        }
         liveness.watch(Instant::now());
         for (mac, silent) in liveness.overdue(Instant::now()) {
             let reason = format!(
@@ -180,6 +164,21 @@ pub async fn monitor(
                 Err(e) => tracing::debug!(%mac, error = %e, "a silent machine is not marked lost"),
             }
         }
+    }
+}
+
+/// Marks machines whose installed system's agent never beat `failed` `limit` after their
+/// install report; runs until aborted. A task of its own: its scans never hold back the
+/// lost monitor's ticks.
+pub async fn first_boot_monitor(store: Store, limit: Duration) {
+    // A deadline counts from the install report, but never from before this start: a
+    // machine that booted while the appliance was down gets its whole time to beat.
+    let started = cosm_wire::Timestamp::now();
+    let every = (limit / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        first_boot_deadlines(&store, limit, started).await;
     }
 }
 
