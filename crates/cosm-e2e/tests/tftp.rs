@@ -41,6 +41,16 @@ fn atftp(ns: &NetNs, remote: &str, local: &Path, options: &[&str]) -> std::proce
     ns.run_timeout(c, Duration::from_secs(60)).unwrap()
 }
 
+/// Waits (10 s at most) until the appliance holds no TFTP transfer: a client is done when it
+/// sent its last ACK, and the server counts the transfer's end when that ACK arrives.
+fn wait_until_no_transfer_is_held(app: &Appliance) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(app, "cosm_tftp_active_transfers") != 0 {
+        assert!(Instant::now() < deadline, "a transfer is still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A PXE ROM asks for the size first (RRQ with tsize=0), gets the OACK, and aborts with
 /// ERROR 8; then it asks again from the same port. The aborted transfer must end at
 /// once: the server's retransmission timeout here is 60 s with 100 retries, so a server
@@ -129,11 +139,7 @@ sys.exit("the second transfer did not complete within 20 s (the aborted one is s
     );
     // Both transfers have ended: the probe counted as a probe (not aborted, not
     // completed), nothing held.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&app, "cosm_tftp_active_transfers") != 0 {
-        assert!(Instant::now() < deadline, "a transfer is still held");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_no_transfer_is_held(&app);
     assert_eq!(metric(&app, "cosm_tftp_probe_transfers_total"), 1);
     assert_eq!(metric(&app, "cosm_tftp_aborted_transfers_total"), 0);
     assert_eq!(metric(&app, "cosm_tftp_completed_transfers_total"), 1);
@@ -250,13 +256,7 @@ fn fifty_concurrent_clients_each_receive_a_four_mib_file_intact() {
             local.display()
         );
     }
-    // A client is done when it has sent its last ACK; the server counts the transfer when
-    // that ACK arrives, a moment later.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&app, "cosm_tftp_active_transfers") != 0 {
-        assert!(Instant::now() < deadline, "a transfer is still held");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_no_transfer_is_held(&app);
     assert_eq!(metric(&app, "cosm_tftp_completed_transfers_total"), 50);
     let _ = Command::new("true").status();
 }
